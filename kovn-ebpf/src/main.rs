@@ -1,0 +1,281 @@
+//! kovn's in-kernel observers.
+//!
+//! tc classifiers (attached through tcx on Linux >= 6.6, clsact/cls_bpf before) that parse each
+//! packet down to its 5-tuple and update one flow record in place. They never drop, delay or
+//! change a packet: every path returns `TC_ACT_UNSPEC`, which is also `TCX_NEXT`, so the packet
+//! continues to the next program and to the stack exactly as if kovn were not there.
+//!
+//! Per packet: one optional `bpf_skb_pull_data` (only when the headers are not in the linear
+//! area, which is rare), one hash lookup, a handful of atomic adds. No ring buffer, no logging.
+#![no_std]
+#![no_main]
+// The BPF target has no compare-and-swap in its target spec, so core's Atomic*::fetch_add is
+// not offered; the intrinsic lowers to BPF_ATOMIC | BPF_ADD (XADD), which every kernel with
+// eBPF supports when the result is unused.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod parse;
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::{HashMap, PerCpuArray},
+    programs::TcContext,
+};
+use kovn_ebpf_common::{
+    CNT_MAP_FULL, CNT_MAX, CNT_OBS_OVERFLOW, DIR_FWD, DIR_REV, FLOW_F_FRAGMENT, FLOW_F_INITIATOR_GUESSED,
+    FlowKey, FlowStats, HOOK_EGRESS, HOOK_INGRESS, HOOK_KIND_SHIFT, KIND_HOST, KIND_POD, MAX_OBS, ObsPoint,
+    RR_ECHO, RR_NONE, RR_SCTP, RR_TCP, RR_UDP, SIDE_A, SIDE_B,
+};
+use parse::{Packet, Signal};
+
+/// `TC_ACT_UNSPEC`: for cls_bpf "continue with the next filter", for tcx `TCX_NEXT`.
+const TC_ACT_UNSPEC: i32 = -1;
+
+/// Map flags for `bpf_map_update_elem`: create only.
+const BPF_NOEXIST: u64 = 1;
+
+/// The flow table. Its size is set by the loader (`--flow-table-size`); this is the default.
+/// A plain (preallocated) hash rather than an LRU: when it is full, new flows are *counted*
+/// as lost (`CNT_MAP_FULL`) instead of silently evicting live ones, and userspace expires idle
+/// flows itself.
+#[map]
+static FLOWS: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(65536, 0);
+
+/// What the programs could not record (see `CNT_*`), per CPU so counting never contends.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_MAX, 0);
+
+#[inline(always)]
+fn count(idx: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *c += 1 };
+    }
+}
+
+macro_rules! observer {
+    ($name:ident, $hook:expr) => {
+        #[classifier]
+        pub fn $name(ctx: TcContext) -> i32 {
+            let _ = try_observe(&ctx, $hook);
+            TC_ACT_UNSPEC
+        }
+    };
+}
+
+observer!(kovn_pod_ingress, HOOK_INGRESS | (KIND_POD << HOOK_KIND_SHIFT));
+observer!(kovn_pod_egress, HOOK_EGRESS | (KIND_POD << HOOK_KIND_SHIFT));
+observer!(kovn_host_ingress, HOOK_INGRESS | (KIND_HOST << HOOK_KIND_SHIFT));
+observer!(kovn_host_egress, HOOK_EGRESS | (KIND_HOST << HOOK_KIND_SHIFT));
+
+#[inline(always)]
+fn try_observe(ctx: &TcContext, hook: u8) -> Result<(), ()> {
+    let pkt = parse::parse(ctx).map_err(count)?;
+    record(&pkt, parse::ifindex(ctx), hook);
+    Ok(())
+}
+
+/// Which side started the conversation, judged from the first packet kovn sees of it.
+/// Returns the side and whether it is a guess (the opening packet was not seen).
+#[inline(always)]
+fn initiator_of(pkt: &Packet, sender: u8) -> (u8, bool) {
+    let receiver = sender ^ 1;
+    match pkt.signal {
+        Signal::TcpSyn | Signal::EchoRequest | Signal::SctpInit => (sender, false),
+        Signal::TcpSynAck | Signal::EchoReply | Signal::SctpInitAck => (receiver, false),
+        _ => {
+            if pkt.sport == pkt.dport
+                || pkt.proto == parse::IPPROTO_ICMP
+                || pkt.proto == parse::IPPROTO_ICMPV6
+            {
+                (sender, false)
+            } else if pkt.proto == parse::IPPROTO_UDP {
+                // UDP: the first packet seen is the request, unless it comes *from* a
+                // well-known port to an ephemeral one (a reply whose request we missed).
+                if pkt.sport < 1024 && pkt.dport >= 1024 { (receiver, true) } else { (sender, false) }
+            } else if pkt.sport > pkt.dport {
+                // Mid-stream TCP/SCTP: the ephemeral (higher) port is the client's.
+                (sender, true)
+            } else {
+                (receiver, true)
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn rr_kind(proto: u8) -> u8 {
+    match proto {
+        parse::IPPROTO_TCP => RR_TCP,
+        parse::IPPROTO_UDP => RR_UDP,
+        parse::IPPROTO_ICMP | parse::IPPROTO_ICMPV6 => RR_ECHO,
+        parse::IPPROTO_SCTP => RR_SCTP,
+        _ => RR_NONE,
+    }
+}
+
+#[inline(always)]
+fn record(pkt: &Packet, ifindex: u32, hook: u8) {
+    let (key, sender) = FlowKey::canonical(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto);
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let stats = match FLOWS.get_ptr_mut(&key) {
+        Some(s) => s,
+        None => {
+            let (initiator, guessed) = initiator_of(pkt, sender);
+            let mut flags = 0;
+            if guessed {
+                flags |= FLOW_F_INITIATOR_GUESSED;
+            }
+            if pkt.fragment {
+                flags |= FLOW_F_FRAGMENT;
+            }
+            let fresh = FlowStats {
+                first_seen_ns: now,
+                initiator,
+                rr_kind: if pkt.fragment { RR_NONE } else { rr_kind(pkt.proto) },
+                flags,
+                ..FlowStats::default()
+            };
+            // Another CPU may have created it meanwhile (EEXIST): fine, use theirs.
+            if FLOWS.insert(&key, &fresh, BPF_NOEXIST).is_err() && FLOWS.get_ptr(&key).is_none() {
+                count(CNT_MAP_FULL);
+                return;
+            }
+            match FLOWS.get_ptr_mut(&key) {
+                Some(s) => s,
+                None => {
+                    // Deleted by userspace expiry between insert and lookup: not worth a retry.
+                    count(CNT_MAP_FULL);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: a pointer into a preallocated hash map value, valid for this program run.
+    // Concurrent writers are other CPUs on the same flow: counters use atomic adds, the rest
+    // are single stores whose races are benign (a timestamp or a flag bit seen a packet late).
+    let s = unsafe { &mut *stats };
+    let dir = if sender == s.initiator { DIR_FWD } else { DIR_REV };
+    s.last_seen_ns = now;
+    observe_point(s, ifindex, hook, dir, pkt.l3_len);
+    if pkt.tcp_flags != 0 {
+        let seen = s.tcp_flags[dir & 1];
+        if seen | pkt.tcp_flags != seen {
+            s.tcp_flags[dir & 1] = seen | pkt.tcp_flags;
+        }
+    }
+    request_reply(s, pkt, dir, now);
+}
+
+/// Counts the packet at its observation point and, if that point owns this direction (it was
+/// the first to see it on this node), in the flow totals: a packet crossing two attached
+/// interfaces of one node is counted once.
+#[inline(always)]
+fn observe_point(s: &mut FlowStats, ifindex: u32, hook: u8, dir: usize, l3_len: u32) {
+    let dir8 = dir as u8;
+    let mut slot = MAX_OBS;
+    let mut i = 0;
+    while i < MAX_OBS {
+        let o: &ObsPoint = &s.obs[i];
+        if o.ifindex == ifindex && o.hook == hook && o.dir == dir8 {
+            slot = i;
+            break;
+        }
+        if o.ifindex == 0 {
+            s.obs[i] = ObsPoint { ifindex, hook, dir: dir8, _pad: [0; 2], packets: 0 };
+            slot = i;
+            break;
+        }
+        i += 1;
+    }
+    if slot >= MAX_OBS {
+        count(CNT_OBS_OVERFLOW);
+        return;
+    }
+    add(&mut s.obs[slot].packets, 1);
+    let d = dir & 1;
+    let me = slot as u8 + 1;
+    if s.owner[d] == 0 {
+        s.owner[d] = me;
+    }
+    if s.owner[d] == me {
+        add(&mut s.packets[d], 1);
+        add(&mut s.bytes[d], u64::from(l3_len));
+    }
+}
+
+#[inline(always)]
+fn add(counter: &mut u64, v: u64) {
+    // SAFETY: `counter` is an aligned u64 inside a map value.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, v) };
+}
+
+#[inline(always)]
+fn request_reply(s: &mut FlowStats, pkt: &Packet, dir: usize, now: u64) {
+    match pkt.signal {
+        Signal::TcpSyn | Signal::EchoRequest | Signal::SctpInit if dir == DIR_FWD => {
+            s.requests += 1;
+            if s.req_first_ns == 0 {
+                s.req_first_ns = now;
+            }
+            if let Signal::EchoRequest = pkt.signal {
+                s.echo_req_ns = now;
+                s.echo_seq = pkt.echo_seq;
+            }
+        }
+        Signal::TcpSynAck | Signal::SctpInitAck if dir == DIR_REV => {
+            if s.replies == 0 && s.req_first_ns != 0 {
+                s.reply_first_ns = now;
+                s.rtt_ns = now - s.req_first_ns;
+            }
+            s.replies += 1;
+        }
+        Signal::EchoReply if dir == DIR_REV => {
+            if s.reply_first_ns == 0 {
+                s.reply_first_ns = now;
+            }
+            if s.echo_req_ns != 0 && pkt.echo_seq == s.echo_seq {
+                s.rtt_ns = now - s.echo_req_ns;
+            }
+            s.replies += 1;
+        }
+        Signal::TcpRst => {
+            let d = dir & 1;
+            s.rst[d] += 1;
+        }
+        Signal::None if s.rr_kind == RR_UDP && s.replies == 0 => {
+            if dir == DIR_FWD {
+                s.requests += 1;
+                if s.req_first_ns == 0 {
+                    s.req_first_ns = now;
+                }
+            } else {
+                s.replies = 1;
+                s.reply_first_ns = now;
+                if s.req_first_ns != 0 {
+                    s.rtt_ns = now - s.req_first_ns;
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+// Keeps the side constants referenced for readers: SIDE_A/SIDE_B are what `sender` holds.
+const _: () = assert!(SIDE_A == 0 && SIDE_B == 1);
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: eBPF programs cannot panic; the verifier rejects any path that could reach here.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,153 @@
+//! The daemon's HTTP API (axum): `/healthz` and `/api/v1/flows`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::capture::LoadedProgram;
+use crate::flows::{Flow, protocol_number};
+
+/// What the poller publishes after each read of the kernel maps.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub node: String,
+    /// RFC 3339 time of the poll this snapshot comes from.
+    pub time: String,
+    pub flows: Vec<Flow>,
+    pub health: Health,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub attached_interfaces: Vec<AttachedInterface>,
+    pub programs: Vec<ProgramInfo>,
+    pub flow_table_entries: usize,
+    pub flow_table_capacity: u32,
+    /// What the kernel side could not record, by reason (`map_full`, `parse_truncated`, ...).
+    pub kernel_counters: std::collections::BTreeMap<String, u64>,
+    pub poll_duration_ms: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttachedInterface {
+    pub name: String,
+    pub ifindex: u32,
+    pub kind: String,
+    pub mtu: u32,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProgramInfo {
+    pub name: String,
+    pub id: u32,
+}
+
+impl From<LoadedProgram> for ProgramInfo {
+    fn from(p: LoadedProgram) -> Self {
+        Self { name: p.name.to_string(), id: p.id }
+    }
+}
+
+pub type Shared = Arc<RwLock<Snapshot>>;
+
+/// Query filters of `GET /api/v1/flows`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowQuery {
+    pub state: Option<String>,
+    pub protocol: Option<String>,
+    /// Matches either endpoint's IP.
+    pub ip: Option<std::net::IpAddr>,
+    pub limit: Option<usize>,
+}
+
+const STATES: [&str; 5] = ["answered", "unanswered", "reset", "closed", "oneway"];
+
+#[derive(Serialize)]
+struct ApiError {
+    error: String,
+}
+
+fn bad_request(msg: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(ApiError { error: msg })).into_response()
+}
+
+impl FlowQuery {
+    fn validate(&self) -> Result<(), String> {
+        if let Some(s) = &self.state
+            && !STATES.contains(&s.as_str())
+        {
+            return Err(format!("unknown state {s:?} (one of {})", STATES.join(", ")));
+        }
+        if let Some(p) = &self.protocol
+            && protocol_number(p).is_none()
+            && p != "other"
+        {
+            return Err(format!("unknown protocol {p:?} (tcp, udp, sctp, icmp, icmpv6, other)"));
+        }
+        Ok(())
+    }
+
+    pub fn matches(&self, f: &Flow) -> bool {
+        self.state.as_ref().is_none_or(|s| &f.state == s)
+            && self.protocol.as_ref().is_none_or(|p| &f.protocol == p)
+            && self.ip.is_none_or(|ip| f.src_ip == ip || f.dst_ip == ip)
+    }
+}
+
+#[derive(Serialize)]
+struct FlowsResponse<'a> {
+    node: &'a str,
+    time: &'a str,
+    count: usize,
+    flows: Vec<&'a Flow>,
+}
+
+async fn flows(
+    State(shared): State<Shared>,
+    query: Result<Query<FlowQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return bad_request(e.body_text()),
+    };
+    if let Err(e) = q.validate() {
+        return bad_request(e);
+    }
+    let snap = shared.read().unwrap_or_else(|p| p.into_inner());
+    let flows: Vec<&Flow> =
+        snap.flows.iter().filter(|f| q.matches(f)).take(q.limit.unwrap_or(usize::MAX)).collect();
+    Json(FlowsResponse { node: &snap.node, time: &snap.time, count: flows.len(), flows }).into_response()
+}
+
+async fn healthz(State(shared): State<Shared>) -> Response {
+    let snap = shared.read().unwrap_or_else(|p| p.into_inner());
+    Json(&snap.health).into_response()
+}
+
+pub fn router(shared: Shared) -> Router {
+    Router::new().route("/healthz", get(healthz)).route("/api/v1/flows", get(flows)).with_state(shared)
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Shared,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(shared)).with_graceful_shutdown(shutdown).await
+}
+
+pub fn local_addr(l: &tokio::net::TcpListener) -> Option<SocketAddr> {
+    l.local_addr().ok()
+}

@@ -1,0 +1,242 @@
+//! The kernel side as seen from userspace: load the embedded eBPF object, attach its
+//! classifiers to interfaces (tcx on Linux >= 6.6, clsact + cls_bpf before), read and expire
+//! the flow map, and detach everything on the way out.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType,
+        tc::{self, SchedClassifierLinkId},
+    },
+    util::KernelVersion,
+};
+use kovn_ebpf_common::{CNT_MAX, COUNTER_NAMES, FlowKey, FlowStats};
+
+use crate::interfaces::IfaceKind;
+
+/// The eBPF object built by build.rs (aya-build) from the kovn-ebpf crate, embedded once.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kovn"));
+
+pub const FLOW_MAP: &str = "FLOWS";
+pub const COUNTER_MAP: &str = "COUNTERS";
+
+/// Program names in the object, per interface kind: (ingress, egress).
+pub fn programs_for(kind: IfaceKind) -> (&'static str, &'static str) {
+    match kind {
+        IfaceKind::Pod => ("kovn_pod_ingress", "kovn_pod_egress"),
+        IfaceKind::Host => ("kovn_host_ingress", "kovn_host_egress"),
+    }
+}
+
+pub const ALL_PROGRAMS: [&str; 4] =
+    ["kovn_pod_ingress", "kovn_pod_egress", "kovn_host_ingress", "kovn_host_egress"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program { name: &'static str, source: ProgramError },
+    #[error("eBPF program {0} missing from the object")]
+    MissingProgram(&'static str),
+    #[error("eBPF map {name}: {source}")]
+    Map { name: &'static str, source: MapError },
+    #[error("eBPF map {0} missing from the object")]
+    MissingMap(&'static str),
+    #[error("attaching to {iface}: {source}")]
+    Attach { iface: String, source: ProgramError },
+    #[error("flow table size {0} out of range (1024..=16777216)")]
+    TableSize(u32),
+}
+
+/// One attached interface and the links that hold our programs on it.
+#[derive(Debug)]
+pub struct Attachment {
+    pub name: String,
+    pub kind: IfaceKind,
+    pub mtu: u32,
+    links: Vec<(&'static str, SchedClassifierLinkId)>,
+}
+
+/// A loaded program, as the kernel knows it (for `bpftool` and the health endpoint).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LoadedProgram {
+    pub name: &'static str,
+    pub id: u32,
+}
+
+pub struct Capture {
+    ebpf: Ebpf,
+    attached: BTreeMap<u32, Attachment>,
+    table_size: u32,
+}
+
+impl Capture {
+    /// Loads every program and map. `table_size` sizes the flow map at load time.
+    pub fn load(table_size: u32) -> Result<Self, CaptureError> {
+        if !(1024..=16_777_216).contains(&table_size) {
+            return Err(CaptureError::TableSize(table_size));
+        }
+        let mut ebpf = EbpfLoader::new().map_max_entries(FLOW_MAP, table_size).load(EBPF_OBJECT)?;
+        for name in ALL_PROGRAMS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(CaptureError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| CaptureError::Program { name, source })?;
+            prog.load().map_err(|source| CaptureError::Program { name, source })?;
+        }
+        Ok(Self { ebpf, attached: BTreeMap::new(), table_size })
+    }
+
+    pub fn table_size(&self) -> u32 {
+        self.table_size
+    }
+
+    pub fn attachments(&self) -> &BTreeMap<u32, Attachment> {
+        &self.attached
+    }
+
+    pub fn programs(&self) -> Vec<LoadedProgram> {
+        ALL_PROGRAMS
+            .iter()
+            .filter_map(|&name| {
+                let prog: &SchedClassifier = self.ebpf.program(name)?.try_into().ok()?;
+                Some(LoadedProgram { name, id: prog.info().ok()?.id() })
+            })
+            .collect()
+    }
+
+    /// Direct access to a loaded program (the BPF_PROG_TEST_RUN tests and benchmarks use it).
+    pub fn program_mut(&mut self, name: &'static str) -> Result<&mut SchedClassifier, CaptureError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(CaptureError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| CaptureError::Program { name, source })
+    }
+
+    /// Attaches ingress and egress programs to `ifindex`. Idempotent per interface.
+    pub fn attach(
+        &mut self,
+        ifindex: u32,
+        name: &str,
+        kind: IfaceKind,
+        mtu: u32,
+    ) -> Result<(), CaptureError> {
+        if let Some(a) = self.attached.get_mut(&ifindex) {
+            a.mtu = mtu;
+            if a.name == name && a.kind == kind {
+                return Ok(());
+            }
+            // Same index, other name or kind (a rename): start over.
+            self.detach(ifindex);
+        }
+        // Before tcx (Linux 6.6) the programs hang off a clsact qdisc; it may already exist.
+        if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0)) {
+            let _ = tc::qdisc_add_clsact(ifindex);
+        }
+        let (ingress, egress) = programs_for(kind);
+        let mut links = Vec::with_capacity(2);
+        for (prog_name, hook) in [(ingress, TcAttachType::Ingress), (egress, TcAttachType::Egress)] {
+            let attached = self.program_mut(prog_name).and_then(|p| {
+                p.attach(ifindex, hook)
+                    .map_err(|source| CaptureError::Attach { iface: name.to_string(), source })
+            });
+            match attached {
+                Ok(link) => links.push((prog_name, link)),
+                Err(e) => {
+                    // Leave nothing half-attached.
+                    for (p, link) in links {
+                        if let Ok(prog) = self.program_mut(p) {
+                            let _ = prog.detach(link);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.attached.insert(ifindex, Attachment { name: name.to_string(), kind, mtu, links });
+        Ok(())
+    }
+
+    /// Detaches from `ifindex`. A link whose device is already gone detaches with an error
+    /// the kernel has nothing left to undo for; it is ignored.
+    pub fn detach(&mut self, ifindex: u32) -> Option<Attachment> {
+        let mut a = self.attached.remove(&ifindex)?;
+        for (prog_name, link) in a.links.drain(..) {
+            if let Ok(prog) = self.program_mut(prog_name)
+                && let Err(e) = prog.detach(link)
+            {
+                log::debug!("detach {prog_name} from {}: {e}", a.name);
+            }
+        }
+        Some(a)
+    }
+
+    pub fn detach_all(&mut self) {
+        let indices: Vec<u32> = self.attached.keys().copied().collect();
+        for i in indices {
+            self.detach(i);
+        }
+    }
+
+    fn flow_map(&self) -> Result<BpfHashMap<&MapData, FlowKey, FlowStats>, CaptureError> {
+        let map = self.ebpf.map(FLOW_MAP).ok_or(CaptureError::MissingMap(FLOW_MAP))?;
+        BpfHashMap::try_from(map).map_err(|source| CaptureError::Map { name: FLOW_MAP, source })
+    }
+
+    /// Every flow in the kernel map. Entries deleted while iterating are skipped.
+    pub fn read_flows(&self) -> Result<Vec<(FlowKey, FlowStats)>, CaptureError> {
+        let map = self.flow_map()?;
+        let mut out = Vec::new();
+        for item in map.iter() {
+            match item {
+                Ok(kv) => out.push(kv),
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => return Err(CaptureError::Map { name: FLOW_MAP, source }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes flows from the kernel map (expired by userspace).
+    pub fn remove_flows(&mut self, keys: &[FlowKey]) -> Result<usize, CaptureError> {
+        let map = self.ebpf.map_mut(FLOW_MAP).ok_or(CaptureError::MissingMap(FLOW_MAP))?;
+        let mut map: BpfHashMap<&mut MapData, FlowKey, FlowStats> =
+            BpfHashMap::try_from(map).map_err(|source| CaptureError::Map { name: FLOW_MAP, source })?;
+        let mut removed = 0;
+        for k in keys {
+            match map.remove(k) {
+                Ok(()) => removed += 1,
+                Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(CaptureError::Map { name: FLOW_MAP, source }),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The kernel-side counters summed over CPUs, by name.
+    pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, CaptureError> {
+        let map = self.ebpf.map(COUNTER_MAP).ok_or(CaptureError::MissingMap(COUNTER_MAP))?;
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| CaptureError::Map { name: COUNTER_MAP, source })?;
+        let mut out = BTreeMap::new();
+        for i in 0..CNT_MAX {
+            let v = arr.get(&i, 0).map_err(|source| CaptureError::Map { name: COUNTER_MAP, source })?;
+            out.insert(COUNTER_NAMES[i as usize], v.iter().sum());
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        // tcx links die with their file descriptors anyway; netlink (pre-6.6) filters do not,
+        // so detach explicitly in every case.
+        self.detach_all();
+    }
+}

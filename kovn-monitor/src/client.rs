@@ -1,0 +1,145 @@
+//! The CLI's side of the API: `kovn-monitor flows`.
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::flows::Flow;
+
+#[derive(serde::Deserialize)]
+pub struct FlowsResponse {
+    pub node: String,
+    pub time: String,
+    pub count: usize,
+    pub flows: Vec<Flow>,
+}
+
+/// Checks an endpoint is an http URL with a host, before anything is sent.
+pub fn endpoint_url(endpoint: &str, path: &str) -> Result<reqwest::Url> {
+    let base = reqwest::Url::parse(endpoint).with_context(|| format!("invalid endpoint {endpoint:?}"))?;
+    if base.scheme() != "http" || base.host().is_none() {
+        bail!("invalid endpoint {endpoint:?}: expected http://HOST:PORT");
+    }
+    base.join(path).with_context(|| format!("invalid endpoint {endpoint:?}"))
+}
+
+pub async fn get_flows(endpoint: &str, query: &[(&str, String)]) -> Result<FlowsResponse> {
+    let url = endpoint_url(endpoint, "/api/v1/flows")?;
+    let resp = reqwest::Client::new()
+        .get(url.clone())
+        .query(query)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach kovn-monitor at {endpoint}"))?;
+    let status = resp.status();
+    let body = resp.text().await.context("reading the response")?;
+    if !status.is_success() {
+        bail!("{url}: {status}: {}", body.trim());
+    }
+    serde_json::from_str(&body).with_context(|| format!("{url}: unexpected response"))
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{b}B") } else { format!("{v:.1}{}", UNITS[u]) }
+}
+
+fn endpoint(ip: std::net::IpAddr, port: u16, proto: &str) -> String {
+    let ip = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
+    if proto == "icmp" || proto == "icmpv6" || proto == "other" { ip } else { format!("{ip}:{port}") }
+}
+
+/// A plain table of flows, one per line, widest columns sized to content.
+pub fn render_table(flows: &[Flow]) -> String {
+    let header =
+        ["SRC", "DST", "PROTO", "STATE", "PKTS FWD/REV", "BYTES FWD/REV", "RTT", "UNANS", "INTERFACES"];
+    let rows: Vec<[String; 9]> = flows
+        .iter()
+        .map(|f| {
+            let mut ifaces: Vec<String> = f
+                .interfaces
+                .iter()
+                .map(|i| format!("{}/{}", i.name, if i.direction == "ingress" { "in" } else { "out" }))
+                .collect();
+            ifaces.dedup();
+            [
+                endpoint(f.src_ip, f.src_port, &f.protocol),
+                endpoint(f.dst_ip, f.dst_port, &f.protocol),
+                f.protocol.clone(),
+                f.state.clone(),
+                format!("{}/{}", f.packets_fwd, f.packets_rev),
+                format!("{}/{}", human_bytes(f.bytes_fwd), human_bytes(f.bytes_rev)),
+                f.rtt_us.map(|r| format!("{:.3}ms", r as f64 / 1000.0)).unwrap_or_else(|| "-".into()),
+                f.requests_unanswered.to_string(),
+                ifaces.join(","),
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = line(&header.map(String::from));
+    out.push('\n');
+    for r in &rows {
+        out.push_str(&line(r));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_must_be_http_urls() {
+        assert!(endpoint_url("http://127.0.0.1:9474", "/api/v1/flows").is_ok());
+        assert!(endpoint_url("127.0.0.1:9474", "/x").is_err());
+        assert!(endpoint_url("file:///etc/passwd", "/x").is_err());
+        assert!(endpoint_url("http://", "/x").is_err());
+    }
+
+    #[test]
+    fn table_has_a_row_per_flow() {
+        let f: Flow = serde_json::from_value(serde_json::json!({
+            "id": "0011223344556677", "src_ip": "10.16.0.2", "dst_ip": "10.16.0.3",
+            "src_port": 40000, "dst_port": 8080, "protocol": "tcp", "ip_proto": 6,
+            "packets_fwd": 5, "bytes_fwd": 2048, "packets_rev": 4, "bytes_rev": 300,
+            "first_seen": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:01Z",
+            "state": "answered", "rtt_us": 250, "requests": 1, "replies": 1,
+            "requests_unanswered": 0, "rst_fwd": 0, "rst_rev": 0, "tcp_flags_fwd": "SYN|ACK",
+            "tcp_flags_rev": "SYN|ACK", "initiator_guessed": false, "fragment": false,
+            "interfaces": [{"name": "abc_h", "ifindex": 3, "direction": "ingress", "kind": "pod",
+                            "flow_direction": "fwd", "packets": 5}]
+        }))
+        .expect("valid flow json");
+        let t = render_table(&[f]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2, "{t}");
+        assert!(lines[0].starts_with("SRC"));
+        assert!(lines[1].contains("10.16.0.2:40000") && lines[1].contains("10.16.0.3:8080"), "{t}");
+        assert!(
+            lines[1].contains("2.0KiB/300B") && lines[1].contains("0.250ms") && lines[1].contains("abc_h/in"),
+            "{t}"
+        );
+    }
+}

@@ -1,0 +1,452 @@
+//! The userspace flow table: kernel records turned into initiator-oriented flows with a
+//! request/reply state, kept while active, expired when idle.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use kovn_ebpf_common::{
+    DIR_FWD, DIR_REV, FLOW_F_FRAGMENT, FLOW_F_INITIATOR_GUESSED, FlowKey, FlowStats, HOOK_EGRESS,
+    HOOK_KIND_SHIFT, KIND_HOST, KIND_POD, KIND_TUNNEL, KIND_UNDERLAY, RR_ECHO, RR_NONE, RR_SCTP, RR_TCP,
+    RR_UDP, SIDE_A, words_to_bytes,
+};
+use serde::{Deserialize, Serialize};
+
+/// A flow as the API shows it. `fwd` is initiator → responder, `rev` the answer direction.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Flow {
+    /// Stable identifier of the flow (hash of its 5-tuple), for `--flow ID` and the API.
+    pub id: String,
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// `tcp|udp|sctp|icmp|icmpv6|other`
+    pub protocol: String,
+    /// IP protocol number (useful when `protocol` is `other`).
+    pub ip_proto: u8,
+    pub packets_fwd: u64,
+    pub bytes_fwd: u64,
+    pub packets_rev: u64,
+    pub bytes_rev: u64,
+    /// RFC 3339.
+    pub first_seen: String,
+    pub last_seen: String,
+    /// `answered|unanswered|reset|closed|oneway`
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u64>,
+    /// Requests seen (TCP SYNs incl. retransmits, echo requests, UDP packets before the first
+    /// reply) and answers (SYN-ACKs, echo replies, 1 once UDP was answered).
+    pub requests: u32,
+    pub replies: u32,
+    pub requests_unanswered: u32,
+    pub rst_fwd: u32,
+    pub rst_rev: u32,
+    /// TCP flags seen per direction, e.g. `SYN|ACK|FIN`.
+    pub tcp_flags_fwd: String,
+    pub tcp_flags_rev: String,
+    /// True when the initiator was guessed (the opening packet was not seen).
+    pub initiator_guessed: bool,
+    /// True for a flow of non-first IP fragments (no ports).
+    pub fragment: bool,
+    pub interfaces: Vec<FlowInterface>,
+}
+
+/// Where a flow was seen: interface, tc hook direction, and which flow direction.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FlowInterface {
+    pub name: String,
+    pub ifindex: u32,
+    /// tc hook: `ingress|egress`
+    pub direction: String,
+    /// `pod|tunnel|underlay|host`
+    pub kind: String,
+    /// Which direction of the flow this hook saw: `fwd|rev`
+    pub flow_direction: String,
+    pub packets: u64,
+}
+
+/// The offset between CLOCK_REALTIME and CLOCK_MONOTONIC (what `bpf_ktime_get_ns` counts).
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    realtime_minus_mono_ns: i128,
+    mono_now_ns: u64,
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec; the clocks used always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let mono = clock_ns(libc::CLOCK_MONOTONIC);
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        Self { realtime_minus_mono_ns: real - mono, mono_now_ns: mono as u64 }
+    }
+
+    /// For tests: a fixed clock.
+    pub fn fixed(mono_now_ns: u64, realtime_minus_mono_ns: i128) -> Self {
+        Self { realtime_minus_mono_ns, mono_now_ns }
+    }
+
+    pub fn mono_now_ns(&self) -> u64 {
+        self.mono_now_ns
+    }
+
+    pub fn rfc3339(&self, mono_ns: u64) -> String {
+        let ns = i128::from(mono_ns) + self.realtime_minus_mono_ns;
+        time::OffsetDateTime::from_unix_timestamp_nanos(ns)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Names of interfaces by index, remembered after they go so old flows keep their names.
+pub type IfaceNames = HashMap<u32, String>;
+
+pub fn flow_id(key: &FlowKey) -> String {
+    // FNV-1a 64 over the key's fields: stable across restarts and nodes.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: u8| {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    for b in words_to_bytes(key.addr_a).into_iter().chain(words_to_bytes(key.addr_b)) {
+        eat(b);
+    }
+    for b in key.port_a.to_be_bytes().into_iter().chain(key.port_b.to_be_bytes()) {
+        eat(b);
+    }
+    eat(key.proto);
+    format!("{h:016x}")
+}
+
+pub fn ip_of(words: [u32; 4]) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(words_to_bytes(words));
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+pub fn protocol_name(proto: u8) -> &'static str {
+    match proto {
+        6 => "tcp",
+        17 => "udp",
+        132 => "sctp",
+        1 => "icmp",
+        58 => "icmpv6",
+        _ => "other",
+    }
+}
+
+/// Parses a protocol name as accepted on the command line and in API filters.
+pub fn protocol_number(name: &str) -> Option<u8> {
+    match name {
+        "tcp" => Some(6),
+        "udp" => Some(17),
+        "sctp" => Some(132),
+        "icmp" => Some(1),
+        "icmpv6" => Some(58),
+        _ => None,
+    }
+}
+
+fn tcp_flags_str(f: u8) -> String {
+    const NAMES: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
+    NAMES.iter().enumerate().filter(|(i, _)| f & (1 << i) != 0).map(|(_, n)| *n).collect::<Vec<_>>().join("|")
+}
+
+const TCP_FIN: u8 = 0x01;
+
+/// Requests that got no answer: retransmitted SYNs and lost echoes count; a SYN refused with
+/// an RST was answered (by a refusal).
+pub fn requests_unanswered(s: &FlowStats) -> u32 {
+    match s.rr_kind {
+        RR_UDP => {
+            if s.replies == 0 {
+                s.requests
+            } else {
+                0
+            }
+        }
+        RR_TCP | RR_SCTP if s.replies == 0 && s.rst[DIR_REV] > 0 => s.requests.saturating_sub(1),
+        RR_TCP | RR_SCTP | RR_ECHO => s.requests.saturating_sub(s.replies),
+        _ => 0,
+    }
+}
+
+pub fn state(s: &FlowStats) -> &'static str {
+    if s.rst[DIR_FWD] > 0 || s.rst[DIR_REV] > 0 {
+        "reset"
+    } else if s.rr_kind == RR_TCP
+        && s.tcp_flags[DIR_FWD] & TCP_FIN != 0
+        && s.tcp_flags[DIR_REV] & TCP_FIN != 0
+    {
+        "closed"
+    } else if s.rr_kind != RR_NONE && s.requests > 0 {
+        if s.replies > 0 { "answered" } else { "unanswered" }
+    } else if s.packets[DIR_REV] > 0 {
+        "answered"
+    } else {
+        "oneway"
+    }
+}
+
+fn hook_kind(hook: u8) -> &'static str {
+    match hook >> HOOK_KIND_SHIFT {
+        KIND_POD => "pod",
+        KIND_TUNNEL => "tunnel",
+        KIND_UNDERLAY => "underlay",
+        KIND_HOST => "host",
+        _ => "unknown",
+    }
+}
+
+impl Flow {
+    pub fn from_kernel(key: &FlowKey, s: &FlowStats, clock: &Clock, names: &IfaceNames) -> Self {
+        let (src, dst, sport, dport) = if s.initiator == SIDE_A {
+            (key.addr_a, key.addr_b, key.port_a, key.port_b)
+        } else {
+            (key.addr_b, key.addr_a, key.port_b, key.port_a)
+        };
+        let interfaces = s
+            .obs
+            .iter()
+            .filter(|o| o.ifindex != 0)
+            .map(|o| FlowInterface {
+                name: names.get(&o.ifindex).cloned().unwrap_or_else(|| format!("if{}", o.ifindex)),
+                ifindex: o.ifindex,
+                direction: if o.hook & 1 == HOOK_EGRESS { "egress" } else { "ingress" }.into(),
+                kind: hook_kind(o.hook).into(),
+                flow_direction: if usize::from(o.dir) == DIR_FWD { "fwd" } else { "rev" }.into(),
+                packets: o.packets,
+            })
+            .collect();
+        Flow {
+            id: flow_id(key),
+            src_ip: ip_of(src),
+            dst_ip: ip_of(dst),
+            src_port: sport,
+            dst_port: dport,
+            protocol: protocol_name(key.proto).into(),
+            ip_proto: key.proto,
+            packets_fwd: s.packets[DIR_FWD],
+            bytes_fwd: s.bytes[DIR_FWD],
+            packets_rev: s.packets[DIR_REV],
+            bytes_rev: s.bytes[DIR_REV],
+            first_seen: clock.rfc3339(s.first_seen_ns),
+            last_seen: clock.rfc3339(s.last_seen_ns),
+            state: state(s).into(),
+            rtt_us: (s.rtt_ns > 0).then(|| s.rtt_ns.div_ceil(1000)),
+            requests: s.requests,
+            replies: s.replies,
+            requests_unanswered: requests_unanswered(s),
+            rst_fwd: s.rst[DIR_FWD],
+            rst_rev: s.rst[DIR_REV],
+            tcp_flags_fwd: tcp_flags_str(s.tcp_flags[DIR_FWD]),
+            tcp_flags_rev: tcp_flags_str(s.tcp_flags[DIR_REV]),
+            initiator_guessed: s.flags & FLOW_F_INITIATOR_GUESSED != 0,
+            fragment: s.flags & FLOW_F_FRAGMENT != 0,
+            interfaces,
+        }
+    }
+}
+
+struct Entry {
+    stats: FlowStats,
+    /// The kernel entry was removed (idle); kept here until the retention time passes.
+    expired: bool,
+}
+
+/// What one poll changed, for logs and self-metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PollResult {
+    pub kernel_entries: usize,
+    pub expired: usize,
+    pub dropped: usize,
+}
+
+pub struct FlowTable {
+    entries: HashMap<FlowKey, Entry>,
+    names: IfaceNames,
+    /// A kernel entry idle this long is removed from the map (its flow is over).
+    pub idle_timeout: Duration,
+    /// An expired flow stays visible in the API this long after its last packet.
+    pub retention: Duration,
+}
+
+impl FlowTable {
+    pub fn new(idle_timeout: Duration, retention: Duration) -> Self {
+        Self { entries: HashMap::new(), names: IfaceNames::new(), idle_timeout, retention }
+    }
+
+    pub fn set_iface_name(&mut self, ifindex: u32, name: &str) {
+        self.names.insert(ifindex, name.to_string());
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Merges a read of the kernel map. Returns the keys idle past `idle_timeout`, which the
+    /// caller removes from the kernel.
+    pub fn merge(&mut self, kernel: Vec<(FlowKey, FlowStats)>, now_mono_ns: u64) -> Vec<FlowKey> {
+        let idle_ns = self.idle_timeout.as_nanos() as u64;
+        let mut idle = Vec::new();
+        for (key, stats) in kernel {
+            if now_mono_ns.saturating_sub(stats.last_seen_ns) > idle_ns {
+                idle.push(key);
+            }
+            self.entries.insert(key, Entry { stats, expired: false });
+        }
+        for k in &idle {
+            if let Some(e) = self.entries.get_mut(k) {
+                e.expired = true;
+            }
+        }
+        idle
+    }
+
+    /// Drops expired flows older than the retention time. Flows still in the kernel are kept.
+    pub fn prune(&mut self, now_mono_ns: u64) -> usize {
+        let keep_ns = self.retention.as_nanos() as u64;
+        let before = self.entries.len();
+        self.entries.retain(|_, e| !e.expired || now_mono_ns.saturating_sub(e.stats.last_seen_ns) <= keep_ns);
+        before - self.entries.len()
+    }
+
+    pub fn snapshot(&self, clock: &Clock) -> Vec<Flow> {
+        let mut flows: Vec<Flow> =
+            self.entries.iter().map(|(k, e)| Flow::from_kernel(k, &e.stats, clock, &self.names)).collect();
+        flows.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then_with(|| a.id.cmp(&b.id)));
+        flows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kovn_ebpf_common::{ObsPoint, ipv4_mapped};
+
+    use super::*;
+
+    fn key(sport: u16, dport: u16, proto: u8) -> (FlowKey, u8) {
+        FlowKey::canonical(ipv4_mapped([10, 16, 0, 2]), ipv4_mapped([10, 16, 0, 3]), sport, dport, proto)
+    }
+
+    fn tcp_stats(initiator: u8) -> FlowStats {
+        FlowStats {
+            rr_kind: RR_TCP,
+            initiator,
+            first_seen_ns: 1_000,
+            last_seen_ns: 2_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flow_is_oriented_from_the_initiator() {
+        // The client 10.16.0.3:40000 talks to 10.16.0.2:80: the canonical key puts .2 first.
+        let (k, client_side) =
+            FlowKey::canonical(ipv4_mapped([10, 16, 0, 3]), ipv4_mapped([10, 16, 0, 2]), 40000, 80, 6);
+        assert_eq!(client_side, 1, "the client is side B of this key");
+        let mut s = tcp_stats(client_side);
+        s.packets = [3, 2];
+        s.bytes = [180, 120];
+        let f = Flow::from_kernel(&k, &s, &Clock::fixed(0, 0), &IfaceNames::new());
+        assert_eq!(f.src_ip.to_string(), "10.16.0.3");
+        assert_eq!(f.dst_ip.to_string(), "10.16.0.2");
+        assert_eq!((f.src_port, f.dst_port), (40000, 80));
+        assert_eq!((f.packets_fwd, f.packets_rev, f.bytes_fwd, f.bytes_rev), (3, 2, 180, 120));
+        assert_eq!(f.protocol, "tcp");
+    }
+
+    #[test]
+    fn states_follow_request_and_reply() {
+        let mut s = tcp_stats(0);
+        s.requests = 3; // two retransmissions
+        assert_eq!(state(&s), "unanswered");
+        assert_eq!(requests_unanswered(&s), 3);
+        s.replies = 1;
+        assert_eq!(state(&s), "answered");
+        assert_eq!(requests_unanswered(&s), 2);
+        s.tcp_flags = [0x11, 0x11];
+        assert_eq!(state(&s), "closed");
+        s.rst[DIR_REV] = 1;
+        assert_eq!(state(&s), "reset");
+
+        let mut refused = tcp_stats(0);
+        refused.requests = 1;
+        refused.rst[DIR_REV] = 1;
+        assert_eq!(state(&refused), "reset");
+        assert_eq!(requests_unanswered(&refused), 0, "a refusal is an answer");
+
+        let udp = FlowStats { rr_kind: RR_UDP, requests: 4, ..Default::default() };
+        assert_eq!((state(&udp), requests_unanswered(&udp)), ("unanswered", 4));
+        let other = FlowStats { rr_kind: RR_NONE, packets: [5, 0], ..Default::default() };
+        assert_eq!(state(&other), "oneway");
+    }
+
+    #[test]
+    fn times_and_interfaces_are_rendered() {
+        let (k, side) = key(1234, 53, 17);
+        let mut s = FlowStats { rr_kind: RR_UDP, initiator: side, rtt_ns: 1_500, ..Default::default() };
+        s.first_seen_ns = 5_000_000_000;
+        s.last_seen_ns = 6_000_000_000;
+        s.obs[0] = ObsPoint { ifindex: 7, hook: 0, dir: 0, _pad: [0; 2], packets: 4 };
+        s.obs[1] = ObsPoint { ifindex: 9, hook: 1 | (KIND_HOST << 1), dir: 1, _pad: [0; 2], packets: 2 };
+        let mut names = IfaceNames::new();
+        names.insert(7, "abcdef012345_h".into());
+        // Monotonic 5 s == 2026-01-01T00:00:05Z.
+        let clock = Clock::fixed(0, 1_767_225_600i128 * 1_000_000_000);
+        let f = Flow::from_kernel(&k, &s, &clock, &names);
+        assert_eq!(f.first_seen, "2026-01-01T00:00:05Z");
+        assert_eq!(f.last_seen, "2026-01-01T00:00:06Z");
+        assert_eq!(f.rtt_us, Some(2));
+        assert_eq!(f.interfaces.len(), 2);
+        assert_eq!(f.interfaces[0].name, "abcdef012345_h");
+        assert_eq!((f.interfaces[0].direction.as_str(), f.interfaces[0].kind.as_str()), ("ingress", "pod"));
+        assert_eq!(f.interfaces[1].name, "if9");
+        assert_eq!(
+            (f.interfaces[1].direction.as_str(), f.interfaces[1].flow_direction.as_str()),
+            ("egress", "rev")
+        );
+    }
+
+    #[test]
+    fn idle_flows_expire_then_are_dropped_after_retention() {
+        let mut t = FlowTable::new(Duration::from_secs(10), Duration::from_secs(30));
+        let (k, side) = key(1, 2, 6);
+        let s = FlowStats { last_seen_ns: 1_000_000_000, initiator: side, ..Default::default() };
+        assert!(t.merge(vec![(k, s)], 5_000_000_000).is_empty());
+        assert_eq!(t.merge(vec![(k, s)], 12_000_000_000), vec![k]);
+        assert_eq!(t.prune(20_000_000_000), 0, "kept during retention");
+        assert_eq!(t.prune(32_000_000_000), 1);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let (a, _) = key(1, 2, 6);
+        let (b, _) = key(1, 3, 6);
+        assert_eq!(flow_id(&a), flow_id(&a));
+        assert_ne!(flow_id(&a), flow_id(&b));
+        assert_eq!(flow_id(&a).len(), 16);
+    }
+
+    #[test]
+    fn ipv6_addresses_stay_ipv6() {
+        let w = kovn_ebpf_common::ipv6_words([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(ip_of(w).to_string(), "fd00::1");
+        assert_eq!(ip_of(ipv4_mapped([1, 2, 3, 4])).to_string(), "1.2.3.4");
+    }
+}

@@ -1,0 +1,183 @@
+//! Which interfaces to watch, and following them as they come and go (rtnetlink).
+//!
+//! Kube-OVN creates a pod's host-side veth as `<first 12 hex of the sandbox id>_h` and deletes
+//! it with the pod, so the set of interfaces changes all the time; a monitor that only attaches
+//! at start-up would miss every pod created after it.
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use netlink_packet_core::NetlinkPayload;
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    link::{LinkAttribute, LinkMessage},
+};
+use rtnetlink::{MulticastGroup, new_multicast_connection};
+use tokio::sync::mpsc;
+
+/// What an interface is to kovn; decides which programs are attached and how its flows count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IfaceKind {
+    /// A pod's host-side veth (`*_h`).
+    Pod,
+    /// Any other interface named with `--iface`.
+    Host,
+}
+
+impl IfaceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pod => "pod",
+            Self::Host => "host",
+        }
+    }
+}
+
+/// The rules that pick interfaces: name patterns for pod veths plus explicit names.
+#[derive(Clone, Debug)]
+pub struct Selector {
+    pod_patterns: Vec<glob::Pattern>,
+    explicit: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SelectorError {
+    #[error("invalid interface pattern {pattern:?}: {source}")]
+    Pattern { pattern: String, source: glob::PatternError },
+    #[error("invalid interface name {0:?} (1 to 15 characters, no '/', ':' or whitespace)")]
+    Name(String),
+}
+
+/// Linux interface names: at most IFNAMSIZ-1 = 15 bytes, no '/', no whitespace, not "." or "..".
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+}
+
+impl Selector {
+    pub fn new(pod_patterns: &[String], explicit: &[String]) -> Result<Self, SelectorError> {
+        let pod_patterns = pod_patterns
+            .iter()
+            .map(|p| {
+                glob::Pattern::new(p).map_err(|source| SelectorError::Pattern { pattern: p.clone(), source })
+            })
+            .collect::<Result<_, _>>()?;
+        if let Some(bad) = explicit.iter().find(|n| !valid_ifname(n)) {
+            return Err(SelectorError::Name(bad.clone()));
+        }
+        Ok(Self { pod_patterns, explicit: explicit.to_vec() })
+    }
+
+    /// The kind of an interface if kovn should watch it. Explicit names win over patterns only
+    /// when they do not also look like pod veths (then they are pods).
+    pub fn classify(&self, name: &str) -> Option<IfaceKind> {
+        if self.pod_patterns.iter().any(|p| p.matches(name)) {
+            Some(IfaceKind::Pod)
+        } else if self.explicit.iter().any(|n| n == name) {
+            Some(IfaceKind::Host)
+        } else {
+            None
+        }
+    }
+
+    pub fn explicit(&self) -> &[String] {
+        &self.explicit
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+}
+
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A link exists (from the initial dump or RTM_NEWLINK, which also reports changes).
+    Present(Link),
+    /// RTM_DELLINK: the link is gone (deleted or moved to another namespace).
+    Gone(u32),
+}
+
+fn link_of(msg: &LinkMessage) -> Option<Link> {
+    let mut name = None;
+    let mut mtu = 0;
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::Mtu(m) => mtu = *m,
+            _ => {}
+        }
+    }
+    Some(Link { index: msg.header.index, name: name?, mtu })
+}
+
+/// Subscribes to link events first, then dumps the current links, so no link that appears
+/// in between is missed (a duplicate `Present` is harmless: attaching is idempotent).
+/// Runs until the receiver is dropped.
+pub async fn watch(tx: mpsc::Sender<LinkEvent>) -> std::io::Result<()> {
+    let (conn, handle, mut messages) = new_multicast_connection(&[MulticastGroup::Link])?;
+    tokio::spawn(conn);
+    let mut dump = handle.link().get().execute();
+    loop {
+        match dump.try_next().await {
+            Ok(Some(msg)) => {
+                if let Some(link) = link_of(&msg)
+                    && tx.send(LinkEvent::Present(link)).await.is_err()
+                {
+                    return Ok(());
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return Err(std::io::Error::other(format!("link dump failed: {e}"))),
+        }
+    }
+    while let Some((msg, _)) = messages.next().await {
+        let event = match msg.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
+                link_of(&m).map(LinkEvent::Present)
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
+                Some(LinkEvent::Gone(m.header.index))
+            }
+            _ => None,
+        };
+        if let Some(e) = event
+            && tx.send(e).await.is_err()
+        {
+            return Ok(());
+        }
+    }
+    Err(std::io::Error::other("netlink link subscription ended"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel() -> Selector {
+        Selector::new(&["*_h".into()], &["eth0".into()]).expect("valid selector")
+    }
+
+    #[test]
+    fn kube_ovn_veths_are_pods() {
+        assert_eq!(sel().classify("a1b2c3d4e5f6_h"), Some(IfaceKind::Pod));
+        assert_eq!(sel().classify("eth0"), Some(IfaceKind::Host));
+        assert_eq!(sel().classify("lo"), None);
+        assert_eq!(sel().classify("a1b2c3d4e5f6_c"), None);
+    }
+
+    #[test]
+    fn bad_names_and_patterns_are_rejected() {
+        assert!(matches!(Selector::new(&["[".into()], &[]), Err(SelectorError::Pattern { .. })));
+        for bad in ["", "a/b", "sixteen-chars-xx", "a b", ".."] {
+            assert!(
+                matches!(Selector::new(&[], &[bad.into()]), Err(SelectorError::Name(_))),
+                "{bad:?} should be rejected"
+            );
+        }
+    }
+}

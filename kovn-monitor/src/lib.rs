@@ -1,0 +1,13 @@
+//! kovn-monitor: the node daemon and CLI of kovn, a continuous network path monitor for
+//! Kubernetes clusters running Kube-OVN.
+//!
+//! One module per concern: [`capture`] (the eBPF programs and maps), [`interfaces`] (which
+//! interfaces, following them via netlink), [`flows`] (the flow table and its JSON model),
+//! [`api`] (HTTP), [`daemon`] (the `run` loop), [`client`] (the CLI's API client).
+
+pub mod api;
+pub mod capture;
+pub mod client;
+pub mod daemon;
+pub mod flows;
+pub mod interfaces;

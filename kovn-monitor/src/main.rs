@@ -1,0 +1,179 @@
+//! `kovn-monitor`: the node daemon (`run`) and the operator's CLI (`flows`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use kovn_monitor::{client, daemon};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kovn-monitor",
+    version,
+    about = "Continuous network path monitor for Kube-OVN clusters (eBPF)",
+    long_about = "Watches pod traffic with eBPF on the node's Kube-OVN pod interfaces, records \
+                  request/reply pairs per flow, and serves what it sees over HTTP."
+)]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info", env = "KOVN_LOG_LEVEL")]
+    log_level: log::LevelFilter,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the node daemon: attach to pod interfaces, keep the flow table, serve the API.
+    Run(RunArgs),
+    /// Print the flows a running daemon sees.
+    Flows(FlowsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Address of the HTTP API (/healthz, /api/v1/flows).
+    #[arg(long, default_value = "127.0.0.1:9474", env = "KOVN_LISTEN")]
+    listen: SocketAddr,
+    /// Name pattern of pod host veths to attach to (glob; repeatable). Kube-OVN: `*_h`.
+    #[arg(long = "pod-iface", value_name = "PATTERN", default_values_t = ["*_h".to_string()])]
+    pod_iface: Vec<String>,
+    /// An extra interface to attach to, by exact name (repeatable). Must exist at start.
+    #[arg(long = "iface", value_name = "NAME")]
+    iface: Vec<String>,
+    /// How often the kernel's flow map is read.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// A flow with no packet for this long is over: removed from the kernel map.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    flow_idle_timeout: Duration,
+    /// How long a flow that is over stays visible in the API.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    flow_retention: Duration,
+    /// Capacity of the kernel flow map (entries; 1024..=16777216). New flows beyond it are
+    /// counted as lost (kernel counter `map_full`), never evict live ones.
+    #[arg(long, default_value_t = 65536)]
+    flow_table_size: u32,
+    /// This node's name (Kubernetes node name). Default: the host name.
+    #[arg(long, env = "KOVN_NODE_NAME")]
+    node_name: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct FlowsArgs {
+    /// The daemon's API.
+    #[arg(long, default_value = "http://127.0.0.1:9474", env = "KOVN_ENDPOINT")]
+    endpoint: String,
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+    /// Only flows in this state.
+    #[arg(long, value_parser = ["answered", "unanswered", "reset", "closed", "oneway"])]
+    state: Option<String>,
+    /// Only flows of this protocol.
+    #[arg(long, value_parser = ["tcp", "udp", "sctp", "icmp", "icmpv6", "other"])]
+    protocol: Option<String>,
+    /// Only flows with this IP at either end.
+    #[arg(long)]
+    ip: Option<std::net::IpAddr>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 500ms, 2s, 1m)"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+async fn flows(args: FlowsArgs) -> Result<()> {
+    let mut query = Vec::new();
+    if let Some(s) = args.state {
+        query.push(("state", s));
+    }
+    if let Some(p) = args.protocol {
+        query.push(("protocol", p));
+    }
+    if let Some(ip) = args.ip {
+        query.push(("ip", ip.to_string()));
+    }
+    let resp = client::get_flows(&args.endpoint, &query).await?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&resp.flows)?),
+        Output::Table => {
+            print!("{}", client::render_table(&resp.flows));
+            eprintln!("{} flows on {} at {}", resp.count, resp.node, resp.time);
+        }
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    if args.flow_retention < args.poll_interval {
+        bail!("--flow-retention must be at least --poll-interval");
+    }
+    daemon::run(daemon::RunConfig {
+        listen: args.listen,
+        pod_patterns: args.pod_iface,
+        ifaces: args.iface,
+        poll_interval: args.poll_interval,
+        flow_idle_timeout: args.flow_idle_timeout,
+        flow_retention: args.flow_retention,
+        flow_table_size: args.flow_table_size,
+        node_name: args.node_name.unwrap_or_else(hostname),
+    })
+    .await
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+                || matches!(e.kind(), ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand)
+            {
+                e.exit();
+            }
+            // One line, not clap's usage block: operators grep logs and scripts read stderr.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("error: invalid arguments");
+            eprintln!("{first} (see kovn-monitor --help)");
+            std::process::exit(2);
+        }
+    };
+    env_logger::Builder::new()
+        .filter_level(cli.log_level)
+        .parse_env("RUST_LOG")
+        .format_timestamp_millis()
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Run(a) => run(a).await,
+            Command::Flows(a) => flows(a).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

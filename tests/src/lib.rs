@@ -1,0 +1,1 @@
+//! Helpers for kovn's privileged tests (namespaces, veth pairs, tcpdump, the daemon).

@@ -1,0 +1,214 @@
+//! `lab down`: stops every process, deletes every namespace, link and file a lab made. Works
+//! from lab.json when there is one and from the naming rules when there is not (an `up` that
+//! died half-way), so it can always be re-run.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use super::model::{Lab, STATE_ROOT, load, state_dir_of};
+use super::sys;
+use crate::cmd;
+
+const GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DownOutcome {
+    Removed { name: String },
+    /// Nothing of that lab existed.
+    NothingUp { name: String },
+}
+
+/// Whether `netns` is one of lab `name`'s namespaces: `NAME-nodeK` or `NAME-nK-pJ`.
+pub fn is_lab_netns(name: &str, netns: &str) -> bool {
+    let Some(rest) = netns.strip_prefix(name).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some(k) = rest.strip_prefix("node") {
+        return digits(k);
+    }
+    rest.strip_prefix('n')
+        .and_then(|r| r.split_once("-p"))
+        .is_some_and(|(k, j)| digits(k) && digits(j))
+}
+
+/// Whether `link` is one of lab `name`'s root-netns links: the bridge `NAME-ul` or a node
+/// veth end `NAME-uK`.
+pub fn is_lab_link(name: &str, link: &str) -> bool {
+    link.strip_prefix(name)
+        .and_then(|r| r.strip_prefix("-u"))
+        .is_some_and(|r| r == "l" || (!r.is_empty() && r.bytes().all(|b| b.is_ascii_digit())))
+}
+
+fn netns_list() -> Vec<String> {
+    cmd::stdout("ip", &["netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+fn root_links() -> Vec<String> {
+    cmd::stdout("ip", &["-o", "link", "show"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let name = l.split(": ").nth(1)?;
+            Some(name.split('@').next()?.to_string())
+        })
+        .collect()
+}
+
+fn lab_netns(name: &str) -> Vec<String> {
+    netns_list()
+        .into_iter()
+        .filter(|n| is_lab_netns(name, n))
+        .collect()
+}
+
+fn lab_links(name: &str) -> Vec<String> {
+    root_links()
+        .into_iter()
+        .filter(|l| is_lab_link(name, l))
+        .collect()
+}
+
+/// Fails if namespaces or links of lab `name` exist although no lab.json describes them.
+pub fn refuse_leftovers(name: &str) -> Result<()> {
+    let (ns, links) = (lab_netns(name), lab_links(name));
+    if !ns.is_empty() || !links.is_empty() {
+        bail!(
+            "leftovers of a lab named {name} exist (namespaces: {}; links: {}); \
+             run `cargo xtask lab down --name {name}` first",
+            ns.join(" "),
+            links.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Brings down the lab named `name_or_state_dir` (or whose state directory that is).
+pub fn down(name_or_state_dir: &str) -> Result<DownOutcome> {
+    sys::require_root()?;
+    let dir = state_dir_of(name_or_state_dir);
+    // A custom --state-dir is reachable through the /run/kovn-lab/NAME symlink.
+    let real_dir = fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+    let lab = load(&real_dir.to_string_lossy()).ok();
+    let name = match &lab {
+        Some(lab) => lab.name.clone(),
+        None => dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let nothing = !dir.exists()
+        && dir.symlink_metadata().is_err()
+        && lab_netns(&name).is_empty()
+        && lab_links(&name).is_empty()
+        && sys::pids_referencing(&real_dir).is_empty();
+    if nothing {
+        return Ok(DownOutcome::NothingUp { name });
+    }
+    teardown(&name, &real_dir, lab.as_ref())?;
+    Ok(DownOutcome::Removed { name })
+}
+
+/// Removes everything of lab `name`: processes (pidfiles, namespaces, anything still pointing at
+/// `state_dir`), namespaces, root links, files. Verifies nothing is left.
+pub fn teardown(name: &str, state_dir: &Path, lab: Option<&Lab>) -> Result<()> {
+    if let Some(lab) = lab {
+        for d in lab.daemons() {
+            if let Some(pid) = sys::live_pid(&d.pidfile, d.comm) {
+                sys::terminate(pid, d.group, GRACE);
+            }
+        }
+    }
+    for pidfile in pidfiles_under(state_dir) {
+        if let Some(pid) = sys::read_pidfile(&pidfile)
+            && sys::comm(pid).is_some_and(|c| is_lab_program(&c))
+        {
+            sys::terminate(pid, false, GRACE);
+        }
+    }
+    for ns in lab_netns(name) {
+        for pid in sys::netns_pids(&ns) {
+            sys::terminate(pid, false, GRACE);
+        }
+        cmd::run("ip", &["netns", "del", &ns])?;
+    }
+    for pid in sys::pids_referencing(state_dir) {
+        sys::terminate(pid, false, GRACE);
+    }
+    remove_links(name)?;
+    remove_files(name, state_dir)?;
+    verify_gone(name, state_dir)
+}
+
+/// The programs a lab runs (a pidfile's pid is only signalled if it is one of these).
+fn is_lab_program(comm: &str) -> bool {
+    matches!(
+        comm,
+        "ovsdb-server" | "ovs-vswitchd" | "ovn-controller" | "ovn-northd" | "socat"
+    )
+}
+
+fn pidfiles_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "pid") {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+fn remove_links(name: &str) -> Result<()> {
+    // A node veth's root end disappears with its peer's namespace, asynchronously.
+    sys::wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        lab_links(name).iter().all(|l| l.ends_with("-ul"))
+    });
+    for link in lab_links(name) {
+        cmd::run("ip", &["link", "del", &link])?;
+    }
+    Ok(())
+}
+
+fn remove_files(name: &str, state_dir: &Path) -> Result<()> {
+    if state_dir.exists() {
+        fs::remove_dir_all(state_dir)?;
+    }
+    let default = Path::new(STATE_ROOT).join(name);
+    if default.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        fs::remove_file(&default)?;
+    }
+    Ok(())
+}
+
+fn verify_gone(name: &str, state_dir: &Path) -> Result<()> {
+    let gone = sys::wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        lab_netns(name).is_empty()
+            && lab_links(name).is_empty()
+            && sys::pids_referencing(state_dir).is_empty()
+    });
+    if !gone {
+        bail!(
+            "lab {name} not fully removed: namespaces [{}], links [{}], processes {:?}",
+            lab_netns(name).join(" "),
+            lab_links(name).join(" "),
+            sys::pids_referencing(state_dir)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! kovn's developer tasks as a library, so the privileged tests in `tests/` drive the same lab
+//! code as `cargo xtask lab ...`.
+
+pub mod cmd;
+pub mod lab;

@@ -1,0 +1,83 @@
+//! `cargo xtask <task>`: orchestration around cargo (setup, lab, demo, tests, benchmarks).
+//! It never replaces cargo: builds and tests are plain cargo invocations.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "kovn developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (Debian packages, Rust toolchains, bpf-linker).
+    Setup,
+    /// Build and drive the lab of network namespaces.
+    #[command(subcommand)]
+    Lab(xtask::lab::LabCommand),
+    /// Run every test: unprivileged unit tests, then the privileged kernel and lab tests.
+    Test {
+        /// Only the unprivileged tests.
+        #[arg(long)]
+        unprivileged_only: bool,
+        /// Extra arguments for the test harness (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => run(Command::new("bash").arg(workspace_root().join("scripts/setup.sh"))),
+        Task::Lab(cmd) => xtask::lab::run(cmd),
+        Task::Test { unprivileged_only, args } => test(unprivileged_only, &args),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+fn run(mut cmd: Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn test(unprivileged_only: bool, args: &[String]) -> Result<()> {
+    // Unit tests: no privileges, every crate but the privileged test crate.
+    let mut unit = cargo();
+    unit.args(["test", "--workspace", "--exclude", "kovn-tests", "--"]).args(args);
+    run(unit)?;
+    if unprivileged_only {
+        return Ok(());
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the privileged tests need root (they load eBPF programs and make network namespaces)");
+    }
+    // The privileged tests run the kovn-monitor binary; build it first so they test this tree.
+    let mut build = cargo();
+    build.args(["build", "--package", "kovn-monitor", "--bins"]);
+    run(build)?;
+    // One at a time: they share the kernel (tc hooks, namespaces, the lab).
+    let mut privileged = cargo();
+    privileged.args(["test", "--package", "kovn-tests", "--", "--test-threads=1"]).args(args);
+    run(privileged)
+}
