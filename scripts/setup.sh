@@ -14,7 +14,7 @@ LLVM_MAJOR=22
 # Debian packages: LLVM for bpf-linker; the lab's OVS/OVN; the tools the tests compare against.
 APT_PACKAGES=(
   "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" zlib1g-dev libzstd-dev
-  iproute2 nftables tcpdump iperf3 ethtool iputils-ping netcat-openbsd socat bpftool tmux
+  iproute2 curl nftables tcpdump iperf3 ethtool iputils-ping netcat-openbsd socat bpftool tmux
   openvswitch-switch ovn-central ovn-host
   prometheus prometheus-alertmanager
 )

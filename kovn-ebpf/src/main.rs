@@ -162,7 +162,10 @@ fn record(pkt: &Packet, ifindex: u32, hook: u8) {
     let s = unsafe { &mut *stats };
     let dir = if sender == s.initiator { DIR_FWD } else { DIR_REV };
     s.last_seen_ns = now;
-    observe_point(s, ifindex, hook, dir, pkt.l3_len);
+    if !observe_point(s, ifindex, hook, dir, pkt.l3_len) {
+        // Another hook of this node counts this direction: the packet was counted there.
+        return;
+    }
     if pkt.tcp_flags != 0 {
         let seen = s.tcp_flags[dir & 1];
         if seen | pkt.tcp_flags != seen {
@@ -174,9 +177,9 @@ fn record(pkt: &Packet, ifindex: u32, hook: u8) {
 
 /// Counts the packet at its observation point and, if that point owns this direction (it was
 /// the first to see it on this node), in the flow totals: a packet crossing two attached
-/// interfaces of one node is counted once.
+/// interfaces of one node is counted once. Returns whether this point owns the direction.
 #[inline(always)]
-fn observe_point(s: &mut FlowStats, ifindex: u32, hook: u8, dir: usize, l3_len: u32) {
+fn observe_point(s: &mut FlowStats, ifindex: u32, hook: u8, dir: usize, l3_len: u32) -> bool {
     let dir8 = dir as u8;
     let mut slot = MAX_OBS;
     let mut i = 0;
@@ -195,7 +198,7 @@ fn observe_point(s: &mut FlowStats, ifindex: u32, hook: u8, dir: usize, l3_len: 
     }
     if slot >= MAX_OBS {
         count(CNT_OBS_OVERFLOW);
-        return;
+        return false;
     }
     add(&mut s.obs[slot].packets, 1);
     let d = dir & 1;
@@ -203,10 +206,12 @@ fn observe_point(s: &mut FlowStats, ifindex: u32, hook: u8, dir: usize, l3_len: 
     if s.owner[d] == 0 {
         s.owner[d] = me;
     }
-    if s.owner[d] == me {
-        add(&mut s.packets[d], 1);
-        add(&mut s.bytes[d], u64::from(l3_len));
+    if s.owner[d] != me {
+        return false;
     }
+    add(&mut s.packets[d], 1);
+    add(&mut s.bytes[d], u64::from(l3_len));
+    true
 }
 
 #[inline(always)]

@@ -16,9 +16,13 @@ const GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum DownOutcome {
-    Removed { name: String },
+    Removed {
+        name: String,
+    },
     /// Nothing of that lab existed.
-    NothingUp { name: String },
+    NothingUp {
+        name: String,
+    },
 }
 
 /// Whether `netns` is one of lab `name`'s namespaces: `NAME-nodeK` or `NAME-nK-pJ`.
@@ -30,9 +34,7 @@ pub fn is_lab_netns(name: &str, netns: &str) -> bool {
     if let Some(k) = rest.strip_prefix("node") {
         return digits(k);
     }
-    rest.strip_prefix('n')
-        .and_then(|r| r.split_once("-p"))
-        .is_some_and(|(k, j)| digits(k) && digits(j))
+    rest.strip_prefix('n').and_then(|r| r.split_once("-p")).is_some_and(|(k, j)| digits(k) && digits(j))
 }
 
 /// Whether `link` is one of lab `name`'s root-netns links: the bridge `NAME-ul` or a node
@@ -63,17 +65,11 @@ fn root_links() -> Vec<String> {
 }
 
 fn lab_netns(name: &str) -> Vec<String> {
-    netns_list()
-        .into_iter()
-        .filter(|n| is_lab_netns(name, n))
-        .collect()
+    netns_list().into_iter().filter(|n| is_lab_netns(name, n)).collect()
 }
 
 fn lab_links(name: &str) -> Vec<String> {
-    root_links()
-        .into_iter()
-        .filter(|l| is_lab_link(name, l))
-        .collect()
+    root_links().into_iter().filter(|l| is_lab_link(name, l)).collect()
 }
 
 /// Fails if namespaces or links of lab `name` exist although no lab.json describes them.
@@ -99,10 +95,7 @@ pub fn down(name_or_state_dir: &str) -> Result<DownOutcome> {
     let lab = load(&real_dir.to_string_lossy()).ok();
     let name = match &lab {
         Some(lab) => lab.name.clone(),
-        None => dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        None => dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
     };
     let nothing = !dir.exists()
         && dir.symlink_metadata().is_err()
@@ -149,10 +142,7 @@ pub fn teardown(name: &str, state_dir: &Path, lab: Option<&Lab>) -> Result<()> {
 
 /// The programs a lab runs (a pidfile's pid is only signalled if it is one of these).
 fn is_lab_program(comm: &str) -> bool {
-    matches!(
-        comm,
-        "ovsdb-server" | "ovs-vswitchd" | "ovn-controller" | "ovn-northd" | "socat"
-    )
+    matches!(comm, "ovsdb-server" | "ovs-vswitchd" | "ovn-controller" | "ovn-northd" | "socat")
 }
 
 fn pidfiles_under(dir: &Path) -> Vec<PathBuf> {

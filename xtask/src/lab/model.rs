@@ -177,12 +177,7 @@ impl Node {
 
     /// ovs-ofctl target for br-int: its management socket in the node's rundir.
     pub fn br_int_mgmt(&self) -> String {
-        format!(
-            "unix:{}",
-            self.ovs_rundir
-                .join(format!("{}.mgmt", self.integration_bridge))
-                .display()
-        )
+        format!("unix:{}", self.ovs_rundir.join(format!("{}.mgmt", self.integration_bridge)).display())
     }
 }
 
@@ -327,30 +322,19 @@ impl Lab {
     /// A pod by `name` or `namespace/name`.
     pub fn pod(&self, reference: &str) -> Result<&Pod> {
         let found = match reference.split_once('/') {
-            Some((ns, name)) => self
-                .pods
-                .iter()
-                .find(|p| p.namespace == ns && p.name == name),
+            Some((ns, name)) => self.pods.iter().find(|p| p.namespace == ns && p.name == name),
             None => self.pods.iter().find(|p| p.name == reference),
         };
         found.with_context(|| {
             let names: Vec<_> = self.pods.iter().map(Pod::qualified_name).collect();
-            format!(
-                "lab {} has no pod {reference:?} (pods: {})",
-                self.name,
-                names.join(", ")
-            )
+            format!("lab {} has no pod {reference:?} (pods: {})", self.name, names.join(", "))
         })
     }
 
     pub fn node(&self, name: &str) -> Result<&Node> {
         self.nodes.iter().find(|n| n.name == name).with_context(|| {
             let names: Vec<_> = self.nodes.iter().map(|n| n.name.as_str()).collect();
-            format!(
-                "lab {} has no node {name:?} (nodes: {})",
-                self.name,
-                names.join(", ")
-            )
+            format!("lab {} has no node {name:?} (nodes: {})", self.name, names.join(", "))
         })
     }
 
@@ -362,9 +346,7 @@ impl Lab {
     }
 
     pub fn service(&self, name: &str, protocol: Protocol) -> Option<&Service> {
-        self.services
-            .iter()
-            .find(|s| s.name == name && s.protocol == protocol)
+        self.services.iter().find(|s| s.name == name && s.protocol == protocol)
     }
 
     pub fn pods_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
@@ -447,12 +429,8 @@ pub fn load(name_or_state_dir: &str) -> Result<Lab> {
     let dir = state_dir_of(name_or_state_dir);
     let path = dir.join("lab.json");
     if !path.exists() {
-        bail!(
-            "no lab at {} (is it up? `cargo xtask lab up --name NAME`)",
-            dir.display()
-        );
+        bail!("no lab at {} (is it up? `cargo xtask lab up --name NAME`)", dir.display());
     }
-    let text =
-        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not a lab description", path.display()))
 }

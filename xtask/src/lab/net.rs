@@ -39,11 +39,7 @@ impl Cidr {
     /// The `n`-th address of the prefix (0 is the network address). Refuses the network and
     /// broadcast addresses of prefixes shorter than /31, which no host may use.
     pub fn host(&self, n: u64) -> Result<Ipv4Addr> {
-        let usable = if self.prefix >= 31 {
-            0..self.size()
-        } else {
-            1..self.size() - 1
-        };
+        let usable = if self.prefix >= 31 { 0..self.size() } else { 1..self.size() - 1 };
         if !usable.contains(&n) {
             bail!("{self} has no host number {n}");
         }
@@ -77,15 +73,10 @@ impl FromStr for Cidr {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let (addr, prefix) = s
-            .split_once('/')
-            .with_context(|| format!("{s:?} is not a prefix like 10.16.0.0/16"))?;
-        let addr: Ipv4Addr = addr
-            .parse()
-            .with_context(|| format!("{addr:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .with_context(|| format!("{prefix:?} is not a prefix length"))?;
+        let (addr, prefix) =
+            s.split_once('/').with_context(|| format!("{s:?} is not a prefix like 10.16.0.0/16"))?;
+        let addr: Ipv4Addr = addr.parse().with_context(|| format!("{addr:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix.parse().with_context(|| format!("{prefix:?} is not a prefix length"))?;
         Self::new(addr, prefix)
     }
 }

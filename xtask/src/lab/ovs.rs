@@ -12,11 +12,7 @@ use crate::cmd;
 const CLIENT_TIMEOUT: &str = "--timeout=20";
 
 fn with_prefix<S: AsRef<OsStr>>(prefix: &[String], args: &[S]) -> Vec<String> {
-    prefix
-        .iter()
-        .cloned()
-        .chain(args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()))
-        .collect()
+    prefix.iter().cloned().chain(args.iter().map(|a| a.as_ref().to_string_lossy().into_owned())).collect()
 }
 
 /// `ovn-nbctl --db=unix:<lab nb.sock> args...`, returning stdout.
@@ -40,29 +36,23 @@ pub fn vsctl<S: AsRef<OsStr>>(node: &Node, args: &[S]) -> Result<String> {
 
 /// `ovs-ofctl <subcommand> unix:<node>/br-int.mgmt args...`.
 pub fn ofctl<S: AsRef<OsStr>>(node: &Node, subcommand: &str, args: &[S]) -> Result<String> {
-    let prefix = [
-        CLIENT_TIMEOUT.to_string(),
-        subcommand.into(),
-        node.br_int_mgmt(),
-    ];
+    let prefix = [CLIENT_TIMEOUT.to_string(), subcommand.into(), node.br_int_mgmt()];
     cmd::stdout("ovs-ofctl", &with_prefix(&prefix, args))
 }
 
 /// `ovs-appctl -t <control socket> args...`.
 pub fn appctl<S: AsRef<OsStr>>(ctl: &std::path::Path, args: &[S]) -> Result<String> {
-    let prefix = [
-        CLIENT_TIMEOUT.to_string(),
-        "-t".into(),
-        ctl.display().to_string(),
-    ];
+    let prefix = [CLIENT_TIMEOUT.to_string(), "-t".into(), ctl.display().to_string()];
     cmd::stdout("ovs-appctl", &with_prefix(&prefix, args))
+}
+
+/// One ovs-vsctl/ovn-nbctl invocation running several commands in a single database
+/// transaction: `[["add-br", "x"], ["set", ...]]` -> `-- add-br x -- set ...`.
+pub fn transaction(commands: &[&[&str]]) -> Vec<String> {
+    commands.iter().flat_map(|c| std::iter::once("--").chain(c.iter().copied())).map(str::to_string).collect()
 }
 
 /// Splits `--bare` output (one value per line, blank lines between records) into values.
 pub fn bare_values(out: &str) -> Vec<String> {
-    out.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
+    out.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
 }

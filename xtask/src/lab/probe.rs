@@ -23,11 +23,7 @@ pub enum Probe {
     /// One datagram to a UDP echo server, wait for it to come back.
     UdpEcho { dst: SocketAddrV4 },
     /// One ICMP echo; `size` is ping's -s (payload bytes), `dont_fragment` ping's -M do.
-    Ping {
-        dst: Ipv4Addr,
-        size: Option<u32>,
-        dont_fragment: bool,
-    },
+    Ping { dst: Ipv4Addr, size: Option<u32>, dont_fragment: bool },
 }
 
 impl Probe {
@@ -36,11 +32,7 @@ impl Probe {
         match self {
             Probe::TcpEcho { dst, bytes } => format!("tcp {dst} ({bytes} B)"),
             Probe::UdpEcho { dst } => format!("udp {dst}"),
-            Probe::Ping {
-                dst,
-                size,
-                dont_fragment,
-            } => format!(
+            Probe::Ping { dst, size, dont_fragment } => format!(
                 "ping {dst}{}{}",
                 size.map(|s| format!(" -s {s}")).unwrap_or_default(),
                 if *dont_fragment { " -M do" } else { "" }
@@ -68,11 +60,7 @@ fn payload(from: &str, bytes: usize) -> Vec<u8> {
     let filler = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut i = 0;
     while data.len() < bytes {
-        data.push(if data.len() + 1 == bytes {
-            b'\n'
-        } else {
-            filler[i % filler.len()]
-        });
+        data.push(if data.len() + 1 == bytes { b'\n' } else { filler[i % filler.len()] });
         i += 1;
     }
     data
@@ -86,12 +74,7 @@ pub fn run(lab: &Lab, from: &str, probe: &Probe, timeout: Duration) -> Result<Pr
         Probe::TcpEcho { dst, bytes } => (
             "socat",
             // -t: after sending everything, wait this long for the rest of the echo.
-            vec![
-                "-t".into(),
-                secs.clone(),
-                "-".into(),
-                format!("TCP4:{dst},connect-timeout={secs}"),
-            ],
+            vec!["-t".into(), secs.clone(), "-".into(), format!("TCP4:{dst},connect-timeout={secs}")],
             Some(payload(&pod.name, *bytes)),
         ),
         Probe::UdpEcho { dst } => (
@@ -99,11 +82,7 @@ pub fn run(lab: &Lab, from: &str, probe: &Probe, timeout: Duration) -> Result<Pr
             vec!["-t".into(), secs.clone(), "-".into(), format!("UDP4:{dst}")],
             Some(payload(&pod.name, 0)),
         ),
-        Probe::Ping {
-            dst,
-            size,
-            dont_fragment,
-        } => {
+        Probe::Ping { dst, size, dont_fragment } => {
             let mut a: Vec<String> = vec!["-n".into(), "-c".into(), "1".into(), "-W".into(), secs];
             if let Some(s) = size {
                 a.extend(["-s".into(), s.to_string()]);
@@ -140,17 +119,9 @@ pub fn run(lab: &Lab, from: &str, probe: &Probe, timeout: Duration) -> Result<Pr
     } else if let Probe::Ping { .. } = probe {
         last_line(&out.stdout_text(), "packet loss")
     } else {
-        format!(
-            "no echo ({} of {} B back)",
-            out.stdout.len(),
-            expect.as_ref().map_or(0, Vec::len)
-        )
+        format!("no echo ({} of {} B back)", out.stdout.len(), expect.as_ref().map_or(0, Vec::len))
     };
-    Ok(ProbeResult {
-        ok,
-        detail,
-        elapsed_ms: out.elapsed.as_millis() as u64,
-    })
+    Ok(ProbeResult { ok, detail, elapsed_ms: out.elapsed.as_millis() as u64 })
 }
 
 /// The last line containing `needle` (or the last line at all), for a one-line detail.
@@ -171,12 +142,7 @@ pub fn tcp_echo(lab: &Lab, from: &str, dst: SocketAddrV4) -> Result<ProbeResult>
 
 /// TCP echo of `bytes` bytes (large: many full-size segments).
 pub fn tcp_transfer(lab: &Lab, from: &str, dst: SocketAddrV4, bytes: usize) -> Result<ProbeResult> {
-    run(
-        lab,
-        from,
-        &Probe::TcpEcho { dst, bytes },
-        PROBE_TIMEOUT + Duration::from_secs(5),
-    )
+    run(lab, from, &Probe::TcpEcho { dst, bytes }, PROBE_TIMEOUT + Duration::from_secs(5))
 }
 
 /// One UDP datagram to an echo server and its echo back.
@@ -192,10 +158,6 @@ pub fn ping(
     size: Option<u32>,
     dont_fragment: bool,
 ) -> Result<ProbeResult> {
-    let probe = Probe::Ping {
-        dst,
-        size,
-        dont_fragment,
-    };
+    let probe = Probe::Ping { dst, size, dont_fragment };
     run(lab, from, &probe, Duration::from_secs(2))
 }

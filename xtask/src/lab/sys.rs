@@ -6,7 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -25,14 +25,15 @@ pub fn require_root() -> Result<()> {
     Ok(())
 }
 
+/// `mkdir -p` with the path in the error.
+pub fn mkdir(path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    fs::create_dir_all(path).with_context(|| format!("cannot create directory {}", path.display()))
+}
+
 /// `ip netns exec NS program args...` as an argument list.
 pub fn in_netns<S: AsRef<OsStr>>(netns: &str, program: &str, args: &[S]) -> Vec<String> {
-    let mut v = vec![
-        "netns".to_string(),
-        "exec".into(),
-        netns.into(),
-        program.into(),
-    ];
+    let mut v = vec!["netns".to_string(), "exec".into(), netns.into(), program.into()];
     v.extend(args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()));
     v
 }
@@ -43,19 +44,13 @@ pub fn run_in<S: AsRef<OsStr>>(netns: &str, program: &str, args: &[S]) -> Result
 }
 
 /// Runs a command with extra environment variables (OVS_RUNDIR...), failing on non-zero exit.
-pub fn run_env<S: AsRef<OsStr>>(
-    program: &str,
-    args: &[S],
-    env: &[(&str, &Path)],
-) -> Result<Output> {
+pub fn run_env<S: AsRef<OsStr>>(program: &str, args: &[S], env: &[(&str, &Path)]) -> Result<Output> {
     let mut command = Command::new(program);
     command.args(args).stdin(Stdio::null());
     for (k, v) in env {
         command.env(k, v);
     }
-    let out = command
-        .output()
-        .with_context(|| format!("cannot run {program}"))?;
+    let out = command.output().with_context(|| format!("cannot run {program}"))?;
     if !out.status.success() {
         bail!(
             "{program} {} failed ({}): {}",
@@ -92,19 +87,11 @@ pub fn spawn_detached(
         }
         None => Command::new(program),
     };
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0);
-    let child = command
-        .spawn()
-        .with_context(|| format!("cannot start {program} {}", args.join(" ")))?;
+    command.args(args).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+    let child = command.spawn().with_context(|| format!("cannot start {program} {}", args.join(" ")))?;
     let pid = child.id();
     // The Child handle is dropped without waiting; `is_alive` reaps it if it dies while we run.
-    fs::write(pidfile, format!("{pid}\n"))
-        .with_context(|| format!("cannot write {}", pidfile.display()))?;
+    fs::write(pidfile, format!("{pid}\n")).with_context(|| format!("cannot write {}", pidfile.display()))?;
     Ok(pid)
 }
 
@@ -134,9 +121,7 @@ pub fn is_alive(pid: i32) -> bool {
 
 /// The executable name of `pid` (/proc/PID/comm), if it exists.
 pub fn comm(pid: i32) -> Option<String> {
-    fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim().to_string())
+    fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim().to_string())
 }
 
 /// The pid in `pidfile` if that process is alive and is `expected_comm` (a stale pidfile must
@@ -163,9 +148,7 @@ pub fn terminate(pid: i32, group: bool, grace: Duration) -> bool {
         return true;
     }
     signal(pid, group, libc::SIGKILL);
-    wait_until(Duration::from_secs(2), Duration::from_millis(20), || {
-        !is_alive(pid)
-    })
+    wait_until(Duration::from_secs(2), Duration::from_millis(20), || !is_alive(pid))
 }
 
 /// Polls `check` every `every` until it holds or `timeout` passes; returns whether it held.
@@ -205,10 +188,7 @@ pub fn retry<T>(
 pub fn netns_pids(netns: &str) -> Vec<i32> {
     cmd::output("ip", &["netns", "pids", netns])
         .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect()
+            String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
         })
         .unwrap_or_default()
 }
@@ -228,31 +208,21 @@ pub fn pids_referencing(dir: &Path) -> Vec<i32> {
         .filter(|pid| {
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            let args = cmdline
-                .split(|b| *b == 0)
-                .map(String::from_utf8_lossy)
-                .any(|a| {
-                    // `--pidfile=/dir/x.pid`, `punix:/dir/db.sock`, `/dir/conf.db`...
-                    let value = a.split_once('=').map_or(&*a, |(_, v)| v);
-                    [&*a, value].into_iter().any(|s| inside(strip_socket_scheme(s)))
-                });
-            let env = environ
-                .split(|b| *b == 0)
-                .map(String::from_utf8_lossy)
-                .any(|kv| {
-                    ["OVS_RUNDIR=", "OVN_RUNDIR="]
-                        .iter()
-                        .any(|k| kv.strip_prefix(k).is_some_and(inside))
-                });
+            let args = cmdline.split(|b| *b == 0).map(String::from_utf8_lossy).any(|a| {
+                // `--pidfile=/dir/x.pid`, `punix:/dir/db.sock`, `/dir/conf.db`...
+                let value = a.split_once('=').map_or(&*a, |(_, v)| v);
+                [&*a, value].into_iter().any(|s| inside(strip_socket_scheme(s)))
+            });
+            let env = environ.split(|b| *b == 0).map(String::from_utf8_lossy).any(|kv| {
+                ["OVS_RUNDIR=", "OVN_RUNDIR="].iter().any(|k| kv.strip_prefix(k).is_some_and(inside))
+            });
             args || env
         })
         .collect()
 }
 
 fn strip_socket_scheme(s: &str) -> &str {
-    s.strip_prefix("punix:")
-        .or_else(|| s.strip_prefix("unix:"))
-        .unwrap_or(s)
+    s.strip_prefix("punix:").or_else(|| s.strip_prefix("unix:")).unwrap_or(s)
 }
 
 /// What a bounded command did.
@@ -307,11 +277,7 @@ pub fn run_bounded(
     let start = Instant::now();
     let mut child = Command::new(program)
         .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -359,27 +325,21 @@ pub fn run_bounded(
         let _ = w.join();
     }
     let take = |b: &Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *b.lock().expect("reader lock"));
-    Ok(Bounded {
-        status,
-        stdout: take(&stdout),
-        stderr: take(&stderr),
-        timed_out,
-        matched,
-        elapsed: start.elapsed(),
-    })
+    let stdout = take(&stdout);
+    // The command may have finished (echo complete, connection closed) between two polls.
+    let matched = matched || expect.is_some_and(|want| stdout.starts_with(want));
+    Ok(Bounded { status, stdout, stderr: take(&stderr), timed_out, matched, elapsed: start.elapsed() })
 }
 
 /// An exclusive lock on a lab's state directory, held while a command changes the lab (two
 /// concurrent `fault` commands must not lose each other's lab.json update).
 pub struct StateLock {
     _file: File,
-    pub path: PathBuf,
 }
 
 impl StateLock {
     pub fn acquire(state_dir: &Path) -> Result<Self> {
-        fs::create_dir_all(state_dir)
-            .with_context(|| format!("cannot create {}", state_dir.display()))?;
+        fs::create_dir_all(state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
         let path = state_dir.join("lock");
         let file = OpenOptions::new()
             .create(true)
@@ -389,12 +349,8 @@ impl StateLock {
             .with_context(|| format!("cannot open {}", path.display()))?;
         // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            bail!(
-                "cannot lock {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
+            bail!("cannot lock {}: {}", path.display(), std::io::Error::last_os_error());
         }
-        Ok(Self { _file: file, path })
+        Ok(Self { _file: file })
     }
 }

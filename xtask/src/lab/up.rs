@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::down;
 use super::model::{Lab, Node, Phase, Pod, Protocol, STATE_ROOT, load};
 use super::net::Cidr;
-use super::ovs::{nbctl, sbctl, vsctl};
+use super::ovs::{nbctl, sbctl, transaction, vsctl};
 use super::plan::{UpOptions, choose_underlay, plan, validate_name};
 use super::probe;
 use super::sys::{self, run_env, run_in, spawn_detached};
@@ -127,13 +127,9 @@ fn link_state_dir(lab: &Lab) -> Result<()> {
     if default == lab.state_dir {
         return Ok(());
     }
-    fs::create_dir_all(STATE_ROOT)?;
+    sys::mkdir(STATE_ROOT)?;
     if default.symlink_metadata().is_ok() {
-        bail!(
-            "{} exists: another lab is named {}",
-            default.display(),
-            lab.name
-        );
+        bail!("{} exists: another lab is named {}", default.display(), lab.name);
     }
     std::os::unix::fs::symlink(&lab.state_dir, &default)
         .with_context(|| format!("cannot link {}", default.display()))
@@ -183,11 +179,10 @@ fn daemon_flags(dir: &Path, role: &str) -> Vec<String> {
 
 fn start_central(lab: &Lab) -> Result<()> {
     let c = &lab.central;
-    fs::create_dir_all(&c.dir)?;
-    for (role, schema, sock) in [
-        ("ovsdb-server-nb", NB_SCHEMA, &c.nb_sock),
-        ("ovsdb-server-sb", SB_SCHEMA, &c.sb_sock),
-    ] {
+    sys::mkdir(&c.dir)?;
+    for (role, schema, sock) in
+        [("ovsdb-server-nb", NB_SCHEMA, &c.nb_sock), ("ovsdb-server-sb", SB_SCHEMA, &c.sb_sock)]
+    {
         let db = c.dir.join(format!("{role}.db"));
         cmd::run("ovsdb-tool", &[Path::new("create"), &db, Path::new(schema)])?;
         let mut args = daemon_flags(&c.dir, role);
@@ -214,11 +209,7 @@ fn disable_ipv6_in(netns: &str) -> Result<()> {
     run_in(
         netns,
         "sysctl",
-        &[
-            "-qw",
-            "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1",
-        ],
+        &["-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
     )
     .map(drop)
 }
@@ -252,15 +243,24 @@ fn create_node(lab: &Lab, node: &Node) -> Result<()> {
     cmd::run(
         "ip",
         &[
-            "link", "add", &node.root_veth, "mtu", &mtu, "type", "veth", "peer", "name",
-            &node.underlay_iface, "netns", ns, "mtu", &mtu,
+            "link",
+            "add",
+            &node.root_veth,
+            "mtu",
+            &mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &node.underlay_iface,
+            "netns",
+            ns,
+            "mtu",
+            &mtu,
         ],
     )?;
     disable_ipv6_on_root_link(&node.root_veth)?;
-    cmd::run(
-        "ip",
-        &["link", "set", &node.root_veth, "master", &lab.underlay.bridge, "up"],
-    )?;
+    cmd::run("ip", &["link", "set", &node.root_veth, "master", &lab.underlay.bridge, "up"])?;
     cmd::run("ip", &["-n", ns, "link", "set", &node.underlay_iface, "up"])?;
     start_node_ovs(node)?;
     create_node_bridges(lab, node)?;
@@ -269,7 +269,7 @@ fn create_node(lab: &Lab, node: &Node) -> Result<()> {
 
 fn start_node_ovs(node: &Node) -> Result<()> {
     let dir = &node.ovs_rundir;
-    fs::create_dir_all(dir)?;
+    sys::mkdir(dir)?;
     let db = dir.join("conf.db");
     cmd::run("ovsdb-tool", &[Path::new("create"), &db, Path::new(VSWITCH_SCHEMA)])?;
     let mut args = daemon_flags(dir, "ovsdb-server");
@@ -291,32 +291,31 @@ fn start_node_ovs(node: &Node) -> Result<()> {
 }
 
 fn create_node_bridges(lab: &Lab, node: &Node) -> Result<()> {
-    let (phy, int, nic) = (
-        &node.tunnel_bridge,
-        &node.integration_bridge,
-        &node.underlay_iface,
-    );
-    let sb = lab.central.sb_db();
+    let (phy, int, nic) = (&node.tunnel_bridge, &node.integration_bridge, &node.underlay_iface);
     let ip = node.ip.to_string();
+    let ids = [
+        format!("external-ids:system-id={}", node.name),
+        format!("external-ids:hostname={}", node.name),
+        format!("external-ids:ovn-remote={}", lab.central.sb_db()),
+        format!("external-ids:ovn-encap-type={}", lab.tunnel.as_str()),
+        format!("external-ids:ovn-encap-ip={ip}"),
+        // Makes ovn-controller create br-int ports and tunnels for the userspace datapath.
+        "external-ids:ovn-bridge-datapath-type=netdev".into(),
+    ];
+    let mut open_vswitch = vec!["set", "open_vswitch", "."];
+    open_vswitch.extend(ids.iter().map(String::as_str));
     vsctl(
         node,
-        &[
-            "--", "add-br", phy,
-            "--", "set", "bridge", phy, "datapath_type=netdev",
-            "--", "add-port", phy, nic,
+        &transaction(&[
+            &["add-br", phy],
+            &["set", "bridge", phy, "datapath_type=netdev"],
+            &["add-port", phy, nic],
             // fail-mode secure: only ovn-controller's flows forward anything (as on a real node).
-            "--", "add-br", int,
-            "--", "set", "bridge", int, "datapath_type=netdev", "fail-mode=secure",
-            "other-config:disable-in-band=true",
-            "--", "set", "open_vswitch", ".",
-            &format!("external-ids:system-id={}", node.name),
-            &format!("external-ids:hostname={}", node.name),
-            &format!("external-ids:ovn-remote={sb}"),
-            &format!("external-ids:ovn-encap-type={}", lab.tunnel.as_str()),
-            &format!("external-ids:ovn-encap-ip={ip}"),
-            // Makes ovn-controller create br-int ports and tunnels for the userspace datapath.
-            "external-ids:ovn-bridge-datapath-type=netdev",
-        ],
+            &["add-br", int],
+            &["set", "bridge", int, "datapath_type=netdev", "fail-mode=secure"],
+            &["set", "bridge", int, "other-config:disable-in-band=true"],
+            &open_vswitch,
+        ]),
     )?;
     // Userspace tunnelling: the tunnel endpoint IP sits on the netdev bridge owning the NIC; OVS
     // learns the route and neighbours from it and pushes the outer header itself.
@@ -390,12 +389,8 @@ fn create_load_balancers(lab: &Lab) -> Result<()> {
 fn wait_for_chassis(lab: &Lab) -> Result<()> {
     sys::retry("every node's chassis registered", READY_TIMEOUT, POLL, || {
         let names = super::ovs::bare_values(&sbctl(lab, &["--bare", "--columns=name", "list", "chassis"])?);
-        let missing: Vec<_> = lab
-            .nodes
-            .iter()
-            .filter(|n| !names.contains(&n.name))
-            .map(|n| n.name.as_str())
-            .collect();
+        let missing: Vec<_> =
+            lab.nodes.iter().filter(|n| !names.contains(&n.name)).map(|n| n.name.as_str()).collect();
         ensure!(missing.is_empty(), "chassis not registered: {}", missing.join(", "));
         Ok(())
     })
@@ -412,8 +407,24 @@ fn create_pod(lab: &Lab, pod: &Pod) -> Result<()> {
     cmd::run(
         "ip",
         &[
-            "link", "add", &pod.host_veth, "netns", &node.netns, "mtu", &mtu, "type", "veth",
-            "peer", "name", &pod.iface, "netns", ns, "mtu", &mtu, "address", &pod.mac,
+            "link",
+            "add",
+            &pod.host_veth,
+            "netns",
+            &node.netns,
+            "mtu",
+            &mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pod.iface,
+            "netns",
+            ns,
+            "mtu",
+            &mtu,
+            "address",
+            &pod.mac,
         ],
     )?;
     let addr = format!("{}/{}", pod.ip, lab.subnet(&pod.subnet)?.cidr.prefix());
@@ -440,32 +451,29 @@ fn create_pod(lab: &Lab, pod: &Pod) -> Result<()> {
 /// port, which ovn-controller claims for this chassis) and the pod's identity in external_ids.
 fn bind_port(lab: &Lab, node: &Node, pod: &Pod) -> Result<()> {
     let hv = &pod.host_veth;
-    vsctl(
-        node,
-        &[
-            "--", "add-port", &node.integration_bridge, hv,
-            "--", "set", "interface", hv,
-            &format!("external_ids:iface-id={}", pod.iface_id),
-            &format!("external_ids:pod_name={}", pod.name),
-            &format!("external_ids:pod_namespace={}", pod.namespace),
-            &format!("external_ids:ip={}", pod.ip),
-            &format!("external_ids:pod_netns={}", pod.netns),
-            "external_ids:vendor=kube-ovn",
-        ],
-    )?;
+    let iface_ids = [
+        format!("external_ids:iface-id={}", pod.iface_id),
+        format!("external_ids:pod_name={}", pod.name),
+        format!("external_ids:pod_namespace={}", pod.namespace),
+        format!("external_ids:ip={}", pod.ip),
+        format!("external_ids:pod_netns={}", pod.netns),
+        "external_ids:vendor=kube-ovn".into(),
+    ];
+    let mut set_iface = vec!["set", "interface", hv];
+    set_iface.extend(iface_ids.iter().map(String::as_str));
+    vsctl(node, &transaction(&[&["add-port", &node.integration_bridge, hv], &set_iface]))?;
+
     let ls = &lab.subnet(&pod.subnet)?.logical_switch;
     let lsp = &pod.iface_id;
-    nbctl(
-        lab,
-        &[
-            "--", "lsp-add", ls, lsp,
-            "--", "lsp-set-addresses", lsp, &format!("{} {}", pod.mac, pod.ip),
-            "--", "set", "logical_switch_port", lsp,
-            &format!("external_ids:pod={}", pod.qualified_name()),
-            &format!("external_ids:ls={ls}"),
-            "external_ids:vendor=kube-ovn",
-        ],
-    )?;
+    let addresses = format!("{} {}", pod.mac, pod.ip);
+    let lsp_ids = [
+        format!("external_ids:pod={}", pod.qualified_name()),
+        format!("external_ids:ls={ls}"),
+        "external_ids:vendor=kube-ovn".into(),
+    ];
+    let mut set_lsp = vec!["set", "logical_switch_port", lsp];
+    set_lsp.extend(lsp_ids.iter().map(String::as_str));
+    nbctl(lab, &transaction(&[&["lsp-add", ls, lsp], &["lsp-set-addresses", lsp, &addresses], &set_lsp]))?;
     Ok(())
 }
 
@@ -478,25 +486,18 @@ pub fn start_servers(lab: &Lab, pod: &Pod) -> Result<()> {
 /// Starts one echo server of the pod (also used to heal `no-listener`).
 pub fn start_server(lab: &Lab, pod: &Pod, protocol: Protocol) -> Result<()> {
     let dir = lab.pod_dir(pod);
-    fs::create_dir_all(&dir)?;
+    sys::mkdir(&dir)?;
     let (role, port, args) = match protocol {
         Protocol::Tcp => (
             "tcp-echo",
             pod.tcp_port,
-            vec![
-                format!("TCP4-LISTEN:{},fork,reuseaddr,backlog=128", pod.tcp_port),
-                "EXEC:cat".into(),
-            ],
+            vec![format!("TCP4-LISTEN:{},fork,reuseaddr,backlog=128", pod.tcp_port), "EXEC:cat".into()],
         ),
         Protocol::Udp => (
             "udp-echo",
             pod.udp_port,
             // One child per datagram source; -T2 ends it after 2 s without traffic.
-            vec![
-                "-T2".into(),
-                format!("UDP4-RECVFROM:{},fork", pod.udp_port),
-                "EXEC:cat".into(),
-            ],
+            vec!["-T2".into(), format!("UDP4-RECVFROM:{},fork", pod.udp_port), "EXEC:cat".into()],
         ),
     };
     let pidfile = dir.join(format!("{role}-{port}.pid"));
@@ -517,14 +518,11 @@ pub fn start_server(lab: &Lab, pod: &Pod, protocol: Protocol) -> Result<()> {
 /// Whether `pid`'s network namespace has a socket bound to `port` (LISTEN for TCP). Reads
 /// /proc/PID/net/*, which shows the sockets of the netns the process lives in.
 fn is_listening(pid: i32, protocol: Protocol, port: u16) -> bool {
-    let table = fs::read_to_string(format!("/proc/{pid}/net/{}", protocol.as_str()))
-        .unwrap_or_default();
+    let table = fs::read_to_string(format!("/proc/{pid}/net/{}", protocol.as_str())).unwrap_or_default();
     let local = format!(":{port:04X}");
     table.lines().skip(1).any(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 3
-            && f[1].ends_with(&local)
-            && (protocol == Protocol::Udp || f[3] == "0A")
+        f.len() > 3 && f[1].ends_with(&local) && (protocol == Protocol::Udp || f[3] == "0A")
     })
 }
 
@@ -548,14 +546,9 @@ fn wait_for_bindings(lab: &Lab) -> Result<()> {
 
 /// Logical port -> name of the chassis it is bound to (None: unbound), from the SB database.
 pub fn port_bindings(lab: &Lab) -> Result<HashMap<String, Option<String>>> {
-    let chassis = json_rows(&sbctl(
-        lab,
-        &["--format=json", "--columns=_uuid,name", "list", "chassis"],
-    )?)?;
-    let names: HashMap<String, String> = chassis
-        .iter()
-        .filter_map(|r| Some((uuid_of(&r[0])?, r[1].as_str()?.to_string())))
-        .collect();
+    let chassis = json_rows(&sbctl(lab, &["--format=json", "--columns=_uuid,name", "list", "chassis"])?)?;
+    let names: HashMap<String, String> =
+        chassis.iter().filter_map(|r| Some((uuid_of(&r[0])?, r[1].as_str()?.to_string()))).collect();
     let bindings = json_rows(&sbctl(
         lab,
         &["--format=json", "--columns=logical_port,chassis", "list", "port_binding"],
@@ -574,10 +567,7 @@ pub fn port_bindings(lab: &Lab) -> Result<HashMap<String, Option<String>>> {
 fn json_rows(text: &str) -> Result<Vec<Vec<Value>>> {
     let v: Value = serde_json::from_str(text).context("unexpected ovn-sbctl JSON")?;
     let rows = v["data"].as_array().context("no data in ovn-sbctl JSON")?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| r.as_array().cloned())
-        .collect())
+    Ok(rows.iter().filter_map(|r| r.as_array().cloned()).collect())
 }
 
 /// The UUID in an OVSDB JSON value `["uuid", "..."]` (an empty set `["set", []]` has none).
@@ -597,7 +587,7 @@ fn record_runtime(lab: &mut Lab) -> Result<()> {
             let out = vsctl(node, &["get", "interface", &pod.host_veth, "ofport"])?;
             let n: i64 = out.trim().parse().context("ofport is not a number")?;
             ensure!(n > 0, "no ofport yet for {}", pod.host_veth);
-            Ok(n as u32)
+            u32::try_from(n).context("ofport out of range")
         })?;
         ofports.insert(pod.name.clone(), port);
     }
@@ -606,8 +596,7 @@ fn record_runtime(lab: &mut Lab) -> Result<()> {
     }
     for node in &mut lab.nodes {
         let pidfile = node.ovs_rundir.join("ovn-controller.pid");
-        let pid = sys::read_pidfile(&pidfile)
-            .with_context(|| format!("no pid in {}", pidfile.display()))?;
+        let pid = sys::read_pidfile(&pidfile).with_context(|| format!("no pid in {}", pidfile.display()))?;
         let ctl = node.ovs_rundir.join(format!("ovn-controller.{pid}.ctl"));
         ensure!(ctl.exists(), "ovn-controller control socket {} missing", ctl.display());
         node.ovn_controller_ctl = Some(ctl);
@@ -619,22 +608,14 @@ fn record_runtime(lab: &mut Lab) -> Result<()> {
 /// `up` returns only once the datapath really forwards.
 fn check_connectivity(lab: &Lab) -> Result<()> {
     let first = &lab.pods[0];
-    let targets: Vec<&Pod> = lab
-        .nodes
-        .iter()
-        .filter_map(|n| lab.pods_on(&n.name).find(|p| p.name != first.name))
-        .collect();
+    let targets: Vec<&Pod> =
+        lab.nodes.iter().filter_map(|n| lab.pods_on(&n.name).find(|p| p.name != first.name)).collect();
     for target in targets {
-        sys::retry(
-            &format!("ping {} -> {}", first.name, target.name),
-            READY_TIMEOUT,
-            POLL,
-            || {
-                let r = probe::ping(lab, &first.name, target.ip, None, false)?;
-                ensure!(r.ok, "{}", r.detail);
-                Ok(())
-            },
-        )?;
+        sys::retry(&format!("ping {} -> {}", first.name, target.name), READY_TIMEOUT, POLL, || {
+            let r = probe::ping(lab, &first.name, target.ip, None, false)?;
+            ensure!(r.ok, "{}", r.detail);
+            Ok(())
+        })?;
     }
     for svc in lab.services.iter().filter(|s| s.protocol == Protocol::Tcp) {
         sys::retry(
