@@ -68,9 +68,12 @@ install_rust() {
   fi
   if ! rustup toolchain list | grep -q "^${EBPF_TOOLCHAIN}-"; then
     log "installing Rust ${EBPF_TOOLCHAIN} (eBPF target, build-std)"
-    rustup toolchain install "$EBPF_TOOLCHAIN" --profile minimal --component rust-src
-  elif ! rustup component list --toolchain "$EBPF_TOOLCHAIN" --installed | grep -q '^rust-src'; then
-    rustup component add rust-src --toolchain "$EBPF_TOOLCHAIN"
+    rustup toolchain install "$EBPF_TOOLCHAIN" --profile minimal --component rust-src,clippy
+  else
+    for c in rust-src clippy; do
+      rustup component list --toolchain "$EBPF_TOOLCHAIN" --installed | grep -q "^$c" ||
+        rustup component add "$c" --toolchain "$EBPF_TOOLCHAIN"
+    done
   fi
 }
 

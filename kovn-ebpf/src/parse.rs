@@ -3,8 +3,6 @@
 //! ICMP, ICMPv6. Every read is bounds-checked against `data_end`; a short or malformed packet
 //! yields a counter index (`CNT_*`) instead of a flow, and the packet still passes.
 
-use core::mem::size_of;
-
 use aya_ebpf::{EbpfContext as _, bindings::__sk_buff, programs::TcContext};
 use kovn_ebpf_common::{
     CNT_NON_IP, CNT_PARSE_BAD_IHL, CNT_PARSE_IPV6_EXT, CNT_PARSE_TRUNCATED, CNT_PULL_FAILED, ipv4_mapped,

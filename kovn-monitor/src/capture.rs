@@ -80,7 +80,13 @@ impl Capture {
         if !(1024..=16_777_216).contains(&table_size) {
             return Err(CaptureError::TableSize(table_size));
         }
-        let mut ebpf = EbpfLoader::new().map_max_entries(FLOW_MAP, table_size).load(EBPF_OBJECT)?;
+        // bpf_ktime_get_coarse_ns exists since Linux 5.11; before, the programs fall back to
+        // the precise clock for activity times (see COARSE_CLOCK in kovn-ebpf).
+        let coarse: u8 = KernelVersion::current().map_or(1, |v| u8::from(v >= KernelVersion::new(5, 11, 0)));
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(FLOW_MAP, table_size)
+            .override_global("COARSE_CLOCK", &coarse, true)
+            .load(EBPF_OBJECT)?;
         for name in ALL_PROGRAMS {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -108,6 +114,12 @@ impl Capture {
                 Some(LoadedProgram { name, id: prog.info().ok()?.id() })
             })
             .collect()
+    }
+
+    /// Loads a program of the object that the daemon does not use (the benchmarks' baseline
+    /// `kovn_noop`).
+    pub fn load_program(&mut self, name: &'static str) -> Result<(), CaptureError> {
+        self.program_mut(name)?.load().map_err(|source| CaptureError::Program { name, source })
     }
 
     /// Direct access to a loaded program (the BPF_PROG_TEST_RUN tests and benchmarks use it).

@@ -21,6 +21,8 @@ enum Task {
     /// Build and drive the lab of network namespaces.
     #[command(subcommand)]
     Lab(xtask::lab::LabCommand),
+    /// Formatting and clippy (warnings are errors), as CI runs them.
+    Lint,
     /// Run every test: unprivileged unit tests, then the privileged kernel and lab tests.
     Test {
         /// Only the unprivileged tests.
@@ -32,10 +34,18 @@ enum Task {
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().task {
+fn main() {
+    if let Err(e) = dispatch(Cli::parse().task) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(task: Task) -> Result<()> {
+    match task {
         Task::Setup => run(Command::new("bash").arg(workspace_root().join("scripts/setup.sh"))),
         Task::Lab(cmd) => xtask::lab::run(cmd),
+        Task::Lint => lint(),
         Task::Test { unprivileged_only, args } => test(unprivileged_only, &args),
     }
 }
@@ -53,7 +63,7 @@ fn cargo() -> Command {
     c
 }
 
-fn run(mut cmd: Command) -> Result<()> {
+fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
@@ -61,11 +71,40 @@ fn run(mut cmd: Command) -> Result<()> {
     Ok(())
 }
 
+fn lint() -> Result<()> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    run(&mut fmt)?;
+    let mut clippy = cargo();
+    clippy.args(["clippy", "--workspace", "--exclude", "kovn-ebpf", "--all-targets", "--", "-D", "warnings"]);
+    run(&mut clippy)?;
+    // The eBPF crate builds only with the pinned nightly for the BPF target.
+    let mut ebpf = Command::new("rustup");
+    ebpf.current_dir(workspace_root().join("kovn-ebpf")).args([
+        "run",
+        EBPF_TOOLCHAIN,
+        "cargo",
+        "clippy",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run(&mut ebpf)
+}
+
+/// Keep in step with scripts/setup.sh and kovn-monitor/build.rs.
+const EBPF_TOOLCHAIN: &str = "nightly-2026-07-15";
+
 fn test(unprivileged_only: bool, args: &[String]) -> Result<()> {
     // Unit tests: no privileges, every crate but the privileged test crate.
     let mut unit = cargo();
     unit.args(["test", "--workspace", "--exclude", "kovn-tests", "--"]).args(args);
-    run(unit)?;
+    run(&mut unit)?;
     if unprivileged_only {
         return Ok(());
     }
@@ -75,9 +114,9 @@ fn test(unprivileged_only: bool, args: &[String]) -> Result<()> {
     // The privileged tests run the kovn-monitor binary; build it first so they test this tree.
     let mut build = cargo();
     build.args(["build", "--package", "kovn-monitor", "--bins"]);
-    run(build)?;
+    run(&mut build)?;
     // One at a time: they share the kernel (tc hooks, namespaces, the lab).
     let mut privileged = cargo();
     privileged.args(["test", "--package", "kovn-tests", "--", "--test-threads=1"]).args(args);
-    run(privileged)
+    run(&mut privileged)
 }

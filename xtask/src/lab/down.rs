@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use super::model::{Lab, STATE_ROOT, load, state_dir_of};
+use super::plan::validate_name;
 use super::sys;
 use crate::cmd;
 
@@ -86,12 +87,27 @@ pub fn refuse_leftovers(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether `dir` is a lab's state directory, which `down` may empty and whose referencing
+/// processes it may kill: it holds a lab.json, or it is a default `/run/kovn-lab/NAME`. Anything
+/// else (a mistyped `--state-dir /home`) is never touched.
+pub fn is_lab_state_dir(dir: &Path) -> bool {
+    dir.join("lab.json").exists()
+        || (dir.parent() == Some(Path::new(STATE_ROOT))
+            && dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| validate_name(n).is_ok()))
+}
+
 /// Brings down the lab named `name_or_state_dir` (or whose state directory that is).
 pub fn down(name_or_state_dir: &str) -> Result<DownOutcome> {
     sys::require_root()?;
+    if !name_or_state_dir.contains('/') {
+        validate_name(name_or_state_dir)?;
+    }
     let dir = state_dir_of(name_or_state_dir);
     // A custom --state-dir is reachable through the /run/kovn-lab/NAME symlink.
     let real_dir = fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+    if real_dir.exists() && !is_lab_state_dir(&real_dir) {
+        bail!("{} is not a lab state directory (no lab.json); not touching it", real_dir.display());
+    }
     let lab = load(&real_dir.to_string_lossy()).ok();
     let name = match &lab {
         Some(lab) => lab.name.clone(),
@@ -112,6 +128,7 @@ pub fn down(name_or_state_dir: &str) -> Result<DownOutcome> {
 /// Removes everything of lab `name`: processes (pidfiles, namespaces, anything still pointing at
 /// `state_dir`), namespaces, root links, files. Verifies nothing is left.
 pub fn teardown(name: &str, state_dir: &Path, lab: Option<&Lab>) -> Result<()> {
+    validate_name(name)?;
     if let Some(lab) = lab {
         for d in lab.daemons() {
             if let Some(pid) = sys::live_pid(&d.pidfile, d.comm) {
@@ -119,11 +136,14 @@ pub fn teardown(name: &str, state_dir: &Path, lab: Option<&Lab>) -> Result<()> {
             }
         }
     }
-    for pidfile in pidfiles_under(state_dir) {
-        if let Some(pid) = sys::read_pidfile(&pidfile)
-            && sys::comm(pid).is_some_and(|c| is_lab_program(&c))
-        {
-            sys::terminate(pid, false, GRACE);
+    let owned = is_lab_state_dir(state_dir);
+    if owned {
+        for pidfile in pidfiles_under(state_dir) {
+            if let Some(pid) = sys::read_pidfile(&pidfile)
+                && sys::comm(pid).is_some_and(|c| sys::is_lab_program(&c))
+            {
+                sys::terminate(pid, false, GRACE);
+            }
         }
     }
     for ns in lab_netns(name) {
@@ -132,17 +152,17 @@ pub fn teardown(name: &str, state_dir: &Path, lab: Option<&Lab>) -> Result<()> {
         }
         cmd::run("ip", &["netns", "del", &ns])?;
     }
-    for pid in sys::pids_referencing(state_dir) {
-        sys::terminate(pid, false, GRACE);
+    if owned {
+        // Daemons whose pidfile is gone but whose sockets or OVS_RUNDIR are in the state dir.
+        for pid in sys::pids_referencing(state_dir) {
+            sys::terminate(pid, false, GRACE);
+        }
     }
     remove_links(name)?;
-    remove_files(name, state_dir)?;
+    if owned {
+        remove_files(name, state_dir)?;
+    }
     verify_gone(name, state_dir)
-}
-
-/// The programs a lab runs (a pidfile's pid is only signalled if it is one of these).
-fn is_lab_program(comm: &str) -> bool {
-    matches!(comm, "ovsdb-server" | "ovs-vswitchd" | "ovn-controller" | "ovn-northd" | "socat")
 }
 
 fn pidfiles_under(dir: &Path) -> Vec<PathBuf> {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use super::model::{CutHow, FAULT_COOKIE, Fault, FaultSpec, Lab, Pod, Protocol, load};
+use super::model::{CutHow, FAULT_COOKIE, Fault, FaultSpec, Lab, Node, Pod, Protocol, load};
 use super::ovs::{bare_values, nbctl, ofctl, transaction};
 use super::sys::{self, StateLock, run_in};
 use super::up;
@@ -29,8 +29,8 @@ impl Lab {
         let _lock = StateLock::acquire(&self.state_dir)?;
         let mut lab = load(&self.state_dir.to_string_lossy())?;
         let id = spec.id();
-        if lab.faults.iter().any(|f| f.id == id) {
-            bail!("fault {id} is already injected (heal it first)");
+        if let Some(other) = lab.faults.iter().find(|f| f.id == id || f.spec.conflicts_with(&spec)) {
+            bail!("{} is already injected and overlaps {id} (heal it first)", other.id);
         }
         let detail = apply(&lab, &spec).with_context(|| format!("cannot inject {id}"))?;
         let fault = Fault {
@@ -216,12 +216,12 @@ fn stop_tcp_server(lab: &Lab, pod: &Pod) -> Result<()> {
 /// raising the pod end would make the host veth drop the big frames, a different failure).
 fn set_pod_mtu(lab: &Lab, pod: &Pod, mtu: u32) -> Result<()> {
     let node = lab.node(&pod.node)?;
+    // Growing: host end first; shrinking: pod end first (never a moment where the pod sends
+    // frames its peer refuses).
+    let raising = mtu > current_mtu(&pod.netns, &pod.iface)?;
     let mtu = mtu.to_string();
     let host = ["-n", &node.netns, "link", "set", &pod.host_veth, "mtu", &mtu];
     let inner = ["-n", &pod.netns, "link", "set", &pod.iface, "mtu", &mtu];
-    // Growing: host end first; shrinking: pod end first (never a moment where the pod sends
-    // frames its peer refuses).
-    let raising = mtu.parse::<u32>().unwrap_or(0) > current_mtu(&pod.netns, &pod.iface)?;
     let order = if raising { [host, inner] } else { [inner, host] };
     for args in order {
         cmd::run("ip", &args)?;
@@ -253,31 +253,10 @@ fn tunnel_cut(lab: &Lab, from: &str, to: &str, how: CutHow) -> Result<String> {
     let (a, b) = (lab.node(from)?, lab.node(to)?);
     ensure!(a.name != b.name, "--from and --to must differ");
     match how {
-        CutHow::DropUdp => {
-            let port = lab.tunnel.udp_port();
-            let mut installed = Vec::new();
-            for (here, there) in [(a, b), (b, a)] {
-                let table = tunnel_table(&there.name);
-                let ruleset = format!(
-                    "table netdev {table} {{\n\
-                     \tchain egress {{\n\
-                     \t\ttype filter hook egress device \"{nic}\" priority 0; policy accept;\n\
-                     \t\tip daddr {dst} udp dport {port} counter drop\n\
-                     \t}}\n\
-                     }}\n",
-                    nic = here.underlay_iface,
-                    dst = there.ip,
-                );
-                let id = format!("tunnel-cut:{from}:{to}:{}", here.name);
-                let path = fault_file(lab, &id, "nft")?;
-                nft_load(&here.netns, &path, &ruleset)?;
-                installed.push(format!(
-                    "{} netdev {table} (egress {} to {})",
-                    here.netns, here.underlay_iface, there.ip
-                ));
-            }
-            Ok(format!("UDP {port} dropped: {}", installed.join("; ")))
-        }
+        CutHow::DropUdp => drop_tunnel_udp(lab, a, b).inspect_err(|_| {
+            // Half a cut must not stay behind unrecorded.
+            let _ = heal_tunnel_cut(lab, from, to, how);
+        }),
         CutHow::Down => {
             cmd::run("ip", &["-n", &a.netns, "link", "set", &a.underlay_iface, "down"])?;
             Ok(format!("{} {} down (cuts {} from every node)", a.netns, a.underlay_iface, a.name))
@@ -285,14 +264,43 @@ fn tunnel_cut(lab: &Lab, from: &str, to: &str, how: CutHow) -> Result<String> {
     }
 }
 
+fn drop_tunnel_udp(lab: &Lab, a: &Node, b: &Node) -> Result<String> {
+    let port = lab.tunnel.udp_port();
+    let mut installed = Vec::new();
+    for (here, there) in [(a, b), (b, a)] {
+        let table = tunnel_table(&there.name);
+        let ruleset = format!(
+            "table netdev {table} {{\n\
+             \tchain egress {{\n\
+             \t\ttype filter hook egress device \"{nic}\" priority 0; policy accept;\n\
+             \t\tip daddr {dst} udp dport {port} counter drop\n\
+             \t}}\n\
+             }}\n",
+            nic = here.underlay_iface,
+            dst = there.ip,
+        );
+        let id = format!("tunnel-cut:{}:{}:{}", a.name, b.name, here.name);
+        let path = fault_file(lab, &id, "nft")?;
+        nft_load(&here.netns, &path, &ruleset)?;
+        installed
+            .push(format!("{} netdev {table} (egress {} to {})", here.netns, here.underlay_iface, there.ip));
+    }
+    Ok(format!("UDP {port} dropped: {}", installed.join("; ")))
+}
+
 fn heal_tunnel_cut(lab: &Lab, from: &str, to: &str, how: CutHow) -> Result<()> {
     let (a, b) = (lab.node(from)?, lab.node(to)?);
     match how {
         CutHow::DropUdp => {
-            for (here, there) in [(a, b), (b, a)] {
-                let table = tunnel_table(&there.name);
-                run_in(&here.netns, "nft", &["delete", "table", "netdev", &table])?;
-            }
+            // Both sides, even if one fails, then report.
+            let results: Vec<Result<_>> = [(a, b), (b, a)]
+                .into_iter()
+                .map(|(here, there)| {
+                    let table = tunnel_table(&there.name);
+                    run_in(&here.netns, "nft", &["delete", "table", "netdev", &table])
+                })
+                .collect();
+            results.into_iter().collect::<Result<Vec<_>>>()?;
         }
         CutHow::Down => {
             cmd::run("ip", &["-n", &a.netns, "link", "set", &a.underlay_iface, "up"])?;

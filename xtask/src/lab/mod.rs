@@ -7,11 +7,23 @@
 //!
 //! The CLI (`cargo xtask lab ...`) and the privileged tests use the same functions:
 //!
+//! - [`up`] / [`down`] / [`load`]: bring a lab up (idempotent), remove it, read its [`Lab`].
+//! - [`Lab::inject`] / [`Lab::heal`]: faults ([`FaultSpec`]), recorded in lab.json.
+//! - [`probe::tcp_echo`], [`probe::tcp_transfer`], [`probe::udp_echo`], [`probe::ping`],
+//!   [`probe::run`]: one bounded probe from a pod, judged on the answer ([`ProbeResult`]).
+//! - [`traffic::run`] / [`traffic::plan`]: the seeded mix of `lab traffic`.
+//! - [`healthy`], [`port_bindings`], [`ovs`]: state checks and the OVS/OVN clients on the lab's
+//!   sockets.
+//!
 //! ```no_run
+//! use std::net::SocketAddrV4;
 //! use xtask::lab::{self, FaultSpec, UpOptions};
+//!
 //! let mut lab = lab::up(&UpOptions::named("t1"))?.into_lab();
-//! let fault = lab.inject(FaultSpec::ReplyDrop { pod: "web-2".into() })?;
-//! let r = lab::probe::tcp_echo(&lab, "web-1", "10.16.0.5:8080".parse()?)?;
+//! let web2 = lab.pod("web-2")?.clone();
+//! let fault = lab.inject(FaultSpec::ReplyDrop { pod: web2.name.clone() })?;
+//! let r = lab::probe::tcp_echo(&lab, "web-1", SocketAddrV4::new(web2.ip, web2.tcp_port))?;
+//! assert!(!r.ok, "replies are dropped: {}", r.detail);
 //! lab.heal(Some(&fault.id))?;
 //! lab::down("t1")?;
 //! # anyhow::Ok(())
@@ -39,14 +51,14 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
-pub use down::{DownOutcome, down, is_lab_link, is_lab_netns};
+pub use down::{DownOutcome, down, is_lab_link, is_lab_netns, is_lab_state_dir};
 pub use faults::{ACL_DENY_PRIORITY, OVS_DROP_PRIORITY, acl_name};
 pub use model::{
     CutHow, DEFAULT_NAME, Daemon, FAULT_COOKIE, Fault, FaultSpec, Lab, Node, Phase, Pod, Protocol,
     STATE_ROOT, Service, Subnet, TCP_ECHO_PORT, Tunnel, UDP_ECHO_PORT, Underlay, load, state_dir_of,
 };
 pub use net::Cidr;
-pub use plan::{UpOptions, host_veth_name, plan, pod_mac, validate_name};
+pub use plan::{SHOP_SUBNET, UpOptions, host_veth_name, plan, pod_mac, validate_name};
 pub use probe::{Probe, ProbeResult};
 pub use status::{health, healthy};
 pub use traffic::{Scenario, TrafficOptions, TrafficReport};
@@ -84,10 +96,13 @@ pub struct UpArgs {
     /// Lab name: 1-10 lowercase letters/digits, starting with a letter.
     #[arg(long, default_value = DEFAULT_NAME)]
     pub name: String,
+    /// Nodes (1-99): namespaces NAME-node1...
     #[arg(long, default_value_t = 2)]
     pub nodes: u32,
+    /// Pods per node (1-50), spread over workloads web, db, cache, api in namespaces default/shop.
     #[arg(long, default_value_t = 3)]
     pub pods_per_node: u32,
+    /// Overlay between nodes (pod MTU: underlay MTU - 100 for Geneve, - 50 for VXLAN).
     #[arg(long, value_enum, default_value_t = Tunnel::Geneve)]
     pub tunnel: Tunnel,
     /// Underlay prefix (at least a /24). Default: the first of 172.31.250.0/24, 172.31.249.0/24,
@@ -98,8 +113,14 @@ pub struct UpArgs {
     /// VXLAN 50).
     #[arg(long, default_value_t = 1500)]
     pub underlay_mtu: u32,
+    /// The default subnet (logical switch ovn-default).
     #[arg(long, default_value = "10.16.0.0/16")]
     pub pod_cidr: Cidr,
+    /// Put namespace `shop` on a second subnet (logical switch `shop`, same router), e.g.
+    /// 10.17.0.0/16; traffic between the namespaces is then routed by ovn-cluster.
+    #[arg(long)]
+    pub shop_cidr: Option<Cidr>,
+    /// Service VIPs come from here (web: .10, db: .11).
     #[arg(long, default_value = "10.96.0.0/12")]
     pub service_cidr: Cidr,
     /// Default /run/kovn-lab/NAME.
@@ -117,6 +138,7 @@ impl From<UpArgs> for UpOptions {
             underlay_cidr: a.underlay_cidr,
             underlay_mtu: a.underlay_mtu,
             pod_cidr: a.pod_cidr,
+            shop_cidr: a.shop_cidr,
             service_cidr: a.service_cidr,
             state_dir: a.state_dir,
         }
@@ -127,34 +149,43 @@ impl From<UpArgs> for UpOptions {
 pub enum FaultCommand {
     /// nftables in the pod's netns drops its replies (SYN-ACK, echo-reply, UDP from 5353).
     ReplyDrop {
+        /// Pod name or namespace/name.
         #[arg(long)]
         pod: String,
     },
     /// OpenFlow drop on the node's br-int (table 0, cookie 0x6b6f766e) for IPv4 to --dst.
     OvsDrop {
+        /// Node whose br-int gets the flow (node1, node2...).
         #[arg(long)]
         node: String,
+        /// Destination IPv4 to drop (e.g. a pod IP).
         #[arg(long)]
         dst: Ipv4Addr,
     },
     /// Stop the pod's TCP server: connections get RST.
     NoListener {
+        /// Pod name or namespace/name.
         #[arg(long)]
         pod: String,
+        /// The server port (only the TCP echo server on 8080 exists).
         #[arg(long, default_value_t = TCP_ECHO_PORT)]
         port: u16,
     },
     /// Raise the pod's MTU above what the overlay carries (big DF packets across nodes die).
     Mtu {
+        /// Pod name or namespace/name.
         #[arg(long)]
         pod: String,
+        /// New MTU of both ends of the pod's veth.
         #[arg(long, default_value_t = 1500)]
         mtu: u32,
     },
     /// Cut the tunnel between two nodes.
     TunnelCut {
+        /// Node name.
         #[arg(long)]
         from: String,
+        /// Node name.
         #[arg(long)]
         to: String,
         /// drop-udp: nftables drops the tunnel's UDP both ways; down: --from's NIC goes down.
@@ -163,8 +194,10 @@ pub enum FaultCommand {
     },
     /// OVN ACL (to-lport, priority 2002, drop) for --src -> --dst, like a NetworkPolicy.
     AclDeny {
+        /// Client pod (name or namespace/name).
         #[arg(long)]
         src: String,
+        /// Server pod; the ACL goes on its logical switch.
         #[arg(long)]
         dst: String,
     },
@@ -230,19 +263,22 @@ pub enum LabCommand {
         /// Seconds: rounds of short connections start until then; the long connection lasts it.
         #[arg(long, default_value_t = 10)]
         duration: u64,
+        /// Seeds the choice of peers: the same seed gives the same mix.
         #[arg(long, default_value_t = 1)]
         seed: u64,
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
-    /// One probe from a pod: TARGET is a pod (name or ns/name), svc/NAME, or an IPv4[:port].
+    /// One probe from a pod: TARGET is a pod (name or ns/name), svc/NAME, or IPv4 with an optional :PORT.
     Probe {
         #[command(flatten)]
         lab: LabRef,
+        /// Client pod (name or namespace/name).
         #[arg(long)]
         from: String,
         #[arg(value_enum)]
         kind: ProbeKind,
+        /// A pod, svc/NAME, or IPv4 with an optional :PORT (default ports: tcp 8080, udp 5353).
         target: String,
         /// ping: ICMP payload bytes (-s); tcp: bytes to echo.
         #[arg(long)]

@@ -144,6 +144,9 @@ pub struct Subnet {
     /// The router port on this subnet (Kube-OVN: `<router>-<switch>`).
     pub router_port: String,
     pub router_port_mac: String,
+    /// Namespaces bound to this subnet (Kube-OVN `spec.namespaces`); empty for the default
+    /// subnet, which takes every other namespace.
+    pub namespaces: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -263,6 +266,17 @@ pub enum FaultSpec {
 }
 
 impl FaultSpec {
+    /// Whether both faults would install the same thing, so healing one would undo part of the
+    /// other: tunnel cuts between the same two nodes (in either direction).
+    pub fn conflicts_with(&self, other: &FaultSpec) -> bool {
+        match (self, other) {
+            (FaultSpec::TunnelCut { from: a, to: b, .. }, FaultSpec::TunnelCut { from: c, to: d, .. }) => {
+                (a == c && b == d) || (a == d && b == c)
+            }
+            _ => self.id() == other.id(),
+        }
+    }
+
     /// Stable identifier used by `heal --fault`.
     pub fn id(&self) -> String {
         match self {

@@ -1,7 +1,7 @@
 //! The lab's address and name plan, computed from the options without touching the system, so
 //! it can be unit-tested and so `down` can always recompute what `up` meant to create.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
@@ -24,6 +24,9 @@ const NODE_IP_BASE: u64 = 10;
 /// The underlay prefixes tried, in order, when none is given: 172.31.250.0/24, .249, ...
 const UNDERLAY_CANDIDATES: std::ops::RangeInclusive<u8> = 200..=250;
 
+/// Name of the optional second subnet, and of the namespace bound to it.
+pub const SHOP_SUBNET: &str = "shop";
+
 /// Pods are spread round-robin over these workloads: two Kubernetes namespaces, so namespace
 /// filters have something to filter.
 const WORKLOADS: [(&str, &str); 4] =
@@ -40,6 +43,9 @@ pub struct UpOptions {
     pub underlay_cidr: Option<Cidr>,
     pub underlay_mtu: u32,
     pub pod_cidr: Cidr,
+    /// A second subnet (logical switch `shop` on the same router) for the `shop` namespace, as
+    /// a Kube-OVN Subnet with `spec.namespaces: [shop]`. `None`: every pod in `ovn-default`.
+    pub shop_cidr: Option<Cidr>,
     pub service_cidr: Cidr,
     /// `None`: `/run/kovn-lab/NAME`.
     pub state_dir: Option<PathBuf>,
@@ -55,6 +61,7 @@ impl Default for UpOptions {
             underlay_cidr: None,
             underlay_mtu: 1500,
             pod_cidr: "10.16.0.0/16".parse().expect("valid literal"),
+            shop_cidr: None,
             // Kube-OVN's default service CIDR.
             service_cidr: "10.96.0.0/12".parse().expect("valid literal"),
             state_dir: None,
@@ -148,10 +155,16 @@ pub fn plan(opts: &UpOptions, underlay_cidr: Cidr) -> Result<Lab> {
         "underlay MTU must be {}..=9000",
         576 + overhead
     );
-    ensure!(
-        !opts.pod_cidr.overlaps(&opts.service_cidr) && !opts.pod_cidr.overlaps(&underlay_cidr),
-        "pod, service and underlay prefixes must not overlap"
-    );
+    let prefixes: Vec<Cidr> =
+        [Some(opts.pod_cidr), opts.shop_cidr, Some(opts.service_cidr), Some(underlay_cidr)]
+            .into_iter()
+            .flatten()
+            .collect();
+    for (i, a) in prefixes.iter().enumerate() {
+        for b in &prefixes[i + 1..] {
+            ensure!(!a.overlaps(b), "prefixes {a} and {b} overlap (pod, shop, service, underlay)");
+        }
+    }
     let state_dir = opts.state_dir();
     ensure!(state_dir.is_absolute(), "the state directory must be an absolute path");
     // Unix socket paths are limited to 108 bytes; the longest is <dir>/nodeNN/ovs-vswitchd.ctl
@@ -163,9 +176,12 @@ pub fn plan(opts: &UpOptions, underlay_cidr: Cidr) -> Result<Lab> {
     );
 
     let name = &opts.name;
-    let subnet = plan_subnet(name, opts.pod_cidr)?;
+    let mut subnets = vec![plan_subnet(name, DEFAULT_SUBNET, opts.pod_cidr, &[])?];
+    if let Some(cidr) = opts.shop_cidr {
+        subnets.push(plan_subnet(name, SHOP_SUBNET, cidr, &[SHOP_SUBNET])?);
+    }
     let nodes = plan_nodes(opts, &state_dir, underlay_cidr)?;
-    let pods = plan_pods(opts, &subnet, opts.underlay_mtu - overhead)?;
+    let pods = plan_pods(opts, &subnets, opts.underlay_mtu - overhead)?;
     let services = plan_services(opts.service_cidr, &pods)?;
     let central_dir = state_dir.join("central");
     Ok(Lab {
@@ -185,7 +201,7 @@ pub fn plan(opts: &UpOptions, underlay_cidr: Cidr) -> Result<Lab> {
             dir: central_dir,
         },
         router: ROUTER.into(),
-        subnets: vec![subnet],
+        subnets,
         nodes,
         pods,
         services,
@@ -194,16 +210,23 @@ pub fn plan(opts: &UpOptions, underlay_cidr: Cidr) -> Result<Lab> {
     })
 }
 
-fn plan_subnet(lab: &str, cidr: Cidr) -> Result<Subnet> {
+fn plan_subnet(lab: &str, name: &str, cidr: Cidr, namespaces: &[&str]) -> Result<Subnet> {
     Ok(Subnet {
-        name: DEFAULT_SUBNET.into(),
+        name: name.into(),
         cidr,
-        gateway: cidr.host(1).context("the pod CIDR is too small")?,
-        logical_switch: DEFAULT_SUBNET.into(),
+        gateway: cidr.host(1).with_context(|| format!("{cidr} is too small for a subnet"))?,
+        // Kube-OVN names a subnet's logical switch after the subnet.
+        logical_switch: name.into(),
         // Kube-OVN names the router side `<router>-<switch>`, the switch side `<switch>-<router>`.
-        router_port: format!("{ROUTER}-{DEFAULT_SUBNET}"),
-        router_port_mac: mac_from(fnv1a64(format!("{lab}/router/{DEFAULT_SUBNET}").as_bytes())),
+        router_port: format!("{ROUTER}-{name}"),
+        router_port_mac: mac_from(fnv1a64(format!("{lab}/router/{name}").as_bytes())),
+        namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
     })
+}
+
+/// The subnet a namespace's pods get: the one listing it, else the default (first) one.
+fn subnet_for<'a>(subnets: &'a [Subnet], namespace: &str) -> &'a Subnet {
+    subnets.iter().find(|s| s.namespaces.iter().any(|n| n == namespace)).unwrap_or(&subnets[0])
 }
 
 fn plan_nodes(opts: &UpOptions, state_dir: &std::path::Path, underlay: Cidr) -> Result<Vec<Node>> {
@@ -229,15 +252,16 @@ fn plan_nodes(opts: &UpOptions, state_dir: &std::path::Path, underlay: Cidr) -> 
         .collect()
 }
 
-fn plan_pods(opts: &UpOptions, subnet: &Subnet, mtu: u32) -> Result<Vec<Pod>> {
-    let total = u64::from(opts.nodes) * u64::from(opts.pods_per_node);
-    ensure!(total + 2 < subnet.cidr.size(), "pod CIDR {} is too small for {total} pods", subnet.cidr);
+fn plan_pods(opts: &UpOptions, subnets: &[Subnet], mtu: u32) -> Result<Vec<Pod>> {
     let mut veths = HashSet::new();
-    let mut macs = HashSet::new();
+    let mut macs: HashSet<String> = subnets.iter().map(|s| s.router_port_mac.clone()).collect();
+    // Next host number per subnet: .1 is the gateway.
+    let mut next_host: HashMap<&str, u64> = subnets.iter().map(|s| (s.name.as_str(), 2)).collect();
     let mut pods = Vec::new();
     for node in 1..=opts.nodes {
         for slot in 0..opts.pods_per_node {
             let (workload, namespace, name) = pod_identity(node, slot, opts.pods_per_node);
+            let subnet = subnet_for(subnets, &namespace);
             // Hash collisions are astronomically rare but would break OVS; salt and retry.
             let host_veth = (0..)
                 .map(|salt| host_veth_name(&opts.name, &namespace, &name, salt))
@@ -245,14 +269,18 @@ fn plan_pods(opts: &UpOptions, subnet: &Subnet, mtu: u32) -> Result<Vec<Pod>> {
                 .expect("an unused name exists");
             let mac = (0..)
                 .map(|salt| pod_mac(&opts.name, &namespace, &name, salt))
-                .find(|m| *m != subnet.router_port_mac && macs.insert(m.clone()))
+                .find(|m| macs.insert(m.clone()))
                 .expect("an unused MAC exists");
-            let index = pods.len() as u64;
+            let host = next_host.get_mut(subnet.name.as_str()).expect("every subnet counted");
+            let ip = subnet.cidr.host(*host).with_context(|| {
+                format!("subnet {} ({}) is too small for the pods", subnet.name, subnet.cidr)
+            })?;
+            *host += 1;
             pods.push(Pod {
                 iface_id: format!("{name}.{namespace}"),
                 netns: format!("{}-n{node}-p{}", opts.name, slot + 1),
                 node: format!("node{node}"),
-                ip: subnet.cidr.host(2 + index)?,
+                ip,
                 gateway: subnet.gateway,
                 subnet: subnet.name.clone(),
                 iface: "eth0".into(),

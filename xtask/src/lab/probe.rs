@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::model::Lab;
-use super::sys::{in_netns, run_bounded};
+use super::model::{Lab, Pod};
+use super::sys::{Bounded, Expect, in_netns, run_bounded};
 
 /// Default bound of one probe.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -66,62 +66,73 @@ fn payload(from: &str, bytes: usize) -> Vec<u8> {
     data
 }
 
-/// Runs `probe` from pod `from` (name or namespace/name), bounded by `timeout`.
-pub fn run(lab: &Lab, from: &str, probe: &Probe, timeout: Duration) -> Result<ProbeResult> {
-    let pod = lab.pod(from)?;
-    let secs = timeout.as_secs().max(1).to_string();
-    let (program, args, input): (&str, Vec<String>, Option<Vec<u8>>) = match probe {
+/// The client command of a probe: program, arguments, stdin. `secs` bounds the client itself.
+fn client(pod: &Pod, probe: &Probe, secs: &str) -> (&'static str, Vec<String>, Option<Vec<u8>>) {
+    let s = |v: &str| v.to_string();
+    match probe {
         Probe::TcpEcho { dst, bytes } => (
             "socat",
             // -t: after sending everything, wait this long for the rest of the echo.
-            vec!["-t".into(), secs.clone(), "-".into(), format!("TCP4:{dst},connect-timeout={secs}")],
+            vec![s("-t"), s(secs), s("-"), format!("TCP4:{dst},connect-timeout={secs}")],
             Some(payload(&pod.name, *bytes)),
         ),
-        Probe::UdpEcho { dst } => (
-            "socat",
-            vec!["-t".into(), secs.clone(), "-".into(), format!("UDP4:{dst}")],
-            Some(payload(&pod.name, 0)),
-        ),
+        Probe::UdpEcho { dst } => {
+            ("socat", vec![s("-t"), s(secs), s("-"), format!("UDP4:{dst}")], Some(payload(&pod.name, 0)))
+        }
         Probe::Ping { dst, size, dont_fragment } => {
-            let mut a: Vec<String> = vec!["-n".into(), "-c".into(), "1".into(), "-W".into(), secs];
-            if let Some(s) = size {
-                a.extend(["-s".into(), s.to_string()]);
+            let mut a = vec![s("-n"), s("-c"), s("1"), s("-W"), s(secs)];
+            if let Some(size) = size {
+                a.extend([s("-s"), size.to_string()]);
             }
             if *dont_fragment {
-                a.extend(["-M".into(), "do".into()]);
+                a.extend([s("-M"), s("do")]);
             }
             a.push(dst.to_string());
             ("ping", a, None)
         }
+    }
+}
+
+/// Runs `probe` from pod `from` (name or namespace/name), bounded by `timeout`.
+pub fn run(lab: &Lab, from: &str, probe: &Probe, timeout: Duration) -> Result<ProbeResult> {
+    let pod = lab.pod(from)?;
+    let (program, args, input) = client(pod, probe, &timeout.as_secs().max(1).to_string());
+    let sent = input.clone().unwrap_or_default();
+    let expect = match probe {
+        Probe::UdpEcho { .. } => Expect::PrefixThenStop(&sent),
+        Probe::TcpEcho { .. } => Expect::Prefix(&sent),
+        Probe::Ping { .. } => Expect::Nothing,
     };
-    let expect = input.clone();
-    let out = run_bounded(
-        "ip",
-        &in_netns(&pod.netns, program, &args),
-        input,
-        // The client's own timeouts come first; this is the backstop.
-        timeout + Duration::from_secs(1),
-        expect.as_deref(),
-    )?;
+    // The client's own timeouts come first; this is the backstop.
+    let backstop = timeout + Duration::from_secs(1);
+    let out = run_bounded("ip", &in_netns(&pod.netns, program, &args), input, backstop, expect)?;
     let ok = match probe {
         Probe::Ping { .. } => out.success(),
         _ => out.matched,
     };
-    let detail = if ok {
-        match probe {
-            Probe::Ping { .. } => last_line(&out.stdout_text(), "rtt"),
-            _ => format!("echo of {} B received", expect.as_ref().map_or(0, Vec::len)),
-        }
+    Ok(ProbeResult {
+        ok,
+        detail: detail(probe, &out, ok, sent.len()),
+        elapsed_ms: out.elapsed.as_millis() as u64,
+    })
+}
+
+/// One line saying what came back (or why nothing did).
+fn detail(probe: &Probe, out: &Bounded, ok: bool, sent: usize) -> String {
+    let is_ping = matches!(probe, Probe::Ping { .. });
+    if ok && is_ping {
+        last_line(&out.stdout_text(), "rtt")
+    } else if ok {
+        format!("echo of {sent} B received")
     } else if out.timed_out {
         "timed out".into()
     } else if !out.stderr_text().is_empty() {
         last_line(&out.stderr_text(), "")
-    } else if let Probe::Ping { .. } = probe {
+    } else if is_ping {
         last_line(&out.stdout_text(), "packet loss")
     } else {
-        format!("no echo ({} of {} B back)", out.stdout.len(), expect.as_ref().map_or(0, Vec::len))
-    };
-    Ok(ProbeResult { ok, detail, elapsed_ms: out.elapsed.as_millis() as u64 })
+        format!("no echo ({} of {sent} B back)", out.stdout.len())
+    }
 }
 
 /// The last line containing `needle` (or the last line at all), for a one-line detail.

@@ -193,8 +193,14 @@ pub fn netns_pids(netns: &str) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// Pids of processes whose command line or OVS_RUNDIR/OVN_RUNDIR lies inside `dir`: leftovers of
-/// a lab whose pidfiles are gone.
+/// The programs a lab runs. Only these are ever signalled on the strength of a pidfile or a path
+/// in their command line (never, say, the `cargo xtask lab down --state-dir DIR` that asked).
+pub fn is_lab_program(comm: &str) -> bool {
+    matches!(comm, "ovsdb-server" | "ovs-vswitchd" | "ovn-controller" | "ovn-northd" | "socat")
+}
+
+/// Lab programs whose command line or OVS_RUNDIR/OVN_RUNDIR lies inside `dir`: leftovers of a
+/// lab whose pidfiles are gone.
 pub fn pids_referencing(dir: &Path) -> Vec<i32> {
     let dir = dir.to_string_lossy();
     let inside = |s: &str| s == dir || s.starts_with(&format!("{dir}/"));
@@ -204,7 +210,7 @@ pub fn pids_referencing(dir: &Path) -> Vec<i32> {
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != me)
+        .filter(|&pid| pid != me && comm(pid).is_some_and(|c| is_lab_program(&c)))
         .filter(|pid| {
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
@@ -233,7 +239,7 @@ pub struct Bounded {
     pub stderr: Vec<u8>,
     /// Killed because the deadline passed.
     pub timed_out: bool,
-    /// Stopped early because stdout began with the expected bytes.
+    /// Stdout began with the expected bytes.
     pub matched: bool,
     pub elapsed: Duration,
 }
@@ -264,15 +270,36 @@ fn drain(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> thr
     })
 }
 
-/// Runs `program args...` for at most `timeout`, feeding `input` on stdin (then closing it).
-/// With `expect`, stops the command as soon as its stdout starts with those bytes and reports
-/// `matched` (a UDP client has no end of stream to wait for).
+/// What a bounded command's stdout is expected to start with.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect<'a> {
+    /// Nothing: the exit status decides.
+    Nothing,
+    /// Let the command finish by itself (a TCP client closing its connection cleanly, so the
+    /// peer sees a FIN, not the RST a killed socket with unread data sends), then compare.
+    Prefix(&'a [u8]),
+    /// Stop the command as soon as stdout starts with these bytes (a UDP client never sees an
+    /// end of stream to finish on).
+    PrefixThenStop(&'a [u8]),
+}
+
+impl Expect<'_> {
+    fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Expect::Nothing => None,
+            Expect::Prefix(b) | Expect::PrefixThenStop(b) => Some(b),
+        }
+    }
+}
+
+/// Runs `program args...` for at most `timeout` (then kills its process group), feeding `input`
+/// on stdin and closing it; `expect` says what stdout should start with (reported as `matched`).
 pub fn run_bounded(
     program: &str,
     args: &[String],
     input: Option<Vec<u8>>,
     timeout: Duration,
-    expect: Option<&[u8]>,
+    expect: Expect<'_>,
 ) -> Result<Bounded> {
     let start = Instant::now();
     let mut child = Command::new(program)
@@ -302,11 +329,8 @@ pub fn run_bounded(
         if let Some(status) = child.try_wait()? {
             break Some(status);
         }
-        if let Some(want) = expect {
-            let got = stdout.lock().expect("reader lock");
-            if got.len() >= want.len() && &got[..want.len()] == want {
-                matched = true;
-            }
+        if let Expect::PrefixThenStop(want) = expect {
+            matched = stdout.lock().expect("reader lock").starts_with(want);
         }
         if !matched && Instant::now() >= deadline {
             timed_out = true;
@@ -327,7 +351,7 @@ pub fn run_bounded(
     let take = |b: &Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *b.lock().expect("reader lock"));
     let stdout = take(&stdout);
     // The command may have finished (echo complete, connection closed) between two polls.
-    let matched = matched || expect.is_some_and(|want| stdout.starts_with(want));
+    let matched = matched || expect.bytes().is_some_and(|want| stdout.starts_with(want));
     Ok(Bounded { status, stdout, stderr: take(&stderr), timed_out, matched, elapsed: start.elapsed() })
 }
 

@@ -356,3 +356,33 @@ fn max_df_ping_fits_the_pod_mtu() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[test]
+fn shop_namespace_can_get_its_own_subnet() {
+    let lab = lab_with(&UpOptions { shop_cidr: Some(cidr("10.17.0.0/16")), ..UpOptions::default() });
+    assert_eq!(lab.subnets.len(), 2);
+    let shop = lab.subnet("shop").unwrap();
+    assert_eq!(shop.router_port, "ovn-cluster-shop");
+    assert_eq!(shop.gateway, Ipv4Addr::new(10, 17, 0, 1));
+    for p in &lab.pods {
+        let subnet = lab.subnet(&p.subnet).unwrap();
+        assert!(subnet.cidr.contains(p.ip), "{} {}", p.name, p.ip);
+        assert_eq!(p.gateway, subnet.gateway);
+        assert_eq!(p.subnet == "shop", p.namespace == "shop");
+    }
+    assert_eq!(lab.pod("db-1").unwrap().ip, Ipv4Addr::new(10, 17, 0, 2));
+    assert_eq!(lab.pod("db-2").unwrap().ip, Ipv4Addr::new(10, 17, 0, 3));
+    assert_eq!(lab.pod("web-2").unwrap().ip, Ipv4Addr::new(10, 16, 0, 4));
+    let overlapping = UpOptions { shop_cidr: Some(cidr("10.16.128.0/17")), ..UpOptions::default() };
+    assert!(plan::plan(&overlapping, cidr("172.31.250.0/24")).is_err());
+}
+
+#[test]
+fn tunnel_cuts_between_the_same_nodes_conflict() {
+    let cut = |from: &str, to: &str, how| FaultSpec::TunnelCut { from: from.into(), to: to.into(), how };
+    assert!(cut("node1", "node2", CutHow::DropUdp).conflicts_with(&cut("node2", "node1", CutHow::Down)));
+    assert!(!cut("node1", "node2", CutHow::DropUdp).conflicts_with(&cut("node1", "node3", CutHow::DropUdp)));
+    let drop = FaultSpec::ReplyDrop { pod: "web-1".into() };
+    assert!(drop.conflicts_with(&drop.clone()));
+    assert!(!drop.conflicts_with(&FaultSpec::ReplyDrop { pod: "web-2".into() }));
+}

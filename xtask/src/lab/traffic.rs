@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{Lab, Pod, Protocol};
 use super::probe::{self, Probe};
-use super::sys::in_netns;
+use super::sys::{self, in_netns};
 
 /// Bytes of the large TCP transfer (hundreds of full-size segments each way).
 pub const BULK_BYTES: usize = 256 * 1024;
@@ -340,10 +340,16 @@ pub fn long_connection(
         }
         thread::sleep(interval);
     }
+    // Closing stdin makes socat half-close; the echo server then closes too: a clean FIN
+    // exchange. Only a client still running after that is killed.
     drop(stdin);
-    // SIGKILL the client's group: its job is done whatever state the peer is in.
-    // SAFETY: kill only sends a signal to the process group we created.
-    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let finished = sys::wait_until(Duration::from_secs(3), Duration::from_millis(10), || {
+        child.try_wait().is_ok_and(|s| s.is_some())
+    });
+    if !finished {
+        // SAFETY: kill only sends a signal, to the process group we created.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    }
     let _ = child.wait();
     let _ = reader.join();
     let ok = sent > 0 && echoed == sent;

@@ -69,6 +69,7 @@ pub fn up(opts: &UpOptions) -> Result<UpOutcome> {
     };
     let mut lab = plan(opts, underlay)?;
     down::refuse_leftovers(&lab.name)?;
+    refuse_foreign_dir(&state_dir)?;
     let _lock = sys::StateLock::acquire(&state_dir)?;
     // Another `up` may have finished while we planned.
     if let Some(outcome) = existing(&state_dir)? {
@@ -106,6 +107,20 @@ fn existing(state_dir: &Path) -> Result<Option<UpOutcome>> {
         );
     }
     Ok(Some(UpOutcome::AlreadyRunning(lab)))
+}
+
+/// `down` empties the state directory, so `up` only takes one that is empty or absent.
+fn refuse_foreign_dir(state_dir: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(state_dir) else {
+        return Ok(());
+    };
+    let other: Vec<_> = entries.flatten().map(|e| e.file_name()).filter(|n| n != "lock").collect();
+    ensure!(
+        other.is_empty(),
+        "state directory {} is not empty ({other:?}); give an empty or new directory",
+        state_dir.display()
+    );
+    Ok(())
 }
 
 /// IPv4 prefixes routed in the root netns's main table (to pick an unused underlay).
@@ -612,7 +627,10 @@ fn check_connectivity(lab: &Lab) -> Result<()> {
         lab.nodes.iter().filter_map(|n| lab.pods_on(&n.name).find(|p| p.name != first.name)).collect();
     for target in targets {
         sys::retry(&format!("ping {} -> {}", first.name, target.name), READY_TIMEOUT, POLL, || {
-            let r = probe::ping(lab, &first.name, target.ip, None, false)?;
+            // The very first packet towards a node is usually lost while OVS resolves the
+            // remote tunnel endpoint's MAC (userspace tunnelling ARPs on demand): retry soon.
+            let ping = probe::Probe::Ping { dst: target.ip, size: None, dont_fragment: false };
+            let r = probe::run(lab, &first.name, &ping, Duration::from_secs(1))?;
             ensure!(r.ok, "{}", r.detail);
             Ok(())
         })?;
