@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::capture::LoadedProgram;
 use crate::flows::{Flow, protocol_number};
+use crate::inventory::PodInfo;
 
 /// What the poller publishes after each read of the kernel maps.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -22,6 +23,8 @@ pub struct Snapshot {
     /// RFC 3339 time of the poll this snapshot comes from.
     pub time: String,
     pub flows: Vec<Flow>,
+    /// Pods the inventory knows (this node's from OVSDB, others' from OVN southbound).
+    pub pods: Vec<PodInfo>,
     pub health: Health,
 }
 
@@ -68,8 +71,23 @@ pub struct FlowQuery {
     pub protocol: Option<String>,
     /// Matches either endpoint's IP.
     pub ip: Option<std::net::IpAddr>,
+    /// Matches either endpoint's namespace.
+    pub namespace: Option<String>,
+    /// Matches either endpoint's pod name (with `namespace`, in that namespace).
+    pub pod: Option<String>,
+    pub scenario: Option<String>,
     pub limit: Option<usize>,
 }
+
+pub const SCENARIOS: [&str; 7] = [
+    "pod_to_pod_same_node",
+    "pod_to_pod_cross_node",
+    "pod_to_service",
+    "pod_to_node",
+    "node_to_pod",
+    "pod_to_external",
+    "unknown",
+];
 
 const STATES: [&str; 5] = ["answered", "unanswered", "reset", "closed", "oneway"];
 
@@ -95,6 +113,11 @@ impl FlowQuery {
         {
             return Err(format!("unknown protocol {p:?} (tcp, udp, sctp, icmp, icmpv6, other)"));
         }
+        if let Some(sc) = &self.scenario
+            && !SCENARIOS.contains(&sc.as_str())
+        {
+            return Err(format!("unknown scenario {sc:?} (one of {})", SCENARIOS.join(", ")));
+        }
         Ok(())
     }
 
@@ -102,6 +125,12 @@ impl FlowQuery {
         self.state.as_ref().is_none_or(|s| &f.state == s)
             && self.protocol.as_ref().is_none_or(|p| &f.protocol == p)
             && self.ip.is_none_or(|ip| f.src_ip == ip || f.dst_ip == ip)
+            && self.scenario.as_ref().is_none_or(|s| &f.scenario == s)
+            && [&f.src, &f.dst].iter().any(|e| {
+                let e = e.as_ref();
+                self.namespace.as_ref().is_none_or(|ns| e.and_then(|e| e.namespace.as_ref()) == Some(ns))
+                    && self.pod.as_ref().is_none_or(|p| e.and_then(|e| e.pod.as_ref()) == Some(p))
+            })
     }
 }
 
@@ -130,13 +159,29 @@ async fn flows(
     Json(FlowsResponse { node: &snap.node, time: &snap.time, count: flows.len(), flows }).into_response()
 }
 
+#[derive(Serialize)]
+struct PodsResponse<'a> {
+    node: &'a str,
+    count: usize,
+    pods: &'a [PodInfo],
+}
+
+async fn pods(State(shared): State<Shared>) -> Response {
+    let snap = shared.read().unwrap_or_else(|p| p.into_inner());
+    Json(PodsResponse { node: &snap.node, count: snap.pods.len(), pods: &snap.pods }).into_response()
+}
+
 async fn healthz(State(shared): State<Shared>) -> Response {
     let snap = shared.read().unwrap_or_else(|p| p.into_inner());
     Json(&snap.health).into_response()
 }
 
 pub fn router(shared: Shared) -> Router {
-    Router::new().route("/healthz", get(healthz)).route("/api/v1/flows", get(flows)).with_state(shared)
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v1/flows", get(flows))
+        .route("/api/v1/pods", get(pods))
+        .with_state(shared)
 }
 
 /// Serves until `shutdown` resolves.

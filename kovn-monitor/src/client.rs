@@ -3,6 +3,7 @@
 use anyhow::{Context as _, Result, bail};
 
 use crate::flows::Flow;
+use crate::inventory::Endpoint;
 
 #[derive(serde::Deserialize)]
 pub struct FlowsResponse {
@@ -49,16 +50,31 @@ fn human_bytes(b: u64) -> String {
     if u == 0 { format!("{b}B") } else { format!("{v:.1}{}", UNITS[u]) }
 }
 
-fn endpoint(ip: std::net::IpAddr, port: u16, proto: &str) -> String {
-    let ip = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
-    if proto == "icmp" || proto == "icmpv6" || proto == "other" { ip } else { format!("{ip}:{port}") }
+/// `namespace/pod:port` when the pod is known, else `ip:port` (no port for ICMP and others).
+fn endpoint(ip: std::net::IpAddr, port: u16, proto: &str, who: Option<&Endpoint>) -> String {
+    let host = match who {
+        Some(Endpoint { namespace: Some(ns), pod: Some(pod), .. }) => format!("{ns}/{pod}"),
+        _ if ip.is_ipv6() => format!("[{ip}]"),
+        _ => ip.to_string(),
+    };
+    if proto == "icmp" || proto == "icmpv6" || proto == "other" { host } else { format!("{host}:{port}") }
 }
 
 /// A plain table of flows, one per line, widest columns sized to content.
 pub fn render_table(flows: &[Flow]) -> String {
-    let header =
-        ["SRC", "DST", "PROTO", "STATE", "PKTS FWD/REV", "BYTES FWD/REV", "RTT", "UNANS", "INTERFACES"];
-    let rows: Vec<[String; 9]> = flows
+    let header = [
+        "SRC",
+        "DST",
+        "PROTO",
+        "SCENARIO",
+        "STATE",
+        "PKTS FWD/REV",
+        "BYTES FWD/REV",
+        "RTT",
+        "UNANS",
+        "INTERFACES",
+    ];
+    let rows: Vec<[String; 10]> = flows
         .iter()
         .map(|f| {
             let mut ifaces: Vec<String> = f
@@ -68,9 +84,10 @@ pub fn render_table(flows: &[Flow]) -> String {
                 .collect();
             ifaces.dedup();
             [
-                endpoint(f.src_ip, f.src_port, &f.protocol),
-                endpoint(f.dst_ip, f.dst_port, &f.protocol),
+                endpoint(f.src_ip, f.src_port, &f.protocol, f.src.as_ref()),
+                endpoint(f.dst_ip, f.dst_port, &f.protocol, f.dst.as_ref()),
                 f.protocol.clone(),
+                f.scenario.clone(),
                 f.state.clone(),
                 format!("{}/{}", f.packets_fwd, f.packets_rev),
                 format!("{}/{}", human_bytes(f.bytes_fwd), human_bytes(f.bytes_rev)),
@@ -135,7 +152,8 @@ mod tests {
         let t = render_table(&[f]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 2, "{t}");
-        assert!(lines[0].starts_with("SRC"));
+        assert!(lines[0].starts_with("SRC") && lines[0].contains("SCENARIO"), "{t}");
+        assert!(lines[1].contains("unknown"), "no inventory, no scenario: {t}");
         assert!(lines[1].contains("10.16.0.2:40000") && lines[1].contains("10.16.0.3:8080"), "{t}");
         assert!(
             lines[1].contains("2.0KiB/300B") && lines[1].contains("0.250ms") && lines[1].contains("abc_h/in"),

@@ -12,6 +12,8 @@ use crate::api::{self, AttachedInterface, Health, ProgramInfo, Shared, Snapshot}
 use crate::capture::{Capture, CaptureError};
 use crate::flows::{Clock, FlowTable};
 use crate::interfaces::{self, LinkEvent, Selector};
+use crate::inventory::{self, Inventory};
+use crate::ovsdb;
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -23,6 +25,10 @@ pub struct RunConfig {
     pub flow_retention: Duration,
     pub flow_table_size: u32,
     pub node_name: String,
+    /// The node's Open_vSwitch database (pod identity as Kube-OVN writes it).
+    pub ovsdb: Option<ovsdb::Address>,
+    /// The OVN southbound database (pods of other nodes, chassis, load balancers).
+    pub ovn_sb: Option<ovsdb::Address>,
 }
 
 fn ifindex_of(name: &str) -> Option<u32> {
@@ -47,6 +53,7 @@ struct Daemon {
     capture: Capture,
     table: FlowTable,
     shared: Shared,
+    inventory: Arc<RwLock<Inventory>>,
 }
 
 impl Daemon {
@@ -119,14 +126,34 @@ impl Daemon {
             kernel_counters: counters.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             poll_duration_ms: started.elapsed().as_secs_f64() * 1e3,
         };
+        let inventory = self.inventory.read().unwrap_or_else(|p| p.into_inner());
         let snap = Snapshot {
             node: self.cfg.node_name.clone(),
             time: clock.rfc3339(clock.mono_now_ns()),
-            flows: self.table.snapshot(&clock),
+            flows: self.table.snapshot(&clock, &inventory),
+            pods: inventory.pods().into_iter().cloned().collect(),
             health,
         };
+        drop(inventory);
         *self.shared.write().unwrap_or_else(|p| p.into_inner()) = snap;
     }
+}
+
+/// Watches the configured OVSDB sources and applies their changes to the inventory.
+fn spawn_inventory(cfg: &RunConfig, inventory: Arc<RwLock<Inventory>>) {
+    let (tx, mut rx) = mpsc::channel::<ovsdb::Updates>(64);
+    if let Some(addr) = cfg.ovsdb.clone() {
+        tokio::spawn(ovsdb::watch(addr, "Open_vSwitch", inventory::OVS_TABLES, tx.clone()));
+    }
+    if let Some(addr) = cfg.ovn_sb.clone() {
+        tokio::spawn(ovsdb::watch(addr, "OVN_Southbound", inventory::SB_TABLES, tx.clone()));
+    }
+    drop(tx);
+    tokio::spawn(async move {
+        while let Some(u) = rx.recv().await {
+            inventory.write().unwrap_or_else(|p| p.into_inner()).apply(u);
+        }
+    });
 }
 
 async fn shutdown_signal() -> &'static str {
@@ -167,8 +194,10 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         cfg.pod_patterns,
         cfg.ifaces
     );
+    let inventory = Arc::new(RwLock::new(Inventory::new(&cfg.node_name)));
+    spawn_inventory(&cfg, inventory.clone());
     let table = FlowTable::new(cfg.flow_idle_timeout, cfg.flow_retention);
-    let mut d = Daemon { cfg: cfg.clone(), selector, capture, table, shared };
+    let mut d = Daemon { cfg: cfg.clone(), selector, capture, table, shared, inventory: inventory.clone() };
     let mut tick = tokio::time::interval(cfg.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let signal = shutdown_signal();

@@ -12,6 +12,8 @@ use kovn_ebpf_common::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::inventory::{Endpoint, Inventory, TunnelPeer};
+
 /// A flow as the API shows it. `fwd` is initiator → responder, `rev` the answer direction.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Flow {
@@ -51,6 +53,21 @@ pub struct Flow {
     /// True for a flow of non-first IP fragments (no ports).
     pub fragment: bool,
     pub interfaces: Vec<FlowInterface>,
+    /// `pod_to_pod_same_node|pod_to_pod_cross_node|pod_to_service|pod_to_node|node_to_pod|
+    /// pod_to_external|unknown`, from the inventory.
+    #[serde(default = "unknown")]
+    pub scenario: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<Endpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<Endpoint>,
+    /// For cross-node flows: the other node and its tunnel endpoint IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelPeer>,
+}
+
+fn unknown() -> String {
+    "unknown".into()
 }
 
 /// Where a flow was seen: interface, tc hook direction, and which flow direction.
@@ -254,7 +271,22 @@ impl Flow {
             initiator_guessed: s.flags & FLOW_F_INITIATOR_GUESSED != 0,
             fragment: s.flags & FLOW_F_FRAGMENT != 0,
             interfaces,
+            scenario: unknown(),
+            src: None,
+            dst: None,
+            tunnel: None,
         }
+    }
+
+    /// Names both ends and the scenario from the inventory.
+    pub fn annotate(&mut self, inv: &Inventory) {
+        let src = inv.endpoint(self.src_ip, self.src_port, self.ip_proto);
+        let dst = inv.endpoint(self.dst_ip, self.dst_port, self.ip_proto);
+        self.scenario = inv.scenario(&src, &dst).to_string();
+        self.tunnel =
+            if self.scenario == "pod_to_pod_cross_node" { inv.tunnel_peer(&src, &dst) } else { None };
+        self.src = Some(src);
+        self.dst = Some(dst);
     }
 }
 
@@ -325,9 +357,17 @@ impl FlowTable {
         before - self.entries.len()
     }
 
-    pub fn snapshot(&self, clock: &Clock) -> Vec<Flow> {
-        let mut flows: Vec<Flow> =
-            self.entries.iter().map(|(k, e)| Flow::from_kernel(k, &e.stats, clock, &self.names)).collect();
+    /// Every flow, annotated with endpoints and scenario, most recent first.
+    pub fn snapshot(&self, clock: &Clock, inv: &Inventory) -> Vec<Flow> {
+        let mut flows: Vec<Flow> = self
+            .entries
+            .iter()
+            .map(|(k, e)| {
+                let mut f = Flow::from_kernel(k, &e.stats, clock, &self.names);
+                f.annotate(inv);
+                f
+            })
+            .collect();
         flows.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then_with(|| a.id.cmp(&b.id)));
         flows
     }

@@ -2,7 +2,8 @@
 //! Kubernetes clusters running Kube-OVN.
 //!
 //! One module per concern: [`capture`] (the eBPF programs and maps), [`interfaces`] (which
-//! interfaces, following them via netlink), [`flows`] (the flow table and its JSON model),
+//! interfaces, following them via netlink), [`inventory`] and [`ovsdb`] (who is behind an
+//! address: the node's OVSDB and OVN southbound), [`flows`] (the flow table and its JSON model),
 //! [`api`] (HTTP), [`daemon`] (the `run` loop), [`client`] (the CLI's API client).
 
 pub mod api;
@@ -11,3 +12,5 @@ pub mod client;
 pub mod daemon;
 pub mod flows;
 pub mod interfaces;
+pub mod inventory;
+pub mod ovsdb;

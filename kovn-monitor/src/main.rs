@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use kovn_monitor::{client, daemon};
+use kovn_monitor::{client, daemon, ovsdb};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,9 +55,27 @@ struct RunArgs {
     /// counted as lost (kernel counter `map_full`), never evict live ones.
     #[arg(long, default_value_t = 65536)]
     flow_table_size: u32,
-    /// This node's name (Kubernetes node name). Default: the host name.
+    /// This node's name (Kubernetes node name; the OVN chassis name). Default: the host name.
     #[arg(long, env = "KOVN_NODE_NAME")]
     node_name: Option<String>,
+    /// The node's Open_vSwitch database, where Kube-OVN records each pod's identity
+    /// (`unix:PATH` or `tcp:HOST:PORT`; `none` to disable).
+    #[arg(long, default_value = "unix:/var/run/openvswitch/db.sock", value_parser = parse_ovsdb)]
+    ovsdb: OvsdbArg,
+    /// The OVN southbound database, to name pods of other nodes, chassis and service VIPs
+    /// (`unix:PATH` or `tcp:HOST:PORT`). Off unless given.
+    #[arg(long, value_parser = parse_ovsdb)]
+    ovn_sb: Option<OvsdbArg>,
+}
+
+#[derive(Clone, Debug)]
+struct OvsdbArg(Option<ovsdb::Address>);
+
+fn parse_ovsdb(s: &str) -> Result<OvsdbArg, String> {
+    if s == "none" {
+        return Ok(OvsdbArg(None));
+    }
+    s.parse().map(|a| OvsdbArg(Some(a))).map_err(|e: ovsdb::OvsdbError| e.to_string())
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -82,6 +100,15 @@ struct FlowsArgs {
     /// Only flows with this IP at either end.
     #[arg(long)]
     ip: Option<std::net::IpAddr>,
+    /// Only flows with an end in this namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Only flows with an end in this pod.
+    #[arg(long)]
+    pod: Option<String>,
+    /// Only flows of this scenario.
+    #[arg(long, value_parser = kovn_monitor::api::SCENARIOS)]
+    scenario: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -109,6 +136,11 @@ async fn flows(args: FlowsArgs) -> Result<()> {
     if let Some(ip) = args.ip {
         query.push(("ip", ip.to_string()));
     }
+    for (k, v) in [("namespace", args.namespace), ("pod", args.pod), ("scenario", args.scenario)] {
+        if let Some(v) = v {
+            query.push((k, v));
+        }
+    }
     let resp = client::get_flows(&args.endpoint, &query).await?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&resp.flows)?),
@@ -133,6 +165,8 @@ async fn run(args: RunArgs) -> Result<()> {
         flow_retention: args.flow_retention,
         flow_table_size: args.flow_table_size,
         node_name: args.node_name.unwrap_or_else(hostname),
+        ovsdb: args.ovsdb.0,
+        ovn_sb: args.ovn_sb.and_then(|a| a.0),
     })
     .await
 }

@@ -1,0 +1,409 @@
+//! Who is behind an address: pods, nodes and service VIPs, merged from the node's own
+//! Open_vSwitch database (Kube-OVN writes each pod's identity into its Interface row) and,
+//! optionally, the OVN southbound database (pods of every node, chassis and their tunnel
+//! IPs, load-balancer VIPs). Flows are annotated from it with endpoints and a scenario.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ovsdb::{RESET_PREFIX, Row, Updates, atom_string, map_column, set_column};
+
+/// Tables and columns read from the node's Open_vSwitch database.
+pub const OVS_TABLES: &[(&str, &[&str])] = &[
+    ("Interface", &["name", "external_ids", "type", "options", "ofport"]),
+    ("Open_vSwitch", &["external_ids"]),
+];
+
+/// Tables and columns read from the OVN southbound database.
+pub const SB_TABLES: &[(&str, &[&str])] = &[
+    ("Port_Binding", &["logical_port", "mac", "chassis", "type"]),
+    ("Chassis", &["name", "hostname"]),
+    ("Encap", &["chassis_name", "ip", "type"]),
+    ("Load_Balancer", &["name", "vips", "protocol"]),
+];
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub ips: Vec<IpAddr>,
+    /// The pod's host-side veth, for pods of this node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_iface: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// `ovsdb` (this node) or `ovn-sb`.
+    pub source: String,
+}
+
+/// One end of a flow, as the API shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `pod|service|node|external|unknown`
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// For a service VIP: the load balancer's `ip:port` and backends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+/// The tunnel a cross-node flow crosses on this node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TunnelPeer {
+    pub remote_node: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_ip: Option<IpAddr>,
+}
+
+#[derive(Debug, Default)]
+pub struct Inventory {
+    local_node: String,
+    tables: BTreeMap<String, BTreeMap<String, Row>>,
+    pods_by_ip: HashMap<IpAddr, PodInfo>,
+    node_by_ip: HashMap<IpAddr, String>,
+    encap_ip_of: HashMap<String, IpAddr>,
+    vips: HashMap<(IpAddr, u16, u8), String>,
+}
+
+fn split_mac_ips(entry: &str) -> (Option<String>, Vec<IpAddr>) {
+    let mut parts = entry.split_whitespace();
+    let mac = parts.next().map(str::to_string);
+    let ips = parts.filter_map(|p| p.split('/').next()?.parse().ok()).collect();
+    (mac, ips)
+}
+
+/// `pod.namespace` (Kube-OVN's logical switch port name; a provider suffix may follow for
+/// attachment networks, which kovn does not watch). Namespaces are DNS labels (no dots), pod
+/// names may contain dots: split at the last dot.
+fn pod_of_port(port: &str) -> Option<(String, String)> {
+    let (pod, ns) = port.rsplit_once('.')?;
+    (!pod.is_empty() && !ns.is_empty()).then(|| (ns.to_string(), pod.to_string()))
+}
+
+fn proto_number(p: &str) -> u8 {
+    match p {
+        "udp" => 17,
+        "sctp" => 132,
+        _ => 6, // OVN's default load-balancer protocol is tcp.
+    }
+}
+
+fn parse_vip(vip: &str) -> Option<(IpAddr, u16)> {
+    // "10.96.0.10:80" or "[fd00::10]:80"
+    let sa: std::net::SocketAddr = vip.parse().ok()?;
+    Some((sa.ip(), sa.port()))
+}
+
+impl Inventory {
+    pub fn new(local_node: &str) -> Self {
+        Self { local_node: local_node.to_string(), ..Default::default() }
+    }
+
+    pub fn local_node(&self) -> &str {
+        &self.local_node
+    }
+
+    /// Applies a batch from a monitor and rebuilds the indexes (small tables: a node has
+    /// hundreds of pods, a cluster thousands of port bindings).
+    pub fn apply(&mut self, updates: Updates) {
+        for (table, tu) in updates {
+            if let Some(t) = table.strip_prefix(RESET_PREFIX) {
+                self.tables.remove(t);
+                continue;
+            }
+            let rows = self.tables.entry(table).or_default();
+            for (uuid, row) in tu.rows {
+                match row {
+                    // Monitors send changed columns only; merge into what we have.
+                    Some(new) => rows.entry(uuid).or_default().extend(new),
+                    None => {
+                        rows.remove(&uuid);
+                    }
+                }
+            }
+        }
+        self.rebuild();
+    }
+
+    fn rows(&self, table: &str) -> impl Iterator<Item = &Row> {
+        self.tables.get(table).into_iter().flat_map(|t| t.values())
+    }
+
+    fn rebuild(&mut self) {
+        let mut pods = HashMap::new();
+        let mut node_by_ip = HashMap::new();
+        let mut encap_ip_of = HashMap::new();
+        let chassis: HashMap<String, String> = self
+            .tables
+            .get("Chassis")
+            .into_iter()
+            .flat_map(|t| t.iter())
+            .filter_map(|(uuid, r)| Some((uuid.clone(), r.get("name").map(atom_string)?)))
+            .collect();
+        for r in self.rows("Encap") {
+            if let (Some(name), Some(ip)) = (
+                r.get("chassis_name").map(atom_string),
+                r.get("ip").and_then(|v| atom_string(v).parse().ok()),
+            ) {
+                node_by_ip.insert(ip, name.clone());
+                encap_ip_of.insert(name, ip);
+            }
+        }
+        // Remote (and local) pods from the southbound: VIF port bindings bound to a chassis.
+        for r in self.rows("Port_Binding") {
+            let ty = r.get("type").map(atom_string).unwrap_or_default();
+            if !ty.is_empty() {
+                continue;
+            }
+            let Some((namespace, name)) =
+                r.get("logical_port").map(atom_string).as_deref().and_then(pod_of_port)
+            else {
+                continue;
+            };
+            let node = set_column(r.get("chassis")).first().and_then(|u| chassis.get(u).cloned());
+            for entry in set_column(r.get("mac")) {
+                let (mac, ips) = split_mac_ips(&entry);
+                let info = PodInfo {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    node: node.clone(),
+                    ips: ips.clone(),
+                    host_iface: None,
+                    mac,
+                    source: "ovn-sb".into(),
+                };
+                for ip in ips {
+                    pods.insert(ip, info.clone());
+                }
+            }
+        }
+        // This node's own database wins for its pods: it names the host veth.
+        for r in self.rows("Interface") {
+            let ids = map_column(r.get("external_ids"));
+            let (Some(name), Some(namespace)) = (ids.get("pod_name"), ids.get("pod_namespace")) else {
+                continue;
+            };
+            let ips: Vec<IpAddr> = ids
+                .get("ip")
+                .map(|s| s.split(',').filter_map(|p| p.trim().split('/').next()?.parse().ok()).collect())
+                .unwrap_or_default();
+            let info = PodInfo {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                node: Some(self.local_node.clone()),
+                ips: ips.clone(),
+                host_iface: r.get("name").map(atom_string),
+                mac: ids.get("attached-mac").cloned(),
+                source: "ovsdb".into(),
+            };
+            for ip in ips {
+                pods.insert(ip, info.clone());
+            }
+        }
+        // Tunnel ports OVN made towards other chassis: remote_ip -> chassis name.
+        for r in self.rows("Interface") {
+            let ty = r.get("type").map(atom_string).unwrap_or_default();
+            if ty != "geneve" && ty != "vxlan" && ty != "stt" {
+                continue;
+            }
+            let opts = map_column(r.get("options"));
+            let ids = map_column(r.get("external_ids"));
+            if let (Some(ip), Some(chassis)) =
+                (opts.get("remote_ip").and_then(|s| s.parse().ok()), ids.get("ovn-chassis-id"))
+            {
+                // OVN writes "<chassis>@<encap ip>" on newer releases.
+                let name = chassis.split('@').next().unwrap_or(chassis).to_string();
+                node_by_ip.entry(ip).or_insert_with(|| name.clone());
+                encap_ip_of.entry(name).or_insert(ip);
+            }
+        }
+        for r in self.rows("Open_vSwitch") {
+            let ids = map_column(r.get("external_ids"));
+            if let Some(ip) = ids.get("ovn-encap-ip").and_then(|s| s.parse().ok()) {
+                node_by_ip.insert(ip, self.local_node.clone());
+                encap_ip_of.insert(self.local_node.clone(), ip);
+            }
+        }
+        let mut vips = HashMap::new();
+        for r in self.rows("Load_Balancer") {
+            let proto = proto_number(&r.get("protocol").map(atom_string).unwrap_or_default());
+            for (vip, backends) in map_column(r.get("vips")) {
+                if let Some((ip, port)) = parse_vip(&vip) {
+                    vips.insert((ip, port, proto), format!("{vip} -> {backends}"));
+                }
+            }
+        }
+        self.pods_by_ip = pods;
+        self.node_by_ip = node_by_ip;
+        self.encap_ip_of = encap_ip_of;
+        self.vips = vips;
+    }
+
+    pub fn pods(&self) -> Vec<&PodInfo> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out: Vec<&PodInfo> =
+            self.pods_by_ip.values().filter(|p| seen.insert((p.namespace.clone(), p.name.clone()))).collect();
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out
+    }
+
+    pub fn pod(&self, ip: IpAddr) -> Option<&PodInfo> {
+        self.pods_by_ip.get(&ip)
+    }
+
+    pub fn node_of_ip(&self, ip: IpAddr) -> Option<&str> {
+        self.node_by_ip.get(&ip).map(String::as_str)
+    }
+
+    /// The endpoint behind `ip` (and, for a service VIP, `port`/`proto`).
+    pub fn endpoint(&self, ip: IpAddr, port: u16, proto: u8) -> Endpoint {
+        if let Some(p) = self.pods_by_ip.get(&ip) {
+            return Endpoint {
+                kind: "pod".into(),
+                namespace: Some(p.namespace.clone()),
+                pod: Some(p.name.clone()),
+                workload: None,
+                node: p.node.clone(),
+                service: None,
+            };
+        }
+        if let Some(s) = self.vips.get(&(ip, port, proto)) {
+            return Endpoint { kind: "service".into(), service: Some(s.clone()), ..Default::default() };
+        }
+        if let Some(n) = self.node_by_ip.get(&ip) {
+            return Endpoint { kind: "node".into(), node: Some(n.clone()), ..Default::default() };
+        }
+        if self.pods_by_ip.is_empty() {
+            return Endpoint { kind: "unknown".into(), ..Default::default() };
+        }
+        Endpoint { kind: "external".into(), ..Default::default() }
+    }
+
+    /// The scenario of the seeds' categories for a flow between these endpoints.
+    pub fn scenario(&self, src: &Endpoint, dst: &Endpoint) -> &'static str {
+        match (src.kind.as_str(), dst.kind.as_str()) {
+            ("pod", "pod") if src.node.is_some() && src.node == dst.node => "pod_to_pod_same_node",
+            ("pod", "pod") if src.node.is_some() && dst.node.is_some() => "pod_to_pod_cross_node",
+            ("pod", "service") => "pod_to_service",
+            ("pod", "node") => "pod_to_node",
+            ("node", "pod") => "node_to_pod",
+            ("pod", "external") => "pod_to_external",
+            _ => "unknown",
+        }
+    }
+
+    /// For a cross-node flow: the other node and its tunnel endpoint.
+    pub fn tunnel_peer(&self, src: &Endpoint, dst: &Endpoint) -> Option<TunnelPeer> {
+        let remote =
+            [src, dst].into_iter().filter_map(|e| e.node.as_deref()).find(|n| *n != self.local_node)?;
+        Some(TunnelPeer { remote_node: remote.to_string(), remote_ip: self.encap_ip_of.get(remote).copied() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::ovsdb::parse_updates;
+
+    fn lab_inventory() -> Inventory {
+        let mut inv = Inventory::new("node1");
+        inv.apply(
+            parse_updates(&json!({
+                "Interface": {
+                    "i1": {"new": {"name": "abc000000001_h", "type": "", "ofport": 3, "options": ["map", []],
+                        "external_ids": ["map", [["iface-id", "web-1.default"], ["pod_name", "web-1"],
+                            ["pod_namespace", "default"], ["ip", "10.16.0.2"], ["vendor", "kube-ovn"]]]}},
+                    "t1": {"new": {"name": "ovn-node2-0", "type": "geneve", "ofport": 1,
+                        "options": ["map", [["remote_ip", "172.31.250.12"]]],
+                        "external_ids": ["map", [["ovn-chassis-id", "node2@172.31.250.12"]]]}}
+                },
+                "Open_vSwitch": {"o": {"new": {"external_ids": ["map", [["ovn-encap-ip", "172.31.250.11"]]]}}},
+                "Chassis": {"c2": {"new": {"name": "node2", "hostname": "node2"}}},
+                "Port_Binding": {
+                    "p1": {"new": {"logical_port": "web-1.default", "mac": "0a:00:00:00:00:01 10.16.0.2", "chassis": ["set", []], "type": ""}},
+                    "p2": {"new": {"logical_port": "db-2.shop", "mac": ["set", ["0a:00:00:00:00:05 10.16.0.5"]], "chassis": ["uuid", "c2"], "type": ""}},
+                    "p3": {"new": {"logical_port": "ovn-default-ovn-cluster", "mac": "router", "chassis": ["set", []], "type": "patch"}}
+                },
+                "Load_Balancer": {"l": {"new": {"name": "cluster-tcp-loadbalancer", "protocol": ["set", []],
+                    "vips": ["map", [["10.96.0.10:80", "10.16.0.2:8080,10.16.0.5:8080"]]]}}}
+            }))
+            .expect("valid updates"),
+        );
+        inv
+    }
+
+    #[test]
+    fn local_pods_come_from_ovsdb_remote_from_the_southbound() {
+        let inv = lab_inventory();
+        let web = inv.pod("10.16.0.2".parse().expect("ip")).expect("web-1");
+        assert_eq!(
+            (web.name.as_str(), web.node.as_deref(), web.source.as_str()),
+            ("web-1", Some("node1"), "ovsdb")
+        );
+        assert_eq!(web.host_iface.as_deref(), Some("abc000000001_h"));
+        let db = inv.pod("10.16.0.5".parse().expect("ip")).expect("db-2");
+        assert_eq!((db.namespace.as_str(), db.node.as_deref()), ("shop", Some("node2")));
+        assert_eq!(inv.pods().len(), 2, "the router port is not a pod");
+    }
+
+    #[test]
+    fn scenarios_follow_the_seeds_categories() {
+        let inv = lab_inventory();
+        let ep = |ip: &str, port| inv.endpoint(ip.parse().expect("ip"), port, 6);
+        let web = ep("10.16.0.2", 40000);
+        let db = ep("10.16.0.5", 8080);
+        assert_eq!(inv.scenario(&web, &db), "pod_to_pod_cross_node");
+        assert_eq!(inv.scenario(&web, &web), "pod_to_pod_same_node");
+        let svc = ep("10.96.0.10", 80);
+        assert_eq!((svc.kind.as_str(), inv.scenario(&web, &svc)), ("service", "pod_to_service"));
+        assert_eq!(inv.scenario(&web, &ep("10.96.0.10", 81)), "pod_to_external", "not a VIP port");
+        let node2 = ep("172.31.250.12", 22);
+        assert_eq!((node2.node.as_deref(), inv.scenario(&web, &node2)), (Some("node2"), "pod_to_node"));
+        assert_eq!(inv.scenario(&node2, &web), "node_to_pod");
+        assert_eq!(inv.scenario(&web, &ep("8.8.8.8", 53)), "pod_to_external");
+        let peer = inv.tunnel_peer(&web, &db).expect("cross-node");
+        assert_eq!(
+            (peer.remote_node.as_str(), peer.remote_ip),
+            ("node2", Some("172.31.250.12".parse().expect("ip")))
+        );
+        assert!(inv.tunnel_peer(&web, &web).is_none());
+    }
+
+    #[test]
+    fn deletions_and_reconnects_forget_rows() {
+        let mut inv = lab_inventory();
+        inv.apply(parse_updates(&json!({"Interface": {"i1": {"old": {}}}})).expect("valid"));
+        let web = inv.pod("10.16.0.2".parse().expect("ip")).expect("still known from the southbound");
+        assert_eq!(web.source, "ovn-sb");
+        let mut reset = Updates::new();
+        reset.insert(format!("{RESET_PREFIX}Port_Binding"), Default::default());
+        inv.apply(reset);
+        assert!(inv.pod("10.16.0.2".parse().expect("ip")).is_none());
+        assert_eq!(
+            inv.endpoint("10.16.0.9".parse().expect("ip"), 1, 6).kind,
+            "unknown",
+            "no pods known at all"
+        );
+    }
+
+    #[test]
+    fn port_names_split_at_the_last_dot() {
+        assert_eq!(pod_of_port("web-1.default"), Some(("default".into(), "web-1".into())));
+        assert_eq!(pod_of_port("a.b.c.ns"), Some(("ns".into(), "a.b.c".into())));
+        assert_eq!(pod_of_port("nodot"), None);
+        assert_eq!(pod_of_port(".ns"), None);
+    }
+}
