@@ -357,19 +357,20 @@ impl FlowTable {
         before - self.entries.len()
     }
 
-    /// Every flow, annotated with endpoints and scenario, most recent first.
+    /// Every flow, annotated with endpoints and scenario, most recently active first.
     pub fn snapshot(&self, clock: &Clock, inv: &Inventory) -> Vec<Flow> {
-        let mut flows: Vec<Flow> = self
-            .entries
-            .iter()
+        let mut entries: Vec<(&FlowKey, &Entry)> = self.entries.iter().collect();
+        // By the kernel's timestamp: RFC 3339 strings do not sort when fractions differ in length.
+        entries
+            .sort_by(|a, b| b.1.stats.last_seen_ns.cmp(&a.1.stats.last_seen_ns).then_with(|| a.0.cmp(b.0)));
+        entries
+            .into_iter()
             .map(|(k, e)| {
                 let mut f = Flow::from_kernel(k, &e.stats, clock, &self.names);
                 f.annotate(inv);
                 f
             })
-            .collect();
-        flows.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then_with(|| a.id.cmp(&b.id)));
-        flows
+            .collect()
     }
 }
 
@@ -472,6 +473,19 @@ mod tests {
         assert_eq!(t.prune(20_000_000_000), 0, "kept during retention");
         assert_eq!(t.prune(32_000_000_000), 1);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn snapshot_is_most_recent_first() {
+        let mut t = FlowTable::new(Duration::from_secs(60), Duration::from_secs(60));
+        let flows: Vec<(FlowKey, FlowStats)> = [(1u16, 900_000_000u64), (2, 1_000_000_000), (3, 950_000_001)]
+            .into_iter()
+            .map(|(port, last)| (key(port, 80, 6).0, FlowStats { last_seen_ns: last, ..Default::default() }))
+            .collect();
+        t.merge(flows, 1_000_000_000);
+        let inv = Inventory::new("node1");
+        let order: Vec<u16> = t.snapshot(&Clock::fixed(0, 0), &inv).iter().map(|f| f.src_port).collect();
+        assert_eq!(order, vec![2, 3, 1]);
     }
 
     #[test]

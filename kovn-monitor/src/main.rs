@@ -109,6 +109,9 @@ struct FlowsArgs {
     /// Only flows of this scenario.
     #[arg(long, value_parser = kovn_monitor::api::SCENARIOS)]
     scenario: Option<String>,
+    /// At most this many flows (the most recently active first).
+    #[arg(long)]
+    limit: Option<usize>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -135,6 +138,9 @@ async fn flows(args: FlowsArgs) -> Result<()> {
     }
     if let Some(ip) = args.ip {
         query.push(("ip", ip.to_string()));
+    }
+    if let Some(n) = args.limit {
+        query.push(("limit", n.to_string()));
     }
     for (k, v) in [("namespace", args.namespace), ("pod", args.pod), ("scenario", args.scenario)] {
         if let Some(v) = v {

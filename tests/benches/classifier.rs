@@ -95,6 +95,78 @@ fn main() {
     println!("  existing flow, IPv4: {:.2}x", median(&|r| ns(r.1) / ns(r.0)));
     println!("  existing flow, IPv6: {:.2}x", median(&|r| ns(r.2) / ns(r.0)));
     println!("  new flow (IPv4 SYN): {:.2}x", median(&|r| ns(r.4) / ns(r.3)));
+    drop(cap);
+    iperf3();
+}
+
+/// iperf3 over a veth pair between two namespaces, without and with kovn attached to the
+/// client's veth (ingress and egress), alternating runs; ratios of the medians.
+fn iperf3() {
+    use kovn_monitor::interfaces::IfaceKind;
+    use kovn_tests::{Pair, in_netns};
+
+    let pair = Pair::new(99);
+    let run_client = |args: &[&str]| -> f64 {
+        let mut srv = pair.b.command("iperf3", &["-s", "-1"]);
+        let mut srv = srv.stdout(std::process::Stdio::null()).spawn().expect("iperf3 -s");
+        std::thread::sleep(Duration::from_millis(300));
+        let mut full = vec!["-c", pair.b_ip.as_str(), "-J", "-t", "4"];
+        full.extend_from_slice(args);
+        let out = pair.a.try_run("iperf3", &full);
+        let _ = srv.wait();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+        let end = &v["end"];
+        if args.contains(&"-u") {
+            end["sum"]["packets"].as_f64().unwrap_or(0.0) / end["sum"]["seconds"].as_f64().unwrap_or(1.0)
+        } else {
+            end["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9
+        }
+    };
+    let a_if = pair.a_if.clone();
+    let a_ns = pair.a.name.clone();
+    // kovn attached from inside the client's namespace, kept alive while `attached` is set.
+    let attach = move || {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let a_if = a_if.clone();
+        let h = in_netns(&a_ns, move || {
+            let mut cap = Capture::load(65536).expect("load");
+            let idx = nix_ifindex(&a_if);
+            cap.attach(idx, &a_if, IfaceKind::Pod, 1500).expect("attach");
+            ready_tx.send(()).expect("ready");
+            let _ = rx.recv();
+            drop(cap);
+        });
+        ready_rx.recv().expect("attached");
+        (tx, h)
+    };
+    let mut tcp = (Vec::new(), Vec::new());
+    let mut udp = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        tcp.0.push(run_client(&[]));
+        udp.0.push(run_client(&["-u", "-b", "0", "-l", "64"]));
+        let (stop, h) = attach();
+        tcp.1.push(run_client(&[]));
+        udp.1.push(run_client(&["-u", "-b", "0", "-l", "64"]));
+        let _ = stop.send(());
+        h.join().expect("detach");
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (t0, t1, u0, u1) = (med(&mut tcp.0), med(&mut tcp.1), med(&mut udp.0), med(&mut udp.1));
+    println!("iperf3 over a veth pair, median of 3 alternating runs of 4 s:");
+    println!("  TCP: {t0:.2} Gbit/s without kovn, {t1:.2} Gbit/s with ({:.1}%)", (t1 / t0 - 1.0) * 100.0);
+    println!("  UDP 64-byte: {:.0} pps without, {:.0} pps with ({:.1}%)", u0, u1, (u1 / u0 - 1.0) * 100.0);
+}
+
+fn nix_ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).expect("name");
+    // SAFETY: valid C string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(idx, 0, "no interface {name}");
+    idx
 }
 
 fn kernel() -> String {

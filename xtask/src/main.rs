@@ -21,6 +21,9 @@ enum Task {
     /// Build and drive the lab of network namespaces.
     #[command(subcommand)]
     Lab(xtask::lab::LabCommand),
+    // DEMO-PENDING
+    /// The classifier benchmark (BPF_PROG_TEST_RUN; needs root). See BENCHMARKS.md.
+    Bench,
     /// Formatting and clippy (warnings are errors), as CI runs them.
     Lint,
     /// Run every test: unprivileged unit tests, then the privileged kernel and lab tests.
@@ -45,6 +48,13 @@ fn dispatch(task: Task) -> Result<()> {
     match task {
         Task::Setup => run(Command::new("bash").arg(workspace_root().join("scripts/setup.sh"))),
         Task::Lab(cmd) => xtask::lab::run(cmd),
+        // DEMO-RUN-PENDING
+        Task::Bench => {
+            require_root("the benchmark")?;
+            let mut bench = cargo();
+            bench.args(["bench", "--package", "kovn-tests", "--bench", "classifier"]);
+            run(&mut bench)
+        }
         Task::Lint => lint(),
         Task::Test { unprivileged_only, args } => test(unprivileged_only, &args),
     }
@@ -69,6 +79,23 @@ fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root (it loads eBPF programs and makes network namespaces): run it with sudo");
+    }
+    Ok(())
+}
+
+/// Builds the kovn-monitor binary of this tree and returns its path.
+fn build_monitor() -> Result<PathBuf> {
+    let mut build = cargo();
+    build.args(["build", "--package", "kovn-monitor", "--bins"]);
+    run(&mut build)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    Ok(target.join("debug").join("kovn-monitor"))
 }
 
 fn lint() -> Result<()> {
@@ -108,13 +135,9 @@ fn test(unprivileged_only: bool, args: &[String]) -> Result<()> {
     if unprivileged_only {
         return Ok(());
     }
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the privileged tests need root (they load eBPF programs and make network namespaces)");
-    }
+    require_root("the privileged tests")?;
     // The privileged tests run the kovn-monitor binary; build it first so they test this tree.
-    let mut build = cargo();
-    build.args(["build", "--package", "kovn-monitor", "--bins"]);
-    run(&mut build)?;
+    build_monitor()?;
     // One at a time: they share the kernel (tc hooks, namespaces, the lab).
     let mut privileged = cargo();
     privileged.args(["test", "--package", "kovn-tests", "--", "--test-threads=1"]).args(args);
