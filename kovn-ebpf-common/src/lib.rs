@@ -140,6 +140,29 @@ pub const RR_UDP: u8 = 3;
 /// SCTP: INIT answered by INIT-ACK.
 pub const RR_SCTP: u8 = 4;
 
+/// Tunnel encapsulations kovn decodes.
+pub const TUN_NONE: u8 = 0;
+pub const TUN_GENEVE: u8 = 1;
+pub const TUN_VXLAN: u8 = 2;
+
+/// The tunnel leg of a cross-node flow, learnt on the underlay NIC (outer headers) or on the
+/// tunnel device (the tunnel key): which node is at the other end, on which VNI.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelInfo {
+    /// The other node's tunnel endpoint (outer destination when sending, outer source when
+    /// receiving), in the same encoding as flow addresses.
+    pub remote: [u32; 4],
+    pub vni: u32,
+    /// Largest outer packet seen (L3 length: outer IP header to the end).
+    pub outer_max_len: u32,
+    /// Outer packets of this flow seen on the underlay.
+    pub packets: u32,
+    /// `TUN_GENEVE` or `TUN_VXLAN`.
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
 /// Per-flow state, updated in place by the classifiers.
 ///
 /// Counters are updated with atomic adds (several CPUs see both directions of a flow); the
@@ -183,6 +206,7 @@ pub struct FlowStats {
     pub echo_seq: u16,
     pub _pad1: [u8; 6],
     pub obs: [ObsPoint; MAX_OBS],
+    pub tunnel: TunnelInfo,
 }
 
 /// Indices of the kernel-side counters array (`COUNTERS`, per CPU): what could not be recorded.
@@ -193,7 +217,9 @@ pub const CNT_PARSE_IPV6_EXT: u32 = 3;
 pub const CNT_NON_IP: u32 = 4;
 pub const CNT_OBS_OVERFLOW: u32 = 5;
 pub const CNT_PULL_FAILED: u32 = 6;
-pub const CNT_MAX: u32 = 7;
+/// A UDP packet to the Geneve/VXLAN port whose tunnel header is not one kovn can decode.
+pub const CNT_TUNNEL_BAD: u32 = 7;
+pub const CNT_MAX: u32 = 8;
 
 /// Names of the counters above, for logs and metrics (index = counter).
 pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
@@ -204,6 +230,7 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
     "non_ip",
     "obs_overflow",
     "pull_failed",
+    "tunnel_bad",
 ];
 
 #[cfg(feature = "user")]
@@ -212,6 +239,7 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::ObsPoint {}
+    unsafe impl aya::Pod for super::TunnelInfo {}
 }
 
 #[cfg(test)]
@@ -224,7 +252,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
         assert_eq!(core::mem::size_of::<ObsPoint>(), 16);
         // 10 u64 (80) + 4 u32 (16) + 8 u8 + u16 + 6 pad (16) = 112, then the points
-        assert_eq!(core::mem::size_of::<FlowStats>(), 112 + MAX_OBS * 16);
+        assert_eq!(core::mem::size_of::<TunnelInfo>(), 32);
+        assert_eq!(core::mem::size_of::<FlowStats>(), 112 + MAX_OBS * 16 + 32);
     }
 
     #[test]

@@ -30,10 +30,10 @@ use aya_ebpf::{
 };
 use kovn_ebpf_common::{
     CNT_MAP_FULL, CNT_MAX, CNT_OBS_OVERFLOW, DIR_FWD, DIR_REV, FLOW_F_FRAGMENT, FLOW_F_INITIATOR_GUESSED,
-    FlowKey, FlowStats, HOOK_EGRESS, HOOK_INGRESS, HOOK_KIND_SHIFT, KIND_HOST, KIND_POD, MAX_OBS, ObsPoint,
-    RR_ECHO, RR_NONE, RR_SCTP, RR_TCP, RR_UDP, SIDE_A, SIDE_B,
+    FlowKey, FlowStats, HOOK_EGRESS, HOOK_INGRESS, HOOK_KIND_SHIFT, KIND_HOST, KIND_POD, KIND_UNDERLAY,
+    MAX_OBS, ObsPoint, RR_ECHO, RR_NONE, RR_SCTP, RR_TCP, RR_UDP, SIDE_A, SIDE_B,
 };
-use parse::{Packet, Signal};
+use parse::{Packet, Signal, Tunnel};
 
 /// `TC_ACT_UNSPEC`: for cls_bpf "continue with the next filter", for tcx `TCX_NEXT`.
 const TC_ACT_UNSPEC: i32 = -1;
@@ -102,6 +102,27 @@ observer!(kovn_pod_egress, HOOK_EGRESS | (KIND_POD << HOOK_KIND_SHIFT));
 observer!(kovn_host_ingress, HOOK_INGRESS | (KIND_HOST << HOOK_KIND_SHIFT));
 observer!(kovn_host_egress, HOOK_EGRESS | (KIND_HOST << HOOK_KIND_SHIFT));
 
+macro_rules! underlay_observer {
+    ($name:ident, $hook:expr, $egress:expr) => {
+        #[classifier]
+        pub fn $name(ctx: TcContext) -> i32 {
+            let _ = try_observe_underlay(&ctx, $hook, $egress);
+            TC_ACT_UNSPEC
+        }
+    };
+}
+
+// The node's NIC: Geneve/VXLAN packets are opened and counted as the pod flow they carry.
+underlay_observer!(kovn_underlay_ingress, HOOK_INGRESS | (KIND_UNDERLAY << HOOK_KIND_SHIFT), false);
+underlay_observer!(kovn_underlay_egress, HOOK_EGRESS | (KIND_UNDERLAY << HOOK_KIND_SHIFT), true);
+
+#[inline(always)]
+fn try_observe_underlay(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), ()> {
+    let (pkt, tunnel) = parse::parse_underlay(ctx, egress).map_err(count)?;
+    record(&pkt, parse::ifindex(ctx), hook, tunnel.as_ref());
+    Ok(())
+}
+
 /// The empty classifier: the benchmarks' baseline, measured in the same run as the observers
 /// (BENCHMARKS.md). Never attached by the daemon.
 #[classifier]
@@ -112,7 +133,7 @@ pub fn kovn_noop(_ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_observe(ctx: &TcContext, hook: u8) -> Result<(), ()> {
     let pkt = parse::parse(ctx).map_err(count)?;
-    record(&pkt, parse::ifindex(ctx), hook);
+    record(&pkt, parse::ifindex(ctx), hook, None);
     Ok(())
 }
 
@@ -156,7 +177,7 @@ fn rr_kind(proto: u8) -> u8 {
 }
 
 #[inline(always)]
-fn record(pkt: &Packet, ifindex: u32, hook: u8) {
+fn record(pkt: &Packet, ifindex: u32, hook: u8, tunnel: Option<&Tunnel>) {
     let (key, sender) = FlowKey::canonical(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto);
     let now = activity_now();
     let stats = match FLOWS.get_ptr_mut(&key) {
@@ -198,7 +219,11 @@ fn record(pkt: &Packet, ifindex: u32, hook: u8) {
     let s = unsafe { &mut *stats };
     let dir = if sender == s.initiator { DIR_FWD } else { DIR_REV };
     s.last_seen_ns = now;
-    if !observe_point(s, ifindex, hook, dir, pkt.l3_len) {
+    let owner = observe_point(s, ifindex, hook, dir, pkt.l3_len);
+    if let Some(t) = tunnel {
+        record_tunnel(s, t);
+    }
+    if !owner {
         // Another hook of this node counts this direction: the packet was counted there.
         return;
     }
@@ -250,6 +275,22 @@ fn observe_point(s: &mut FlowStats, ifindex: u32, hook: u8, dir: usize, l3_len: 
     add(&mut s.packets[d], 1);
     add(&mut s.bytes[d], u64::from(l3_len));
     true
+}
+
+/// The tunnel leg: written only when it changes (same cache line as the counters anyway).
+#[inline(always)]
+fn record_tunnel(s: &mut FlowStats, t: &Tunnel) {
+    let ti = &mut s.tunnel;
+    if ti.remote != t.remote || ti.vni != t.vni || ti.kind != t.kind {
+        ti.remote = t.remote;
+        ti.vni = t.vni;
+        ti.kind = t.kind;
+    }
+    if t.outer_len > ti.outer_max_len {
+        ti.outer_max_len = t.outer_len;
+    }
+    // SAFETY: an aligned u32 inside a map value.
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&mut ti.packets, 1) };
 }
 
 #[inline(always)]

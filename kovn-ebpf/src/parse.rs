@@ -5,8 +5,8 @@
 
 use aya_ebpf::{EbpfContext as _, bindings::__sk_buff, programs::TcContext};
 use kovn_ebpf_common::{
-    CNT_NON_IP, CNT_PARSE_BAD_IHL, CNT_PARSE_IPV6_EXT, CNT_PARSE_TRUNCATED, CNT_PULL_FAILED, ipv4_mapped,
-    ipv6_words,
+    CNT_NON_IP, CNT_PARSE_BAD_IHL, CNT_PARSE_IPV6_EXT, CNT_PARSE_TRUNCATED, CNT_PULL_FAILED, CNT_TUNNEL_BAD,
+    TUN_GENEVE, TUN_VXLAN, ipv4_mapped, ipv6_words,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
 
@@ -31,10 +31,20 @@ const NEXTHDR_DEST: u8 = 60;
 /// malicious or a loop; counted as `CNT_PARSE_IPV6_EXT`).
 const MAX_IPV6_EXT: usize = 6;
 
-/// Bytes we want in the linear area to parse headers without helper calls.
-const PULL_LEN: usize = 128;
-/// No header we parse starts past this offset; also bounds offsets for the verifier.
-const MAX_HDR_OFF: usize = 256;
+/// Bytes we want in the linear area to parse headers without helper calls: a pod packet's
+/// headers, and on the underlay the outer headers, a Geneve header with options and the inner
+/// headers.
+pub const PULL_LEN: usize = 128;
+pub const PULL_LEN_UNDERLAY: usize = 256;
+/// No header we parse starts past this offset; also bounds offsets for the verifier. Geneve
+/// options alone may take 252 bytes.
+const MAX_HDR_OFF: usize = 480;
+
+/// IANA ports of the tunnels OVN uses (Kube-OVN: Geneve by default, VXLAN optional).
+const GENEVE_PORT: u16 = 6081;
+const VXLAN_PORT: u16 = 4789;
+/// Geneve protocol type of an Ethernet payload (Transparent Ethernet Bridging).
+const ETH_P_TEB: u16 = 0x6558;
 
 /// TCP flag bits (byte 13 of the TCP header).
 const TCP_SYN: u8 = 0x02;
@@ -66,6 +76,17 @@ pub struct Packet {
     pub echo_seq: u16,
     /// Frame length minus the link-layer header: what the flow's byte counters add up.
     pub l3_len: u32,
+    /// Offset of the transport header (0 for a non-first fragment).
+    pub l4_off: usize,
+}
+
+/// The outer side of an encapsulated packet seen on the underlay.
+pub struct Tunnel {
+    /// The other node: outer destination when sending, outer source when receiving.
+    pub remote: [u32; 4],
+    pub vni: u32,
+    pub outer_len: u32,
+    pub kind: u8,
 }
 
 /// The `N` header bytes at `off`, bounds-checked. Every field of a header is read through the
@@ -90,22 +111,29 @@ fn be16(b0: u8, b1: u8) -> u16 {
 /// Makes sure the first headers are in the linear area. Non-linear heads are rare at tc
 /// (GRO and the local stack keep headers linear), so this helper call is almost never made.
 #[inline(always)]
-fn ensure_linear(ctx: &TcContext) {
+pub fn ensure_linear(ctx: &TcContext, pull_len: usize) {
     let len = ctx.len() as usize;
     let linear = ctx.data_end() - ctx.data();
-    if linear < len && linear < PULL_LEN {
-        let want = if len < PULL_LEN { len } else { PULL_LEN };
+    if linear < len && linear < pull_len {
+        let want = if len < pull_len { len } else { pull_len };
         if ctx.pull_data(want as u32).is_err() {
             crate::count(CNT_PULL_FAILED);
         }
     }
 }
 
+/// Parses a pod (or host) packet from its Ethernet header.
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Packet, u32> {
-    ensure_linear(ctx);
-    let mut off = EthHdr::LEN;
-    let eth = hdr::<14>(ctx, 0)?;
+    ensure_linear(ctx, PULL_LEN);
+    parse_at(ctx, 0)
+}
+
+/// Parses the frame whose Ethernet header starts at `l2`.
+#[inline(always)]
+fn parse_at(ctx: &TcContext, l2: usize) -> Result<Packet, u32> {
+    let mut off = l2 + EthHdr::LEN;
+    let eth = hdr::<14>(ctx, l2)?;
     let mut proto = be16(eth[12], eth[13]);
     // Up to two tags (QinQ). A hardware-accelerated tag is in skb->vlan_tci, not in the data.
     let mut tags = 0;
@@ -127,6 +155,7 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, u32> {
         signal: Signal::None,
         echo_seq: 0,
         l3_len,
+        l4_off: 0,
     };
     let l4 = match proto {
         ETH_P_IP => parse_ipv4(ctx, off, &mut pkt)?,
@@ -134,9 +163,47 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, u32> {
         _ => return Err(CNT_NON_IP),
     };
     if let Some(l4) = l4 {
+        pkt.l4_off = l4;
         parse_l4(ctx, l4, &mut pkt)?;
     }
     Ok(pkt)
+}
+
+/// Parses a packet on the underlay NIC. Geneve (UDP 6081, options honoured) and VXLAN (UDP
+/// 4789) are opened: the flow is the inner one, with the outer side returned beside it. Any
+/// other packet (node to node, to the API server, ...) is a flow of its own.
+#[inline(always)]
+pub fn parse_underlay(ctx: &TcContext, egress: bool) -> Result<(Packet, Option<Tunnel>), u32> {
+    ensure_linear(ctx, PULL_LEN_UNDERLAY);
+    let outer = parse_at(ctx, 0)?;
+    if outer.proto != IPPROTO_UDP
+        || outer.fragment
+        || (outer.dport != GENEVE_PORT && outer.dport != VXLAN_PORT)
+    {
+        return Ok((outer, None));
+    }
+    let payload = outer.l4_off + UdpHdr::LEN;
+    let (kind, vni, inner_l2) = if outer.dport == GENEVE_PORT {
+        // RFC 8926: Ver(2) OptLen(6, in 4-byte words) | O C Rsvd | Protocol Type | VNI(24) Rsvd
+        let g = hdr::<8>(ctx, payload).map_err(|_| CNT_TUNNEL_BAD)?;
+        if g[0] >> 6 != 0 || be16(g[2], g[3]) != ETH_P_TEB {
+            return Err(CNT_TUNNEL_BAD);
+        }
+        let opts = ((g[0] & 0x3f) as usize) * 4;
+        (TUN_GENEVE, u32::from_be_bytes([0, g[4], g[5], g[6]]), payload + 8 + opts)
+    } else {
+        // RFC 7348: Flags (I = 0x08) | Reserved(24) | VNI(24) | Reserved(8)
+        let v = hdr::<8>(ctx, payload).map_err(|_| CNT_TUNNEL_BAD)?;
+        if v[0] & 0x08 == 0 {
+            return Err(CNT_TUNNEL_BAD);
+        }
+        (TUN_VXLAN, u32::from_be_bytes([0, v[4], v[5], v[6]]), payload + 8)
+    };
+    let tunnel =
+        Tunnel { remote: if egress { outer.dst } else { outer.src }, vni, outer_len: outer.l3_len, kind };
+    // parse_at counts the inner packet's own L3 length, as the pod veths do.
+    let inner = parse_at(ctx, inner_l2)?;
+    Ok((inner, Some(tunnel)))
 }
 
 /// Returns the transport header offset, or None for a non-first fragment (no ports in it).

@@ -28,11 +28,18 @@ pub fn programs_for(kind: IfaceKind) -> (&'static str, &'static str) {
     match kind {
         IfaceKind::Pod => ("kovn_pod_ingress", "kovn_pod_egress"),
         IfaceKind::Host => ("kovn_host_ingress", "kovn_host_egress"),
+        IfaceKind::Underlay => ("kovn_underlay_ingress", "kovn_underlay_egress"),
     }
 }
 
-pub const ALL_PROGRAMS: [&str; 4] =
-    ["kovn_pod_ingress", "kovn_pod_egress", "kovn_host_ingress", "kovn_host_egress"];
+pub const ALL_PROGRAMS: [&str; 6] = [
+    "kovn_pod_ingress",
+    "kovn_pod_egress",
+    "kovn_host_ingress",
+    "kovn_host_egress",
+    "kovn_underlay_ingress",
+    "kovn_underlay_egress",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {

@@ -20,6 +20,7 @@ pub struct RunConfig {
     pub listen: SocketAddr,
     pub pod_patterns: Vec<String>,
     pub ifaces: Vec<String>,
+    pub underlay_ifaces: Vec<String>,
     pub poll_interval: Duration,
     pub flow_idle_timeout: Duration,
     pub flow_retention: Duration,
@@ -168,7 +169,7 @@ async fn shutdown_signal() -> &'static str {
 }
 
 pub async fn run(cfg: RunConfig) -> Result<()> {
-    let selector = Selector::new(&cfg.pod_patterns, &cfg.ifaces)?;
+    let selector = Selector::new(&cfg.pod_patterns, &cfg.ifaces, &cfg.underlay_ifaces)?;
     for name in selector.explicit() {
         if ifindex_of(name).is_none() {
             bail!("unknown interface {name:?} (not in this network namespace)");
@@ -187,12 +188,13 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     let (link_tx, mut link_rx) = mpsc::channel(1024);
     let watcher = tokio::spawn(interfaces::watch(link_tx));
     log::info!(
-        "kovn-monitor {} on node {}: API on http://{}, pod interfaces {:?}, extra {:?}",
+        "kovn-monitor {} on node {}: API on http://{}, pod interfaces {:?}, extra {:?}, underlay {:?}",
         env!("CARGO_PKG_VERSION"),
         cfg.node_name,
         cfg.listen,
         cfg.pod_patterns,
-        cfg.ifaces
+        cfg.ifaces,
+        cfg.underlay_ifaces
     );
     let inventory = Arc::new(RwLock::new(Inventory::new(&cfg.node_name)));
     spawn_inventory(&cfg, inventory.clone());

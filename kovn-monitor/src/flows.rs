@@ -8,7 +8,7 @@ use std::time::Duration;
 use kovn_ebpf_common::{
     DIR_FWD, DIR_REV, FLOW_F_FRAGMENT, FLOW_F_INITIATOR_GUESSED, FlowKey, FlowStats, HOOK_EGRESS,
     HOOK_KIND_SHIFT, KIND_HOST, KIND_POD, KIND_TUNNEL, KIND_UNDERLAY, RR_ECHO, RR_NONE, RR_SCTP, RR_TCP,
-    RR_UDP, SIDE_A, words_to_bytes,
+    RR_UDP, SIDE_A, TUN_GENEVE, TUN_VXLAN, TunnelInfo, words_to_bytes,
 };
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +64,22 @@ pub struct Flow {
     /// For cross-node flows: the other node and its tunnel endpoint IP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelPeer>,
+}
+
+fn tunnel_of(t: &TunnelInfo) -> Option<TunnelPeer> {
+    let encap = match t.kind {
+        TUN_GENEVE => "geneve",
+        TUN_VXLAN => "vxlan",
+        _ => return None,
+    };
+    Some(TunnelPeer {
+        remote_node: None,
+        remote_ip: Some(ip_of(t.remote)),
+        encap: Some(encap.into()),
+        vni: Some(t.vni),
+        outer_max_bytes: Some(t.outer_max_len),
+        outer_packets: Some(t.packets),
+    })
 }
 
 fn unknown() -> String {
@@ -274,7 +290,7 @@ impl Flow {
             scenario: unknown(),
             src: None,
             dst: None,
-            tunnel: None,
+            tunnel: tunnel_of(&s.tunnel),
         }
     }
 

@@ -21,6 +21,8 @@ pub enum IfaceKind {
     Pod,
     /// Any other interface named with `--iface`.
     Host,
+    /// The node's NIC carrying the overlay (`--underlay-iface`): Geneve/VXLAN is opened.
+    Underlay,
 }
 
 impl IfaceKind {
@@ -28,6 +30,7 @@ impl IfaceKind {
         match self {
             Self::Pod => "pod",
             Self::Host => "host",
+            Self::Underlay => "underlay",
         }
     }
 }
@@ -37,6 +40,7 @@ impl IfaceKind {
 pub struct Selector {
     pod_patterns: Vec<glob::Pattern>,
     explicit: Vec<String>,
+    underlay: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,23 +61,29 @@ pub fn valid_ifname(name: &str) -> bool {
 }
 
 impl Selector {
-    pub fn new(pod_patterns: &[String], explicit: &[String]) -> Result<Self, SelectorError> {
+    pub fn new(
+        pod_patterns: &[String],
+        explicit: &[String],
+        underlay: &[String],
+    ) -> Result<Self, SelectorError> {
         let pod_patterns = pod_patterns
             .iter()
             .map(|p| {
                 glob::Pattern::new(p).map_err(|source| SelectorError::Pattern { pattern: p.clone(), source })
             })
             .collect::<Result<_, _>>()?;
-        if let Some(bad) = explicit.iter().find(|n| !valid_ifname(n)) {
+        if let Some(bad) = explicit.iter().chain(underlay).find(|n| !valid_ifname(n)) {
             return Err(SelectorError::Name(bad.clone()));
         }
-        Ok(Self { pod_patterns, explicit: explicit.to_vec() })
+        Ok(Self { pod_patterns, explicit: explicit.to_vec(), underlay: underlay.to_vec() })
     }
 
     /// The kind of an interface if kovn should watch it. Explicit names win over patterns only
     /// when they do not also look like pod veths (then they are pods).
     pub fn classify(&self, name: &str) -> Option<IfaceKind> {
-        if self.pod_patterns.iter().any(|p| p.matches(name)) {
+        if self.underlay.iter().any(|n| n == name) {
+            Some(IfaceKind::Underlay)
+        } else if self.pod_patterns.iter().any(|p| p.matches(name)) {
             Some(IfaceKind::Pod)
         } else if self.explicit.iter().any(|n| n == name) {
             Some(IfaceKind::Host)
@@ -82,8 +92,9 @@ impl Selector {
         }
     }
 
-    pub fn explicit(&self) -> &[String] {
-        &self.explicit
+    /// Interfaces named exactly (`--iface`, `--underlay-iface`): they must exist at start.
+    pub fn explicit(&self) -> impl Iterator<Item = &String> {
+        self.explicit.iter().chain(&self.underlay)
     }
 }
 
@@ -159,23 +170,25 @@ mod tests {
     use super::*;
 
     fn sel() -> Selector {
-        Selector::new(&["*_h".into()], &["eth0".into()]).expect("valid selector")
+        Selector::new(&["*_h".into()], &["eth0".into()], &["ens3".into()]).expect("valid selector")
     }
 
     #[test]
     fn kube_ovn_veths_are_pods() {
         assert_eq!(sel().classify("a1b2c3d4e5f6_h"), Some(IfaceKind::Pod));
         assert_eq!(sel().classify("eth0"), Some(IfaceKind::Host));
+        assert_eq!(sel().classify("ens3"), Some(IfaceKind::Underlay));
         assert_eq!(sel().classify("lo"), None);
         assert_eq!(sel().classify("a1b2c3d4e5f6_c"), None);
     }
 
     #[test]
     fn bad_names_and_patterns_are_rejected() {
-        assert!(matches!(Selector::new(&["[".into()], &[]), Err(SelectorError::Pattern { .. })));
+        assert!(matches!(Selector::new(&["[".into()], &[], &[]), Err(SelectorError::Pattern { .. })));
         for bad in ["", "a/b", "sixteen-chars-xx", "a b", ".."] {
             assert!(
-                matches!(Selector::new(&[], &[bad.into()]), Err(SelectorError::Name(_))),
+                matches!(Selector::new(&[], &[bad.into()], &[]), Err(SelectorError::Name(_)))
+                    && matches!(Selector::new(&[], &[], &[bad.into()]), Err(SelectorError::Name(_))),
                 "{bad:?} should be rejected"
             );
         }

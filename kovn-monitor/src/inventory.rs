@@ -58,12 +58,25 @@ pub struct Endpoint {
     pub service: Option<String>,
 }
 
-/// The tunnel a cross-node flow crosses on this node.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// The tunnel a cross-node flow crosses on this node: from the kernel when the underlay NIC
+/// (or tunnel device) is watched, else from the inventory.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TunnelPeer {
-    pub remote_node: String,
+    /// The other node (by its tunnel endpoint IP, or the remote pod's node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_node: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_ip: Option<IpAddr>,
+    /// `geneve|vxlan`, the VNI, the largest outer packet (L3 bytes) and how many outer packets
+    /// this node saw: only when observed on the wire.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encap: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outer_max_bytes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outer_packets: Option<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -307,7 +320,11 @@ impl Inventory {
     pub fn tunnel_peer(&self, src: &Endpoint, dst: &Endpoint) -> Option<TunnelPeer> {
         let remote =
             [src, dst].into_iter().filter_map(|e| e.node.as_deref()).find(|n| *n != self.local_node)?;
-        Some(TunnelPeer { remote_node: remote.to_string(), remote_ip: self.encap_ip_of.get(remote).copied() })
+        Some(TunnelPeer {
+            remote_node: Some(remote.to_string()),
+            remote_ip: self.encap_ip_of.get(remote).copied(),
+            ..Default::default()
+        })
     }
 }
 
@@ -376,8 +393,8 @@ mod tests {
         assert_eq!(inv.scenario(&web, &ep("8.8.8.8", 53)), "pod_to_external");
         let peer = inv.tunnel_peer(&web, &db).expect("cross-node");
         assert_eq!(
-            (peer.remote_node.as_str(), peer.remote_ip),
-            ("node2", Some("172.31.250.12".parse().expect("ip")))
+            (peer.remote_node.as_deref(), peer.remote_ip),
+            (Some("node2"), Some("172.31.250.12".parse().expect("ip")))
         );
         assert!(inv.tunnel_peer(&web, &web).is_none());
     }

@@ -42,6 +42,10 @@ struct RunArgs {
     /// An extra interface to attach to, by exact name (repeatable). Must exist at start.
     #[arg(long = "iface", value_name = "NAME")]
     iface: Vec<String>,
+    /// The node's NIC that carries the overlay, by exact name (repeatable). Geneve (UDP 6081)
+    /// and VXLAN (UDP 4789) on it are opened: each pod flow learns its remote node and VNI.
+    #[arg(long = "underlay-iface", value_name = "NAME")]
+    underlay_iface: Vec<String>,
     /// How often the kernel's flow map is read.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     poll_interval: Duration,
@@ -166,6 +170,7 @@ async fn run(args: RunArgs) -> Result<()> {
         listen: args.listen,
         pod_patterns: args.pod_iface,
         ifaces: args.iface,
+        underlay_ifaces: args.underlay_iface,
         poll_interval: args.poll_interval,
         flow_idle_timeout: args.flow_idle_timeout,
         flow_retention: args.flow_retention,

@@ -121,3 +121,39 @@ pub const B6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
 pub fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     cat(&[&eth(&[], ETH_IPV4), &ipv4(src, dst, 6, 0, 0, &tcp(sport, dport, flags, &[]))])
 }
+
+/// A Geneve header (RFC 8926) with `opt_words` 4-byte words of options, carrying an Ethernet
+/// frame. OVN puts one 8-byte option (class 0x0102) in every packet.
+pub fn geneve(vni: u32, opt_words: u8, inner: &[u8]) -> Vec<u8> {
+    let mut h = vec![opt_words & 0x3f, 0];
+    h.extend_from_slice(&0x6558u16.to_be_bytes());
+    h.extend_from_slice(&vni.to_be_bytes()[1..]);
+    h.push(0);
+    for i in 0..opt_words {
+        // option class 0x0102, type 0x80, length 1 word, then data
+        if i % 2 == 0 {
+            h.extend_from_slice(&[0x01, 0x02, 0x80, 0x01]);
+        } else {
+            h.extend_from_slice(&[0, 0, 0, 7]);
+        }
+    }
+    h.extend_from_slice(inner);
+    h
+}
+
+/// A VXLAN header (RFC 7348) carrying an Ethernet frame.
+pub fn vxlan(vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x08, 0, 0, 0];
+    h.extend_from_slice(&vni.to_be_bytes()[1..]);
+    h.push(0);
+    h.extend_from_slice(inner);
+    h
+}
+
+pub const NODE1: [u8; 4] = [172, 31, 250, 11];
+pub const NODE2: [u8; 4] = [172, 31, 250, 12];
+
+/// Outer Ethernet + IPv4 + UDP to `dport` around `payload` (a tunnel header and inner frame).
+pub fn outer4(src: [u8; 4], dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+    cat(&[&eth(&[], ETH_IPV4), &ipv4(src, dst, 17, 0, 0, &udp(49152, dport, payload))])
+}

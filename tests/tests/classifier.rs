@@ -328,3 +328,83 @@ fn table_size_out_of_range_is_a_clear_error() {
     let e = Capture::load(10).err().expect("10 entries must be refused");
     assert!(e.to_string().contains("out of range"), "{e}");
 }
+
+const UNDERLAY_OUT: &str = "kovn_underlay_egress";
+const UNDERLAY_IN: &str = "kovn_underlay_ingress";
+
+#[test]
+fn geneve_on_the_underlay_is_counted_as_the_inner_flow_with_its_tunnel() {
+    let mut cap = load();
+    // node1 sends pod A's SYN to node2 in Geneve with OVN's 8-byte option; the SYN-ACK comes
+    // back from node2.
+    let syn = tcp4(A4, B4, 40010, 8080, TCP_SYN);
+    let out = outer4(NODE1, NODE2, 6081, &geneve(0x1, 2, &syn));
+    run(&mut cap, UNDERLAY_OUT, &out);
+    let synack = tcp4(B4, A4, 8080, 40010, TCP_SYN | TCP_ACK);
+    let back = outer4(NODE2, NODE1, 6081, &geneve(0x1, 2, &synack));
+    run(&mut cap, UNDERLAY_IN, &back);
+    let (k, s) = only_flow(&cap);
+    let (want, side) = key4(A4, B4, 40010, 8080, 6);
+    assert_eq!(k, want, "the inner 5-tuple, not the outer UDP");
+    assert_eq!(s.initiator, side);
+    assert_eq!((s.requests, s.replies, s.packets), (1, 1, [1, 1]));
+    assert_eq!(s.bytes, [40, 40], "inner L3 bytes, as the pod veth would count them");
+    let t = s.tunnel;
+    assert_eq!(t.remote, ipv4_mapped(NODE2), "the other node in both directions");
+    assert_eq!((t.vni, t.kind, t.packets), (1, kovn_ebpf_common::TUN_GENEVE, 2));
+    assert_eq!(t.outer_max_len as usize, out.len() - 14, "outer L3 length");
+    assert_eq!(s.obs[0].hook >> 1, kovn_ebpf_common::KIND_UNDERLAY);
+    assert_no_errors(&cap);
+}
+
+#[test]
+fn geneve_without_options_vxlan_and_ipv6_outer_decode() {
+    let mut cap = load();
+    let inner = cat(&[&eth(&[], ETH_IPV4), &ipv4(A4, B4, 17, 0, 0, &udp(40011, 53, b"q"))]);
+    run(&mut cap, UNDERLAY_OUT, &outer4(NODE1, NODE2, 6081, &geneve(7, 0, &inner)));
+    let inner2 = tcp4(A4, B4, 40012, 80, TCP_SYN);
+    run(&mut cap, UNDERLAY_OUT, &outer4(NODE1, NODE2, 4789, &vxlan(0x1234, &inner2)));
+    let n6: [u8; 16] = [0xfd, 0xaa, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x12];
+    let inner3 = tcp4(A4, B4, 40013, 80, TCP_SYN);
+    let outer6 = cat(&[&eth(&[], ETH_IPV6), &ipv6(A6, n6, 17, &udp(49152, 6081, &geneve(9, 2, &inner3)))]);
+    run(&mut cap, UNDERLAY_OUT, &outer6);
+    let f = flows(&cap);
+    assert_eq!(f.len(), 3, "{f:#?}");
+    let by_port =
+        |p: u16| f.iter().find(|(k, _)| k.port_a == p || k.port_b == p).map(|(_, s)| s.tunnel).expect("flow");
+    let t = by_port(40011);
+    assert_eq!((t.kind, t.vni, t.remote), (kovn_ebpf_common::TUN_GENEVE, 7, ipv4_mapped(NODE2)));
+    let t = by_port(40012);
+    assert_eq!((t.kind, t.vni), (kovn_ebpf_common::TUN_VXLAN, 0x1234));
+    let t = by_port(40013);
+    assert_eq!((t.kind, t.vni, t.remote), (kovn_ebpf_common::TUN_GENEVE, 9, ipv6_words(n6)));
+    assert_no_errors(&cap);
+}
+
+#[test]
+fn other_underlay_traffic_is_its_own_flow_and_bad_tunnels_are_counted() {
+    let mut cap = load();
+    // Node to node traffic that is not a tunnel: a flow of its own, no tunnel leg.
+    run(&mut cap, UNDERLAY_OUT, &tcp4(NODE1, NODE2, 50000, 6443, TCP_SYN));
+    let (k, s) = only_flow(&cap);
+    assert_eq!(k, key4(NODE1, NODE2, 50000, 6443, 6).0);
+    assert_eq!(s.tunnel.kind, 0);
+    // Geneve version 1 (unknown), a non-Ethernet payload, VXLAN without the I flag, and
+    // options that claim more bytes than the packet has.
+    let inner = tcp4(A4, B4, 1, 2, TCP_SYN);
+    let mut v1 = geneve(1, 0, &inner);
+    v1[0] |= 0x40;
+    run(&mut cap, UNDERLAY_OUT, &outer4(NODE1, NODE2, 6081, &v1));
+    let mut not_eth = geneve(1, 0, &inner);
+    not_eth[2..4].copy_from_slice(&0x0800u16.to_be_bytes());
+    run(&mut cap, UNDERLAY_OUT, &outer4(NODE1, NODE2, 6081, &not_eth));
+    let mut no_i = vxlan(1, &inner);
+    no_i[0] = 0;
+    run(&mut cap, UNDERLAY_OUT, &outer4(NODE1, NODE2, 4789, &no_i));
+    let mut long_opts = geneve(1, 0, &[0u8; 16]);
+    long_opts[0] = 0x3f; // 252 bytes of options, not there
+    run(&mut cap, UNDERLAY_OUT, &outer4(NODE1, NODE2, 6081, &long_opts));
+    assert_eq!(flows(&cap).len(), 1, "no flow from broken tunnel packets");
+    assert_eq!(counter(&cap, "tunnel_bad"), 3);
+    assert_eq!(counter(&cap, "parse_truncated"), 1);
+}
