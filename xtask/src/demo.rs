@@ -37,7 +37,8 @@ pub fn run(args: &DemoArgs, monitor_bin: &Path) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
     }
     println!("==> bringing up the lab {:?} (OVS + OVN + Geneve in network namespaces)", args.name);
     let opts = UpOptions { name: args.name.clone(), ..UpOptions::default() };
@@ -50,7 +51,10 @@ pub fn run(args: &DemoArgs, monitor_bin: &Path) -> Result<()> {
     };
     let result = show(args, &lab, monitor_bin, &stop);
     if args.keep {
-        println!("==> leaving the lab and monitors running (--keep); `cargo xtask lab down --name {}` removes them", args.name);
+        println!(
+            "==> leaving the lab and monitors running (--keep); `cargo xtask lab down --name {}` removes them",
+            args.name
+        );
     } else {
         println!("==> cleaning up");
         if let Err(e) = lab::monitors::stop(&lab) {
@@ -64,7 +68,8 @@ pub fn run(args: &DemoArgs, monitor_bin: &Path) -> Result<()> {
 fn show(args: &DemoArgs, lab: &Lab, monitor_bin: &Path, stop: &Arc<AtomicBool>) -> Result<()> {
     println!("==> starting one kovn-monitor per node");
     lab::monitors::start(lab, monitor_bin)?;
-    let urls: Vec<(String, String)> = lab.nodes.iter().map(|n| (n.name.clone(), format!("http://{}:9474", n.ip))).collect();
+    let urls: Vec<(String, String)> =
+        lab.nodes.iter().map(|n| (n.name.clone(), format!("http://{}:9474", n.ip))).collect();
     let traffic = {
         let lab = lab.clone();
         let stop = stop.clone();
@@ -84,13 +89,24 @@ fn show(args: &DemoArgs, lab: &Lab, monitor_bin: &Path, stop: &Arc<AtomicBool>) 
     let deadline = args.duration.map(|s| started + Duration::from_secs(s));
     let bin = monitor_bin.to_str().context("monitor path is not UTF-8")?;
     while !stop.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
-        println!("\n======== kovn demo, {:>4}s — traffic mix running; Ctrl-C to stop ========", started.elapsed().as_secs());
+        println!(
+            "\n======== kovn demo, {:>4}s — traffic mix running; Ctrl-C to stop ========",
+            started.elapsed().as_secs()
+        );
         for (node, url) in &urls {
             println!("--- {node}: {url}/api/v1/flows (pod-to-pod and service flows, most recent first)");
             for scenario in ["pod_to_pod_cross_node", "pod_to_pod_same_node", "pod_to_service"] {
                 let out = cmd::output(
                     bin,
-                    &["flows", "--endpoint", url, "--scenario", scenario, "--limit", &(args.rows / 3).max(1).to_string()],
+                    &[
+                        "flows",
+                        "--endpoint",
+                        url,
+                        "--scenario",
+                        scenario,
+                        "--limit",
+                        &(args.rows / 3).max(1).to_string(),
+                    ],
                 )?;
                 let text = String::from_utf8_lossy(&out.stdout);
                 let mut lines = text.lines();

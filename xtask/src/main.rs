@@ -94,7 +94,9 @@ fn build_monitor() -> Result<PathBuf> {
     let mut build = cargo();
     build.args(["build", "--package", "kovn-monitor", "--bins"]);
     run(&mut build)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
     Ok(target.join("debug").join("kovn-monitor"))
 }
 
