@@ -75,6 +75,7 @@ pub struct FlowQuery {
     pub namespace: Option<String>,
     /// Matches either endpoint's pod name (with `namespace`, in that namespace).
     pub pod: Option<String>,
+    /// One scenario, or several separated by commas.
     pub scenario: Option<String>,
     pub limit: Option<usize>,
 }
@@ -113,8 +114,8 @@ impl FlowQuery {
         {
             return Err(format!("unknown protocol {p:?} (tcp, udp, sctp, icmp, icmpv6, other)"));
         }
-        if let Some(sc) = &self.scenario
-            && !SCENARIOS.contains(&sc.as_str())
+        if let Some(list) = &self.scenario
+            && let Some(sc) = list.split(',').find(|sc| !SCENARIOS.contains(sc))
         {
             return Err(format!("unknown scenario {sc:?} (one of {})", SCENARIOS.join(", ")));
         }
@@ -125,7 +126,7 @@ impl FlowQuery {
         self.state.as_ref().is_none_or(|s| &f.state == s)
             && self.protocol.as_ref().is_none_or(|p| &f.protocol == p)
             && self.ip.is_none_or(|ip| f.src_ip == ip || f.dst_ip == ip)
-            && self.scenario.as_ref().is_none_or(|s| &f.scenario == s)
+            && self.scenario.as_ref().is_none_or(|list| list.split(',').any(|s| f.scenario == s))
             && [&f.src, &f.dst].iter().any(|e| {
                 let e = e.as_ref();
                 self.namespace.as_ref().is_none_or(|ns| e.and_then(|e| e.namespace.as_ref()) == Some(ns))

@@ -110,9 +110,9 @@ struct FlowsArgs {
     /// Only flows with an end in this pod.
     #[arg(long)]
     pod: Option<String>,
-    /// Only flows of this scenario.
+    /// Only flows of this scenario (repeatable: any of them).
     #[arg(long, value_parser = kovn_monitor::api::SCENARIOS)]
-    scenario: Option<String>,
+    scenario: Vec<String>,
     /// At most this many flows (the most recently active first).
     #[arg(long)]
     limit: Option<usize>,
@@ -146,7 +146,10 @@ async fn flows(args: FlowsArgs) -> Result<()> {
     if let Some(n) = args.limit {
         query.push(("limit", n.to_string()));
     }
-    for (k, v) in [("namespace", args.namespace), ("pod", args.pod), ("scenario", args.scenario)] {
+    if !args.scenario.is_empty() {
+        query.push(("scenario", args.scenario.join(",")));
+    }
+    for (k, v) in [("namespace", args.namespace), ("pod", args.pod)] {
         if let Some(v) = v {
             query.push((k, v));
         }

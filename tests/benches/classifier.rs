@@ -15,6 +15,9 @@ use kovn_tests::frames::*;
 const REPEAT: u32 = 2_000_000;
 const NEW_FLOWS: u16 = 50_000;
 
+/// One round: empty, existing IPv4, existing IPv6 (repeat runs), empty and new flow (single runs).
+type Round = (Duration, Duration, Duration, Duration, Duration);
+
 fn per_run(cap: &mut Capture, prog: &'static str, frame: &[u8], repeat: u32) -> Duration {
     cap.program_mut(prog)
         .expect("program")
@@ -86,7 +89,7 @@ fn main() {
             ns(new_flow) / ns(empty_single),
         );
     }
-    let median = |f: &dyn Fn(&(Duration, Duration, Duration, Duration, Duration)) -> f64| {
+    let median = |f: &dyn Fn(&Round) -> f64| {
         let mut v: Vec<f64> = rows.iter().map(f).collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]

@@ -395,3 +395,38 @@ pub fn echo_servers(
     }
     stop
 }
+
+/// tcpdump on `iface` inside an existing namespace this crate does not own (a lab node, say),
+/// keeping only packets matching the capture `filter` (tcpdump syntax, "" for all); stop it and
+/// read the packets with [`Capture::finish`].
+pub fn capture_in(netns: &str, iface: &str, filter: &str) -> Capture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("capture.pcap");
+    let mut args = vec!["netns", "exec", netns, "tcpdump", "-i", iface, "-w"];
+    args.extend([path.to_str().expect("utf-8"), "-U", "-n", "-s", "0", "--immediate-mode"]);
+    args.extend(filter.split_whitespace());
+    let mut child = Command::new("ip")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tcpdump");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&buf).contains("listening on") {
+        use std::io::Read as _;
+        assert!(Instant::now() < deadline, "tcpdump in {netns} did not start");
+        match stderr.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => panic!("tcpdump in {netns} ended: {}", String::from_utf8_lossy(&buf)),
+        }
+    }
+    std::thread::spawn(move || {
+        use std::io::Read as _;
+        let _ = stderr.read_to_end(&mut Vec::new());
+    });
+    Capture { child, path, _dir: dir }
+}

@@ -95,34 +95,25 @@ fn show(args: &DemoArgs, lab: &Lab, monitor_bin: &Path, stop: &Arc<AtomicBool>) 
         );
         for (node, url) in &urls {
             println!("--- {node}: {url}/api/v1/flows (pod-to-pod and service flows, most recent first)");
-            for scenario in ["pod_to_pod_cross_node", "pod_to_pod_same_node", "pod_to_service"] {
-                let out = cmd::output(
-                    bin,
-                    &[
-                        "flows",
-                        "--endpoint",
-                        url,
-                        "--scenario",
-                        scenario,
-                        "--limit",
-                        &(args.rows / 3).max(1).to_string(),
-                    ],
-                )?;
-                let text = String::from_utf8_lossy(&out.stdout);
-                let mut lines = text.lines();
-                if scenario == "pod_to_pod_cross_node"
-                    && let Some(header) = lines.next()
-                {
-                    println!("{header}");
-                } else {
-                    lines.next();
-                }
-                for l in lines {
-                    println!("{l}");
-                }
-                if !out.status.success() {
-                    println!("  ({})", String::from_utf8_lossy(&out.stderr).trim());
-                }
+            let out = cmd::output(
+                bin,
+                &[
+                    "flows",
+                    "--endpoint",
+                    url,
+                    "--scenario",
+                    "pod_to_pod_cross_node",
+                    "--scenario",
+                    "pod_to_pod_same_node",
+                    "--scenario",
+                    "pod_to_service",
+                    "--limit",
+                    &args.rows.to_string(),
+                ],
+            )?;
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            if !out.status.success() {
+                println!("  ({})", String::from_utf8_lossy(&out.stderr).trim());
             }
         }
         println!(

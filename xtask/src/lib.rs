@@ -2,5 +2,5 @@
 //! code as `cargo xtask lab ...`.
 
 pub mod cmd;
-// pub mod demo; (enabled once lab::monitors lands)
+pub mod demo;
 pub mod lab;

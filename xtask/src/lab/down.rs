@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use super::model::{Lab, STATE_ROOT, load, state_dir_of};
+use super::monitors;
 use super::plan::validate_name;
 use super::sys;
 use crate::cmd;
@@ -130,6 +131,11 @@ pub fn down(name_or_state_dir: &str) -> Result<DownOutcome> {
 pub fn teardown(name: &str, state_dir: &Path, lab: Option<&Lab>) -> Result<()> {
     validate_name(name)?;
     if let Some(lab) = lab {
+        // Monitors first, with SIGINT, so they detach from the interfaces while those exist.
+        let survivors = monitors::stop_processes(lab);
+        if !survivors.is_empty() {
+            eprintln!("kovn-monitor processes {survivors:?} would not stop; the netns removal ends them");
+        }
         for d in lab.daemons() {
             if let Some(pid) = sys::live_pid(&d.pidfile, d.comm) {
                 sys::terminate(pid, d.group, GRACE);

@@ -14,6 +14,8 @@
 //! - [`traffic::run`] / [`traffic::plan`]: the seeded mix of `lab traffic`.
 //! - [`healthy`], [`port_bindings`], [`ovs`]: state checks and the OVS/OVN clients on the lab's
 //!   sockets.
+//! - [`monitors::start`] / [`monitors::stop`]: a kovn-monitor per node, as the DaemonSet would
+//!   run it, its API on `http://<node IP>:9474` ([`monitors::monitor_url`]).
 //!
 //! ```no_run
 //! use std::net::SocketAddrV4;
@@ -32,6 +34,7 @@
 mod down;
 mod faults;
 mod model;
+pub mod monitors;
 mod net;
 pub mod ovs;
 mod plan;
@@ -54,9 +57,11 @@ use clap::{Args, Subcommand, ValueEnum};
 pub use down::{DownOutcome, down, is_lab_link, is_lab_netns, is_lab_state_dir};
 pub use faults::{ACL_DENY_PRIORITY, OVS_DROP_PRIORITY, acl_name};
 pub use model::{
-    CutHow, DEFAULT_NAME, Daemon, FAULT_COOKIE, Fault, FaultSpec, Lab, Node, Phase, Pod, Protocol,
-    STATE_ROOT, Service, Subnet, TCP_ECHO_PORT, Tunnel, UDP_ECHO_PORT, Underlay, load, state_dir_of,
+    CutHow, DEFAULT_NAME, Daemon, FAULT_COOKIE, Fault, FaultSpec, Lab, MonitorInfo, Node, Phase, Pod,
+    Protocol, STATE_ROOT, Service, Subnet, TCP_ECHO_PORT, Tunnel, UDP_ECHO_PORT, Underlay, load,
+    state_dir_of,
 };
+pub use monitors::monitor_url;
 pub use net::Cidr;
 pub use plan::{SHOP_SUBNET, UpOptions, host_veth_name, plan, pod_mac, validate_name};
 pub use probe::{Probe, ProbeResult};
@@ -226,6 +231,24 @@ pub enum ProbeKind {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum MonitorsCommand {
+    /// Start a kovn-monitor in every node's netns (as the DaemonSet would), API on
+    /// http://<node IP>:9474, and wait until each has attached to its pods and NIC.
+    Start {
+        #[command(flatten)]
+        lab: LabRef,
+        /// The kovn-monitor binary [default: target/debug/kovn-monitor of this workspace].
+        #[arg(long)]
+        bin: Option<PathBuf>,
+    },
+    /// Stop the monitors (SIGINT, so they detach; SIGKILL after 10 s).
+    Stop {
+        #[command(flatten)]
+        lab: LabRef,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum LabCommand {
     /// Build the lab (nodes, OVN, pods, services) and wait until traffic flows.
     Up(UpArgs),
@@ -234,7 +257,12 @@ pub enum LabCommand {
         #[command(flatten)]
         lab: LabRef,
     },
-    /// Show nodes, pods, services, processes and injected faults.
+    /// kovn-monitors, one per node.
+    Monitors {
+        #[command(subcommand)]
+        command: MonitorsCommand,
+    },
+    /// Show nodes, pods, services, processes, monitors and injected faults.
     Status {
         #[command(flatten)]
         lab: LabRef,
@@ -302,6 +330,7 @@ pub fn run(cmd: LabCommand) -> Result<()> {
                 Ok(())
             }
         },
+        LabCommand::Monitors { command } => cmd_monitors(command),
         LabCommand::Status { lab, output } => {
             let lab = load(&lab.target())?;
             match output {
@@ -333,6 +362,38 @@ pub fn run(cmd: LabCommand) -> Result<()> {
         }
         LabCommand::Probe { lab, from, kind, target, size, df } => {
             cmd_probe(&load(&lab.target())?, &from, kind, &target, size, df)
+        }
+    }
+}
+
+fn cmd_monitors(command: MonitorsCommand) -> Result<()> {
+    match command {
+        MonitorsCommand::Start { lab, bin } => {
+            let lab = load(&lab.target())?;
+            let bin = bin.unwrap_or_else(monitors::default_bin);
+            let started = monitors::start(&lab, &bin)?;
+            println!("kovn-monitors of lab {}:", lab.name);
+            for m in &started {
+                println!("  {:<7} {:<28} pid {:<8} log {}", m.node, m.url, m.pid, m.log.display());
+            }
+            if let Some(m) = started.first() {
+                println!("try: {} flows --endpoint {}", m.bin.display(), m.url);
+            }
+            Ok(())
+        }
+        MonitorsCommand::Stop { lab } => {
+            let lab = load(&lab.target())?;
+            let alive: Vec<String> = monitors::running(&lab)
+                .into_iter()
+                .filter_map(|(m, pid)| pid.map(|p| format!("{} (pid {p})", m.node)))
+                .collect();
+            monitors::stop(&lab)?;
+            if alive.is_empty() {
+                println!("no kovn-monitor of lab {} was running", lab.name);
+            } else {
+                println!("stopped the kovn-monitors of lab {}: {}", lab.name, alive.join(", "));
+            }
+            Ok(())
         }
     }
 }

@@ -101,6 +101,22 @@ pub struct Lab {
     pub services: Vec<Service>,
     /// Faults injected and not yet healed.
     pub faults: Vec<Fault>,
+    /// kovn-monitors started by `lab monitors start`, one per node (absent in older files).
+    #[serde(default)]
+    pub monitors: Vec<MonitorInfo>,
+}
+
+/// A kovn-monitor running in a node's netns, as a DaemonSet pod would on a real node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorInfo {
+    pub node: String,
+    /// Its API, reachable from the root netns: `http://<node IP>:9474`.
+    pub url: String,
+    pub pid: i32,
+    pub log: PathBuf,
+    pub pidfile: PathBuf,
+    /// The binary it runs (its file name is the process name checked before signalling).
+    pub bin: PathBuf,
 }
 
 /// The network joining the nodes: a Linux bridge in the root netns with one veth per node.

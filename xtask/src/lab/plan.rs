@@ -206,6 +206,7 @@ pub fn plan(opts: &UpOptions, underlay_cidr: Cidr) -> Result<Lab> {
         pods,
         services,
         faults: Vec::new(),
+        monitors: Vec::new(),
         state_dir,
     })
 }

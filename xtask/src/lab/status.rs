@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::model::{Daemon, Lab};
-use super::sys;
+use super::{monitors, sys};
 
 /// Each daemon of the lab with its pid when it runs.
 pub fn health(lab: &Lab) -> Vec<(Daemon, Option<i32>)> {
@@ -38,12 +38,15 @@ pub fn render(lab: &Lab) -> String {
     };
     let mut out = String::new();
     let dead = health.iter().filter(|(_, p)| p.is_none()).count();
+    let mons = monitors::running(lab);
+    let dead_mons = mons.iter().filter(|(_, p)| p.is_none()).count();
     let _ = writeln!(
         out,
-        "lab {} ({:?}{}): {} tunnel, underlay {} on bridge {} (root netns {}), MTU {}",
+        "lab {} ({:?}{}{}): {} tunnel, underlay {} on bridge {} (root netns {}), MTU {}",
         lab.name,
         lab.phase,
         if dead > 0 { format!(", {dead} processes DEAD") } else { String::new() },
+        if dead_mons > 0 { format!(", {dead_mons} monitors DEAD") } else { String::new() },
         lab.tunnel.as_str(),
         lab.underlay.cidr,
         lab.underlay.bridge,
@@ -104,6 +107,15 @@ pub fn render(lab: &Lab) -> String {
             backends.join(", "),
             s.load_balancer
         );
+    }
+    if mons.is_empty() {
+        let _ = writeln!(out, "monitors: none (cargo xtask lab monitors start --name {})", lab.name);
+    } else {
+        let _ = writeln!(out, "monitors:");
+        for (m, pid) in &mons {
+            let state = pid.map_or_else(|| format!("DEAD (was pid {})", m.pid), |p| format!("pid {p}"));
+            let _ = writeln!(out, "  {:<7} {:<28} {:<21} log {}", m.node, m.url, state, m.log.display());
+        }
     }
     if lab.faults.is_empty() {
         let _ = writeln!(out, "faults: none");

@@ -151,6 +151,22 @@ pub fn terminate(pid: i32, group: bool, grace: Duration) -> bool {
     wait_until(Duration::from_secs(2), Duration::from_millis(20), || !is_alive(pid))
 }
 
+/// Sends `sig` to every pid, waits up to `grace` for all of them to exit, SIGKILLs the rest.
+/// Returns the pids still alive after that (normally none).
+pub fn stop_all(pids: &[i32], sig: i32, grace: Duration) -> Vec<i32> {
+    for &pid in pids {
+        signal(pid, false, sig);
+    }
+    if wait_until(grace, Duration::from_millis(20), || pids.iter().all(|&p| !is_alive(p))) {
+        return Vec::new();
+    }
+    for &pid in pids.iter().filter(|&&p| is_alive(p)) {
+        signal(pid, false, libc::SIGKILL);
+    }
+    wait_until(Duration::from_secs(2), Duration::from_millis(20), || pids.iter().all(|&p| !is_alive(p)));
+    pids.iter().copied().filter(|&p| is_alive(p)).collect()
+}
+
 /// Polls `check` every `every` until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, every: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -196,7 +212,10 @@ pub fn netns_pids(netns: &str) -> Vec<i32> {
 /// The programs a lab runs. Only these are ever signalled on the strength of a pidfile or a path
 /// in their command line (never, say, the `cargo xtask lab down --state-dir DIR` that asked).
 pub fn is_lab_program(comm: &str) -> bool {
-    matches!(comm, "ovsdb-server" | "ovs-vswitchd" | "ovn-controller" | "ovn-northd" | "socat")
+    matches!(
+        comm,
+        "ovsdb-server" | "ovs-vswitchd" | "ovn-controller" | "ovn-northd" | "socat" | "kovn-monitor"
+    )
 }
 
 /// Lab programs whose command line or OVS_RUNDIR/OVN_RUNDIR lies inside `dir`: leftovers of a

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use super::model::{CutHow, Fault, FaultSpec, Lab, Protocol, Tunnel};
+use super::model::{CutHow, Fault, FaultSpec, Lab, MonitorInfo, Protocol, Tunnel};
 use super::net::Cidr;
 use super::plan::{self, UpOptions, choose_underlay, fnv1a64, host_veth_name, pod_mac, validate_name};
 use super::traffic::{self, Scenario};
@@ -297,6 +297,26 @@ fn lab_description_round_trips_through_json() {
     assert_eq!(v["services"][0]["backends"][0], "10.16.0.2:8080");
     assert_eq!(v["nodes"][0]["underlay_iface"], "eth0");
     assert_eq!(v["faults"][0]["kind"], "mtu");
+}
+
+#[test]
+fn monitors_are_recorded_and_optional_in_lab_json() {
+    let mut lab = default_lab();
+    lab.monitors.push(MonitorInfo {
+        node: "node1".into(),
+        url: super::monitor_url(&lab, "node1"),
+        pid: 42,
+        log: lab.node_dir("node1").join("kovn-monitor.log"),
+        pidfile: lab.node_dir("node1").join("kovn-monitor.pid"),
+        bin: PathBuf::from("/x/target/debug/kovn-monitor"),
+    });
+    assert_eq!(lab.monitors[0].url, "http://172.31.250.11:9474");
+    let mut v = serde_json::to_value(&lab).unwrap();
+    assert_eq!(v["monitors"][0]["url"], "http://172.31.250.11:9474");
+    assert_eq!(serde_json::from_value::<Lab>(v.clone()).unwrap(), lab);
+    // A lab.json written before monitors existed still loads.
+    v.as_object_mut().unwrap().remove("monitors");
+    assert!(serde_json::from_value::<Lab>(v).unwrap().monitors.is_empty());
 }
 
 #[test]

@@ -279,7 +279,19 @@ fn create_node(lab: &Lab, node: &Node) -> Result<()> {
     cmd::run("ip", &["-n", ns, "link", "set", &node.underlay_iface, "up"])?;
     start_node_ovs(node)?;
     create_node_bridges(lab, node)?;
+    // After OVS took the NIC: adding it to br-phy changes the NIC's offloads, and the kernel
+    // then recomputes the veth peer's features, re-enabling what an earlier ethtool disabled.
+    root_veth_checksums(node)?;
     start_ovn_controller(node)
+}
+
+/// The root netns reaches node IPs (the monitors' APIs, Prometheus scrapes) through the node's
+/// br-phy, i.e. through OVS's userspace datapath, which does not complete partial (offloaded)
+/// TCP/UDP checksums: TCP from the root netns would silently die there (the node's kernel
+/// counts it in TcpInCsumErrors). So the root end of the node's NIC computes them itself.
+pub fn root_veth_checksums(node: &Node) -> Result<()> {
+    cmd::run("ethtool", &["-K", &node.root_veth, "tx", "off"])?;
+    Ok(())
 }
 
 fn start_node_ovs(node: &Node) -> Result<()> {

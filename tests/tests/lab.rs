@@ -1,0 +1,771 @@
+//! The lab end to end, as root: a real Kube-OVN-like cluster of two nodes (OVS netdev datapath,
+//! OVN, Geneve) with a kovn-monitor per node, healthy traffic, the OVN/OVS tracing tools, and
+//! every fault kind, each observed independently of kovn (the probe's own outcome, nftables or
+//! OpenFlow counters, tcpdump, OVS logs, ovn-trace) and then in what the monitors report.
+//!
+//! One lab, `kt<pid>`, serves the whole file: the first test brings it up and starts the
+//! monitors (`fixture`), the tests run one at a time (`cargo xtask test` passes
+//! `--test-threads=1`; a mutex serialises them anyway), and `t09_down_leaves_nothing`, last in
+//! name order, takes it down and checks nothing is left. The lab is removed whatever happens:
+//!
+//! - a failing test does not stop the others, and the final test still runs;
+//! - when only some tests run (a name filter) or the process ends early through a panic outside
+//!   a test, an `atexit` handler runs `lab down` (registered before `up`, a no-op when the lab
+//!   is already gone);
+//! - a process killed outright (SIGKILL, a CI timeout) runs nothing, so the fixture first
+//!   removes every `kt<pid>` lab whose test process no longer exists.
+//!
+//! Each fault test heals in a drop guard, so a failed assertion does not leave its fault behind
+//! for the next test. Every probe uses its own source port (TCP) or echo identifier (ICMP), so
+//! flows of different cases never mix. Timings go straight to stderr (not captured).
+
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, Once, OnceLock};
+use std::time::{Duration, Instant};
+
+use kovn_tests::{capture_in, monitor_bin, require_root};
+use serde_json::Value;
+use xtask::lab::{
+    self, CutHow, DownOutcome, FAULT_COOKIE, FaultSpec, Lab, Pod, TCP_ECHO_PORT, TrafficOptions, UpOptions,
+    monitor_url, monitors, ovs, traffic,
+};
+
+/// One poll of the monitors (1 s) and some slack: flows read after this include what was sent.
+const SETTLE: Duration = Duration::from_millis(1500);
+
+/// Progress and timings, written to stderr directly so they show even when tests pass (the
+/// harness only captures `print!`/`eprint!`).
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), "[lab-test] {}", format!($($arg)*));
+    }};
+}
+
+fn lab_name() -> String {
+    format!("kt{}", std::process::id())
+}
+
+static FIXTURE: OnceLock<Result<Lab, String>> = OnceLock::new();
+static SERIAL: Mutex<()> = Mutex::new(());
+static ATEXIT: Once = Once::new();
+
+/// The shared lab (up, monitors running) and the lock that serialises the tests using it.
+fn fixture() -> (MutexGuard<'static, ()>, Lab) {
+    // A test that failed while holding the lock poisons it; the next tests still run.
+    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let lab = FIXTURE.get_or_init(|| setup().map_err(|e| format!("{e:#}"))).clone();
+    (guard, lab.unwrap_or_else(|e| panic!("lab setup failed: {e}")))
+}
+
+fn setup() -> anyhow::Result<Lab> {
+    require_root();
+    remove_stale_labs();
+    ATEXIT.call_once(|| {
+        // SAFETY: registers a plain extern "C" function without arguments.
+        let rc = unsafe { libc::atexit(down_at_exit) };
+        assert_eq!(rc, 0, "atexit failed");
+    });
+    let name = lab_name();
+    let t = Instant::now();
+    let lab = lab::up(&UpOptions::named(&name))?.into_lab();
+    note!("lab {name} up in {:.1}s", t.elapsed().as_secs_f32());
+    let t = Instant::now();
+    let started = monitors::start(&lab, &monitor_bin())?;
+    let urls: Vec<String> = started.iter().map(|m| format!("{} {} pid {}", m.node, m.url, m.pid)).collect();
+    note!("monitors ready in {:.1}s: {}", t.elapsed().as_secs_f32(), urls.join(", "));
+    lab::load(&name)
+}
+
+/// Runs at process exit: removes this process's lab if a test did not (filtered runs, panics
+/// outside tests). Never panics (it must not unwind into libc).
+extern "C" fn down_at_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        let name = lab_name();
+        match lab::down(&name) {
+            Ok(DownOutcome::Removed { .. }) => note!("lab {name} removed at exit"),
+            Ok(DownOutcome::NothingUp { .. }) => {}
+            Err(e) => note!("removing lab {name} at exit failed: {e:#}"),
+        }
+    });
+}
+
+/// `kt<pid>` labs whose test process is gone (killed before its atexit could run), and any lab
+/// named after this very pid (a reused pid: it cannot be ours yet).
+fn remove_stale_labs() {
+    let mut names: Vec<String> = std::fs::read_dir(lab::STATE_ROOT)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let netns = Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
+    for line in String::from_utf8_lossy(&netns).lines() {
+        if let Some((name, _)) = line.split_whitespace().next().unwrap_or("").split_once('-') {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    names.dedup();
+    for name in names {
+        let Some(pid) = name.strip_prefix("kt").and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A killed test process may linger as a zombie until its new parent reaps it.
+        let test_process_alive = is_running(pid as i32)
+            && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.starts_with("lab-"));
+        if pid == std::process::id() || !test_process_alive {
+            match lab::down(&name) {
+                Ok(DownOutcome::Removed { .. }) => note!("removed stale lab {name}"),
+                Ok(DownOutcome::NothingUp { .. }) => {}
+                Err(e) => note!("could not remove stale lab {name}: {e:#}"),
+            }
+        }
+    }
+}
+
+/// Heals every fault of the lab when dropped, so a failed assertion leaves no fault behind.
+struct HealOnDrop(Lab);
+
+impl Drop for HealOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.heal(None) {
+            note!("healing after the test failed: {e:#}");
+        }
+    }
+}
+
+fn node_of<'a>(lab: &'a Lab, pod: &Pod) -> &'a lab::Node {
+    lab.node(&pod.node).expect("pod's node")
+}
+
+/// The pods the fault tests use: `a` and `c` on node1, `b` on node2.
+fn pods(lab: &Lab) -> (Pod, Pod, Pod) {
+    let on1: Vec<&Pod> = lab.pods_on("node1").collect();
+    let b = lab.pods_on("node2").next().expect("a pod on node2").clone();
+    (on1[0].clone(), b, on1[1].clone())
+}
+
+/// The monitor's flows on `node` (`GET /api/v1/flows`).
+fn flows(lab: &Lab, node: &str) -> Vec<Value> {
+    let url = format!("{}/api/v1/flows", monitor_url(lab, node));
+    let body = monitors::get_json(&url, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(body["node"], node, "the monitor at {url} names its node: {body}");
+    body["flows"].as_array().unwrap_or_else(|| panic!("no flows array from {url}: {body}")).clone()
+}
+
+/// The flow `src:sport -> dst` of `protocol` (ICMP: sport is the echo identifier).
+fn find<'a>(
+    flows: &'a [Value],
+    protocol: &str,
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+) -> Option<&'a Value> {
+    flows.iter().find(|f| {
+        f["protocol"] == protocol
+            && f["src_ip"] == src.to_string()
+            && f["dst_ip"] == dst.to_string()
+            && f["src_port"] == sport
+    })
+}
+
+/// Every flow between two addresses, either way, pretty-printed for assertion messages.
+fn between(flows: &[Value], x: Ipv4Addr, y: Ipv4Addr) -> String {
+    let (x, y) = (x.to_string(), y.to_string());
+    let sel: Vec<&Value> = flows
+        .iter()
+        .filter(|f| (f["src_ip"] == x && f["dst_ip"] == y) || (f["src_ip"] == y && f["dst_ip"] == x))
+        .collect();
+    serde_json::to_string_pretty(&sel).expect("JSON")
+}
+
+fn u64_of(f: &Value, field: &str) -> u64 {
+    f[field].as_u64().unwrap_or_else(|| panic!("no {field} in {f}"))
+}
+
+/// Packets the flow saw on interface `iface` in flow direction `dir` (`fwd`/`rev`).
+fn iface_packets(f: &Value, iface: &str, dir: &str) -> u64 {
+    f["interfaces"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|i| i["name"] == iface && i["flow_direction"] == dir)
+                .filter_map(|i| i["packets"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A completed request/response conversation: answered, or answered and then closed with FINs.
+fn assert_answered(f: &Value, what: &str) {
+    let state = f["state"].as_str().unwrap_or("");
+    assert!(
+        matches!(state, "answered" | "closed")
+            && u64_of(f, "replies") >= 1
+            && u64_of(f, "requests_unanswered") == 0
+            && u64_of(f, "packets_rev") > 0,
+        "{what}: expected an answered flow, got {}",
+        serde_json::to_string_pretty(f).expect("JSON")
+    );
+}
+
+fn assert_unanswered(f: &Value, what: &str) {
+    assert!(
+        f["state"] == "unanswered" && u64_of(f, "requests_unanswered") >= 1 && u64_of(f, "packets_rev") == 0,
+        "{what}: expected an unanswered flow, got {}",
+        serde_json::to_string_pretty(f).expect("JSON")
+    );
+}
+
+/// What a client run in a pod did.
+struct Outcome {
+    ok: bool,
+    detail: String,
+}
+
+/// A TCP echo from `from` to `dst` with a fixed source port (so the flow is known), by socat
+/// in the pod's netns: ok when the line comes back.
+fn tcp(from: &Pod, dst: SocketAddrV4, sport: u16) -> Outcome {
+    let line = format!("kovn lab test {} {sport}\n", from.name);
+    let target = format!("TCP4:{dst},connect-timeout=1.5,sourceport={sport},reuseaddr");
+    let mut child = Command::new("timeout")
+        .args(["5", "ip", "netns", "exec", &from.netns, "socat", "-t", "1", "-", &target])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn socat");
+    let _ = child.stdin.take().expect("stdin").write_all(line.as_bytes());
+    let out = child.wait_with_output().expect("socat output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    Outcome {
+        ok: stdout == line,
+        detail: format!(
+            "socat {}:{sport} -> {dst}: {}, echoed {stdout:?}, stderr {:?}",
+            from.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    }
+}
+
+/// One ping from `from` with echo identifier `id`, payload `size`, DF when `df`.
+fn ping(from: &Pod, dst: Ipv4Addr, id: u16, size: u32, df: bool) -> Outcome {
+    let (id, size, dst) = (id.to_string(), size.to_string(), dst.to_string());
+    let mut args =
+        vec!["netns", "exec", &from.netns, "ping", "-n", "-c", "1", "-W", "1", "-e", &id, "-s", &size];
+    if df {
+        args.extend(["-M", "do"]);
+    }
+    args.push(&dst);
+    let out = Command::new("ip").args(&args).output().expect("ping");
+    Outcome {
+        ok: out.status.success(),
+        detail: format!(
+            "ping {} -> {dst} id {id} -s {size}{}: {}\n{}{}",
+            from.name,
+            if df { " -M do" } else { "" },
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `counter packets N` values of the rules matching `needle` in an nftables listing.
+fn nft_counter(listing: &str, needle: &str) -> u64 {
+    listing
+        .lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| l.split("counter packets ").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// `ovn-trace --minimal` of a TCP SYN from `src` to `dst`:8080 on `src`'s logical switch.
+fn ovn_trace(lab: &Lab, src: &Pod, dst: &Pod, sport: u16) -> String {
+    let ls = &lab.subnet(&src.subnet).expect("subnet").logical_switch;
+    let flow = format!(
+        "inport == \"{}\" && eth.src == {} && eth.dst == {} && ip4.src == {} && ip4.dst == {} && \
+         ip.ttl == 64 && tcp && tcp.src == {sport} && tcp.dst == {}",
+        src.iface_id, src.mac, dst.mac, src.ip, dst.ip, dst.tcp_port
+    );
+    run("ovn-trace", &[&format!("--db={}", lab.central.sb_db()), "--minimal", ls, &flow])
+}
+
+/// `ovs-appctl ofproto/trace br-int` on `src`'s node of a TCP SYN from `src` to `dst`:8080.
+fn ofproto_trace(lab: &Lab, src: &Pod, dst: &Pod) -> String {
+    let node = node_of(lab, src);
+    let flow = format!(
+        "in_port={},tcp,dl_src={},dl_dst={},nw_src={},nw_dst={},nw_ttl=64,tp_src=40999,tp_dst={},tcp_flags=syn",
+        src.ofport.expect("ofport recorded"),
+        src.mac,
+        dst.mac,
+        src.ip,
+        dst.ip,
+        dst.tcp_port
+    );
+    ovs::appctl(&node.vswitchd_ctl, &["ofproto/trace", &node.integration_bridge, &flow])
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The datapath actions after the last recirculation (conntrack makes the trace resume).
+fn final_actions(trace: &str) -> &str {
+    trace.lines().rfind(|l| l.starts_with("Datapath actions:")).unwrap_or("")
+}
+
+/// Whether a process runs (zombies waiting for their parent to reap them do not).
+fn is_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+fn inject(lab: &mut Lab, spec: FaultSpec) {
+    let t = Instant::now();
+    let f = lab.inject(spec).unwrap_or_else(|e| panic!("{e:#}"));
+    note!("injected {} in {:.1}s: {}", f.id, t.elapsed().as_secs_f32(), f.detail);
+}
+
+fn heal(lab: &mut Lab) {
+    let healed = lab.heal(None).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(healed.len(), 1, "one fault healed: {healed:?}");
+}
+
+fn addr(p: &Pod) -> SocketAddrV4 {
+    SocketAddrV4::new(p.ip, p.tcp_port)
+}
+
+#[test]
+fn t01_healthy_mix_seen_on_both_nodes() {
+    let (_serial, lab) = fixture();
+    let t = Instant::now();
+    let opts = TrafficOptions { duration: Duration::from_secs(3), seed: 1 };
+    let report = traffic::run(&lab, &opts, |_| {}).expect("traffic");
+    assert!(
+        report.all_ok(),
+        "healthy traffic failed: {}",
+        serde_json::to_string_pretty(&report).expect("JSON")
+    );
+    std::thread::sleep(SETTLE);
+    let (f1, f2) = (flows(&lab, "node1"), flows(&lab, "node2"));
+
+    // A cross-node TCP pair of the mix, client on node1: each connection is on both nodes,
+    // seen on the client's veth on node1 and on the server's veth on node2, answered on both.
+    let plan = traffic::plan(&lab, opts.seed);
+    let pair = |scenario: traffic::Scenario| {
+        let item = plan
+            .items
+            .iter()
+            .find(|i| {
+                i.label == "tcp-echo"
+                    && i.scenario == scenario
+                    && lab.pod(&i.from).expect("pod").node == "node1"
+            })
+            .unwrap_or_else(|| panic!("no {scenario:?} tcp-echo from node1 in {plan:?}"));
+        (lab.pod(&item.from).expect("pod").clone(), lab.pod(&item.to).expect("pod").clone())
+    };
+    let (a, b) = pair(traffic::Scenario::PodToPodCrossNode);
+    let conns: Vec<&Value> = f1
+        .iter()
+        .filter(|f| {
+            f["protocol"] == "tcp"
+                && f["src_ip"] == a.ip.to_string()
+                && f["dst_ip"] == b.ip.to_string()
+                && f["dst_port"] == TCP_ECHO_PORT
+        })
+        .collect();
+    assert!(
+        conns.len() >= report.rounds as usize,
+        "{} -> {}: expected one flow per round ({}) on node1: {}",
+        a.name,
+        b.name,
+        report.rounds,
+        between(&f1, a.ip, b.ip)
+    );
+    for f in conns {
+        let sport = u64_of(f, "src_port") as u16;
+        let what = format!("{}:{sport} -> {}:8080", a.name, b.name);
+        assert_answered(f, &format!("{what} on node1"));
+        assert!(iface_packets(f, &a.host_veth, "fwd") > 0, "{what}: not on {} (node1): {f}", a.host_veth);
+        let on2 = find(&f2, "tcp", a.ip, sport, b.ip)
+            .unwrap_or_else(|| panic!("{what}: missing on node2: {}", between(&f2, a.ip, b.ip)));
+        assert_answered(on2, &format!("{what} on node2"));
+        assert!(iface_packets(on2, &b.host_veth, "fwd") > 0, "{what}: not on {} (node2): {on2}", b.host_veth);
+    }
+
+    // A same-node pair: on its node only.
+    let (c, d) = pair(traffic::Scenario::PodToPodSameNode);
+    let local = f1.iter().find(|f| {
+        f["protocol"] == "tcp" && f["src_ip"] == c.ip.to_string() && f["dst_ip"] == d.ip.to_string()
+    });
+    assert_answered(
+        local
+            .unwrap_or_else(|| panic!("{} -> {} not on node1: {}", c.name, d.name, between(&f1, c.ip, d.ip))),
+        "same-node",
+    );
+    assert_eq!(between(&f2, c.ip, d.ip), "[]", "same-node {} -> {} must not appear on node2", c.name, d.name);
+
+    // Packet and byte counts against tcpdump on the client's veth, for one fresh connection.
+    let sport = 40100;
+    let cap = capture_in(&node_of(&lab, &a).netns, &a.host_veth, &format!("tcp and port {sport}"));
+    let probe = tcp(&a, addr(&b), sport);
+    let packets = cap.finish();
+    assert!(probe.ok, "{}", probe.detail);
+    std::thread::sleep(SETTLE);
+    let (f1, f2) = (flows(&lab, "node1"), flows(&lab, "node2"));
+    let f = find(&f1, "tcp", a.ip, sport, b.ip)
+        .unwrap_or_else(|| panic!("no flow: {}", between(&f1, a.ip, b.ip)));
+    let a_ip = std::net::IpAddr::V4(a.ip);
+    let fwd: Vec<_> = packets.iter().filter(|p| p.src == a_ip && p.sport == sport).collect();
+    let rev: Vec<_> = packets.iter().filter(|p| p.dst == a_ip && p.dport == sport).collect();
+    let bytes = |ps: &[&kovn_tests::pcap::Packet]| ps.iter().map(|p| p.l3_len()).sum::<u64>();
+    let counts =
+        (u64_of(f, "packets_fwd"), u64_of(f, "packets_rev"), u64_of(f, "bytes_fwd"), u64_of(f, "bytes_rev"));
+    assert_eq!(
+        counts,
+        (fwd.len() as u64, rev.len() as u64, bytes(&fwd), bytes(&rev)),
+        "kovn (packets fwd/rev, bytes fwd/rev) vs tcpdump on {}: flow {f}",
+        a.host_veth
+    );
+    assert_eq!(
+        (iface_packets(f, &a.host_veth, "fwd"), iface_packets(f, &a.host_veth, "rev")),
+        (fwd.len() as u64, rev.len() as u64),
+        "per-interface counts on {} vs tcpdump: {f}",
+        a.host_veth
+    );
+    let on2 = find(&f2, "tcp", a.ip, sport, b.ip)
+        .unwrap_or_else(|| panic!("no flow on node2: {}", between(&f2, a.ip, b.ip)));
+    assert_eq!(
+        (u64_of(on2, "packets_fwd"), u64_of(on2, "packets_rev")),
+        (fwd.len() as u64, rev.len() as u64),
+        "node2 saw every packet node1 saw: {on2}"
+    );
+    note!(
+        "t01 healthy mix: {} rounds, {} items, in {:.1}s",
+        report.rounds,
+        report.items.len(),
+        t.elapsed().as_secs_f32()
+    );
+}
+
+#[test]
+fn t02_ovn_trace_and_ofproto_trace() {
+    let (_serial, lab) = fixture();
+    let t = Instant::now();
+    let (a, b, c) = pods(&lab);
+    for dst in [&b, &c] {
+        let trace = ovn_trace(&lab, &a, dst, 40200);
+        let want = format!("output(\"{}\");", dst.iface_id);
+        assert!(trace.contains(&want), "ovn-trace {} -> {}: no {want} in:\n{trace}", a.name, dst.name);
+    }
+    let cross = ofproto_trace(&lab, &a, &b);
+    let actions = final_actions(&cross);
+    let remote = node_of(&lab, &b).ip.to_string();
+    assert!(
+        actions.contains("tnl_push")
+            && actions.contains("geneve")
+            && actions.contains(&format!("dst={remote}")),
+        "ofproto/trace {} -> {} (cross-node) should encapsulate to {remote}:\n{cross}",
+        a.name,
+        b.name
+    );
+    let local = ofproto_trace(&lab, &a, &c);
+    let actions = final_actions(&local);
+    assert!(
+        !actions.contains("tnl_push") && !actions.trim_end().ends_with("drop"),
+        "ofproto/trace {} -> {} (same node) should deliver locally:\n{local}",
+        a.name,
+        c.name
+    );
+    note!("t02 traces in {:.1}s", t.elapsed().as_secs_f32());
+}
+
+#[test]
+fn t03_fault_reply_drop() {
+    let (_serial, mut lab) = fixture();
+    let t = Instant::now();
+    let (a, b, _) = pods(&lab);
+    inject(&mut lab, FaultSpec::ReplyDrop { pod: b.name.clone() });
+    let _heal = HealOnDrop(lab.clone());
+    let probe = tcp(&a, addr(&b), 41001);
+    assert!(!probe.ok, "replies are dropped, yet: {}", probe.detail);
+    // Independently of kovn: the server's SYN-ACKs hit the fault's nftables counter.
+    let listing =
+        run("ip", &["netns", "exec", &b.netns, "nft", "list", "table", "inet", "kovn_fault_reply_drop"]);
+    assert!(nft_counter(&listing, "syn,ack") > 0, "no SYN-ACK dropped:\n{listing}\n{}", probe.detail);
+    std::thread::sleep(SETTLE);
+    let (f1, f2) = (flows(&lab, "node1"), flows(&lab, "node2"));
+    let on1 = find(&f1, "tcp", a.ip, 41001, b.ip)
+        .unwrap_or_else(|| panic!("not on node1: {}", between(&f1, a.ip, b.ip)));
+    assert_unanswered(on1, "requester's node");
+    let on2 = find(&f2, "tcp", a.ip, 41001, b.ip)
+        .unwrap_or_else(|| panic!("not on node2: {}", between(&f2, a.ip, b.ip)));
+    assert!(
+        u64_of(on2, "packets_fwd") > 0
+            && u64_of(on2, "packets_rev") == 0
+            && iface_packets(on2, &b.host_veth, "fwd") > 0,
+        "the requests reach {} on node2, nothing comes back: {on2}",
+        b.host_veth
+    );
+    heal(&mut lab);
+    let probe = tcp(&a, addr(&b), 41002);
+    assert!(probe.ok, "healed: {}", probe.detail);
+    std::thread::sleep(SETTLE);
+    let f1 = flows(&lab, "node1");
+    assert_answered(
+        find(&f1, "tcp", a.ip, 41002, b.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, b.ip))),
+        "healed",
+    );
+    note!("t03 reply-drop in {:.1}s", t.elapsed().as_secs_f32());
+}
+
+#[test]
+fn t04_fault_ovs_drop() {
+    let (_serial, mut lab) = fixture();
+    let t = Instant::now();
+    let (a, b, _) = pods(&lab);
+    let node1 = node_of(&lab, &a).clone();
+    inject(&mut lab, FaultSpec::OvsDrop { node: node1.name.clone(), dst: b.ip });
+    let _heal = HealOnDrop(lab.clone());
+    let probe = tcp(&a, addr(&b), 41011);
+    assert!(!probe.ok, "br-int drops it, yet: {}", probe.detail);
+    // Independently: the drop flow's own OpenFlow counter.
+    let dump =
+        ovs::ofctl(&node1, "dump-flows", &[format!("cookie={FAULT_COOKIE:#x}/-1")]).expect("dump-flows");
+    let n_packets: u64 = dump
+        .split("n_packets=")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(n_packets > 0, "the drop flow matched nothing:\n{dump}");
+    std::thread::sleep(SETTLE);
+    let (f1, f2) = (flows(&lab, "node1"), flows(&lab, "node2"));
+    let on1 = find(&f1, "tcp", a.ip, 41011, b.ip)
+        .unwrap_or_else(|| panic!("not on node1: {}", between(&f1, a.ip, b.ip)));
+    assert_unanswered(on1, "requester's node");
+    assert!(
+        find(&f2, "tcp", a.ip, 41011, b.ip).is_none(),
+        "dropped on node1, node2 must see nothing of it: {}",
+        between(&f2, a.ip, b.ip)
+    );
+    heal(&mut lab);
+    let probe = tcp(&a, addr(&b), 41012);
+    assert!(probe.ok, "healed: {}", probe.detail);
+    std::thread::sleep(SETTLE);
+    let f1 = flows(&lab, "node1");
+    assert_answered(
+        find(&f1, "tcp", a.ip, 41012, b.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, b.ip))),
+        "healed",
+    );
+    note!("t04 ovs-drop in {:.1}s", t.elapsed().as_secs_f32());
+}
+
+#[test]
+fn t05_fault_no_listener() {
+    let (_serial, mut lab) = fixture();
+    let t = Instant::now();
+    let (a, b, _) = pods(&lab);
+    inject(&mut lab, FaultSpec::NoListener { pod: b.name.clone(), port: b.tcp_port });
+    let _heal = HealOnDrop(lab.clone());
+    let probe = tcp(&a, addr(&b), 41021);
+    // Independently: the client itself was refused (it got an RST).
+    assert!(!probe.ok && probe.detail.contains("Connection refused"), "expected a refusal: {}", probe.detail);
+    std::thread::sleep(SETTLE);
+    let f1 = flows(&lab, "node1");
+    let on1 = find(&f1, "tcp", a.ip, 41021, b.ip)
+        .unwrap_or_else(|| panic!("not on node1: {}", between(&f1, a.ip, b.ip)));
+    assert!(on1["state"] == "reset" && u64_of(on1, "rst_rev") >= 1, "expected reset: {on1}");
+    heal(&mut lab);
+    let probe = tcp(&a, addr(&b), 41022);
+    assert!(probe.ok, "healed: {}", probe.detail);
+    std::thread::sleep(SETTLE);
+    let f1 = flows(&lab, "node1");
+    assert_answered(
+        find(&f1, "tcp", a.ip, 41022, b.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, b.ip))),
+        "healed",
+    );
+    note!("t05 no-listener in {:.1}s", t.elapsed().as_secs_f32());
+}
+
+#[test]
+fn t06_fault_mtu() {
+    let (_serial, mut lab) = fixture();
+    let t = Instant::now();
+    let (a, b, _) = pods(&lab);
+    let node1 = node_of(&lab, &a).clone();
+    inject(&mut lab, FaultSpec::Mtu { pod: a.name.clone(), mtu: 1500 });
+    let _heal = HealOnDrop(lab.clone());
+    let (big_id, small_id) = (4201, 4202);
+    let big = ping(&a, b.ip, big_id, 1472, true);
+    assert!(!big.ok, "a 1500-byte DF packet cannot cross a 1500-byte underlay with Geneve: {}", big.detail);
+    let small = ping(&a, b.ip, small_id, 56, true);
+    assert!(small.ok, "small packets still pass: {}", small.detail);
+    // Independently: OVS could not send the encapsulated frame on the node's NIC.
+    let vswitchd_log = std::fs::read_to_string(node1.ovs_rundir.join("ovs-vswitchd.log")).unwrap_or_default();
+    assert!(
+        vswitchd_log.contains("Message too long"),
+        "ovs-vswitchd on node1 should log the oversized send; log tail:\n{}",
+        monitors::log_tail(&node1.ovs_rundir.join("ovs-vswitchd.log"))
+    );
+    std::thread::sleep(SETTLE);
+    let (f1, f2) = (flows(&lab, "node1"), flows(&lab, "node2"));
+    let big_flow =
+        find(&f1, "icmp", a.ip, big_id, b.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, b.ip)));
+    assert_unanswered(big_flow, "large DF ping on node1");
+    let small_flow =
+        find(&f1, "icmp", a.ip, small_id, b.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, b.ip)));
+    assert_answered(small_flow, "small ping on node1");
+    // When the monitor watches the NIC as the underlay, the small ping left through it and the
+    // big one never did: it left the pod and died inside the node.
+    let nic = &node1.underlay_iface;
+    if iface_packets(small_flow, nic, "fwd") > 0 {
+        assert_eq!(iface_packets(big_flow, nic, "fwd"), 0, "the big ping never left {nic}: {big_flow}");
+    }
+    assert!(
+        find(&f2, "icmp", a.ip, big_id, b.ip).is_none(),
+        "node2 never sees the big ping: {}",
+        between(&f2, a.ip, b.ip)
+    );
+    heal(&mut lab);
+    let max = ping(&a, b.ip, 4203, a.mtu - 28, true);
+    assert!(max.ok, "healed: the largest DF ping of the pod MTU passes: {}", max.detail);
+    std::thread::sleep(SETTLE);
+    let f1 = flows(&lab, "node1");
+    assert_answered(
+        find(&f1, "icmp", a.ip, 4203, b.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, b.ip))),
+        "healed",
+    );
+    note!("t06 mtu in {:.1}s", t.elapsed().as_secs_f32());
+}
+
+#[test]
+fn t07_fault_tunnel_cut() {
+    let (_serial, mut lab) = fixture();
+    let t = Instant::now();
+    let (a, b, c) = pods(&lab);
+    let node1 = node_of(&lab, &a).clone();
+    let node2 = node_of(&lab, &b).clone();
+    inject(
+        &mut lab,
+        FaultSpec::TunnelCut { from: node1.name.clone(), to: node2.name.clone(), how: CutHow::DropUdp },
+    );
+    let _heal = HealOnDrop(lab.clone());
+    let cross = tcp(&a, addr(&b), 41031);
+    let local = tcp(&a, addr(&c), 41032);
+    assert!(!cross.ok, "the tunnel is cut, yet: {}", cross.detail);
+    assert!(local.ok, "same-node traffic does not use the tunnel: {}", local.detail);
+    // Independently: the Geneve packets hit the fault's nftables counter on node1's NIC.
+    let table = format!("kovn_fault_tunnel_cut_{}", node2.name);
+    let listing = run("ip", &["netns", "exec", &node1.netns, "nft", "list", "table", "netdev", &table]);
+    assert!(nft_counter(&listing, "udp dport") > 0, "no Geneve packet dropped:\n{listing}");
+    std::thread::sleep(SETTLE);
+    let f1 = flows(&lab, "node1");
+    let cut = find(&f1, "tcp", a.ip, 41031, b.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, b.ip)));
+    assert_unanswered(cut, "cross-node during the cut");
+    let fine = find(&f1, "tcp", a.ip, 41032, c.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, c.ip)));
+    assert_answered(fine, "same-node during the cut");
+    heal(&mut lab);
+    let probe = tcp(&a, addr(&b), 41033);
+    assert!(probe.ok, "healed: {}", probe.detail);
+    std::thread::sleep(SETTLE);
+    let f1 = flows(&lab, "node1");
+    assert_answered(
+        find(&f1, "tcp", a.ip, 41033, b.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, b.ip))),
+        "healed",
+    );
+    note!("t07 tunnel-cut in {:.1}s", t.elapsed().as_secs_f32());
+}
+
+#[test]
+fn t08_fault_acl_deny() {
+    let (_serial, mut lab) = fixture();
+    let t = Instant::now();
+    let (a, b, _) = pods(&lab);
+    inject(&mut lab, FaultSpec::AclDeny { src: a.name.clone(), dst: b.name.clone() });
+    let _heal = HealOnDrop(lab.clone());
+    let probe = tcp(&a, addr(&b), 41041);
+    assert!(!probe.ok, "the ACL drops it, yet: {}", probe.detail);
+    // Independently: OVN's own trace of that packet no longer reaches the server's port.
+    let trace = ovn_trace(&lab, &a, &b, 41041);
+    assert!(!trace.contains(&format!("output(\"{}\")", b.iface_id)), "ovn-trace still delivers:\n{trace}");
+    std::thread::sleep(SETTLE);
+    let (f1, f2) = (flows(&lab, "node1"), flows(&lab, "node2"));
+    let on1 = find(&f1, "tcp", a.ip, 41041, b.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, b.ip)));
+    assert_unanswered(on1, "requester's node");
+    let delivered = find(&f2, "tcp", a.ip, 41041, b.ip).map_or(0, |f| iface_packets(f, &b.host_veth, "fwd"));
+    assert_eq!(delivered, 0, "nothing reaches {}: {}", b.host_veth, between(&f2, a.ip, b.ip));
+    heal(&mut lab);
+    let probe = tcp(&a, addr(&b), 41042);
+    assert!(probe.ok, "healed: {}", probe.detail);
+    std::thread::sleep(SETTLE);
+    let f1 = flows(&lab, "node1");
+    assert_answered(
+        find(&f1, "tcp", a.ip, 41042, b.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, b.ip))),
+        "healed",
+    );
+    note!("t08 acl-deny in {:.1}s", t.elapsed().as_secs_f32());
+}
+
+/// Last in name order: takes the shared lab down and checks nothing of it is left.
+#[test]
+fn t09_down_leaves_nothing() {
+    let (_serial, lab) = fixture();
+    let t = Instant::now();
+    let mut pids: Vec<(String, i32)> = lab::health(&lab)
+        .into_iter()
+        .filter_map(|(d, pid)| pid.map(|p| (format!("{} {}", d.owner, d.role), p)))
+        .collect();
+    pids.extend(
+        monitors::running(&lab)
+            .into_iter()
+            .filter_map(|(m, pid)| pid.map(|p| (format!("{} kovn-monitor", m.node), p))),
+    );
+    assert!(pids.iter().any(|(what, _)| what.ends_with("kovn-monitor")), "monitors ran: {pids:?}");
+    assert!(matches!(lab::down(&lab.name), Ok(DownOutcome::Removed { .. })), "lab down");
+    let netns = run("ip", &["netns", "list"]);
+    let left_ns: Vec<&str> = netns
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| lab::is_lab_netns(&lab.name, n))
+        .collect();
+    assert!(left_ns.is_empty(), "namespaces left: {left_ns:?}");
+    let links = run("ip", &["-o", "link", "show"]);
+    let left_links: Vec<&str> = links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1)?.split('@').next())
+        .filter(|n| lab::is_lab_link(&lab.name, n))
+        .collect();
+    assert!(left_links.is_empty(), "links left: {left_links:?}");
+    let alive: Vec<&(String, i32)> = pids.iter().filter(|(_, p)| is_running(*p)).collect();
+    assert!(alive.is_empty(), "processes left: {alive:?}");
+    // Nothing anywhere still refers to the lab's files (ovs/ovn/socat/kovn-monitor command lines).
+    let dir = lab.state_dir.to_string_lossy().into_owned();
+    let mut referring = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if !is_running(pid) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&format!("{dir}/")) {
+            referring.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    assert!(referring.is_empty(), "processes still using {dir}: {referring:#?}");
+    assert!(!lab.state_dir.exists(), "{dir} left");
+    note!("t09 down in {:.1}s", t.elapsed().as_secs_f32());
+}
