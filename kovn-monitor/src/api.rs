@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub flows: Vec<Flow>,
     /// Pods the inventory knows (this node's from OVSDB, others' from OVN southbound).
     pub pods: Vec<PodInfo>,
+    /// Findings: firing, and resolved within the retention time.
+    pub alerts: Vec<crate::detection::Alert>,
     pub health: Health,
 }
 

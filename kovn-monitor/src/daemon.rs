@@ -133,6 +133,7 @@ impl Daemon {
             time: clock.rfc3339(clock.mono_now_ns()),
             flows: self.table.snapshot(&clock, &inventory),
             pods: inventory.pods().into_iter().cloned().collect(),
+            alerts: Vec::new(),
             health,
         };
         drop(inventory);

@@ -10,6 +10,7 @@ pub mod api;
 pub mod capture;
 pub mod client;
 pub mod daemon;
+pub mod detection;
 pub mod flows;
 pub mod interfaces;
 pub mod inventory;
