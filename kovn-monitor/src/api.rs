@@ -1,4 +1,4 @@
-//! The daemon's HTTP API (axum): `/healthz` and `/api/v1/flows`.
+//! The daemon's HTTP API (axum): `/healthz`, `/api/v1/flows`, `/api/v1/pods` and `/metrics`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -162,6 +162,77 @@ async fn flows(
     Json(FlowsResponse { node: &snap.node, time: &snap.time, count: flows.len(), flows }).into_response()
 }
 
+/// Query filters of `GET /api/v1/alerts`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertQuery {
+    /// `firing|resolved`
+    pub state: Option<String>,
+    pub kind: Option<String>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub scenario: Option<String>,
+}
+
+pub const ALERT_KINDS: [&str; 5] = ["request_without_reply", "connection_refused", "mtu", "tunnel", "drops"];
+
+impl AlertQuery {
+    fn validate(&self) -> Result<(), String> {
+        if let Some(s) = &self.state
+            && s != "firing"
+            && s != "resolved"
+        {
+            return Err(format!("unknown state {s:?} (firing, resolved)"));
+        }
+        if let Some(k) = &self.kind
+            && !ALERT_KINDS.contains(&k.as_str())
+        {
+            return Err(format!("unknown kind {k:?} (one of {})", ALERT_KINDS.join(", ")));
+        }
+        if let Some(sc) = &self.scenario
+            && !SCENARIOS.contains(&sc.as_str())
+        {
+            return Err(format!("unknown scenario {sc:?} (one of {})", SCENARIOS.join(", ")));
+        }
+        Ok(())
+    }
+
+    pub fn matches(&self, a: &crate::detection::Alert) -> bool {
+        self.state.as_ref().is_none_or(|s| &a.state == s)
+            && self.kind.as_ref().is_none_or(|k| &a.kind == k)
+            && self.scenario.as_ref().is_none_or(|s| &a.scenario == s)
+            && [&a.src, &a.dst].iter().any(|e| {
+                let e = e.as_ref();
+                self.namespace.as_ref().is_none_or(|ns| e.and_then(|e| e.namespace.as_ref()) == Some(ns))
+                    && self.pod.as_ref().is_none_or(|p| e.and_then(|e| e.pod.as_ref()) == Some(p))
+            })
+    }
+}
+
+#[derive(Serialize)]
+struct AlertsResponse<'a> {
+    node: &'a str,
+    time: &'a str,
+    count: usize,
+    alerts: Vec<&'a crate::detection::Alert>,
+}
+
+async fn alerts(
+    State(shared): State<Shared>,
+    query: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return bad_request(e.body_text()),
+    };
+    if let Err(e) = q.validate() {
+        return bad_request(e);
+    }
+    let snap = shared.read().unwrap_or_else(|p| p.into_inner());
+    let alerts: Vec<_> = snap.alerts.iter().filter(|a| q.matches(a)).collect();
+    Json(AlertsResponse { node: &snap.node, time: &snap.time, count: alerts.len(), alerts }).into_response()
+}
+
 #[derive(Serialize)]
 struct PodsResponse<'a> {
     node: &'a str,
@@ -184,16 +255,33 @@ pub fn router(shared: Shared) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/pods", get(pods))
+        .route("/api/v1/alerts", get(alerts))
         .with_state(shared)
+}
+
+/// `GET /metrics`: encoded per scrape from the live families (no copy of the snapshot).
+async fn metrics(State(m): State<Arc<crate::export::Metrics>>) -> Response {
+    match m.encode() {
+        Ok(text) => ([(axum::http::header::CONTENT_TYPE, crate::export::CONTENT_TYPE)], text).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// `/metrics` has its own state (the exporter's registry), so it is a router of its own.
+pub fn metrics_router(m: Arc<crate::export::Metrics>) -> Router {
+    Router::new().route("/metrics", get(metrics)).with_state(m)
 }
 
 /// Serves until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Shared,
+    metrics: Arc<crate::export::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shared)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(shared).merge(metrics_router(metrics)))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 pub fn local_addr(l: &tokio::net::TcpListener) -> Option<SocketAddr> {

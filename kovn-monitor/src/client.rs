@@ -22,8 +22,54 @@ pub fn endpoint_url(endpoint: &str, path: &str) -> Result<reqwest::Url> {
     base.join(path).with_context(|| format!("invalid endpoint {endpoint:?}"))
 }
 
+#[derive(serde::Deserialize)]
+pub struct AlertsResponse {
+    pub node: String,
+    pub time: String,
+    pub count: usize,
+    pub alerts: Vec<crate::detection::Alert>,
+}
+
 pub async fn get_flows(endpoint: &str, query: &[(&str, String)]) -> Result<FlowsResponse> {
-    let url = endpoint_url(endpoint, "/api/v1/flows")?;
+    get_json(endpoint, "/api/v1/flows", query).await
+}
+
+pub async fn get_alerts(endpoint: &str, query: &[(&str, String)]) -> Result<AlertsResponse> {
+    get_json(endpoint, "/api/v1/alerts", query).await
+}
+
+/// Findings for people: one line each, then for firing ones the verdict and next commands.
+pub fn render_alerts(alerts: &[crate::detection::Alert]) -> String {
+    let mut out = String::new();
+    for a in alerts {
+        out.push_str(&format!(
+            "{:<8} {:<22} {:<22} {}  [{}, since {}] id={}\n",
+            a.state.to_uppercase(),
+            a.kind,
+            a.scenario,
+            a.summary,
+            a.node,
+            a.first_seen,
+            a.id
+        ));
+        if a.state == "firing"
+            && let Some(v) = &a.verdict
+        {
+            out.push_str(&format!("         where: {} ({})\n", v.summary, v.hop));
+            for c in &v.next_commands {
+                out.push_str(&format!("         next:  {c}\n"));
+            }
+        }
+    }
+    out
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(
+    endpoint: &str,
+    path: &str,
+    query: &[(&str, String)],
+) -> Result<T> {
+    let url = endpoint_url(endpoint, path)?;
     let resp = reqwest::Client::new()
         .get(url.clone())
         .query(query)

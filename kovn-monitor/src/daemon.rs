@@ -10,14 +10,19 @@ use tokio::sync::{mpsc, watch};
 
 use crate::api::{self, AttachedInterface, Health, ProgramInfo, Shared, Snapshot};
 use crate::capture::{Capture, CaptureError};
+use crate::detection::{self, CommandContext, Detector, DetectorConfig, EndpointFacts, PeerView, Verdict};
 use crate::flows::{Clock, FlowTable};
 use crate::interfaces::{self, LinkEvent, Selector};
 use crate::inventory::{self, Inventory};
-use crate::ovsdb;
+use crate::{kube as kube_source, ovsdb};
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub listen: SocketAddr,
+    /// Thresholds of the detectors.
+    pub detector: DetectorConfig,
+    /// Port of the other nodes' monitors (their API), asked for verdicts on cross-node flows.
+    pub peer_port: u16,
     pub pod_patterns: Vec<String>,
     pub ifaces: Vec<String>,
     pub underlay_ifaces: Vec<String>,
@@ -25,11 +30,16 @@ pub struct RunConfig {
     pub flow_idle_timeout: Duration,
     pub flow_retention: Duration,
     pub flow_table_size: u32,
+    /// `/metrics` labelling and series TTL (`--metrics-pod-labels`, `--metrics-series-ttl`).
+    pub metrics: crate::export::MetricsConfig,
     pub node_name: String,
     /// The node's Open_vSwitch database (pod identity as Kube-OVN writes it).
     pub ovsdb: Option<ovsdb::Address>,
     /// The OVN southbound database (pods of other nodes, chassis, load balancers).
     pub ovn_sb: Option<ovsdb::Address>,
+    /// The Kubernetes API source (workloads, services, nodes, subnets): `--kubernetes`,
+    /// `--kubeconfig`.
+    pub kubernetes: kube_source::KubeOptions,
 }
 
 fn ifindex_of(name: &str) -> Option<u32> {
@@ -55,6 +65,11 @@ struct Daemon {
     table: FlowTable,
     shared: Shared,
     inventory: Arc<RwLock<Inventory>>,
+    exporter: crate::export::Exporter,
+    detector: Detector,
+    /// When each firing finding last got its verdict.
+    verdict_at: std::collections::HashMap<String, Instant>,
+    commands: CommandContext,
 }
 
 impl Daemon {
@@ -91,7 +106,7 @@ impl Daemon {
         }
     }
 
-    fn poll(&mut self) {
+    async fn poll(&mut self) {
         let started = Instant::now();
         let clock = Clock::now();
         match self.capture.read_flows() {
@@ -127,17 +142,140 @@ impl Daemon {
             kernel_counters: counters.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             poll_duration_ms: started.elapsed().as_secs_f64() * 1e3,
         };
-        let inventory = self.inventory.read().unwrap_or_else(|p| p.into_inner());
-        let snap = Snapshot {
-            node: self.cfg.node_name.clone(),
-            time: clock.rfc3339(clock.mono_now_ns()),
-            flows: self.table.snapshot(&clock, &inventory),
-            pods: inventory.pods().into_iter().cloned().collect(),
-            alerts: Vec::new(),
-            health,
+        // The inventory's lock is a std one: released before any await below.
+        let mut snap = {
+            let inventory = self.inventory.read().unwrap_or_else(|p| p.into_inner());
+            Snapshot {
+                node: self.cfg.node_name.clone(),
+                time: clock.rfc3339(clock.mono_now_ns()),
+                flows: self.table.snapshot(&clock, &inventory),
+                pods: inventory.pods().into_iter().cloned().collect(),
+                alerts: Vec::new(),
+                health,
+            }
         };
-        drop(inventory);
+        snap.alerts = self.detector.evaluate(&snap.flows, time::OffsetDateTime::now_utc());
+        self.attach_verdicts(&mut snap).await;
+        link_flows_to_alerts(&mut snap);
+        // Counters take this poll's deltas before the snapshot is published.
+        self.exporter.update(&snap, Instant::now());
         *self.shared.write().unwrap_or_else(|p| p.into_inner()) = snap;
+    }
+}
+
+impl Daemon {
+    /// Verdicts for firing findings, refreshed at most every 10 s each; for cross-node flows
+    /// the destination's monitor is asked what it saw of the same flow (same id on every node).
+    async fn attach_verdicts(&mut self, snap: &mut Snapshot) {
+        const REFRESH: Duration = Duration::from_secs(10);
+        for a in snap.alerts.iter_mut().filter(|a| a.state == "firing") {
+            let fresh = self.verdict_at.get(&a.id).is_some_and(|t| t.elapsed() < REFRESH);
+            if fresh && a.verdict.is_some() {
+                continue;
+            }
+            let Some(f) = a.flows.first().and_then(|id| snap.flows.iter().find(|f| &f.id == id)) else {
+                continue;
+            };
+            let peer = match (f.scenario.as_str(), f.tunnel.as_ref().and_then(|t| t.remote_ip)) {
+                ("pod_to_pod_cross_node", Some(ip)) => Some(ask_peer(ip, self.cfg.peer_port, f).await),
+                ("pod_to_pod_cross_node", None) => {
+                    Some(PeerView::Unreachable("its address is unknown".into()))
+                }
+                _ => None,
+            };
+            let underlay =
+                self.capture.attachments().values().any(|x| x.kind == interfaces::IfaceKind::Underlay);
+            let (hop, summary) = detection::verdict(a, f, peer.as_ref(), underlay);
+            let (src, dst) = {
+                let inv = self.inventory.read().unwrap_or_else(|p| p.into_inner());
+                let facts = |ip| {
+                    inv.pod(ip)
+                        .map(|p| EndpointFacts { mac: p.mac.clone(), host_iface: p.host_iface.clone() })
+                        .unwrap_or_default()
+                };
+                (facts(f.src_ip), facts(f.dst_ip))
+            };
+            let v = Verdict {
+                hop,
+                summary,
+                next_commands: detection::next_commands(a, f, &self.commands, &src, &dst),
+            };
+            self.detector.set_verdict(&a.id, v.clone());
+            a.verdict = Some(v);
+            self.verdict_at.insert(a.id.clone(), Instant::now());
+        }
+        self.verdict_at.retain(|id, _| snap.alerts.iter().any(|a| &a.id == id));
+    }
+}
+
+/// Marks the flows behind each firing finding with its id, kind and verdict.
+fn link_flows_to_alerts(snap: &mut Snapshot) {
+    let mut by_flow = std::collections::HashMap::new();
+    for a in snap.alerts.iter().filter(|a| a.state == "firing") {
+        for id in &a.flows {
+            by_flow.insert(
+                id.clone(),
+                crate::flows::FlowAlert {
+                    id: a.id.clone(),
+                    kind: a.kind.clone(),
+                    hop: a.verdict.as_ref().map(|v| v.hop.clone()),
+                    verdict: a.verdict.as_ref().map(|v| v.summary.clone()),
+                },
+            );
+        }
+    }
+    for f in &mut snap.flows {
+        f.alert = by_flow.remove(&f.id);
+    }
+}
+
+/// Asks the monitor of the flow's other node for its view of the same flow.
+async fn ask_peer(ip: std::net::IpAddr, port: u16, f: &crate::flows::Flow) -> PeerView {
+    let url = format!("http://{}/api/v1/flows", std::net::SocketAddr::new(ip, port));
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .query(&[("ip", f.src_ip.to_string()), ("protocol", f.protocol.clone())])
+        .timeout(Duration::from_millis(800))
+        .send()
+        .await;
+    let body: Result<crate::client::FlowsResponse, String> = match resp {
+        Ok(r) if r.status().is_success() => r.json().await.map_err(|e| e.to_string()),
+        Ok(r) => Err(format!("{url}: {}", r.status())),
+        Err(e) => Err(format!("{url}: {e}")),
+    };
+    match body {
+        Ok(b) => PeerView::Seen(b.flows.into_iter().find(|p| p.id == f.id).map(Box::new)),
+        Err(e) => PeerView::Unreachable(e),
+    }
+}
+
+/// The name of the network namespace this process runs in, if it is one of `ip netns`'s
+/// (the lab): commands for operators must then run inside it.
+fn netns_name() -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = std::fs::metadata("/proc/self/ns/net").ok()?.ino();
+    std::fs::read_dir("/var/run/netns")
+        .ok()?
+        .flatten()
+        .find_map(|e| (e.metadata().ok()?.ino() == me).then(|| e.file_name().to_string_lossy().into_owned()))
+}
+
+/// How to phrase commands for this node's OVS/OVN (see `CommandContext`).
+fn command_context(cfg: &RunConfig) -> CommandContext {
+    let br_int = match &cfg.ovsdb {
+        Some(ovsdb::Address::Unix(p))
+            if p != std::path::Path::new("/var/run/openvswitch/db.sock")
+                && p != std::path::Path::new("/run/openvswitch/db.sock") =>
+        {
+            p.parent().map(|d| format!("unix:{}/br-int.mgmt", d.display())).unwrap_or_else(|| "br-int".into())
+        }
+        _ => "br-int".into(),
+    };
+    CommandContext {
+        ovn_sb: cfg.ovn_sb.as_ref().map(|a| a.to_string()),
+        br_int,
+        netns: netns_name(),
+        logical_switch: "ovn-default".into(),
     }
 }
 
@@ -183,7 +321,8 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     let shared: Shared =
         Arc::new(RwLock::new(Snapshot { node: cfg.node_name.clone(), ..Default::default() }));
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let server = tokio::spawn(api::serve(listener, shared.clone(), async move {
+    let exporter = crate::export::Exporter::new(cfg.metrics);
+    let server = tokio::spawn(api::serve(listener, shared.clone(), exporter.metrics(), async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
     let (link_tx, mut link_rx) = mpsc::channel(1024);
@@ -199,8 +338,24 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     );
     let inventory = Arc::new(RwLock::new(Inventory::new(&cfg.node_name)));
     spawn_inventory(&cfg, inventory.clone());
+    // Kubernetes API source: off when there is no API to talk to; only an explicit
+    // --kubeconfig that cannot be used stops the daemon.
+    if let Some(client) = kube_source::connect(&cfg.kubernetes).await? {
+        tokio::spawn(kube_source::feed(client, inventory.clone()));
+    }
     let table = FlowTable::new(cfg.flow_idle_timeout, cfg.flow_retention);
-    let mut d = Daemon { cfg: cfg.clone(), selector, capture, table, shared, inventory: inventory.clone() };
+    let mut d = Daemon {
+        cfg: cfg.clone(),
+        selector,
+        capture,
+        table,
+        shared,
+        inventory: inventory.clone(),
+        exporter,
+        detector: Detector::new(&cfg.node_name, cfg.detector.clone()),
+        verdict_at: std::collections::HashMap::new(),
+        commands: command_context(&cfg),
+    };
     let mut tick = tokio::time::interval(cfg.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let signal = shutdown_signal();
@@ -211,7 +366,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                 Some(ev) => d.on_link(ev),
                 None => break Err(anyhow::anyhow!("interface watcher stopped: {:?}", watcher.await)),
             },
-            _ = tick.tick() => d.poll(),
+            _ = tick.tick() => d.poll().await,
             sig = &mut signal => {
                 log::info!("{sig}: detaching and exiting");
                 break Ok(());

@@ -78,3 +78,884 @@ pub struct Verdict {
     pub summary: String,
     pub next_commands: Vec<String>,
 }
+
+/// Thresholds of the detectors (flags of `kovn-monitor run`).
+#[derive(Clone, Debug)]
+pub struct DetectorConfig {
+    /// A request unanswered this long is a finding (TCP SYN, echo, UDP request).
+    pub reply_timeout: std::time::Duration,
+    /// A firing finding with no new failing request for this long resolves by itself.
+    pub resolve_after: std::time::Duration,
+    /// Resolved findings stay visible this long.
+    pub retention: std::time::Duration,
+    /// UDP destination ports where one-way traffic is expected (syslog, statsd, ...).
+    pub udp_oneway_ports: Vec<u16>,
+    /// The path MTU of pod traffic (the pod veths' MTU): requests larger than the answered
+    /// ones and above this fraction of it point at an MTU black hole.
+    pub pod_mtu: Option<u32>,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            reply_timeout: std::time::Duration::from_secs(3),
+            resolve_after: std::time::Duration::from_secs(30),
+            retention: std::time::Duration::from_secs(600),
+            udp_oneway_ports: Vec::new(),
+            pod_mtu: None,
+        }
+    }
+}
+
+use std::collections::{BTreeMap, HashMap};
+
+use time::OffsetDateTime;
+
+use crate::flows::Flow;
+
+fn parse_time(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// A stable name for one end: `ns/pod`, or the IP.
+fn who(e: Option<&Endpoint>, ip: std::net::IpAddr) -> String {
+    match e {
+        Some(Endpoint { namespace: Some(ns), pod: Some(p), .. }) => format!("{ns}/{p}"),
+        _ => ip.to_string(),
+    }
+}
+
+fn alert_id(kind: &str, src: &str, dst: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in kind.bytes().chain([0]).chain(src.bytes()).chain([0]).chain(dst.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Is this node the one that reports on `f`? The initiator's node does (it sees the request
+/// leave); for initiators that are not pods of any node, the destination's node does. So a
+/// cluster of monitors raises each finding once.
+fn reported_here(f: &Flow, node: &str) -> bool {
+    let src_node = f.src.as_ref().and_then(|e| e.node.as_deref());
+    let dst_node = f.dst.as_ref().and_then(|e| e.node.as_deref());
+    match src_node {
+        Some(n) => n == node,
+        None => dst_node.is_none_or(|n| n == node),
+    }
+}
+
+/// One pair's failing and answered flows in this round.
+#[derive(Default)]
+struct PairRound<'a> {
+    failing: Vec<&'a Flow>,
+    answered: Vec<&'a Flow>,
+    refused: Vec<&'a Flow>,
+}
+
+struct Tracked {
+    alert: Alert,
+    last_failure: OffsetDateTime,
+}
+
+/// The detectors' state across polls: findings by id.
+pub struct Detector {
+    cfg: DetectorConfig,
+    node: String,
+    tracked: BTreeMap<String, Tracked>,
+}
+
+impl Detector {
+    pub fn new(node: &str, cfg: DetectorConfig) -> Self {
+        Self { cfg, node: node.to_string(), tracked: BTreeMap::new() }
+    }
+
+    pub fn config(&self) -> &DetectorConfig {
+        &self.cfg
+    }
+
+    /// Runs every detector over the current flows; returns the findings (firing first).
+    pub fn evaluate(&mut self, flows: &[Flow], now: OffsetDateTime) -> Vec<Alert> {
+        let timeout = time::Duration::try_from(self.cfg.reply_timeout).unwrap_or(time::Duration::seconds(3));
+        let mut pairs: HashMap<(String, String), PairRound> = HashMap::new();
+        // Pod traffic only: the node's own connections on its NIC (API server, SSH, scrapes)
+        // are not what kovn watches over.
+        let is_pod = |e: &Option<Endpoint>| e.as_ref().is_some_and(|e| e.kind == "pod");
+        for f in flows.iter().filter(|f| reported_here(f, &self.node) && (is_pod(&f.src) || is_pod(&f.dst))) {
+            if f.protocol == "udp" && self.cfg.udp_oneway_ports.contains(&f.dst_port) {
+                continue;
+            }
+            let key = (who(f.src.as_ref(), f.src_ip), who(f.dst.as_ref(), f.dst_ip));
+            let round = pairs.entry(key).or_default();
+            if f.state == "reset" && f.replies == 0 && f.rst_rev > 0 {
+                round.refused.push(f);
+            } else if f.requests_unanswered > 0
+                && f.replies == 0
+                && f.packets_rev == 0
+                && parse_time(&f.first_seen).is_some_and(|t| now - t >= timeout)
+            {
+                round.failing.push(f);
+            } else if f.replies > 0 || f.packets_rev > 0 {
+                round.answered.push(f);
+            }
+        }
+        // A failure followed by an answered exchange of the same pair, with packets at least
+        // about as large, is history: the path works again for such packets (this also
+        // absorbs replies missed while attaching). Smaller answered packets do not count: that
+        // is the MTU black hole.
+        let avg = |f: &Flow| f.bytes_fwd.checked_div(f.packets_fwd).unwrap_or(0);
+        for round in pairs.values_mut() {
+            let answered: Vec<(OffsetDateTime, u64)> =
+                round.answered.iter().filter_map(|f| Some((parse_time(&f.first_seen)?, avg(f)))).collect();
+            let current = |f: &&Flow| {
+                let (Some(last), size) = (parse_time(&f.last_seen), avg(f)) else { return true };
+                !answered.iter().any(|(start, ok_size)| *start > last && ok_size * 5 >= size * 4)
+            };
+            round.failing.retain(current);
+            round.refused.retain(current);
+        }
+        // Cross-node pairs failing towards a node while its other pairs and same-node traffic
+        // work point at the tunnel: counted per remote node.
+        // Only answers during the failures count against the tunnel: flows answered before it
+        // broke are history.
+        let failing_since =
+            pairs.values().flat_map(|r| r.failing.iter()).filter_map(|f| parse_time(&f.first_seen)).min();
+        let mut by_remote: HashMap<String, (usize, usize)> = HashMap::new();
+        for round in pairs.values() {
+            let concurrent = |f: &&&Flow| {
+                failing_since.is_some_and(|since| parse_time(&f.last_seen).is_some_and(|t| t >= since))
+            };
+            for (f, failed) in round
+                .failing
+                .iter()
+                .map(|f| (f, true))
+                .chain(round.answered.iter().filter(concurrent).map(|f| (f, false)))
+            {
+                if f.scenario == "pod_to_pod_cross_node"
+                    && let Some(n) = f.tunnel.as_ref().and_then(|t| t.remote_node.clone())
+                {
+                    let e = by_remote.entry(n).or_default();
+                    if failed { e.0 += 1 } else { e.1 += 1 }
+                }
+            }
+        }
+        let same_node_ok =
+            pairs.values().any(|r| r.answered.iter().any(|f| f.scenario == "pod_to_pod_same_node"));
+        let mut seen_now = Vec::new();
+        // Tunnel findings are per node pair: every pod pair failing towards that node is one
+        // problem of the tunnel, raised once below.
+        let mut tunnel_failing: BTreeMap<String, Vec<&Flow>> = BTreeMap::new();
+        for ((src, dst), round) in &pairs {
+            if !round.refused.is_empty() {
+                seen_now.push(self.raise(
+                    KIND_CONNECTION_REFUSED,
+                    src,
+                    dst,
+                    &round.refused,
+                    &round.answered,
+                    now,
+                ));
+            }
+            if round.failing.is_empty() {
+                continue;
+            }
+            let mtu_hole = self.mtu_black_hole(&round.failing, &round.answered);
+            let kind = if mtu_hole.is_some() {
+                KIND_MTU
+            } else if round.failing.iter().all(|f| f.scenario == "pod_to_pod_cross_node")
+                && same_node_ok
+                && round
+                    .failing
+                    .iter()
+                    .filter_map(|f| f.tunnel.as_ref()?.remote_node.clone())
+                    .any(|n| by_remote.get(&n).is_some_and(|(fail, ok)| *fail >= 2 && *ok == 0))
+            {
+                KIND_TUNNEL
+            } else {
+                KIND_REQUEST_WITHOUT_REPLY
+            };
+            if kind == KIND_TUNNEL {
+                self.supersede(src, dst, KIND_TUNNEL);
+                for f in &round.failing {
+                    if let Some(n) = f.tunnel.as_ref().and_then(|t| t.remote_node.clone()) {
+                        tunnel_failing.entry(n).or_default().push(f);
+                    }
+                }
+                continue;
+            }
+            let id = self.raise(kind, src, dst, &round.failing, &round.answered, now);
+            self.supersede(src, dst, kind);
+            if let (Some((big, mtu)), Some(t)) = (mtu_hole, self.tracked.get_mut(&id)) {
+                t.alert.evidence.max_request_bytes = Some(big);
+                t.alert.evidence.path_mtu = mtu;
+            }
+            seen_now.push(id);
+        }
+        let local = self.node.clone();
+        for (remote, failing) in &tunnel_failing {
+            seen_now.push(self.raise(KIND_TUNNEL, &local, remote, failing, &[], now));
+        }
+        // A pair that works again resolves its findings; quiet ones resolve after a while.
+        let resolve_after =
+            time::Duration::try_from(self.cfg.resolve_after).unwrap_or(time::Duration::seconds(30));
+        for (id, t) in self.tracked.iter_mut() {
+            if t.alert.state != "firing" || seen_now.contains(id) {
+                continue;
+            }
+            let healed = pairs
+                .get(&(t.alert_src(), t.alert_dst()))
+                .is_some_and(|r| !r.answered.is_empty() && r.failing.is_empty());
+            if healed || now - t.last_failure >= resolve_after {
+                t.alert.state = "resolved".into();
+                t.alert.resolved_at = Some(rfc3339(now));
+            }
+        }
+        let retention = time::Duration::try_from(self.cfg.retention).unwrap_or(time::Duration::minutes(10));
+        self.tracked.retain(|_, t| {
+            t.alert.state == "firing"
+                || t.alert.resolved_at.as_deref().and_then(parse_time).is_none_or(|r| now - r < retention)
+        });
+        let mut out: Vec<Alert> = self.tracked.values().map(|t| t.alert.clone()).collect();
+        out.sort_by(|a, b| {
+            (a.state != "firing").cmp(&(b.state != "firing")).then(b.last_seen.cmp(&a.last_seen))
+        });
+        out
+    }
+
+    /// Large requests unanswered while smaller ones of the same pair are answered: the MTU
+    /// black hole of the seeds (big packets die in the overlay, small ones pass).
+    fn mtu_black_hole(&self, failing: &[&Flow], answered: &[&Flow]) -> Option<(u64, Option<u32>)> {
+        let avg = |f: &Flow| f.bytes_fwd.checked_div(f.packets_fwd).unwrap_or(0);
+        let biggest_failing = failing.iter().map(|f| avg(f)).max()?;
+        let biggest_answered = answered.iter().map(|f| avg(f)).max()?;
+        let threshold = self.cfg.pod_mtu.map_or(1200, |m| u64::from(m) * 3 / 4);
+        (biggest_failing >= threshold && biggest_failing > biggest_answered * 2)
+            .then_some((biggest_failing, self.cfg.pod_mtu))
+    }
+
+    fn raise(
+        &mut self,
+        kind: &str,
+        src: &str,
+        dst: &str,
+        failing: &[&Flow],
+        answered: &[&Flow],
+        now: OffsetDateTime,
+    ) -> String {
+        let id = alert_id(kind, src, dst);
+        let first = failing[0];
+        let evidence = Evidence {
+            requests: failing.iter().map(|f| u64::from(f.requests)).sum(),
+            requests_unanswered: failing.iter().map(|f| u64::from(f.requests_unanswered)).sum(),
+            replies: failing.iter().map(|f| u64::from(f.replies)).sum(),
+            rst: (kind == KIND_CONNECTION_REFUSED)
+                .then(|| failing.iter().map(|f| u64::from(f.rst_rev)).sum()),
+            max_request_bytes: None,
+            path_mtu: None,
+            answered_flows: Some(answered.len() as u64),
+            seen_at: {
+                let mut v: Vec<String> = failing
+                    .iter()
+                    .flat_map(|f| f.interfaces.iter())
+                    .map(|i| format!("{}/{} ({})", i.name, i.direction, i.flow_direction))
+                    .collect();
+                v.sort();
+                v.dedup();
+                v
+            },
+        };
+        let protocols: Vec<&str> = {
+            let mut p: Vec<&str> = failing.iter().map(|f| f.protocol.as_str()).collect();
+            p.sort();
+            p.dedup();
+            p
+        };
+        let summary = match kind {
+            KIND_CONNECTION_REFUSED => format!("{src} -> {dst}:{}: connection refused (RST)", first.dst_port),
+            KIND_MTU => {
+                format!("{src} -> {dst}: large packets get no reply while small ones do (MTU black hole)")
+            }
+            KIND_TUNNEL => format!(
+                "{src} -> {dst}: cross-node requests of {} pod pair(s) towards {dst} unanswered while same-node traffic works",
+                {
+                    let mut p: Vec<String> = failing
+                        .iter()
+                        .map(|f| {
+                            format!("{}>{}", who(f.src.as_ref(), f.src_ip), who(f.dst.as_ref(), f.dst_ip))
+                        })
+                        .collect();
+                    p.sort();
+                    p.dedup();
+                    p.len()
+                }
+            ),
+            _ => format!(
+                "{src} -> {dst}: {} request(s) without reply ({})",
+                evidence.requests_unanswered,
+                protocols.join(", ")
+            ),
+        };
+        let first_seen = failing.iter().map(|f| f.first_seen.clone()).min().unwrap_or_default();
+        let entry = self.tracked.entry(id.clone()).or_insert_with(|| Tracked {
+            alert: Alert {
+                id: id.clone(),
+                kind: kind.to_string(),
+                state: "firing".into(),
+                severity: if kind == KIND_CONNECTION_REFUSED { "warning" } else { "critical" }.into(),
+                node: String::new(),
+                scenario: first.scenario.clone(),
+                protocol: String::new(),
+                src_ip: first.src_ip,
+                dst_ip: first.dst_ip,
+                dst_port: None,
+                src: first.src.clone(),
+                dst: first.dst.clone(),
+                remote_node: None,
+                first_seen: first_seen.clone(),
+                last_seen: String::new(),
+                resolved_at: None,
+                summary: String::new(),
+                evidence: Evidence::default(),
+                verdict: None,
+                flows: Vec::new(),
+            },
+            last_failure: now,
+        });
+        let a = &mut entry.alert;
+        if a.state != "firing" {
+            // The same problem again: a new episode of the same alert.
+            a.state = "firing".into();
+            a.resolved_at = None;
+            a.first_seen = first_seen;
+            a.verdict = None;
+        }
+        a.node = self.node.clone();
+        a.protocol = protocols.join(",");
+        a.dst_port = (first.protocol != "icmp" && first.protocol != "icmpv6").then_some(first.dst_port);
+        a.remote_node = first.tunnel.as_ref().and_then(|t| t.remote_node.clone());
+        a.last_seen = failing.iter().map(|f| f.last_seen.clone()).max().unwrap_or_default();
+        a.summary = summary;
+        a.evidence = evidence;
+        a.flows = failing.iter().map(|f| f.id.clone()).collect();
+        entry.last_failure = now;
+        id
+    }
+
+    /// A pair's failure seen as one kind earlier (e.g. before the small answered pings or the
+    /// second failing pair arrived) and now understood as `kind`: the earlier finding was the
+    /// same problem, so it goes rather than fire twice.
+    fn supersede(&mut self, src: &str, dst: &str, kind: &str) {
+        for k in [KIND_REQUEST_WITHOUT_REPLY, KIND_MTU] {
+            if k != kind {
+                let id = alert_id(k, src, dst);
+                if self.tracked.get(&id).is_some_and(|t| t.alert.state == "firing") {
+                    self.tracked.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Sets the verdict of a finding (computed by `verdict`, possibly with the peer's view).
+    pub fn set_verdict(&mut self, id: &str, v: Verdict) {
+        if let Some(t) = self.tracked.get_mut(id) {
+            t.alert.verdict = Some(v);
+        }
+    }
+}
+
+impl Tracked {
+    fn alert_src(&self) -> String {
+        who(self.alert.src.as_ref(), self.alert.src_ip)
+    }
+    fn alert_dst(&self) -> String {
+        who(self.alert.dst.as_ref(), self.alert.dst_ip)
+    }
+}
+
+/// How to phrase the next commands on this node: where OVN's southbound is, how to reach
+/// br-int, and whether the monitor runs in a named network namespace (the lab).
+#[derive(Clone, Debug, Default)]
+pub struct CommandContext {
+    /// `ovn-trace --db=...` argument, when the southbound is known.
+    pub ovn_sb: Option<String>,
+    /// The OpenFlow target of br-int: `br-int`, or `unix:<rundir>/br-int.mgmt`.
+    pub br_int: String,
+    /// `ip netns exec <name>` prefix when this monitor runs in a named namespace.
+    pub netns: Option<String>,
+    /// The logical switch pods sit on (Kube-OVN's default subnet: `ovn-default`).
+    pub logical_switch: String,
+}
+
+/// What the destination's node saw of the same flow (from its monitor's API).
+#[derive(Clone, Debug)]
+pub enum PeerView {
+    /// The peer answered: the flow as it saw it, if it saw it at all.
+    Seen(Option<Box<Flow>>),
+    /// The peer's monitor could not be asked (with why).
+    Unreachable(String),
+}
+
+/// Per-endpoint facts the commands need (from the inventory).
+#[derive(Clone, Debug, Default)]
+pub struct EndpointFacts {
+    pub mac: Option<String>,
+    pub host_iface: Option<String>,
+}
+
+fn seen(f: &Flow, kind: &str, direction: &str, flow_direction: &str) -> bool {
+    f.interfaces
+        .iter()
+        .any(|i| i.kind == kind && i.direction == direction && i.flow_direction == flow_direction)
+}
+
+fn iface_of<'a>(f: &'a Flow, kind: &str, direction: &str, flow_direction: &str) -> Option<&'a str> {
+    f.interfaces
+        .iter()
+        .find(|i| i.kind == kind && i.direction == direction && i.flow_direction == flow_direction)
+        .map(|i| i.name.as_str())
+}
+
+fn l4_match(f: &Flow) -> String {
+    match f.protocol.as_str() {
+        "tcp" => format!(" && tcp && tcp.dst == {}", f.dst_port),
+        "udp" => format!(" && udp && udp.dst == {}", f.dst_port),
+        "icmp" => " && icmp4 && icmp4.type == 8".into(),
+        _ => String::new(),
+    }
+}
+
+/// The seeds' next steps for this flow: ovn-trace with the observed packet, the br-int flows
+/// for the destination, tcpdump on the named veth, the policies.
+pub fn next_commands(
+    a: &Alert,
+    f: &Flow,
+    ctx: &CommandContext,
+    src: &EndpointFacts,
+    dst: &EndpointFacts,
+) -> Vec<String> {
+    let prefix = ctx.netns.as_ref().map(|n| format!("ip netns exec {n} ")).unwrap_or_default();
+    let mut cmds = Vec::new();
+    if let (Some(Endpoint { namespace: Some(ns), pod: Some(pod), .. }), true) = (&a.src, f.src_ip.is_ipv4()) {
+        let mut m = format!("inport == \"{pod}.{ns}\"");
+        if let Some(mac) = &src.mac {
+            m.push_str(&format!(" && eth.src == {mac}"));
+        }
+        if let Some(mac) = &dst.mac {
+            m.push_str(&format!(" && eth.dst == {mac}"));
+        }
+        m.push_str(&format!(
+            " && ip4.src == {} && ip4.dst == {} && ip.ttl == 64{}",
+            f.src_ip,
+            f.dst_ip,
+            l4_match(f)
+        ));
+        let db = ctx.ovn_sb.as_ref().map(|d| format!(" --db={d}")).unwrap_or_default();
+        cmds.push(format!("ovn-trace{db} {} '{m}'", ctx.logical_switch));
+        let port = if f.protocol == "icmp" { String::new() } else { format!(" {}", f.dst_port) };
+        cmds.push(format!("kubectl ko trace {ns}/{pod} {} {}{port}", f.dst_ip, f.protocol));
+    }
+    cmds.push(format!("{prefix}ovs-ofctl dump-flows {} ip,nw_dst={}", ctx.br_int, f.dst_ip));
+    let veth = dst.host_iface.clone().or_else(|| src.host_iface.clone());
+    if let Some(v) = veth {
+        cmds.push(format!("{prefix}tcpdump -nn -i {v} host {} and host {}", f.src_ip, f.dst_ip));
+    }
+    if let Some(Endpoint { namespace: Some(ns), .. }) = &a.dst {
+        cmds.push(format!("kubectl get networkpolicy -n {ns}"));
+    }
+    cmds
+}
+
+/// Where the requests of a finding stop, from this node's observation points and, for
+/// cross-node flows, what the destination's node saw.
+/// `underlay_watched`: this node watches its NIC as the underlay, so a cross-node request
+/// that was never seen leaving through it never left the node.
+pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: bool) -> (String, String) {
+    let src = who(a.src.as_ref(), a.src_ip);
+    let dst = who(a.dst.as_ref(), a.dst_ip);
+    let node = &a.node;
+    let remote =
+        f.tunnel.as_ref().and_then(|t| t.remote_node.clone()).unwrap_or_else(|| "the other node".into());
+    let hop = |h: &str, s: String| (h.to_string(), s);
+    match a.kind.as_str() {
+        KIND_CONNECTION_REFUSED => {
+            return hop(
+                "refused_by_destination",
+                format!(
+                    "{dst} answered port {} with a TCP reset: nothing listens there, or a firewall rejects",
+                    f.dst_port
+                ),
+            );
+        }
+        KIND_MTU => {
+            let mtu = a.evidence.path_mtu.map(|m| format!(" ({m})")).unwrap_or_default();
+            return hop(
+                "lost_in_tunnel",
+                format!(
+                    "packets of {} bytes from {src} get no answer while smaller ones do: larger than the overlay path MTU{mtu}; compare the pod MTU with the underlay MTU minus the tunnel overhead (Geneve 100)",
+                    a.evidence.max_request_bytes.unwrap_or_default()
+                ),
+            );
+        }
+        _ => {}
+    }
+    let delivered_here = seen(f, "pod", "egress", "fwd");
+    if f.scenario != "pod_to_pod_cross_node" {
+        return if delivered_here {
+            let v = iface_of(f, "pod", "egress", "fwd").unwrap_or("its veth");
+            hop(
+                "no_reply_from_destination",
+                format!(
+                    "the request reached {dst} ({v} on {node}); no reply came back: {dst} itself (application, firewall) or its policy"
+                ),
+            )
+        } else if f.dst.as_ref().is_some_and(|d| d.kind == "pod" && d.node.as_deref() == Some(node.as_str()))
+        {
+            hop(
+                "lost_before_destination_pod",
+                format!(
+                    "the request left {src} but never reached {dst}'s veth on {node}: dropped in OVS br-int on {node} (ACL/NetworkPolicy, flow tables)"
+                ),
+            )
+        } else {
+            hop("unknown", format!("the request left {src} on {node}; no reply came back"))
+        };
+    }
+    if underlay_watched && !seen(f, "underlay", "egress", "fwd") {
+        return hop(
+            "never_left_source",
+            format!(
+                "the request from {src} never left {node} for {remote}: dropped on {node} before the wire, in OVS br-int (ACL/NetworkPolicy, flow tables) or by the node's own firewall on its NIC"
+            ),
+        );
+    }
+    let left = if underlay_watched {
+        format!("left {node} in the tunnel to {remote}")
+    } else {
+        format!("left {src} on {node}")
+    };
+    match peer {
+        Some(PeerView::Seen(Some(pf))) => {
+            if pf.packets_rev > 0 {
+                hop(
+                    "lost_in_tunnel",
+                    format!(
+                        "the request {left} and {dst} on {remote} replied, but the reply never came back: loss between {remote} and {node} (tunnel, underlay)"
+                    ),
+                )
+            } else if seen(pf, "pod", "egress", "fwd") {
+                hop(
+                    "no_reply_from_destination",
+                    format!(
+                        "the request {left} and reached {dst} on {remote}; no reply: {dst} itself (application, firewall) or its policy"
+                    ),
+                )
+            } else {
+                hop(
+                    "lost_before_destination_pod",
+                    format!(
+                        "the request {left} and arrived on {remote}, but was not delivered to {dst}: dropped in OVS br-int on {remote} (ACL/NetworkPolicy, flow tables)"
+                    ),
+                )
+            }
+        }
+        Some(PeerView::Seen(None)) => hop(
+            "lost_in_tunnel",
+            format!(
+                "the request {left}; it never arrived on {remote}: loss in the underlay or tunnel between {node} and {remote}"
+            ),
+        ),
+        Some(PeerView::Unreachable(why)) => hop(
+            "unknown",
+            format!(
+                "the request {left}; {remote}'s monitor could not be asked ({why}): check the tunnel and {dst} there"
+            ),
+        ),
+        None => hop("unknown", format!("the request {left}; no reply came back")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const T0: &str = "2026-01-01T00:00:00Z";
+
+    fn at(secs: i64) -> OffsetDateTime {
+        parse_time(T0).expect("valid") + time::Duration::seconds(secs)
+    }
+
+    fn pod(ns: &str, name: &str, node: &str) -> serde_json::Value {
+        json!({"kind": "pod", "namespace": ns, "pod": name, "node": node})
+    }
+
+    /// A flow as the API shows it; `fwd`/`rev` packets, requests/replies, scenario, ends.
+    #[allow(clippy::too_many_arguments)]
+    fn flow(
+        id: &str,
+        proto: &str,
+        dport: u16,
+        (req, rep, rev): (u32, u32, u64),
+        scenario: &str,
+        src: serde_json::Value,
+        dst: serde_json::Value,
+        ifaces: serde_json::Value,
+    ) -> Flow {
+        serde_json::from_value(json!({
+            "id": id, "src_ip": "10.16.0.2", "dst_ip": "10.16.0.5", "src_port": 40000, "dst_port": dport,
+            "protocol": proto, "ip_proto": 6, "packets_fwd": req.max(1), "bytes_fwd": 60 * u64::from(req.max(1)),
+            "packets_rev": rev, "bytes_rev": 60 * rev, "first_seen": T0, "last_seen": T0,
+            "state": if rep > 0 { "answered" } else { "unanswered" }, "requests": req, "replies": rep,
+            "requests_unanswered": if rep > 0 { 0 } else { req }, "rst_fwd": 0, "rst_rev": 0,
+            "tcp_flags_fwd": "SYN", "tcp_flags_rev": "", "initiator_guessed": false, "fragment": false,
+            "interfaces": ifaces, "scenario": scenario, "src": src, "dst": dst,
+            "tunnel": if scenario == "pod_to_pod_cross_node" { json!({"remote_node": "node2", "remote_ip": "172.31.250.12"}) } else { json!(null) }
+        }))
+        .expect("valid flow")
+    }
+
+    fn iface(kind: &str, dir: &str, fdir: &str) -> serde_json::Value {
+        json!({"name": format!("{kind}-{dir}"), "ifindex": 3, "direction": dir, "kind": kind, "flow_direction": fdir, "packets": 1})
+    }
+
+    fn cross(id: &str, (req, rep, rev): (u32, u32, u64), dst: &str) -> Flow {
+        flow(
+            id,
+            "tcp",
+            8080,
+            (req, rep, rev),
+            "pod_to_pod_cross_node",
+            pod("default", "web-1", "node1"),
+            pod("shop", dst, "node2"),
+            json!([iface("pod", "ingress", "fwd"), iface("underlay", "egress", "fwd")]),
+        )
+    }
+
+    fn same(id: &str, (req, rep, rev): (u32, u32, u64), dst: &str, delivered: bool) -> Flow {
+        let mut i = vec![iface("pod", "ingress", "fwd")];
+        if delivered {
+            i.push(iface("pod", "egress", "fwd"));
+        }
+        flow(
+            id,
+            "tcp",
+            8080,
+            (req, rep, rev),
+            "pod_to_pod_same_node",
+            pod("default", "web-1", "node1"),
+            pod("shop", dst, "node1"),
+            json!(i),
+        )
+    }
+
+    fn detector() -> Detector {
+        Detector::new("node1", DetectorConfig::default())
+    }
+
+    #[test]
+    fn unanswered_requests_fire_after_the_timeout_once_per_pair() {
+        let mut d = detector();
+        let flows = vec![cross("a", (3, 0, 0), "db-2"), cross("b", (2, 0, 0), "db-2")];
+        assert!(d.evaluate(&flows, at(1)).is_empty(), "younger than the 3 s reply timeout");
+        let alerts = d.evaluate(&flows, at(4));
+        assert_eq!(alerts.len(), 1, "one finding for the pair, not one per flow: {alerts:#?}");
+        let a = &alerts[0];
+        assert_eq!(
+            (a.kind.as_str(), a.state.as_str(), a.scenario.as_str()),
+            ("request_without_reply", "firing", "pod_to_pod_cross_node")
+        );
+        assert_eq!((a.evidence.requests_unanswered, a.flows.len()), (5, 2));
+        assert_eq!(a.summary, "default/web-1 -> shop/db-2: 5 request(s) without reply (tcp)");
+        let again = d.evaluate(&flows, at(6));
+        assert_eq!(
+            (again.len(), again[0].id.as_str()),
+            (1, a.id.as_str()),
+            "the same finding, not a new one"
+        );
+    }
+
+    #[test]
+    fn findings_resolve_when_the_pair_works_again() {
+        let mut d = detector();
+        d.evaluate(&[same("a", (2, 0, 0), "db-1", false)], at(5));
+        let healed = d.evaluate(&[same("b", (1, 1, 3), "db-1", true)], at(8));
+        assert_eq!(healed[0].state, "resolved");
+        assert!(healed[0].resolved_at.is_some());
+        // Quiet findings resolve after resolve_after (30 s) too.
+        let mut d = detector();
+        d.evaluate(&[same("a", (2, 0, 0), "db-1", false)], at(5));
+        assert_eq!(d.evaluate(&[], at(20))[0].state, "firing");
+        assert_eq!(d.evaluate(&[], at(40))[0].state, "resolved");
+        assert!(d.evaluate(&[], at(40 + 601)).is_empty(), "dropped after the retention time");
+    }
+
+    #[test]
+    fn stale_failures_and_non_pod_traffic_are_not_findings() {
+        let mut d = detector();
+        let mut old = same("old", (1, 0, 0), "db-1", true);
+        old.last_seen = "2026-01-01T00:00:01Z".into();
+        let mut newer = same("new", (1, 1, 4), "db-1", true);
+        newer.first_seen = "2026-01-01T00:00:02Z".into();
+        assert!(d.evaluate(&[old.clone(), newer.clone()], at(10)).is_empty(), "the pair works again");
+        let mut big = old.clone();
+        big.bytes_fwd = 1500;
+        assert_eq!(d.evaluate(&[big, newer], at(10)).len(), 1, "small answers do not excuse big failures");
+        let mut node_traffic = old;
+        node_traffic.src = Some(serde_json::from_value(json!({"kind": "external"})).expect("endpoint"));
+        node_traffic.dst =
+            Some(serde_json::from_value(json!({"kind": "node", "node": "node1"})).expect("endpoint"));
+        assert!(detector().evaluate(&[node_traffic], at(10)).is_empty());
+    }
+
+    #[test]
+    fn only_the_initiators_node_reports() {
+        let mut d = Detector::new("node2", DetectorConfig::default());
+        assert!(d.evaluate(&[cross("a", (3, 0, 0), "db-2")], at(10)).is_empty());
+    }
+
+    #[test]
+    fn refused_connections_are_their_own_kind() {
+        let mut d = detector();
+        let mut f = same("a", (1, 0, 1), "db-1", true);
+        f.state = "reset".into();
+        f.rst_rev = 1;
+        f.requests_unanswered = 0;
+        let a = d.evaluate(&[f.clone()], at(1));
+        assert_eq!(
+            (a.len(), a[0].kind.as_str(), a[0].severity.as_str()),
+            (1, "connection_refused", "warning")
+        );
+        let (hop, _) = verdict(&a[0], &f, None, true);
+        assert_eq!(hop, "refused_by_destination");
+    }
+
+    #[test]
+    fn big_unanswered_small_answered_is_an_mtu_black_hole() {
+        let mut d = Detector::new("node1", DetectorConfig { pod_mtu: Some(1400), ..Default::default() });
+        let mut big = cross("big", (3, 0, 0), "db-2");
+        big.protocol = "icmp".into();
+        big.bytes_fwd = 3 * 1500;
+        let mut small = cross("small", (3, 3, 3), "db-2");
+        small.protocol = "icmp".into();
+        let a = d.evaluate(&[big, small], at(5));
+        assert_eq!(a[0].kind, "mtu");
+        assert_eq!((a[0].evidence.max_request_bytes, a[0].evidence.path_mtu), (Some(1500), Some(1400)));
+    }
+
+    #[test]
+    fn cross_node_failing_towards_one_node_while_same_node_works_is_the_tunnel() {
+        let mut d = detector();
+        let flows = vec![
+            cross("a", (2, 0, 0), "db-2"),
+            cross("b", (2, 0, 0), "cache-2"),
+            same("c", (1, 1, 2), "db-1", true),
+        ];
+        let a = d.evaluate(&flows, at(5));
+        let kinds: Vec<&str> = a.iter().filter(|a| a.state == "firing").map(|a| a.kind.as_str()).collect();
+        assert_eq!(kinds, vec!["tunnel"], "one finding per node pair: {a:#?}");
+        assert_eq!(a[0].remote_node.as_deref(), Some("node2"));
+        assert_eq!(a[0].flows.len(), 2);
+        assert!(
+            a[0].summary.starts_with("node1 -> node2: cross-node requests of 2 pod pair(s)"),
+            "{}",
+            a[0].summary
+        );
+        // The same pair first judged alone, then with a second failing pair: one finding.
+        let mut d = detector();
+        let first = d.evaluate(&[cross("a", (2, 0, 0), "db-2"), same("c", (1, 1, 2), "db-1", true)], at(5));
+        assert_eq!(first[0].kind, "request_without_reply");
+        let later = d.evaluate(&flows, at(6));
+        assert_eq!(later.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>(), vec!["tunnel"], "{later:#?}");
+        // One failing pair alone is not enough to blame the tunnel.
+        let mut d = detector();
+        let a = d.evaluate(&[cross("a", (2, 0, 0), "db-2"), same("c", (1, 1, 2), "db-1", true)], at(5));
+        assert_eq!(a[0].kind, "request_without_reply");
+    }
+
+    #[test]
+    fn one_way_udp_ports_are_not_findings() {
+        let mut d =
+            Detector::new("node1", DetectorConfig { udp_oneway_ports: vec![514], ..Default::default() });
+        let mut f = same("a", (9, 0, 0), "db-1", true);
+        f.protocol = "udp".into();
+        f.dst_port = 514;
+        assert!(d.evaluate(&[f], at(10)).is_empty());
+    }
+
+    #[test]
+    fn verdicts_name_the_hop() {
+        let mut d = detector();
+        let delivered = same("a", (2, 0, 0), "db-1", true);
+        let a = d.evaluate(std::slice::from_ref(&delivered), at(5)).remove(0);
+        assert_eq!(verdict(&a, &delivered, None, true).0, "no_reply_from_destination");
+        let lost = same("b", (2, 0, 0), "db-1", false);
+        assert_eq!(verdict(&a, &lost, None, true).0, "lost_before_destination_pod");
+
+        let x = cross("x", (2, 0, 0), "db-2");
+        let a = d
+            .evaluate(std::slice::from_ref(&x), at(5))
+            .into_iter()
+            .find(|a| a.scenario == "pod_to_pod_cross_node")
+            .expect("cross");
+        let mut stuck = x.clone();
+        stuck.interfaces.retain(|i| i.kind == "pod");
+        stuck.interfaces.push(serde_json::from_value(iface("underlay", "ingress", "rev")).expect("iface"));
+        assert_eq!(verdict(&a, &stuck, None, true).0, "never_left_source");
+        let (hop, summary) = verdict(&a, &x, Some(&PeerView::Seen(None)), true);
+        assert_eq!(hop, "lost_in_tunnel");
+        assert!(summary.contains("never arrived on node2"), "{summary}");
+        let mut at_peer = x.clone();
+        at_peer.interfaces =
+            vec![serde_json::from_value(iface("underlay", "ingress", "fwd")).expect("iface")];
+        assert_eq!(
+            verdict(&a, &x, Some(&PeerView::Seen(Some(Box::new(at_peer.clone())))), true).0,
+            "lost_before_destination_pod"
+        );
+        at_peer.interfaces.push(serde_json::from_value(iface("pod", "egress", "fwd")).expect("iface"));
+        assert_eq!(
+            verdict(&a, &x, Some(&PeerView::Seen(Some(Box::new(at_peer.clone())))), true).0,
+            "no_reply_from_destination"
+        );
+        at_peer.packets_rev = 2;
+        assert_eq!(verdict(&a, &x, Some(&PeerView::Seen(Some(Box::new(at_peer)))), true).0, "lost_in_tunnel");
+        assert_eq!(verdict(&a, &x, Some(&PeerView::Unreachable("timeout".into())), true).0, "unknown");
+    }
+
+    #[test]
+    fn next_commands_carry_the_observed_packet() {
+        let mut d = detector();
+        let f = cross("x", (2, 0, 0), "db-2");
+        let a = d.evaluate(std::slice::from_ref(&f), at(5)).remove(0);
+        let ctx = CommandContext {
+            ovn_sb: Some("unix:/run/kovn-lab/kovn/central/sb.sock".into()),
+            br_int: "unix:/run/kovn-lab/kovn/node1/br-int.mgmt".into(),
+            netns: Some("kovn-node1".into()),
+            logical_switch: "ovn-default".into(),
+        };
+        let src = EndpointFacts {
+            mac: Some("0a:00:00:00:00:01".into()),
+            host_iface: Some("abc000000001_h".into()),
+        };
+        let cmds = next_commands(&a, &f, &ctx, &src, &EndpointFacts::default());
+        assert_eq!(
+            cmds[0],
+            "ovn-trace --db=unix:/run/kovn-lab/kovn/central/sb.sock ovn-default 'inport == \"web-1.default\" && eth.src == 0a:00:00:00:00:01 && ip4.src == 10.16.0.2 && ip4.dst == 10.16.0.5 && ip.ttl == 64 && tcp && tcp.dst == 8080'"
+        );
+        assert_eq!(cmds[1], "kubectl ko trace default/web-1 10.16.0.5 tcp 8080");
+        assert_eq!(
+            cmds[2],
+            "ip netns exec kovn-node1 ovs-ofctl dump-flows unix:/run/kovn-lab/kovn/node1/br-int.mgmt ip,nw_dst=10.16.0.5"
+        );
+        assert!(
+            cmds[3].starts_with("ip netns exec kovn-node1 tcpdump -nn -i abc000000001_h host 10.16.0.2"),
+            "{cmds:?}"
+        );
+        assert_eq!(cmds[4], "kubectl get networkpolicy -n shop");
+    }
+}

@@ -64,6 +64,20 @@ pub struct Flow {
     /// For cross-node flows: the other node and its tunnel endpoint IP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelPeer>,
+    /// The firing finding this flow is evidence of, with its verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<FlowAlert>,
+}
+
+/// A flow's link to a finding (`GET /api/v1/alerts` has the whole finding).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FlowAlert {
+    pub id: String,
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hop: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
 }
 
 fn tunnel_of(t: &TunnelInfo) -> Option<TunnelPeer> {
@@ -291,6 +305,7 @@ impl Flow {
             src: None,
             dst: None,
             tunnel: tunnel_of(&s.tunnel),
+            alert: None,
         }
     }
 

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::kube::{KubeSnapshot, KubeUpdate, PortProto, SubnetInfo};
 use crate::ovsdb::{RESET_PREFIX, Row, Updates, atom_string, map_column, set_column};
 
 /// Tables and columns read from the node's Open_vSwitch database.
@@ -36,7 +37,10 @@ pub struct PodInfo {
     pub host_iface: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
-    /// `ovsdb` (this node) or `ovn-sb`.
+    /// `Kind/name` of the owning workload, from the Kubernetes API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// `ovsdb` (this node), `ovn-sb` or `kubernetes` (known from the API only).
     pub source: String,
 }
 
@@ -87,6 +91,10 @@ pub struct Inventory {
     node_by_ip: HashMap<IpAddr, String>,
     encap_ip_of: HashMap<String, IpAddr>,
     vips: HashMap<(IpAddr, u16, u8), String>,
+    // --- Kubernetes API source (kube.rs): what the API said, and the service index built
+    // from it (ClusterIP, port, proto) -> (namespace, name).
+    kube: KubeSnapshot,
+    kube_services: HashMap<(IpAddr, u16, u8), (String, String)>,
 }
 
 fn split_mac_ips(entry: &str) -> (Option<String>, Vec<IpAddr>) {
@@ -194,6 +202,7 @@ impl Inventory {
                     ips: ips.clone(),
                     host_iface: None,
                     mac,
+                    workload: None,
                     source: "ovn-sb".into(),
                 };
                 for ip in ips {
@@ -218,6 +227,7 @@ impl Inventory {
                 ips: ips.clone(),
                 host_iface: r.get("name").map(atom_string),
                 mac: ids.get("attached-mac").cloned(),
+                workload: None,
                 source: "ovsdb".into(),
             };
             for ip in ips {
@@ -257,6 +267,7 @@ impl Inventory {
                 }
             }
         }
+        self.merge_kube(&mut pods, &mut node_by_ip, &mut encap_ip_of);
         self.pods_by_ip = pods;
         self.node_by_ip = node_by_ip;
         self.encap_ip_of = encap_ip_of;
@@ -286,9 +297,18 @@ impl Inventory {
                 kind: "pod".into(),
                 namespace: Some(p.namespace.clone()),
                 pod: Some(p.name.clone()),
-                workload: None,
+                workload: p.workload.clone(),
                 node: p.node.clone(),
                 service: None,
+            };
+        }
+        // Service names from the API first; OVN's load balancers name only the VIP.
+        if let Some((namespace, name)) = self.kube_services.get(&(ip, port, proto)) {
+            return Endpoint {
+                kind: "service".into(),
+                namespace: Some(namespace.clone()),
+                service: Some(format!("{namespace}/{name}")),
+                ..Default::default()
             };
         }
         if let Some(s) = self.vips.get(&(ip, port, proto)) {
@@ -301,6 +321,79 @@ impl Inventory {
             return Endpoint { kind: "unknown".into(), ..Default::default() };
         }
         Endpoint { kind: "external".into(), ..Default::default() }
+    }
+
+    // --- Kubernetes API source (kube.rs) ---
+
+    /// Applies a batch of changes from the Kubernetes watchers and rebuilds the indexes once.
+    pub fn apply_kube(&mut self, updates: impl IntoIterator<Item = KubeUpdate>) {
+        for u in updates {
+            self.kube.apply(u);
+        }
+        self.rebuild();
+    }
+
+    /// Kube-OVN subnets, by name.
+    pub fn subnets(&self) -> Vec<&SubnetInfo> {
+        self.kube.subnets.values().collect()
+    }
+
+    /// Ready backends of the service `ns/name` (from its EndpointSlices).
+    pub fn service_backends(&self, service: &str) -> Vec<(IpAddr, Vec<PortProto>)> {
+        self.kube.service_backends(service)
+    }
+
+    /// Overlays the API's view on the OVSDB one: workloads for every pod it knows, its node
+    /// names (they are Kubernetes node names, as `--node-name` is), pods OVN does not know
+    /// (yet), node addresses. This node's OVSDB stays authoritative for its own pods.
+    fn merge_kube(
+        &mut self,
+        pods: &mut HashMap<IpAddr, PodInfo>,
+        node_by_ip: &mut HashMap<IpAddr, String>,
+        encap_ip_of: &mut HashMap<String, IpAddr>,
+    ) {
+        for kp in self.kube.pods.values() {
+            for ip in &kp.ips {
+                let info = pods.entry(*ip).or_insert_with(|| PodInfo {
+                    namespace: kp.namespace.clone(),
+                    name: kp.name.clone(),
+                    node: None,
+                    ips: kp.ips.clone(),
+                    host_iface: None,
+                    mac: None,
+                    workload: None,
+                    source: "kubernetes".into(),
+                });
+                // An address OVN still has for another pod: OVN's binding is what carries
+                // traffic, so it keeps the address (the API catches up or OVN does).
+                if info.namespace != kp.namespace || info.name != kp.name {
+                    continue;
+                }
+                info.workload = Some(kp.workload.clone());
+                if info.source != "ovsdb" && kp.node.is_some() {
+                    info.node = kp.node.clone();
+                }
+            }
+        }
+        for node in self.kube.nodes.values() {
+            for ip in &node.internal_ips {
+                node_by_ip.insert(*ip, node.name.clone());
+                // Nodes usually tunnel from their InternalIP: a fallback for tunnel_peer.
+                encap_ip_of.entry(node.name.clone()).or_insert(*ip);
+            }
+        }
+        self.kube_services = self
+            .kube
+            .services
+            .values()
+            .flat_map(|s| {
+                s.cluster_ips.iter().flat_map(move |ip| {
+                    s.ports
+                        .iter()
+                        .map(move |p| ((*ip, p.port, p.proto), (s.namespace.clone(), s.name.clone())))
+                })
+            })
+            .collect();
     }
 
     /// The scenario of the seeds' categories for a flow between these endpoints.

@@ -2,16 +2,19 @@
 //! Kubernetes clusters running Kube-OVN.
 //!
 //! One module per concern: [`capture`] (the eBPF programs and maps), [`interfaces`] (which
-//! interfaces, following them via netlink), [`inventory`] and [`ovsdb`] (who is behind an
-//! address: the node's OVSDB and OVN southbound), [`flows`] (the flow table and its JSON model),
-//! [`api`] (HTTP), [`daemon`] (the `run` loop), [`client`] (the CLI's API client).
+//! interfaces, following them via netlink), [`inventory`], [`ovsdb`] and [`kube`] (who is
+//! behind an address: the node's OVSDB, OVN southbound and the Kubernetes API), [`flows`] (the
+//! flow table and its JSON model), [`api`] (HTTP), [`daemon`] (the `run` loop), [`client`]
+//! (the CLI's API client).
 
 pub mod api;
 pub mod capture;
 pub mod client;
 pub mod daemon;
 pub mod detection;
+pub mod export;
 pub mod flows;
 pub mod interfaces;
 pub mod inventory;
+pub mod kube;
 pub mod ovsdb;

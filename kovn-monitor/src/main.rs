@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use kovn_monitor::{client, daemon, ovsdb};
+use kovn_monitor::{client, daemon, kube, ovsdb};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,11 +29,51 @@ enum Command {
     Run(RunArgs),
     /// Print the flows a running daemon sees.
     Flows(FlowsArgs),
+    /// Print the daemon's findings (firing and recently resolved) with verdicts.
+    Alerts(AlertsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AlertsArgs {
+    /// The daemon's API.
+    #[arg(long, default_value = "http://127.0.0.1:9474", env = "KOVN_ENDPOINT")]
+    endpoint: String,
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+    /// Only findings in this state.
+    #[arg(long, value_parser = ["firing", "resolved"])]
+    state: Option<String>,
+    /// Only findings of this kind.
+    #[arg(long, value_parser = kovn_monitor::api::ALERT_KINDS)]
+    kind: Option<String>,
+    /// Only findings with an end in this namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Only findings with an end in this pod.
+    #[arg(long)]
+    pod: Option<String>,
+}
+
+async fn alerts(args: AlertsArgs) -> Result<()> {
+    let query: Vec<(&str, String)> =
+        [("state", args.state), ("kind", args.kind), ("namespace", args.namespace), ("pod", args.pod)]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+    let resp = client::get_alerts(&args.endpoint, &query).await?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&resp.alerts)?),
+        Output::Table => {
+            print!("{}", client::render_alerts(&resp.alerts));
+            eprintln!("{} findings on {} at {}", resp.count, resp.node, resp.time);
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Address of the HTTP API (/healthz, /api/v1/flows).
+    /// Address of the HTTP API (/healthz, /api/v1/flows, /metrics).
     #[arg(long, default_value = "127.0.0.1:9474", env = "KOVN_LISTEN")]
     listen: SocketAddr,
     /// Name pattern of pod host veths to attach to (glob; repeatable). Kube-OVN: `*_h`.
@@ -59,6 +99,13 @@ struct RunArgs {
     /// counted as lost (kernel counter `map_full`), never evict live ones.
     #[arg(long, default_value_t = 65536)]
     flow_table_size: u32,
+    /// Label /metrics by pod (`src_pod`, `dst_pod`; the pod name stands in for an unknown
+    /// workload): one series per pod pair, for small clusters and debugging only.
+    #[arg(long)]
+    metrics_pod_labels: bool,
+    /// A /metrics label set that no flow or alert maps to any more is removed after this long.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    metrics_series_ttl: Duration,
     /// This node's name (Kubernetes node name; the OVN chassis name). Default: the host name.
     #[arg(long, env = "KOVN_NODE_NAME")]
     node_name: Option<String>,
@@ -66,10 +113,40 @@ struct RunArgs {
     /// (`unix:PATH` or `tcp:HOST:PORT`; `none` to disable).
     #[arg(long, default_value = "unix:/var/run/openvswitch/db.sock", value_parser = parse_ovsdb)]
     ovsdb: OvsdbArg,
+    /// A request (TCP SYN, ICMP echo, UDP request) unanswered this long is a finding.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    reply_timeout: Duration,
+    /// A finding with no new failing request for this long resolves by itself (it also
+    /// resolves as soon as the same pair is answered again).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    alert_resolve_after: Duration,
+    /// How long resolved findings stay in the API.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    alert_retention: Duration,
+    /// A UDP destination port where one-way traffic is expected (no finding for unanswered
+    /// requests to it); repeatable.
+    #[arg(long = "udp-oneway-port", value_name = "PORT")]
+    udp_oneway_port: Vec<u16>,
+    /// The pod MTU of the overlay (e.g. 1400 for Geneve on a 1500 underlay), used by the MTU
+    /// black-hole detector. Default: judged from the sizes seen.
+    #[arg(long)]
+    pod_mtu: Option<u32>,
+    /// Port of the other nodes' monitors, asked for their view of cross-node flows (default:
+    /// the port of --listen).
+    #[arg(long)]
+    peer_port: Option<u16>,
     /// The OVN southbound database, to name pods of other nodes, chassis and service VIPs
     /// (`unix:PATH` or `tcp:HOST:PORT`). Off unless given.
     #[arg(long, value_parser = parse_ovsdb)]
     ovn_sb: Option<OvsdbArg>,
+    /// The Kubernetes API source (pod workloads, service names, node addresses, Kube-OVN
+    /// subnets): `auto` uses the in-cluster service account or a kubeconfig when there is one,
+    /// else stays off; `off` never talks to the API.
+    #[arg(long, value_enum, default_value = "auto", env = "KOVN_KUBERNETES")]
+    kubernetes: kube::KubeMode,
+    /// The kubeconfig to use (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -171,6 +248,14 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     daemon::run(daemon::RunConfig {
         listen: args.listen,
+        detector: kovn_monitor::detection::DetectorConfig {
+            reply_timeout: args.reply_timeout,
+            resolve_after: args.alert_resolve_after,
+            retention: args.alert_retention,
+            udp_oneway_ports: args.udp_oneway_port,
+            pod_mtu: args.pod_mtu,
+        },
+        peer_port: args.peer_port.unwrap_or(args.listen.port()),
         pod_patterns: args.pod_iface,
         ifaces: args.iface,
         underlay_ifaces: args.underlay_iface,
@@ -178,9 +263,14 @@ async fn run(args: RunArgs) -> Result<()> {
         flow_idle_timeout: args.flow_idle_timeout,
         flow_retention: args.flow_retention,
         flow_table_size: args.flow_table_size,
+        metrics: kovn_monitor::export::MetricsConfig {
+            pod_labels: args.metrics_pod_labels,
+            series_ttl: args.metrics_series_ttl,
+        },
         node_name: args.node_name.unwrap_or_else(hostname),
         ovsdb: args.ovsdb.0,
         ovn_sb: args.ovn_sb.and_then(|a| a.0),
+        kubernetes: kube::KubeOptions { mode: args.kubernetes, kubeconfig: args.kubeconfig },
     })
     .await
 }
@@ -218,6 +308,7 @@ fn main() {
         match cli.command {
             Command::Run(a) => run(a).await,
             Command::Flows(a) => flows(a).await,
+            Command::Alerts(a) => alerts(a).await,
         }
     });
     if let Err(e) = result {

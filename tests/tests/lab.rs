@@ -145,6 +145,59 @@ fn pods(lab: &Lab) -> (Pod, Pod, Pod) {
     (on1[0].clone(), b, on1[1].clone())
 }
 
+/// The monitor's findings on `node` (`GET /api/v1/alerts`).
+fn alerts(lab: &Lab, node: &str) -> Vec<Value> {
+    let url = format!("{}/api/v1/alerts", monitor_url(lab, node));
+    let v = monitors::get_json(&url, Duration::from_secs(5)).unwrap_or_else(|e| panic!("GET {url}: {e:#}"));
+    v["alerts"].as_array().cloned().unwrap_or_default()
+}
+
+fn names_pair(a: &Value, src: &Pod, dst: &Pod) -> bool {
+    a["src"]["pod"] == src.name.as_str() && a["dst"]["pod"] == dst.name.as_str()
+}
+
+/// Waits (up to 12 s: the 3 s reply timeout, a poll, the verdict) for exactly one firing
+/// finding of `kind` on `node` for the pair, with the verdict `hop`; returns it.
+fn expect_finding(lab: &Lab, node: &str, kind: &str, src: &Pod, dst: &Pod, hop: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(12);
+    loop {
+        let all = alerts(lab, node);
+        let firing: Vec<&Value> = all.iter().filter(|a| a["state"] == "firing").collect();
+        let mine: Vec<&&Value> =
+            firing.iter().filter(|a| a["kind"] == kind && names_pair(a, src, dst)).collect();
+        if mine.len() == 1 && mine[0]["verdict"]["hop"] == hop {
+            let a = (*mine[0]).clone();
+            assert!(
+                firing.iter().all(|f| f["id"] == a["id"]),
+                "exactly one finding for one fault, got {}: {all:#?}",
+                firing.len()
+            );
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single firing {kind} finding {}->{} with verdict {hop} on {node}: {all:#?}",
+            src.name,
+            dst.name
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Waits for the finding `id` to be resolved on `node` (the healed pair is answered again).
+fn expect_resolved(lab: &Lab, node: &str, id: &Value) {
+    let deadline = Instant::now() + Duration::from_secs(12);
+    loop {
+        let all = alerts(lab, node);
+        if all.iter().any(|a| &a["id"] == id && a["state"] == "resolved") {
+            assert!(all.iter().all(|a| a["state"] != "firing"), "nothing fires once healed: {all:#?}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "finding {id} not resolved on {node}: {all:#?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// The monitor's flows on `node` (`GET /api/v1/flows`).
 fn flows(lab: &Lab, node: &str) -> Vec<Value> {
     let url = format!("{}/api/v1/flows", monitor_url(lab, node));
@@ -519,6 +572,7 @@ fn t03_fault_reply_drop() {
         "the requests reach {} on node2, nothing comes back: {on2}",
         b.host_veth
     );
+    let finding = expect_finding(&lab, "node1", "request_without_reply", &a, &b, "no_reply_from_destination");
     heal(&mut lab);
     let probe = tcp(&a, addr(&b), 41002);
     assert!(probe.ok, "healed: {}", probe.detail);
@@ -528,6 +582,7 @@ fn t03_fault_reply_drop() {
         find(&f1, "tcp", a.ip, 41002, b.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, b.ip))),
         "healed",
     );
+    expect_resolved(&lab, "node1", &finding["id"]);
     note!("t03 reply-drop in {:.1}s", t.elapsed().as_secs_f32());
 }
 
@@ -561,6 +616,7 @@ fn t04_fault_ovs_drop() {
         "dropped on node1, node2 must see nothing of it: {}",
         between(&f2, a.ip, b.ip)
     );
+    let finding = expect_finding(&lab, "node1", "request_without_reply", &a, &b, "never_left_source");
     heal(&mut lab);
     let probe = tcp(&a, addr(&b), 41012);
     assert!(probe.ok, "healed: {}", probe.detail);
@@ -570,6 +626,7 @@ fn t04_fault_ovs_drop() {
         find(&f1, "tcp", a.ip, 41012, b.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, b.ip))),
         "healed",
     );
+    expect_resolved(&lab, "node1", &finding["id"]);
     note!("t04 ovs-drop in {:.1}s", t.elapsed().as_secs_f32());
 }
 
@@ -588,6 +645,7 @@ fn t05_fault_no_listener() {
     let on1 = find(&f1, "tcp", a.ip, 41021, b.ip)
         .unwrap_or_else(|| panic!("not on node1: {}", between(&f1, a.ip, b.ip)));
     assert!(on1["state"] == "reset" && u64_of(on1, "rst_rev") >= 1, "expected reset: {on1}");
+    let finding = expect_finding(&lab, "node1", "connection_refused", &a, &b, "refused_by_destination");
     heal(&mut lab);
     let probe = tcp(&a, addr(&b), 41022);
     assert!(probe.ok, "healed: {}", probe.detail);
@@ -597,6 +655,7 @@ fn t05_fault_no_listener() {
         find(&f1, "tcp", a.ip, 41022, b.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, b.ip))),
         "healed",
     );
+    expect_resolved(&lab, "node1", &finding["id"]);
     note!("t05 no-listener in {:.1}s", t.elapsed().as_secs_f32());
 }
 
@@ -639,6 +698,11 @@ fn t06_fault_mtu() {
         "node2 never sees the big ping: {}",
         between(&f2, a.ip, b.ip)
     );
+    let finding = expect_finding(&lab, "node1", "mtu", &a, &b, "lost_in_tunnel");
+    assert!(
+        finding["evidence"]["max_request_bytes"].as_u64().unwrap_or(0) >= 1500,
+        "the big request's size is the evidence: {finding:#}"
+    );
     heal(&mut lab);
     let max = ping(&a, b.ip, 4203, a.mtu - 28, true);
     assert!(max.ok, "healed: the largest DF ping of the pod MTU passes: {}", max.detail);
@@ -648,6 +712,7 @@ fn t06_fault_mtu() {
         find(&f1, "icmp", a.ip, 4203, b.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, b.ip))),
         "healed",
     );
+    expect_resolved(&lab, "node1", &finding["id"]);
     note!("t06 mtu in {:.1}s", t.elapsed().as_secs_f32());
 }
 
@@ -665,6 +730,9 @@ fn t07_fault_tunnel_cut() {
     let _heal = HealOnDrop(lab.clone());
     let cross = tcp(&a, addr(&b), 41031);
     let local = tcp(&a, addr(&c), 41032);
+    // A second pod pair towards node2: the tunnel, not one pod, is the problem.
+    let cross2 = tcp(&c, addr(&b), 41034);
+    assert!(!cross2.ok, "the tunnel is cut, yet: {}", cross2.detail);
     assert!(!cross.ok, "the tunnel is cut, yet: {}", cross.detail);
     assert!(local.ok, "same-node traffic does not use the tunnel: {}", local.detail);
     // Independently: the Geneve packets hit the fault's nftables counter on node1's NIC.
@@ -677,15 +745,35 @@ fn t07_fault_tunnel_cut() {
     assert_unanswered(cut, "cross-node during the cut");
     let fine = find(&f1, "tcp", a.ip, 41032, c.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, c.ip)));
     assert_answered(fine, "same-node during the cut");
+    // One finding for the node pair, not one per pod pair.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let finding = loop {
+        let all = alerts(&lab, "node1");
+        let firing: Vec<&Value> = all.iter().filter(|a| a["state"] == "firing").collect();
+        // The lab cuts the tunnel with an nftables egress rule on node1's NIC, which runs
+        // before tc egress: the Geneve packets never left node1, and the verdict says so.
+        if firing.len() == 1
+            && firing[0]["kind"] == "tunnel"
+            && firing[0]["verdict"]["hop"] == "never_left_source"
+        {
+            assert_eq!(firing[0]["remote_node"], node2.name.as_str(), "{:#}", firing[0]);
+            break firing[0].clone();
+        }
+        assert!(Instant::now() < deadline, "no single tunnel finding towards {}: {all:#?}", node2.name);
+        std::thread::sleep(Duration::from_millis(500));
+    };
     heal(&mut lab);
     let probe = tcp(&a, addr(&b), 41033);
     assert!(probe.ok, "healed: {}", probe.detail);
+    let probe2 = tcp(&c, addr(&b), 41035);
+    assert!(probe2.ok, "healed: {}", probe2.detail);
     std::thread::sleep(SETTLE);
     let f1 = flows(&lab, "node1");
     assert_answered(
         find(&f1, "tcp", a.ip, 41033, b.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, b.ip))),
         "healed",
     );
+    expect_resolved(&lab, "node1", &finding["id"]);
     note!("t07 tunnel-cut in {:.1}s", t.elapsed().as_secs_f32());
 }
 
@@ -707,6 +795,8 @@ fn t08_fault_acl_deny() {
     assert_unanswered(on1, "requester's node");
     let delivered = find(&f2, "tcp", a.ip, 41041, b.ip).map_or(0, |f| iface_packets(f, &b.host_veth, "fwd"));
     assert_eq!(delivered, 0, "nothing reaches {}: {}", b.host_veth, between(&f2, a.ip, b.ip));
+    let finding =
+        expect_finding(&lab, "node1", "request_without_reply", &a, &b, "lost_before_destination_pod");
     heal(&mut lab);
     let probe = tcp(&a, addr(&b), 41042);
     assert!(probe.ok, "healed: {}", probe.detail);
@@ -716,6 +806,7 @@ fn t08_fault_acl_deny() {
         find(&f1, "tcp", a.ip, 41042, b.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, b.ip))),
         "healed",
     );
+    expect_resolved(&lab, "node1", &finding["id"]);
     note!("t08 acl-deny in {:.1}s", t.elapsed().as_secs_f32());
 }
 
