@@ -129,12 +129,22 @@ impl FlowQuery {
             && self.protocol.as_ref().is_none_or(|p| &f.protocol == p)
             && self.ip.is_none_or(|ip| f.src_ip == ip || f.dst_ip == ip)
             && self.scenario.as_ref().is_none_or(|list| list.split(',').any(|s| f.scenario == s))
-            && [&f.src, &f.dst].iter().any(|e| {
-                let e = e.as_ref();
-                self.namespace.as_ref().is_none_or(|ns| e.and_then(|e| e.namespace.as_ref()) == Some(ns))
-                    && self.pod.as_ref().is_none_or(|p| e.and_then(|e| e.pod.as_ref()) == Some(p))
-            })
+            && either_end(&self.namespace, &self.pod, &f.src, &f.dst)
     }
+}
+
+/// The namespace/pod filters: either end matches both (a pod filter alone: any namespace).
+fn either_end(
+    namespace: &Option<String>,
+    pod: &Option<String>,
+    src: &Option<crate::inventory::Endpoint>,
+    dst: &Option<crate::inventory::Endpoint>,
+) -> bool {
+    [src, dst].into_iter().any(|e| {
+        let e = e.as_ref();
+        namespace.as_ref().is_none_or(|ns| e.and_then(|e| e.namespace.as_ref()) == Some(ns))
+            && pod.as_ref().is_none_or(|p| e.and_then(|e| e.pod.as_ref()) == Some(p))
+    })
 }
 
 #[derive(Serialize)]
@@ -201,11 +211,7 @@ impl AlertQuery {
         self.state.as_ref().is_none_or(|s| &a.state == s)
             && self.kind.as_ref().is_none_or(|k| &a.kind == k)
             && self.scenario.as_ref().is_none_or(|s| &a.scenario == s)
-            && [&a.src, &a.dst].iter().any(|e| {
-                let e = e.as_ref();
-                self.namespace.as_ref().is_none_or(|ns| e.and_then(|e| e.namespace.as_ref()) == Some(ns))
-                    && self.pod.as_ref().is_none_or(|p| e.and_then(|e| e.pod.as_ref()) == Some(p))
-            })
+            && either_end(&self.namespace, &self.pod, &a.src, &a.dst)
     }
 }
 
@@ -286,4 +292,60 @@ pub async fn serve(
 
 pub fn local_addr(l: &tokio::net::TcpListener) -> Option<SocketAddr> {
     l.local_addr().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(scenario: &str, ns: &str, pod: &str) -> Flow {
+        serde_json::from_value(serde_json::json!({
+            "id": "1", "src_ip": "10.16.0.2", "dst_ip": "10.16.0.3", "src_port": 1, "dst_port": 80,
+            "protocol": "tcp", "ip_proto": 6, "packets_fwd": 1, "bytes_fwd": 60, "packets_rev": 0,
+            "bytes_rev": 0, "first_seen": "", "last_seen": "", "state": "unanswered", "requests": 1,
+            "replies": 0, "requests_unanswered": 1, "rst_fwd": 0, "rst_rev": 0, "tcp_flags_fwd": "SYN",
+            "tcp_flags_rev": "", "initiator_guessed": false, "fragment": false, "interfaces": [],
+            "scenario": scenario,
+            "src": {"kind": "pod", "namespace": "default", "pod": "web-1"},
+            "dst": {"kind": "pod", "namespace": ns, "pod": pod}
+        }))
+        .expect("valid flow")
+    }
+
+    /// Parses `a=b&c=d` into the query struct through serde, as axum's Query does.
+    fn query(q: &str) -> FlowQuery {
+        let map: serde_json::Map<String, serde_json::Value> = q
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+            .collect();
+        serde_json::from_value(serde_json::Value::Object(map)).expect("query")
+    }
+
+    #[test]
+    fn filters_match_either_end_and_scenario_lists() {
+        let f = flow("pod_to_pod_cross_node", "shop", "db-2");
+        assert!(query("").matches(&f));
+        assert!(query("namespace=shop").matches(&f));
+        assert!(query("namespace=default&pod=web-1").matches(&f));
+        assert!(!query("namespace=shop&pod=web-1").matches(&f), "both must hold on the same end");
+        assert!(query("pod=db-2").matches(&f));
+        assert!(query("scenario=pod_to_service,pod_to_pod_cross_node").matches(&f));
+        assert!(!query("scenario=pod_to_service").matches(&f));
+        assert!(query("state=unanswered").matches(&f) && !query("state=answered").matches(&f));
+    }
+
+    #[test]
+    fn bad_filters_are_refused_with_the_valid_values() {
+        for (q, want) in [
+            ("state=broken", "unknown state"),
+            ("protocol=quic", "unknown protocol"),
+            ("scenario=pod_to_pod_cross_node,nope", "unknown scenario \"nope\""),
+        ] {
+            let e = query(q).validate().expect_err(q);
+            assert!(e.contains(want), "{q}: {e}");
+        }
+        assert!(query("protocol=other&state=oneway").validate().is_ok());
+    }
 }

@@ -226,7 +226,12 @@ impl Inventory {
                 node: Some(self.local_node.clone()),
                 ips: ips.clone(),
                 host_iface: r.get("name").map(atom_string),
-                mac: ids.get("attached-mac").cloned(),
+                // Kube-OVN writes `attached-mac` only with some CNI versions; OVN's port
+                // binding always has the MAC, so keep that one when OVSDB has none.
+                mac: ids
+                    .get("attached-mac")
+                    .cloned()
+                    .or_else(|| ips.iter().find_map(|ip| pods.get(ip).and_then(|p: &PodInfo| p.mac.clone()))),
                 workload: None,
                 source: "ovsdb".into(),
             };

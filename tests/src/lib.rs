@@ -258,47 +258,9 @@ pub struct Capture {
 }
 
 impl Capture {
+    /// tcpdump on `iface` of a namespace of this crate, every packet.
     pub fn start(ns: &Netns, iface: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("capture.pcap");
-        let mut child = ns
-            .command(
-                "tcpdump",
-                &[
-                    "-i",
-                    iface,
-                    "-w",
-                    path.to_str().expect("utf-8"),
-                    "-U",
-                    "-n",
-                    "-s",
-                    "0",
-                    "--immediate-mode",
-                ],
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tcpdump");
-        // tcpdump says "listening on ..." once the socket is bound.
-        let mut stderr = child.stderr.take().expect("stderr");
-        let mut buf = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut byte = [0u8; 1];
-        while !String::from_utf8_lossy(&buf).contains("listening on") {
-            use std::io::Read as _;
-            assert!(Instant::now() < deadline, "tcpdump did not start");
-            match stderr.read(&mut byte) {
-                Ok(1) => buf.push(byte[0]),
-                _ => panic!("tcpdump ended: {}", String::from_utf8_lossy(&buf)),
-            }
-        }
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            use std::io::Read as _;
-            let _ = stderr.read_to_end(&mut sink);
-        });
-        Self { child, path, _dir: dir }
+        capture_in(&ns.name, iface, "")
     }
 
     /// Stops tcpdump (SIGINT flushes the file) and parses what it wrote.

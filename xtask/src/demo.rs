@@ -117,8 +117,8 @@ fn show(args: &DemoArgs, lab: &Lab, monitor_bin: &Path, stop: &Arc<AtomicBool>) 
             }
         }
         println!(
-            "\ntry: {bin} flows --endpoint {} --state unanswered\n     cargo xtask lab fault reply-drop --name {} --pod web-2   (then `lab heal`)",
-            urls[0].1, lab.name
+            "\ntry: {bin} alerts --endpoint {}\n     {bin} flows --endpoint {} --state unanswered\n     cargo xtask lab fault --name {} reply-drop --pod web-2   (then `cargo xtask lab heal --name {}`)",
+            urls[0].1, urls[0].1, lab.name, lab.name
         );
         let until = Instant::now() + Duration::from_secs(args.refresh);
         while Instant::now() < until && !stop.load(Ordering::SeqCst) {
