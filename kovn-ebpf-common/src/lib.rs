@@ -163,6 +163,22 @@ pub struct TunnelInfo {
     pub _pad: [u8; 3],
 }
 
+/// MTU signals of a flow: packets too big for the path they were about to take, and ICMP
+/// "fragmentation needed" / ICMPv6 "packet too big" messages about it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MtuInfo {
+    /// Packets larger than the path MTU of the interface that saw them, that could not be
+    /// fragmented on the way (IPv4 with DF, or IPv6). For GSO packets the segment size counts.
+    pub oversized_packets: u32,
+    /// The largest such packet (L3 bytes; for GSO, the largest segment).
+    pub oversized_max_len: u32,
+    /// ICMP fragmentation-needed / ICMPv6 packet-too-big messages about this flow.
+    pub too_big_msgs: u32,
+    /// The MTU the last such message reported.
+    pub reported_mtu: u32,
+}
+
 /// Per-flow state, updated in place by the classifiers.
 ///
 /// Counters are updated with atomic adds (several CPUs see both directions of a flow); the
@@ -207,7 +223,12 @@ pub struct FlowStats {
     pub _pad1: [u8; 6],
     pub obs: [ObsPoint; MAX_OBS],
     pub tunnel: TunnelInfo,
+    pub mtu: MtuInfo,
 }
+
+/// `PATH_MTU_MIN[0]`: the smallest path MTU of the watched interfaces (0: no check). Packets
+/// not larger than it skip the per-interface lookup in `IFACE_MTU` (ifindex -> path MTU).
+pub const PATH_MTU_MIN_IDX: u32 = 0;
 
 /// Indices of the kernel-side counters array (`COUNTERS`, per CPU): what could not be recorded.
 pub const CNT_MAP_FULL: u32 = 0;
@@ -240,6 +261,7 @@ mod user {
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::ObsPoint {}
     unsafe impl aya::Pod for super::TunnelInfo {}
+    unsafe impl aya::Pod for super::MtuInfo {}
 }
 
 #[cfg(test)]
@@ -253,7 +275,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<ObsPoint>(), 16);
         // 10 u64 (80) + 4 u32 (16) + 8 u8 + u16 + 6 pad (16) = 112, then the points
         assert_eq!(core::mem::size_of::<TunnelInfo>(), 32);
-        assert_eq!(core::mem::size_of::<FlowStats>(), 112 + MAX_OBS * 16 + 32);
+        assert_eq!(core::mem::size_of::<MtuInfo>(), 16);
+        assert_eq!(core::mem::size_of::<FlowStats>(), 112 + MAX_OBS * 16 + 32 + 16);
     }
 
     #[test]
@@ -284,3 +307,47 @@ mod tests {
         assert_eq!(&m[10..], &[0xff, 0xff, 10, 1, 2, 3]);
     }
 }
+
+// ==== Drops with the kernel's reason (skb:kfree_skb) — owned by the drops feature ====
+// Kernel side: kovn-ebpf/src/drops.rs; userspace: kovn-monitor/src/drops.rs.
+
+/// One drop record: the flow (canonical key, zero for non-IP packets), the kernel's
+/// `enum skb_drop_reason` value and the device the skb was on (in the monitor's netns).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DropKey {
+    pub flow: FlowKey,
+    pub reason: u32,
+    pub ifindex: u32,
+}
+
+/// Drops of one [`DropKey`], updated in place with atomic adds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropStats {
+    pub count: u64,
+    /// `bpf_ktime_get_ns()` of the latest drop.
+    pub last_ns: u64,
+    /// Sum of `skb->len` at the drop point.
+    pub bytes: u64,
+}
+
+/// Indices of `DROP_COUNTERS` (per CPU).
+pub const DCNT_MAP_FULL: u32 = 0;
+/// kfree_skb calls that passed the netns filter (drops in the monitor's netns).
+pub const DCNT_IN_NETNS: u32 = 1;
+/// Reads of the skb or its headers that failed.
+pub const DCNT_READ_FAILED: u32 = 2;
+pub const DCNT_MAX: u32 = 3;
+pub const DROP_COUNTER_NAMES: [&str; DCNT_MAX as usize] =
+    ["drops_map_full", "drops_in_netns", "drops_read_failed"];
+
+#[cfg(feature = "user")]
+mod drops_user {
+    // SAFETY: plain-old-data, repr(C), no implicit padding (40 + 4 + 4; 3 × u64).
+    unsafe impl aya::Pod for super::DropKey {}
+    unsafe impl aya::Pod for super::DropStats {}
+}
+
+const _: () = assert!(core::mem::size_of::<DropKey>() == 48 && core::mem::size_of::<DropStats>() == 24);
+// ==== end of drops section ====

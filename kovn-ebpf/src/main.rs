@@ -18,6 +18,7 @@
 // flags; the kernel is the only caller and always passes a valid context.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
+mod drops;
 mod parse;
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
@@ -25,7 +26,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::TcContext,
 };
 use kovn_ebpf_common::{
@@ -33,7 +34,7 @@ use kovn_ebpf_common::{
     FlowKey, FlowStats, HOOK_EGRESS, HOOK_INGRESS, HOOK_KIND_SHIFT, KIND_HOST, KIND_POD, KIND_UNDERLAY,
     MAX_OBS, ObsPoint, RR_ECHO, RR_NONE, RR_SCTP, RR_TCP, RR_UDP, SIDE_A, SIDE_B,
 };
-use parse::{Packet, Signal, Tunnel};
+use parse::{Packet, Signal, TooBig, Tunnel};
 
 /// `TC_ACT_UNSPEC`: for cls_bpf "continue with the next filter", for tcx `TCX_NEXT`.
 const TC_ACT_UNSPEC: i32 = -1;
@@ -47,6 +48,16 @@ const BPF_NOEXIST: u64 = 1;
 /// flows itself.
 #[map]
 static FLOWS: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(65536, 0);
+
+/// The path MTU of each watched interface (ifindex -> bytes), written by the loader: the
+/// interface MTU, or for pod veths the overlay's (underlay MTU minus the tunnel overhead).
+#[map]
+static IFACE_MTU: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// `[0]`: the smallest path MTU in `IFACE_MTU` (0 = none). An inlined array read: packets not
+/// larger than it, i.e. nearly all of them, never pay the per-interface lookup.
+#[map]
+static PATH_MTU_MIN: Array<u32> = Array::with_max_entries(1, 0);
 
 /// 1 when the kernel has `bpf_ktime_get_coarse_ns` (Linux >= 5.11), set by the loader. The
 /// verifier sees the constant (read-only global) and drops the branch not taken, so older
@@ -74,6 +85,10 @@ fn precise_now() -> u64 {
     // SAFETY: no preconditions.
     unsafe { bpf_ktime_get_ns() }
 }
+
+/// One scratch FlowStats per CPU, where a new flow's record is prepared before insertion.
+#[map]
+static SCRATCH: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries(1, 0);
 
 /// What the programs could not record (see `CNT_*`), per CPU so counting never contends.
 #[map]
@@ -119,7 +134,15 @@ underlay_observer!(kovn_underlay_egress, HOOK_EGRESS | (KIND_UNDERLAY << HOOK_KI
 #[inline(always)]
 fn try_observe_underlay(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), ()> {
     let (pkt, tunnel) = parse::parse_underlay(ctx, egress).map_err(count)?;
-    record(&pkt, parse::ifindex(ctx), hook, tunnel.as_ref());
+    let ifindex = parse::ifindex(ctx);
+    // On the underlay the outer packet is what must fit the NIC; the tunnel's outer IP
+    // header is sent with DF by OVS (and IPv6 never fragments).
+    let size = match &tunnel {
+        Some(t) => wire_size(ctx, &pkt, t.outer_len),
+        None if pkt.no_frag => wire_size(ctx, &pkt, pkt.l3_len),
+        None => 0,
+    };
+    record(&pkt, ifindex, hook, tunnel.as_ref(), oversized(ifindex, size));
     Ok(())
 }
 
@@ -133,7 +156,12 @@ pub fn kovn_noop(_ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_observe(ctx: &TcContext, hook: u8) -> Result<(), ()> {
     let pkt = parse::parse(ctx).map_err(count)?;
-    record(&pkt, parse::ifindex(ctx), hook, None);
+    let ifindex = parse::ifindex(ctx);
+    let size = if pkt.no_frag { wire_size(ctx, &pkt, pkt.l3_len) } else { 0 };
+    record(&pkt, ifindex, hook, None, oversized(ifindex, size));
+    if let Some(tb) = &pkt.too_big {
+        record_too_big(tb);
+    }
     Ok(())
 }
 
@@ -176,8 +204,42 @@ fn rr_kind(proto: u8) -> u8 {
     }
 }
 
+/// The L3 size a packet has on the wire: for a GSO super-packet, one segment (gso_size plus
+/// the headers every segment carries); `l3_len` otherwise.
 #[inline(always)]
-fn record(pkt: &Packet, ifindex: u32, hook: u8, tunnel: Option<&Tunnel>) {
+fn wire_size(ctx: &TcContext, pkt: &Packet, l3_len: u32) -> u32 {
+    let gso = parse::gso_size(ctx);
+    if gso == 0 { l3_len } else { gso + pkt.hdrs_len + (l3_len - pkt.l3_len) }
+}
+
+/// `size` when it exceeds the path MTU of `ifindex`, else 0.
+#[inline(always)]
+fn oversized(ifindex: u32, size: u32) -> u32 {
+    let min = PATH_MTU_MIN.get(0).copied().unwrap_or(0);
+    if min == 0 || size <= min {
+        return 0;
+    }
+    // SAFETY: a plain u32 value of a map the loader writes only.
+    match unsafe { IFACE_MTU.get(&ifindex) } {
+        Some(&mtu) if mtu != 0 && size > mtu => size,
+        _ => 0,
+    }
+}
+
+/// An ICMP "too big" message: credited to the flow it quotes, if this node has it.
+#[inline(always)]
+fn record_too_big(tb: &TooBig) {
+    let (key, _) = FlowKey::canonical(tb.src, tb.dst, tb.sport, tb.dport, tb.proto);
+    if let Some(s) = FLOWS.get_ptr_mut(&key) {
+        // SAFETY: a pointer into a preallocated map value; rare packets, plain stores.
+        let m = unsafe { &mut (*s).mtu };
+        m.too_big_msgs += 1;
+        m.reported_mtu = tb.mtu;
+    }
+}
+
+#[inline(always)]
+fn record(pkt: &Packet, ifindex: u32, hook: u8, tunnel: Option<&Tunnel>, oversize: u32) {
     let (key, sender) = FlowKey::canonical(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto);
     let now = activity_now();
     let stats = match FLOWS.get_ptr_mut(&key) {
@@ -191,15 +253,22 @@ fn record(pkt: &Packet, ifindex: u32, hook: u8, tunnel: Option<&Tunnel>) {
             if pkt.fragment {
                 flags |= FLOW_F_FRAGMENT;
             }
-            let fresh = FlowStats {
-                first_seen_ns: now,
-                initiator,
-                rr_kind: if pkt.fragment { RR_NONE } else { rr_kind(pkt.proto) },
-                flags,
-                ..FlowStats::default()
+            // The new record is built in a per-CPU scratch slot: a FlowStats on the stack would
+            // take half of the 512 bytes eBPF programs get.
+            let Some(fresh) = SCRATCH.get_ptr_mut(0) else {
+                count(CNT_MAP_FULL);
+                return;
             };
+            // SAFETY: this CPU's slot, used only while this program runs on it.
+            let fresh = unsafe { &mut *fresh };
+            // SAFETY: FlowStats is plain old data; all zeros is its empty value.
+            unsafe { core::ptr::write_bytes(fresh as *mut FlowStats, 0, 1) };
+            fresh.first_seen_ns = now;
+            fresh.initiator = initiator;
+            fresh.rr_kind = if pkt.fragment { RR_NONE } else { rr_kind(pkt.proto) };
+            fresh.flags = flags;
             // Another CPU may have created it meanwhile (EEXIST): fine, use theirs.
-            if FLOWS.insert(&key, &fresh, BPF_NOEXIST).is_err() && FLOWS.get_ptr(&key).is_none() {
+            if FLOWS.insert(&key, fresh, BPF_NOEXIST).is_err() && FLOWS.get_ptr(&key).is_none() {
                 count(CNT_MAP_FULL);
                 return;
             }
@@ -222,6 +291,12 @@ fn record(pkt: &Packet, ifindex: u32, hook: u8, tunnel: Option<&Tunnel>) {
     let owner = observe_point(s, ifindex, hook, dir, pkt.l3_len);
     if let Some(t) = tunnel {
         record_tunnel(s, t);
+    }
+    if oversize != 0 {
+        s.mtu.oversized_packets += 1;
+        if oversize > s.mtu.oversized_max_len {
+            s.mtu.oversized_max_len = oversize;
+        }
     }
     if !owner {
         // Another hook of this node counts this direction: the packet was counted there.

@@ -62,6 +62,19 @@ pub enum Signal {
     EchoReply,
     SctpInit,
     SctpInitAck,
+    /// ICMP fragmentation needed / ICMPv6 packet too big: `too_big` names the original flow.
+    TooBig,
+}
+
+/// The original packet quoted in an ICMP "too big" message, and the MTU it reports.
+#[derive(Clone, Copy)]
+pub struct TooBig {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub mtu: u32,
 }
 
 pub struct Packet {
@@ -78,6 +91,11 @@ pub struct Packet {
     pub l3_len: u32,
     /// Offset of the transport header (0 for a non-first fragment).
     pub l4_off: usize,
+    /// The packet may not be fragmented on the way: IPv4 with DF, or IPv6.
+    pub no_frag: bool,
+    /// IP + transport header bytes (TCP with options, UDP): with `gso_size`, a segment's size.
+    pub hdrs_len: u32,
+    pub too_big: Option<TooBig>,
 }
 
 /// The outer side of an encapsulated packet seen on the underlay.
@@ -156,6 +174,9 @@ fn parse_at(ctx: &TcContext, l2: usize) -> Result<Packet, u32> {
         echo_seq: 0,
         l3_len,
         l4_off: 0,
+        no_frag: false,
+        hdrs_len: 0,
+        too_big: None,
     };
     let l4 = match proto {
         ETH_P_IP => parse_ipv4(ctx, off, &mut pkt)?,
@@ -164,6 +185,7 @@ fn parse_at(ctx: &TcContext, l2: usize) -> Result<Packet, u32> {
     };
     if let Some(l4) = l4 {
         pkt.l4_off = l4;
+        pkt.hdrs_len = (l4 - off) as u32;
         parse_l4(ctx, l4, &mut pkt)?;
     }
     Ok(pkt)
@@ -217,6 +239,7 @@ fn parse_ipv4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<Option<us
     pkt.src = ipv4_mapped([ip[12], ip[13], ip[14], ip[15]]);
     pkt.dst = ipv4_mapped([ip[16], ip[17], ip[18], ip[19]]);
     pkt.proto = ip[9];
+    pkt.no_frag = ip[6] & 0x40 != 0;
     if be16(ip[6], ip[7]) & 0x1fff != 0 {
         // A non-first fragment: no transport header, counted without ports.
         pkt.fragment = true;
@@ -234,6 +257,8 @@ fn parse_ipv6(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<Option<us
     dst.copy_from_slice(&ip[24..40]);
     pkt.src = ipv6_words(src);
     pkt.dst = ipv6_words(dst);
+    // Routers never fragment IPv6: anything too big for a hop is dropped (RFC 8200 §5).
+    pkt.no_frag = true;
     let mut next = ip[6];
     let mut off = off + Ipv6Hdr::LEN;
     let mut i = 0;
@@ -281,6 +306,7 @@ fn parse_l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<(), u32> {
             pkt.dport = be16(tcp[2], tcp[3]);
             let flags = tcp[13];
             pkt.tcp_flags = flags;
+            pkt.hdrs_len += u32::from(tcp[12] >> 4) * 4;
             pkt.signal = if flags & TCP_RST != 0 {
                 Signal::TcpRst
             } else if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
@@ -295,6 +321,7 @@ fn parse_l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<(), u32> {
             let udp = hdr::<{ UdpHdr::LEN }>(ctx, off)?;
             pkt.sport = be16(udp[0], udp[1]);
             pkt.dport = be16(udp[2], udp[3]);
+            pkt.hdrs_len += UdpHdr::LEN as u32;
         }
         IPPROTO_SCTP => {
             // Common header (12 bytes) then the first chunk's type: INIT=1, INIT ACK=2
@@ -311,7 +338,22 @@ fn parse_l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<(), u32> {
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             let icmp = hdr::<8>(ctx, off)?;
             let ty = icmp[0];
-            let (req, rep) = if pkt.proto == IPPROTO_ICMP { (8, 0) } else { (128, 129) };
+            let v4 = pkt.proto == IPPROTO_ICMP;
+            // RFC 1191: type 3 code 4 carries the next-hop MTU in bytes 6-7; RFC 4443: type 2
+            // carries it in bytes 4-7. Both quote the original IP header and 8 bytes after.
+            if (v4 && ty == 3 && icmp[1] == 4) || (!v4 && ty == 2) {
+                let mtu = if v4 {
+                    u32::from(be16(icmp[6], icmp[7]))
+                } else {
+                    u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]])
+                };
+                pkt.too_big = quoted(ctx, off + 8, v4, mtu);
+                if pkt.too_big.is_some() {
+                    pkt.signal = Signal::TooBig;
+                }
+                return Ok(());
+            }
+            let (req, rep) = if v4 { (8, 0) } else { (128, 129) };
             if ty == req || ty == rep {
                 let id = be16(icmp[4], icmp[5]);
                 pkt.echo_seq = be16(icmp[6], icmp[7]);
@@ -328,6 +370,53 @@ fn parse_l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<(), u32> {
         _ => {}
     }
     Ok(())
+}
+
+/// The original packet an ICMP error quotes: its addresses and, for TCP/UDP/SCTP, its ports.
+#[inline(always)]
+fn quoted(ctx: &TcContext, off: usize, v4: bool, mtu: u32) -> Option<TooBig> {
+    let mut inner = Packet {
+        src: [0; 4],
+        dst: [0; 4],
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        tcp_flags: 0,
+        fragment: false,
+        signal: Signal::None,
+        echo_seq: 0,
+        l3_len: 0,
+        l4_off: 0,
+        no_frag: false,
+        hdrs_len: 0,
+        too_big: None,
+    };
+    let l4 =
+        if v4 { parse_ipv4(ctx, off, &mut inner).ok()? } else { parse_ipv6(ctx, off, &mut inner).ok()? };
+    if let Some(l4) = l4
+        && matches!(inner.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP)
+    {
+        let ports = hdr::<4>(ctx, l4).ok()?;
+        inner.sport = be16(ports[0], ports[1]);
+        inner.dport = be16(ports[2], ports[3]);
+    }
+    Some(TooBig {
+        src: inner.src,
+        dst: inner.dst,
+        sport: inner.sport,
+        dport: inner.dport,
+        proto: inner.proto,
+        mtu,
+    })
+}
+
+/// The GSO segment size of the skb (0 when not GSO). `__sk_buff.gso_size` exists since
+/// Linux 5.7.
+#[inline(always)]
+pub fn gso_size(ctx: &TcContext) -> u32 {
+    let skb = ctx.as_ptr() as *const __sk_buff;
+    // SAFETY: the context pointer of a tc program is a valid __sk_buff.
+    unsafe { (*skb).gso_size }
 }
 
 /// The interface the skb is on (for tc: the device whose hook runs the program).

@@ -1,4 +1,4 @@
-//! The daemon's HTTP API (axum): `/healthz`, `/api/v1/flows`, `/api/v1/pods` and `/metrics`.
+//! The daemon's HTTP API (axum): `/healthz`, `/api/v1/flows`, `/api/v1/pods`, `/api/v1/drops` and `/metrics`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -28,6 +28,9 @@ pub struct Snapshot {
     /// Findings: firing, and resolved within the retention time.
     pub alerts: Vec<crate::detection::Alert>,
     pub health: Health,
+    /// Drops with the kernel's reason (`GET /api/v1/drops`), most frequent first.
+    #[serde(default)]
+    pub drops: Vec<crate::drops::DropRecord>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -41,6 +44,13 @@ pub struct Health {
     /// What the kernel side could not record, by reason (`map_full`, `parse_truncated`, ...).
     pub kernel_counters: std::collections::BTreeMap<String, u64>,
     pub poll_duration_ms: f64,
+    /// Kernel hooks beyond the tc classifiers and whether they run here, e.g.
+    /// `{"kfree_skb": true, "ovs_vport_mtu_kprobe": false}`.
+    #[serde(default)]
+    pub hooks: std::collections::BTreeMap<String, bool>,
+    /// Why a hook is unavailable (hook name → reason).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub hooks_unavailable: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -251,6 +261,21 @@ async fn pods(State(shared): State<Shared>) -> Response {
     Json(PodsResponse { node: &snap.node, count: snap.pods.len(), pods: &snap.pods }).into_response()
 }
 
+#[derive(Serialize)]
+struct DropsResponse<'a> {
+    node: &'a str,
+    time: &'a str,
+    count: usize,
+    drops: &'a [crate::drops::DropRecord],
+}
+
+/// `GET /api/v1/drops`: drops with the kernel's reason, by flow, reason and interface.
+async fn drops(State(shared): State<Shared>) -> Response {
+    let snap = shared.read().unwrap_or_else(|p| p.into_inner());
+    Json(DropsResponse { node: &snap.node, time: &snap.time, count: snap.drops.len(), drops: &snap.drops })
+        .into_response()
+}
+
 async fn healthz(State(shared): State<Shared>) -> Response {
     let snap = shared.read().unwrap_or_else(|p| p.into_inner());
     Json(&snap.health).into_response()
@@ -262,6 +287,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/pods", get(pods))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/drops", get(drops))
         .with_state(shared)
 }
 

@@ -21,6 +21,8 @@ use crate::interfaces::IfaceKind;
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kovn"));
 
 pub const FLOW_MAP: &str = "FLOWS";
+pub const IFACE_MTU_MAP: &str = "IFACE_MTU";
+pub const PATH_MTU_MIN_MAP: &str = "PATH_MTU_MIN";
 pub const COUNTER_MAP: &str = "COUNTERS";
 
 /// Program names in the object, per interface kind: (ingress, egress).
@@ -78,7 +80,10 @@ pub struct LoadedProgram {
 pub struct Capture {
     ebpf: Ebpf,
     attached: BTreeMap<u32, Attachment>,
+    /// Path MTU per interface, mirrored in the IFACE_MTU/PATH_MTU_MIN maps.
+    path_mtus: BTreeMap<u32, u32>,
     table_size: u32,
+    drops: crate::drops::DropHook,
 }
 
 impl Capture {
@@ -90,10 +95,17 @@ impl Capture {
         // bpf_ktime_get_coarse_ns exists since Linux 5.11; before, the programs fall back to
         // the precise clock for activity times (see COARSE_CLOCK in kovn-ebpf).
         let coarse: u8 = KernelVersion::current().map_or(1, |v| u8::from(v >= KernelVersion::new(5, 11, 0)));
-        let mut ebpf = EbpfLoader::new()
+        // Drops (kfree_skb): offsets and names from the kernel's BTF, or why not (logged once).
+        let drop_cfg = crate::drops::DropConfig::resolve();
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(FLOW_MAP, table_size)
-            .override_global("COARSE_CLOCK", &coarse, true)
-            .load(EBPF_OBJECT)?;
+            .map_max_entries(crate::drops::DROP_MAP, (table_size / 4).clamp(1024, 65536))
+            .override_global("COARSE_CLOCK", &coarse, true);
+        if let Ok(c) = &drop_cfg {
+            c.apply(&mut loader);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
         for name in ALL_PROGRAMS {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -102,7 +114,26 @@ impl Capture {
                 .map_err(|source| CaptureError::Program { name, source })?;
             prog.load().map_err(|source| CaptureError::Program { name, source })?;
         }
-        Ok(Self { ebpf, attached: BTreeMap::new(), table_size })
+        let drops = crate::drops::DropHook::start(&mut ebpf, drop_cfg);
+        Ok(Self { ebpf, attached: BTreeMap::new(), path_mtus: BTreeMap::new(), table_size, drops })
+    }
+
+    /// The kfree_skb drop hook: availability and reason names.
+    pub fn drop_hook(&self) -> &crate::drops::DropHook {
+        &self.drops
+    }
+
+    /// Every entry of the drop map (empty when the hook is unavailable).
+    pub fn read_drops(
+        &self,
+    ) -> Result<Vec<(kovn_ebpf_common::DropKey, kovn_ebpf_common::DropStats)>, CaptureError> {
+        crate::drops::read_map(&self.ebpf)
+            .map_err(|source| CaptureError::Map { name: crate::drops::DROP_MAP, source })
+    }
+
+    /// The drop program's counters (map full, drops in this netns, failed reads).
+    pub fn drop_counters(&self) -> BTreeMap<&'static str, u64> {
+        if self.drops.available { crate::drops::read_counters(&self.ebpf) } else { BTreeMap::new() }
     }
 
     pub fn table_size(&self) -> u32 {
@@ -182,10 +213,45 @@ impl Capture {
         Ok(())
     }
 
+    /// The path MTU packets on `ifindex` must fit (0: none): larger ones that may not be
+    /// fragmented are counted as oversized by the programs.
+    pub fn set_path_mtu(&mut self, ifindex: u32, mtu: u32) -> Result<(), CaptureError> {
+        if mtu == 0 {
+            self.path_mtus.remove(&ifindex);
+        } else {
+            self.path_mtus.insert(ifindex, mtu);
+        }
+        let map_err = |name: &'static str| move |source| CaptureError::Map { name, source };
+        {
+            let map = self.ebpf.map_mut(IFACE_MTU_MAP).ok_or(CaptureError::MissingMap(IFACE_MTU_MAP))?;
+            let mut m: BpfHashMap<&mut MapData, u32, u32> =
+                BpfHashMap::try_from(map).map_err(map_err(IFACE_MTU_MAP))?;
+            match mtu {
+                0 => match m.remove(&ifindex) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(IFACE_MTU_MAP)(e)),
+                },
+                _ => m.insert(&ifindex, &mtu, 0).map_err(map_err(IFACE_MTU_MAP))?,
+            }
+        }
+        let min = self.path_mtus.values().copied().min().unwrap_or(0);
+        let map = self.ebpf.map_mut(PATH_MTU_MIN_MAP).ok_or(CaptureError::MissingMap(PATH_MTU_MIN_MAP))?;
+        let mut a: aya::maps::Array<&mut MapData, u32> =
+            aya::maps::Array::try_from(map).map_err(map_err(PATH_MTU_MIN_MAP))?;
+        a.set(0, &min, 0).map_err(map_err(PATH_MTU_MIN_MAP))
+    }
+
+    pub fn path_mtu(&self, ifindex: u32) -> Option<u32> {
+        self.path_mtus.get(&ifindex).copied()
+    }
+
     /// Detaches from `ifindex`. A link whose device is already gone detaches with an error
     /// the kernel has nothing left to undo for; it is ignored.
     pub fn detach(&mut self, ifindex: u32) -> Option<Attachment> {
         let mut a = self.attached.remove(&ifindex)?;
+        if let Err(e) = self.set_path_mtu(ifindex, 0) {
+            log::debug!("clearing the path MTU of {}: {e}", a.name);
+        }
         for (prog_name, link) in a.links.drain(..) {
             if let Ok(prog) = self.program_mut(prog_name)
                 && let Err(e) = prog.detach(link)

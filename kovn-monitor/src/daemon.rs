@@ -26,6 +26,8 @@ pub struct RunConfig {
     pub pod_patterns: Vec<String>,
     pub ifaces: Vec<String>,
     pub underlay_ifaces: Vec<String>,
+    /// The path MTU of pod traffic (the overlay's); None: each pod veth's own MTU.
+    pub overlay_mtu: Option<u32>,
     pub poll_interval: Duration,
     pub flow_idle_timeout: Duration,
     pub flow_retention: Duration,
@@ -88,11 +90,13 @@ impl Daemon {
                 if known.as_ref().is_some_and(|(n, k)| *n == link.name && *k == kind) {
                     // RTM_NEWLINK also reports state changes: only the MTU may matter.
                     let _ = self.capture.attach(link.index, &link.name, kind, link.mtu);
+                    self.set_path_mtu(link.index, kind, link.mtu);
                     return;
                 }
                 self.table.set_iface_name(link.index, &link.name);
                 match self.capture.attach(link.index, &link.name, kind, link.mtu) {
                     Ok(()) => {
+                        self.set_path_mtu(link.index, kind, link.mtu);
                         log::info!("attached to {} (ifindex {}, {})", link.name, link.index, kind.as_str())
                     }
                     Err(e) => log::warn!("cannot attach to {}: {e}", link.name),
@@ -103,6 +107,18 @@ impl Daemon {
                     log::info!("{} is gone; detached", a.name);
                 }
             }
+        }
+    }
+
+    /// Pod veths must fit the overlay's path MTU (what the tunnel carries); other interfaces
+    /// their own MTU.
+    fn set_path_mtu(&mut self, ifindex: u32, kind: interfaces::IfaceKind, mtu: u32) {
+        let path = match kind {
+            interfaces::IfaceKind::Pod => self.cfg.overlay_mtu.unwrap_or(mtu),
+            _ => mtu,
+        };
+        if let Err(e) = self.capture.set_path_mtu(ifindex, path) {
+            log::warn!("path MTU of ifindex {ifindex}: {e}");
         }
     }
 
@@ -121,7 +137,16 @@ impl Daemon {
             }
             Err(e) => log::warn!("reading the flow map: {e}"),
         }
-        let counters = self.capture.counters().unwrap_or_default();
+        let mut counters = self.capture.counters().unwrap_or_default();
+        counters.extend(self.capture.drop_counters());
+        let drop_entries = if self.capture.drop_hook().available {
+            self.capture.read_drops().unwrap_or_else(|e| {
+                log::warn!("reading the drop map: {e}");
+                Vec::new()
+            })
+        } else {
+            Vec::new()
+        };
         let health = Health {
             status: "ok".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -141,6 +166,19 @@ impl Daemon {
             flow_table_capacity: self.capture.table_size(),
             kernel_counters: counters.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             poll_duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            hooks: [
+                ("kfree_skb".to_string(), self.capture.drop_hook().available),
+                // No kprobe program exists yet; see README (HTTP API, /healthz).
+                ("ovs_vport_mtu_kprobe".to_string(), false),
+            ]
+            .into(),
+            hooks_unavailable: self
+                .capture
+                .drop_hook()
+                .why
+                .iter()
+                .map(|w| ("kfree_skb".to_string(), w.clone()))
+                .collect(),
         };
         // The inventory's lock is a std one: released before any await below.
         let mut snap = {
@@ -152,8 +190,20 @@ impl Daemon {
                 pods: inventory.pods().into_iter().cloned().collect(),
                 alerts: Vec::new(),
                 health,
+                drops: Vec::new(),
             }
         };
+        // Drops: oriented like their flow, and attached to it by flow id.
+        if !drop_entries.is_empty() {
+            let dirs = snap.flows.iter().map(|f| (f.id.clone(), (f.src_ip, f.src_port))).collect();
+            snap.drops = crate::drops::records(&drop_entries, self.capture.drop_hook(), &clock, &dirs);
+            let mut per_flow = crate::drops::by_flow(&snap.drops);
+            for f in &mut snap.flows {
+                if let Some(d) = per_flow.remove(&f.id) {
+                    f.drops = d;
+                }
+            }
+        }
         snap.alerts = self.detector.evaluate(&snap.flows, time::OffsetDateTime::now_utc());
         self.attach_verdicts(&mut snap).await;
         link_flows_to_alerts(&mut snap);

@@ -330,6 +330,10 @@ impl Detector {
     /// Large requests unanswered while smaller ones of the same pair are answered: the MTU
     /// black hole of the seeds (big packets die in the overlay, small ones pass).
     fn mtu_black_hole(&self, failing: &[&Flow], answered: &[&Flow]) -> Option<(u64, Option<u32>)> {
+        // The kernel saw it directly: packets too big for the path, or an ICMP "too big".
+        if let Some(m) = failing.iter().filter_map(|f| f.mtu.as_ref()).max_by_key(|m| m.oversized_max_bytes) {
+            return Some((u64::from(m.oversized_max_bytes), m.reported_mtu.or(self.cfg.pod_mtu)));
+        }
         let avg = |f: &Flow| f.bytes_fwd.checked_div(f.packets_fwd).unwrap_or(0);
         let biggest_failing = failing.iter().map(|f| avg(f)).max()?;
         let biggest_answered = answered.iter().map(|f| avg(f)).max()?;

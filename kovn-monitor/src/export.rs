@@ -1011,6 +1011,7 @@ mod tests {
                 flow_table_capacity: 65536,
                 kernel_counters: [("map_full".to_string(), lost)].into_iter().collect(),
                 poll_duration_ms: 3.0,
+                ..Default::default()
             },
             ..Default::default()
         }

@@ -64,9 +64,29 @@ pub struct Flow {
     /// For cross-node flows: the other node and its tunnel endpoint IP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelPeer>,
+    /// MTU signals: packets too big for the path, ICMP "too big" messages about this flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<FlowMtu>,
     /// The firing finding this flow is evidence of, with its verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alert: Option<FlowAlert>,
+    /// Drops of this flow with the kernel's reason (kfree_skb), summed over interfaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drops: Vec<crate::drops::FlowDrop>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FlowMtu {
+    /// Packets larger than the path MTU where they were seen, that may not be fragmented
+    /// (IPv4 with DF, IPv6); a GSO packet counts by its segment size.
+    pub oversized_packets: u32,
+    /// The largest of them (L3 bytes).
+    pub oversized_max_bytes: u32,
+    /// ICMP fragmentation-needed / ICMPv6 packet-too-big messages quoting this flow.
+    pub too_big_messages: u32,
+    /// The MTU the last such message reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reported_mtu: Option<u32>,
 }
 
 /// A flow's link to a finding (`GET /api/v1/alerts` has the whole finding).
@@ -305,7 +325,14 @@ impl Flow {
             src: None,
             dst: None,
             tunnel: tunnel_of(&s.tunnel),
+            mtu: (s.mtu.oversized_packets > 0 || s.mtu.too_big_msgs > 0).then(|| FlowMtu {
+                oversized_packets: s.mtu.oversized_packets,
+                oversized_max_bytes: s.mtu.oversized_max_len,
+                too_big_messages: s.mtu.too_big_msgs,
+                reported_mtu: (s.mtu.too_big_msgs > 0).then_some(s.mtu.reported_mtu),
+            }),
             alert: None,
+            drops: Vec::new(),
         }
     }
 

@@ -86,6 +86,12 @@ struct RunArgs {
     /// and VXLAN (UDP 4789) on it are opened: each pod flow learns its remote node and VNI.
     #[arg(long = "underlay-iface", value_name = "NAME")]
     underlay_iface: Vec<String>,
+    /// The path MTU of pod traffic: what the overlay carries. Larger pod packets that may not
+    /// be fragmented (IPv4 DF, IPv6) are counted as oversized. Default: the first underlay
+    /// interface's MTU minus Kube-OVN's Geneve overhead (100), or each pod veth's own MTU
+    /// without an underlay interface.
+    #[arg(long)]
+    overlay_mtu: Option<u32>,
     /// How often the kernel's flow map is read.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     poll_interval: Duration,
@@ -195,6 +201,9 @@ struct FlowsArgs {
     limit: Option<usize>,
 }
 
+/// Kube-OVN's MTU allowance for Geneve: pods get the underlay MTU minus 100.
+const GENEVE_OVERHEAD: u32 = 100;
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 500ms, 2s, 1m)"))?;
     if d.is_zero() {
@@ -258,6 +267,12 @@ async fn run(args: RunArgs) -> Result<()> {
         peer_port: args.peer_port.unwrap_or(args.listen.port()),
         pod_patterns: args.pod_iface,
         ifaces: args.iface,
+        overlay_mtu: args.overlay_mtu.or_else(|| {
+            let u = args.underlay_iface.first()?;
+            let mtu: u32 =
+                std::fs::read_to_string(format!("/sys/class/net/{u}/mtu")).ok()?.trim().parse().ok()?;
+            Some(mtu.saturating_sub(GENEVE_OVERHEAD))
+        }),
         underlay_ifaces: args.underlay_iface,
         poll_interval: args.poll_interval,
         flow_idle_timeout: args.flow_idle_timeout,

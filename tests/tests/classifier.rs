@@ -408,3 +408,75 @@ fn other_underlay_traffic_is_its_own_flow_and_bad_tunnels_are_counted() {
     assert_eq!(counter(&cap, "tunnel_bad"), 3);
     assert_eq!(counter(&cap, "parse_truncated"), 1);
 }
+
+fn tcp4_sized(src: [u8; 4], dst: [u8; 4], sport: u16, l3_len: usize, df: bool) -> Vec<u8> {
+    let payload = vec![0u8; l3_len - 40];
+    cat(&[
+        &eth(&[], ETH_IPV4),
+        &ipv4(src, dst, 6, 0, if df { 0x4000 } else { 0 }, &tcp(sport, 80, TCP_ACK, &payload)),
+    ])
+}
+
+#[test]
+fn packets_too_big_for_the_path_are_counted_unless_they_may_be_fragmented() {
+    let mut cap = load();
+    cap.set_path_mtu(LO, 1400).expect("path MTU");
+    run(&mut cap, INGRESS, &tcp4_sized(A4, B4, 40020, 1500, true));
+    run(&mut cap, INGRESS, &tcp4_sized(A4, B4, 40020, 1450, true));
+    run(&mut cap, INGRESS, &tcp4_sized(A4, B4, 40020, 1000, true));
+    run(&mut cap, INGRESS, &tcp4_sized(A4, B4, 40021, 1500, false)); // a router may fragment it
+    // IPv6: 40 + 20 + 1440 = 1500 bytes, never fragmented on the way.
+    let six = cat(&[&eth(&[], ETH_IPV6), &ipv6(A6, B6, 6, &tcp(40022, 80, TCP_ACK, &[0u8; 1440]))]);
+    run(&mut cap, INGRESS, &six);
+    let f = flows(&cap);
+    let mtu_of = |port: u16| {
+        f.iter().find(|(k, _)| k.port_a == port || k.port_b == port).map(|(_, s)| s.mtu).expect("flow")
+    };
+    let m = mtu_of(40020);
+    assert_eq!((m.oversized_packets, m.oversized_max_len), (2, 1500));
+    assert_eq!(mtu_of(40021).oversized_packets, 0, "no DF: fragmentable");
+    assert_eq!((mtu_of(40022).oversized_packets, mtu_of(40022).oversized_max_len), (1, 1500));
+    // Without a path MTU nothing is judged.
+    cap.set_path_mtu(LO, 0).expect("clear");
+    run(&mut cap, INGRESS, &tcp4_sized(A4, B4, 40023, 1500, true));
+    assert_eq!(
+        flows(&cap)
+            .iter()
+            .find(|(k, _)| k.port_a == 40023 || k.port_b == 40023)
+            .expect("flow")
+            .1
+            .mtu
+            .oversized_packets,
+        0
+    );
+}
+
+#[test]
+fn icmp_too_big_messages_are_credited_to_the_flow_they_quote() {
+    let mut cap = load();
+    // A's big packet to B, then a router's "fragmentation needed, next-hop MTU 1400" to A
+    // quoting A's IP header and the first 8 bytes of its TCP header.
+    let big = tcp4_sized(A4, B4, 40040, 1500, true);
+    run(&mut cap, INGRESS, &big);
+    let quoted = &big[14..14 + 28];
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&1400u16.to_be_bytes());
+    icmp.extend_from_slice(quoted);
+    run(&mut cap, EGRESS, &cat(&[&eth(&[], ETH_IPV4), &ipv4([10, 16, 0, 1], A4, 1, 0, 0, &icmp)]));
+    // The same over IPv6: "packet too big", MTU 1280, quoting the IPv6 header + 8 bytes.
+    let big6 = cat(&[&eth(&[], ETH_IPV6), &ipv6(A6, B6, 17, &udp(40041, 53, &vec![0u8; 1400]))]);
+    run(&mut cap, INGRESS, &big6);
+    let mut ptb = vec![2, 0, 0, 0];
+    ptb.extend_from_slice(&1280u32.to_be_bytes());
+    ptb.extend_from_slice(&big6[14..14 + 48]);
+    let router6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    run(&mut cap, EGRESS, &cat(&[&eth(&[], ETH_IPV6), &ipv6(router6, A6, 58, &ptb)]));
+    let f = flows(&cap);
+    let (_, tcp_flow) =
+        f.iter().find(|(k, _)| *k == key4(A4, B4, 40040, 80, 6).0).expect("the quoted TCP flow");
+    assert_eq!((tcp_flow.mtu.too_big_msgs, tcp_flow.mtu.reported_mtu), (1, 1400));
+    let (want6, _) = FlowKey::canonical(ipv6_words(A6), ipv6_words(B6), 40041, 53, 17);
+    let (_, udp_flow) = f.iter().find(|(k, _)| *k == want6).expect("the quoted UDP flow");
+    assert_eq!((udp_flow.mtu.too_big_msgs, udp_flow.mtu.reported_mtu), (1, 1280));
+    assert_no_errors(&cap);
+}

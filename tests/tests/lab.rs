@@ -684,6 +684,13 @@ fn t06_fault_mtu() {
     let big_flow =
         find(&f1, "icmp", a.ip, big_id, b.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, b.ip)));
     assert_unanswered(big_flow, "large DF ping on node1");
+    // The kernel's own evidence: each big DF request was larger than the overlay's path MTU
+    // (underlay 1500 minus Geneve's 100) on the pod's veth.
+    assert!(
+        big_flow["mtu"]["oversized_packets"].as_u64().unwrap_or(0) >= 1
+            && big_flow["mtu"]["oversized_max_bytes"].as_u64().unwrap_or(0) == 1500,
+        "oversized DF packets counted against the 1400-byte path MTU: {big_flow}"
+    );
     let small_flow =
         find(&f1, "icmp", a.ip, small_id, b.ip).unwrap_or_else(|| panic!("{}", between(&f1, a.ip, b.ip)));
     assert_answered(small_flow, "small ping on node1");

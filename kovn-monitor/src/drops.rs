@@ -1,0 +1,657 @@
+//! Drops with the kernel's reason: the `kfree_skb` BTF tracepoint of kovn-ebpf (drops.rs),
+//! its configuration from the running kernel's BTF, and the drop records of the API.
+//!
+//! Structure offsets (`sk_buff`, `net_device`, `net`) and the names of `enum skb_drop_reason`
+//! come from `/sys/kernel/btf/vmlinux` at load time, read by the small BTF reader below (only
+//! the kinds needed: structs/unions with their anonymous members, enums, typedefs and function
+//! prototypes). Where something is missing the hook is reported unavailable in one log line
+//! and `/healthz`, and the daemon carries on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use aya::{
+    Btf as AyaBtf, Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
+    programs::BtfTracePoint,
+};
+use kovn_ebpf_common::{DCNT_MAX, DROP_COUNTER_NAMES, DropKey, DropStats};
+use serde::{Deserialize, Serialize};
+
+use crate::flows::{Clock, flow_id, ip_of, protocol_name};
+
+pub const DROP_MAP: &str = "DROPS";
+pub const DROP_COUNTER_MAP: &str = "DROP_COUNTERS";
+pub const DROP_PROGRAM: &str = "kovn_kfree_skb";
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+// ---------------------------------------------------------------------------------------------
+// A minimal BTF reader (format: Documentation/bpf/btf.rst).
+
+const BTF_KIND_INT: u32 = 1;
+const BTF_KIND_PTR: u32 = 2;
+const BTF_KIND_ARRAY: u32 = 3;
+const BTF_KIND_STRUCT: u32 = 4;
+const BTF_KIND_UNION: u32 = 5;
+const BTF_KIND_ENUM: u32 = 6;
+const BTF_KIND_TYPEDEF: u32 = 8;
+const BTF_KIND_VOLATILE: u32 = 9;
+const BTF_KIND_CONST: u32 = 10;
+const BTF_KIND_RESTRICT: u32 = 11;
+const BTF_KIND_FUNC_PROTO: u32 = 13;
+const BTF_KIND_VAR: u32 = 14;
+const BTF_KIND_DATASEC: u32 = 15;
+const BTF_KIND_DECL_TAG: u32 = 17;
+const BTF_KIND_TYPE_TAG: u32 = 18;
+const BTF_KIND_ENUM64: u32 = 19;
+
+#[derive(Clone, Debug)]
+struct BtfMember {
+    name: u32,
+    ty: u32,
+    /// Bits from the start of the containing struct/union.
+    bit_offset: u32,
+    /// Bitfield size in bits (0: not a bitfield).
+    bitfield_size: u32,
+}
+
+#[derive(Clone, Debug)]
+struct BtfType {
+    name: u32,
+    kind: u32,
+    /// size (struct, union, enum, int) or referenced type (ptr, typedef, ...)
+    size_or_type: u32,
+    members: Vec<BtfMember>,
+    /// enum values (name, value)
+    values: Vec<(u32, u64)>,
+    /// FUNC_PROTO parameter count
+    vlen: u32,
+}
+
+/// The parsed types and strings of one BTF blob.
+pub struct Btf {
+    /// Index = type id (0 is `void`).
+    types: Vec<BtfType>,
+    strings: Vec<u8>,
+    by_name: HashMap<String, Vec<u32>>,
+}
+
+/// A member found by [`Btf::member_offset`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Byte offset from the start of the outermost struct.
+    pub offset: u32,
+    /// Size in bytes of the member's (resolved) type.
+    pub size: u32,
+}
+
+fn rd_u32(b: &[u8], at: usize) -> Result<u32, String> {
+    b.get(at..at + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        .ok_or_else(|| "BTF truncated".to_string())
+}
+
+impl Btf {
+    pub fn from_file(path: &str) -> Result<Self, String> {
+        let data = std::fs::read(path).map_err(|e| format!("reading {path}: {e}"))?;
+        Self::parse(&data)
+    }
+
+    pub fn parse(b: &[u8]) -> Result<Self, String> {
+        if b.len() < 24 || u16::from_le_bytes([b[0], b[1]]) != 0xeb9f {
+            return Err("not little-endian BTF (bad magic)".into());
+        }
+        let hdr_len = rd_u32(b, 4)? as usize;
+        let type_off = rd_u32(b, 8)? as usize;
+        let type_len = rd_u32(b, 12)? as usize;
+        let str_off = rd_u32(b, 16)? as usize;
+        let str_len = rd_u32(b, 20)? as usize;
+        let strings =
+            b.get(hdr_len + str_off..hdr_len + str_off + str_len).ok_or("BTF strings truncated")?.to_vec();
+        let tb = b.get(hdr_len + type_off..hdr_len + type_off + type_len).ok_or("BTF types truncated")?;
+        let mut types =
+            vec![BtfType { name: 0, kind: 0, size_or_type: 0, members: vec![], values: vec![], vlen: 0 }];
+        let mut at = 0;
+        while at < tb.len() {
+            let name = rd_u32(tb, at)?;
+            let info = rd_u32(tb, at + 4)?;
+            let size_or_type = rd_u32(tb, at + 8)?;
+            at += 12;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = info & 0xffff;
+            let kflag = info >> 31 != 0;
+            let mut t = BtfType { name, kind, size_or_type, members: vec![], values: vec![], vlen };
+            match kind {
+                BTF_KIND_INT | BTF_KIND_VAR | BTF_KIND_DECL_TAG => at += 4,
+                BTF_KIND_ARRAY => at += 12,
+                BTF_KIND_STRUCT | BTF_KIND_UNION => {
+                    for _ in 0..vlen {
+                        let off = rd_u32(tb, at + 8)?;
+                        let (bit_offset, bitfield_size) =
+                            if kflag { (off & 0xff_ffff, off >> 24) } else { (off, 0) };
+                        t.members.push(BtfMember {
+                            name: rd_u32(tb, at)?,
+                            ty: rd_u32(tb, at + 4)?,
+                            bit_offset,
+                            bitfield_size,
+                        });
+                        at += 12;
+                    }
+                }
+                BTF_KIND_ENUM => {
+                    for _ in 0..vlen {
+                        let v = rd_u32(tb, at + 4)?;
+                        // Signed enums (kflag) sign-extend; reasons are small and positive anyway.
+                        let v = if kflag { i64::from(v as i32) as u64 } else { u64::from(v) };
+                        t.values.push((rd_u32(tb, at)?, v));
+                        at += 8;
+                    }
+                }
+                BTF_KIND_ENUM64 => {
+                    for _ in 0..vlen {
+                        let lo = u64::from(rd_u32(tb, at + 4)?);
+                        let hi = u64::from(rd_u32(tb, at + 8)?);
+                        t.values.push((rd_u32(tb, at)?, hi << 32 | lo));
+                        at += 12;
+                    }
+                }
+                BTF_KIND_FUNC_PROTO => at += 8 * vlen as usize,
+                BTF_KIND_DATASEC => at += 12 * vlen as usize,
+                0..=19 => {}
+                other => return Err(format!("unknown BTF kind {other}")),
+            }
+            types.push(t);
+        }
+        let mut btf = Self { types, strings, by_name: HashMap::new() };
+        for id in 1..btf.types.len() {
+            let n = btf.name_of(btf.types[id].name).to_string();
+            if !n.is_empty() {
+                btf.by_name.entry(n).or_default().push(id as u32);
+            }
+        }
+        Ok(btf)
+    }
+
+    fn name_of(&self, off: u32) -> &str {
+        let s = self.strings.get(off as usize..).unwrap_or(&[]);
+        let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
+        std::str::from_utf8(&s[..end]).unwrap_or("")
+    }
+
+    fn find(&self, name: &str, kind: u32) -> Option<u32> {
+        self.by_name.get(name)?.iter().copied().find(|&id| self.types[id as usize].kind == kind)
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn resolve(&self, mut id: u32) -> u32 {
+        for _ in 0..32 {
+            match self.types.get(id as usize).map(|t| t.kind) {
+                Some(
+                    BTF_KIND_TYPEDEF | BTF_KIND_VOLATILE | BTF_KIND_CONST | BTF_KIND_RESTRICT
+                    | BTF_KIND_TYPE_TAG,
+                ) => {
+                    id = self.types[id as usize].size_or_type;
+                }
+                _ => break,
+            }
+        }
+        id
+    }
+
+    fn size_of(&self, id: u32) -> u32 {
+        let t = &self.types[self.resolve(id) as usize];
+        match t.kind {
+            BTF_KIND_PTR => 8,
+            BTF_KIND_INT | BTF_KIND_STRUCT | BTF_KIND_UNION | BTF_KIND_ENUM | BTF_KIND_ENUM64 => {
+                t.size_or_type
+            }
+            _ => 0,
+        }
+    }
+
+    /// Looks `name` up among the members of struct/union `id`, descending into anonymous
+    /// struct/union members (as C does). Returns (bit offset, member).
+    fn member_in(&self, id: u32, name: &str, depth: u32) -> Option<(u32, BtfMember)> {
+        let t = &self.types[self.resolve(id) as usize];
+        if !matches!(t.kind, BTF_KIND_STRUCT | BTF_KIND_UNION) || depth > 8 {
+            return None;
+        }
+        for m in &t.members {
+            if m.name != 0 && self.name_of(m.name) == name {
+                return Some((m.bit_offset, m.clone()));
+            }
+        }
+        for m in &t.members {
+            if m.name == 0
+                && let Some((off, found)) = self.member_in(m.ty, name, depth + 1)
+            {
+                return Some((m.bit_offset + off, found));
+            }
+        }
+        None
+    }
+
+    /// Byte offset and size of `path` (e.g. `["nd_net", "net"]`) in `struct <strukt>`. Refuses
+    /// bitfields and members not on a byte boundary (none of the ones kovn reads are).
+    pub fn member_offset(&self, strukt: &str, path: &[&str]) -> Result<MemberInfo, String> {
+        let mut id =
+            self.find(strukt, BTF_KIND_STRUCT).ok_or_else(|| format!("no struct {strukt} in BTF"))?;
+        let mut bits = 0;
+        let mut size = 0;
+        for (i, part) in path.iter().enumerate() {
+            let (off, m) = self
+                .member_in(id, part, 0)
+                .ok_or_else(|| format!("no member {} in struct {strukt}", path[..=i].join(".")))?;
+            if m.bitfield_size != 0 || off % 8 != 0 {
+                return Err(format!("{strukt}.{} is a bitfield", path[..=i].join(".")));
+            }
+            bits += off;
+            id = m.ty;
+            size = self.size_of(m.ty);
+        }
+        Ok(MemberInfo { offset: bits / 8, size })
+    }
+
+    /// The enumerators of `enum <name>`.
+    pub fn enum_values(&self, name: &str) -> Option<Vec<(String, u64)>> {
+        let id = self.find(name, BTF_KIND_ENUM).or_else(|| self.find(name, BTF_KIND_ENUM64))?;
+        Some(self.types[id as usize].values.iter().map(|&(n, v)| (self.name_of(n).to_string(), v)).collect())
+    }
+
+    /// Names of every enum whose name ends with `suffix` (e.g. the subsystem drop reasons).
+    pub fn enums_ending_with(&self, suffix: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .by_name
+            .iter()
+            .filter(|(n, ids)| {
+                n.ends_with(suffix)
+                    && ids
+                        .iter()
+                        .any(|&i| matches!(self.types[i as usize].kind, BTF_KIND_ENUM | BTF_KIND_ENUM64))
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Parameter count of the BTF tracepoint `tp` (typedef `btf_trace_<tp>`: a pointer to a
+    /// prototype whose first parameter is the context), not counting that context.
+    pub fn tracepoint_args(&self, tp: &str) -> Option<u32> {
+        let id = self.find(&format!("btf_trace_{tp}"), BTF_KIND_TYPEDEF)?;
+        let ptr = self.resolve(id);
+        let t = &self.types[ptr as usize];
+        if t.kind != BTF_KIND_PTR {
+            return None;
+        }
+        let proto = &self.types[self.resolve(t.size_or_type) as usize];
+        (proto.kind == BTF_KIND_FUNC_PROTO).then(|| proto.vlen.saturating_sub(1))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration of the kernel program.
+
+/// What the tracepoint program needs from the running kernel, as its globals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DropConfig {
+    pub skb_dev: u32,
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    pub skb_protocol: u32,
+    pub skb_len: u32,
+    pub dev_ifindex: u32,
+    pub dev_net: u32,
+    pub net_inum: u32,
+    pub netns_inum: u32,
+    pub has_reason: u8,
+    /// `enum skb_drop_reason` (and subsystem enums) value → name without the prefix.
+    pub reasons: BTreeMap<u32, String>,
+}
+
+fn expect_size(m: MemberInfo, size: u32, what: &str) -> Result<u32, String> {
+    if m.size != size {
+        return Err(format!("{what} is {} bytes in BTF, expected {size}", m.size));
+    }
+    Ok(m.offset)
+}
+
+/// The reason names: `enum skb_drop_reason` with `SKB_DROP_REASON_` stripped, plus the
+/// subsystem enums (`*_drop_reason`, e.g. OVS's `ovs_drop_reason`) for values above 0xffff.
+pub fn reason_names(btf: &Btf) -> BTreeMap<u32, String> {
+    let mut out = BTreeMap::new();
+    for en in btf.enums_ending_with("drop_reason") {
+        let core = en == "skb_drop_reason";
+        for (n, v) in btf.enum_values(&en).unwrap_or_default() {
+            let Ok(v) = u32::try_from(v) else { continue };
+            if !core && v <= 0xffff {
+                continue;
+            }
+            let name = n.strip_prefix("SKB_DROP_REASON_").unwrap_or(&n).to_string();
+            if name == "MAX" || name.starts_with("SUBSYS_") {
+                continue;
+            }
+            out.entry(v).or_insert(name);
+        }
+    }
+    out
+}
+
+impl DropConfig {
+    /// Everything from the running kernel's BTF; `netns_inum` from /proc/self/ns/net.
+    pub fn from_btf(btf: &Btf, netns_inum: u32) -> Result<Self, String> {
+        let args = btf
+            .tracepoint_args("kfree_skb")
+            .ok_or("the kernel has no kfree_skb tracepoint (btf_trace_kfree_skb)")?;
+        let skb = |p: &[&str]| btf.member_offset("sk_buff", p);
+        Ok(Self {
+            skb_dev: expect_size(skb(&["dev"])?, 8, "sk_buff.dev")?,
+            skb_head: expect_size(skb(&["head"])?, 8, "sk_buff.head")?,
+            skb_network_header: expect_size(skb(&["network_header"])?, 2, "sk_buff.network_header")?,
+            skb_transport_header: expect_size(skb(&["transport_header"])?, 2, "sk_buff.transport_header")?,
+            skb_protocol: expect_size(skb(&["protocol"])?, 2, "sk_buff.protocol")?,
+            skb_len: expect_size(skb(&["len"])?, 4, "sk_buff.len")?,
+            dev_ifindex: expect_size(
+                btf.member_offset("net_device", &["ifindex"])?,
+                4,
+                "net_device.ifindex",
+            )?,
+            dev_net: expect_size(
+                btf.member_offset("net_device", &["nd_net", "net"])?,
+                8,
+                "net_device.nd_net.net",
+            )?,
+            net_inum: expect_size(btf.member_offset("net", &["ns", "inum"])?, 4, "net.ns.inum")?,
+            netns_inum,
+            has_reason: u8::from(args >= 3),
+            reasons: reason_names(btf),
+        })
+    }
+
+    pub fn resolve() -> Result<Self, String> {
+        let btf = Btf::from_file(VMLINUX_BTF)?;
+        Self::from_btf(&btf, own_netns_inum()?)
+    }
+
+    /// Sets the program's globals.
+    pub fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        for (name, v) in [
+            ("SKB_DEV_OFF", &self.skb_dev),
+            ("SKB_HEAD_OFF", &self.skb_head),
+            ("SKB_NETWORK_HEADER_OFF", &self.skb_network_header),
+            ("SKB_TRANSPORT_HEADER_OFF", &self.skb_transport_header),
+            ("SKB_PROTOCOL_OFF", &self.skb_protocol),
+            ("SKB_LEN_OFF", &self.skb_len),
+            ("DEV_IFINDEX_OFF", &self.dev_ifindex),
+            ("DEV_NET_OFF", &self.dev_net),
+            ("NET_INUM_OFF", &self.net_inum),
+            ("NETNS_INUM", &self.netns_inum),
+        ] {
+            loader.override_global(name, v, true);
+        }
+        loader.override_global("DROPS_HAS_REASON", &self.has_reason, true);
+    }
+}
+
+/// The inode of this process's network namespace.
+pub fn own_netns_inum() -> Result<u32, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata("/proc/self/ns/net").map_err(|e| format!("stat /proc/self/ns/net: {e}"))?;
+    u32::try_from(m.ino()).map_err(|_| "netns inode above 32 bits".to_string())
+}
+
+/// The state of the drop hook, kept by `Capture`.
+#[derive(Debug, Default)]
+pub struct DropHook {
+    pub available: bool,
+    /// Why it is not (logged once).
+    pub why: Option<String>,
+    /// The tracepoint lacks the reason argument (Linux < 5.17): every drop is reason 0.
+    pub no_reason: bool,
+    pub reasons: BTreeMap<u32, String>,
+}
+
+impl DropHook {
+    pub fn unavailable(why: String) -> Self {
+        log::warn!("drop monitoring unavailable: {why}");
+        Self { why: Some(why), ..Default::default() }
+    }
+
+    /// Loads and attaches the tracepoint program of `ebpf` (loaded with `cfg` applied).
+    pub fn start(ebpf: &mut Ebpf, cfg: Result<DropConfig, String>) -> Self {
+        let cfg = match cfg {
+            Ok(c) => c,
+            Err(why) => return Self::unavailable(why),
+        };
+        let attached = (|| -> Result<(), String> {
+            let btf = AyaBtf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(DROP_PROGRAM)
+                .ok_or("program missing from the object")?
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
+            prog.load("kfree_skb", &btf).map_err(|e| format!("loading {DROP_PROGRAM}: {e}"))?;
+            prog.attach().map_err(|e| format!("attaching to tracepoint kfree_skb: {e}"))?;
+            Ok(())
+        })();
+        if let Err(why) = attached {
+            return Self::unavailable(why);
+        }
+        if cfg.has_reason == 0 {
+            log::warn!(
+                "drop monitoring: this kernel's kfree_skb tracepoint has no reason; drops are recorded without one"
+            );
+        }
+        log::info!("drop monitoring on (tracepoint kfree_skb, netns inode {})", cfg.netns_inum);
+        Self { available: true, why: None, no_reason: cfg.has_reason == 0, reasons: cfg.reasons }
+    }
+
+    pub fn reason_name(&self, reason: u32) -> String {
+        if self.no_reason {
+            return "UNKNOWN".into();
+        }
+        self.reasons.get(&reason).cloned().unwrap_or_else(|| format!("reason_{reason}"))
+    }
+}
+
+/// Every entry of the DROPS map.
+pub fn read_map(ebpf: &Ebpf) -> Result<Vec<(DropKey, DropStats)>, MapError> {
+    let Some(map) = ebpf.map(DROP_MAP) else { return Ok(Vec::new()) };
+    let map: BpfHashMap<&MapData, DropKey, DropStats> = BpfHashMap::try_from(map)?;
+    let mut out = Vec::new();
+    for item in map.iter() {
+        match item {
+            Ok(kv) => out.push(kv),
+            Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// The drop counters summed over CPUs, by name.
+pub fn read_counters(ebpf: &Ebpf) -> BTreeMap<&'static str, u64> {
+    let mut out = BTreeMap::new();
+    let Some(map) = ebpf.map(DROP_COUNTER_MAP) else { return out };
+    let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map) else { return out };
+    for i in 0..DCNT_MAX {
+        if let Ok(v) = arr.get(&i, 0) {
+            out.insert(DROP_COUNTER_NAMES[i as usize], v.iter().sum());
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// API model.
+
+/// One line of `GET /api/v1/drops`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DropRecord {
+    /// The flow's id (as in `/api/v1/flows`); empty for non-IP drops.
+    pub flow_id: String,
+    pub src_ip: Option<IpAddr>,
+    pub dst_ip: Option<IpAddr>,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: String,
+    pub ip_proto: u8,
+    /// The kernel's `enum skb_drop_reason` name without `SKB_DROP_REASON_`, e.g. `NETFILTER_DROP`.
+    pub reason: String,
+    pub reason_code: u32,
+    pub interface: String,
+    pub ifindex: u32,
+    pub count: u64,
+    pub bytes: u64,
+    /// RFC 3339.
+    pub last_seen: String,
+}
+
+/// A flow's drops, in the flow JSON (`drops: [{reason, count}]`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FlowDrop {
+    pub reason: String,
+    pub count: u64,
+}
+
+fn iface_name(ifindex: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer is IF_NAMESIZE bytes as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return format!("if{ifindex}");
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+}
+
+/// The drop records, oriented like their flow when `flows` has it (id → (src ip, src port)),
+/// otherwise client → server by port (the lower port is the server's).
+pub fn records(
+    entries: &[(DropKey, DropStats)],
+    hook: &DropHook,
+    clock: &Clock,
+    flows: &HashMap<String, (IpAddr, u16)>,
+) -> Vec<DropRecord> {
+    let mut names: HashMap<u32, String> = HashMap::new();
+    let mut out: Vec<DropRecord> = entries
+        .iter()
+        .map(|(k, s)| {
+            let f = &k.flow;
+            let ip = f.proto != 0 || f.addr_a != [0; 4] || f.addr_b != [0; 4];
+            let id = if ip { flow_id(f) } else { String::new() };
+            let (a, b) = ((ip_of(f.addr_a), f.port_a), (ip_of(f.addr_b), f.port_b));
+            let (src, dst) = match flows.get(&id) {
+                Some(&(sip, sport)) if (sip, sport) == b => (b, a),
+                Some(_) => (a, b),
+                None if a.1 != 0 && b.1 != 0 && a.1 < b.1 => (b, a),
+                None => (a, b),
+            };
+            DropRecord {
+                flow_id: id,
+                src_ip: ip.then_some(src.0),
+                dst_ip: ip.then_some(dst.0),
+                src_port: src.1,
+                dst_port: dst.1,
+                protocol: if ip { protocol_name(f.proto).into() } else { "non_ip".into() },
+                ip_proto: f.proto,
+                reason: hook.reason_name(k.reason),
+                reason_code: k.reason,
+                interface: names.entry(k.ifindex).or_insert_with(|| iface_name(k.ifindex)).clone(),
+                ifindex: k.ifindex,
+                count: s.count,
+                bytes: s.bytes,
+                last_seen: clock.rfc3339(s.last_ns),
+            }
+        })
+        .collect();
+    out.sort_by(|x, y| y.count.cmp(&x.count).then_with(|| x.flow_id.cmp(&y.flow_id)));
+    out
+}
+
+/// Per-flow drops by flow id, summed over interfaces.
+pub fn by_flow(records: &[DropRecord]) -> HashMap<String, Vec<FlowDrop>> {
+    let mut acc: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
+    for r in records.iter().filter(|r| !r.flow_id.is_empty()) {
+        *acc.entry(r.flow_id.clone()).or_default().entry(r.reason.clone()).or_default() += r.count;
+    }
+    acc.into_iter()
+        .map(|(id, m)| (id, m.into_iter().map(|(reason, count)| FlowDrop { reason, count }).collect()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel() -> Option<Btf> {
+        match Btf::from_file(VMLINUX_BTF) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn offsets_resolve_against_the_running_kernel() {
+        let Some(btf) = kernel() else { return };
+        let cfg = DropConfig::from_btf(&btf, 1).expect("offsets");
+        // sk_buff starts with next/prev (16 bytes) and then the dev union.
+        assert_eq!(cfg.skb_dev, 16, "{cfg:?}");
+        // The header offsets live in the `headers` group near the end, after head/data.
+        assert!(cfg.skb_transport_header > 100 && cfg.skb_network_header > 100, "{cfg:?}");
+        assert_eq!(cfg.skb_network_header, cfg.skb_transport_header + 2, "{cfg:?}");
+        assert!(cfg.skb_head > cfg.skb_len, "{cfg:?}");
+        assert!(cfg.dev_ifindex > 0 && cfg.dev_net > 0 && cfg.net_inum > 0, "{cfg:?}");
+        assert_eq!(cfg.has_reason, 1, "6.x kernels pass the reason");
+    }
+
+    #[test]
+    fn reason_names_come_from_the_kernel_enum() {
+        let Some(btf) = kernel() else { return };
+        let r = reason_names(&btf);
+        assert_eq!(r.get(&2).map(String::as_str), Some("NOT_SPECIFIED"));
+        assert!(r.values().any(|n| n == "NETFILTER_DROP"), "{r:?}");
+        assert!(!r.values().any(|n| n.starts_with("SKB_DROP_REASON_")));
+    }
+
+    #[test]
+    fn anonymous_members_and_nested_paths() {
+        let Some(btf) = kernel() else { return };
+        let nd = btf.member_offset("net_device", &["nd_net"]).unwrap();
+        let net = btf.member_offset("net_device", &["nd_net", "net"]).unwrap();
+        assert_eq!(nd.offset, net.offset, "possible_net_t holds only the pointer");
+        assert!(btf.member_offset("sk_buff", &["no_such_member"]).is_err());
+        assert!(btf.tracepoint_args("kfree_skb").unwrap() >= 3);
+    }
+
+    #[test]
+    fn own_netns_has_an_inode() {
+        assert!(own_netns_inum().unwrap() > 0);
+    }
+
+    #[test]
+    fn records_orient_by_port_and_group_by_flow() {
+        use kovn_ebpf_common::{FlowKey, ipv4_mapped};
+        let (flow, _) =
+            FlowKey::canonical(ipv4_mapped([10, 0, 0, 1]), ipv4_mapped([10, 0, 0, 2]), 40000, 80, 6);
+        let hook = DropHook {
+            available: true,
+            reasons: [(6, "NETFILTER_DROP".to_string())].into(),
+            ..Default::default()
+        };
+        let e = [
+            (DropKey { flow, reason: 6, ifindex: 1 }, DropStats { count: 3, last_ns: 0, bytes: 180 }),
+            (DropKey { flow, reason: 6, ifindex: 2 }, DropStats { count: 1, last_ns: 0, bytes: 60 }),
+        ];
+        let r = records(&e, &hook, &Clock::fixed(0, 0), &HashMap::new());
+        assert_eq!(r[0].dst_port, 80);
+        assert_eq!(r[0].src_port, 40000);
+        assert_eq!(r[0].reason, "NETFILTER_DROP");
+        let f = by_flow(&r);
+        assert_eq!(f[&flow_id(&flow)], vec![FlowDrop { reason: "NETFILTER_DROP".into(), count: 4 }]);
+    }
+}
