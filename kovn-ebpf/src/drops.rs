@@ -9,6 +9,7 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
+use crate::parse::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
@@ -57,9 +58,6 @@ static DROP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DCNT_MAX,
 const BPF_NOEXIST: u64 = 1;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_SCTP: u8 = 132;
 /// `skb->network_header`/`transport_header` when unset (`(typeof(...))~0U`).
 const HDR_UNSET: u16 = 0xffff;
 

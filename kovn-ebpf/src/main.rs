@@ -137,12 +137,12 @@ fn try_observe_underlay(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), (
     let ifindex = parse::ifindex(ctx);
     // On the underlay the outer packet is what must fit the NIC; the tunnel's outer IP
     // header is sent with DF by OVS (and IPv6 never fragments).
-    let size = match &tunnel {
-        Some(t) => wire_size(ctx, &pkt, t.outer_len),
-        None if pkt.no_frag => wire_size(ctx, &pkt, pkt.l3_len),
+    let over = match &tunnel {
+        Some(t) => oversized(ctx, &pkt, ifindex, t.outer_len),
+        None if pkt.no_frag => oversized(ctx, &pkt, ifindex, pkt.l3_len),
         None => 0,
     };
-    record(&pkt, ifindex, hook, tunnel.as_ref(), oversized(ifindex, size));
+    record(&pkt, ifindex, hook, tunnel.as_ref(), over);
     Ok(())
 }
 
@@ -157,8 +157,8 @@ pub fn kovn_noop(_ctx: TcContext) -> i32 {
 fn try_observe(ctx: &TcContext, hook: u8) -> Result<(), ()> {
     let pkt = parse::parse(ctx).map_err(count)?;
     let ifindex = parse::ifindex(ctx);
-    let size = if pkt.no_frag { wire_size(ctx, &pkt, pkt.l3_len) } else { 0 };
-    record(&pkt, ifindex, hook, None, oversized(ifindex, size));
+    let over = if pkt.no_frag { oversized(ctx, &pkt, ifindex, pkt.l3_len) } else { 0 };
+    record(&pkt, ifindex, hook, None, over);
     if let Some(tb) = &pkt.too_big {
         record_too_big(tb);
     }
@@ -204,19 +204,19 @@ fn rr_kind(proto: u8) -> u8 {
     }
 }
 
-/// The L3 size a packet has on the wire: for a GSO super-packet, one segment (gso_size plus
-/// the headers every segment carries); `l3_len` otherwise.
+/// The packet's size on the wire when it exceeds the path MTU of `ifindex`, else 0. `l3_len`
+/// is what must fit (the outer length on the underlay). A GSO super-packet is judged by one
+/// segment: gso_size plus the headers every segment carries. Nearly every packet stops at the
+/// first test (no segment is longer than its super-packet), before any other read.
 #[inline(always)]
-fn wire_size(ctx: &TcContext, pkt: &Packet, l3_len: u32) -> u32 {
-    let gso = parse::gso_size(ctx);
-    if gso == 0 { l3_len } else { gso + pkt.hdrs_len + (l3_len - pkt.l3_len) }
-}
-
-/// `size` when it exceeds the path MTU of `ifindex`, else 0.
-#[inline(always)]
-fn oversized(ifindex: u32, size: u32) -> u32 {
+fn oversized(ctx: &TcContext, pkt: &Packet, ifindex: u32, l3_len: u32) -> u32 {
     let min = PATH_MTU_MIN.get(0).copied().unwrap_or(0);
-    if min == 0 || size <= min {
+    if min == 0 || l3_len <= min {
+        return 0;
+    }
+    let gso = parse::gso_size(ctx);
+    let size = if gso == 0 { l3_len } else { gso + pkt.hdrs_len + (l3_len - pkt.l3_len) };
+    if size <= min {
         return 0;
     }
     // SAFETY: a plain u32 value of a map the loader writes only.

@@ -194,7 +194,7 @@ pub struct AlertQuery {
     pub scenario: Option<String>,
 }
 
-pub const ALERT_KINDS: [&str; 5] = ["request_without_reply", "connection_refused", "mtu", "tunnel", "drops"];
+pub use crate::detection::KINDS as ALERT_KINDS;
 
 impl AlertQuery {
     fn validate(&self) -> Result<(), String> {

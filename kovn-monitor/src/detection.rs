@@ -11,6 +11,9 @@ pub const KIND_CONNECTION_REFUSED: &str = "connection_refused";
 pub const KIND_MTU: &str = "mtu";
 pub const KIND_TUNNEL: &str = "tunnel";
 pub const KIND_DROPS: &str = "drops";
+/// Every kind, for validating filters.
+pub const KINDS: [&str; 5] =
+    [KIND_REQUEST_WITHOUT_REPLY, KIND_CONNECTION_REFUSED, KIND_MTU, KIND_TUNNEL, KIND_DROPS];
 
 /// One finding. Its `id` is stable for the same kind, pair, destination port and protocol,
 /// so a problem that persists is one alert, not a flood.
