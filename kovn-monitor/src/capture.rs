@@ -31,6 +31,7 @@ pub fn programs_for(kind: IfaceKind) -> (&'static str, &'static str) {
         IfaceKind::Pod => ("kovn_pod_ingress", "kovn_pod_egress"),
         IfaceKind::Host => ("kovn_host_ingress", "kovn_host_egress"),
         IfaceKind::Underlay => ("kovn_underlay_ingress", "kovn_underlay_egress"),
+        IfaceKind::Tunnel => ("kovn_tunnel_ingress", "kovn_tunnel_egress"),
     }
 }
 

@@ -26,6 +26,8 @@ pub struct RunConfig {
     pub pod_patterns: Vec<String>,
     pub ifaces: Vec<String>,
     pub underlay_ifaces: Vec<String>,
+    /// Tunnel devices of OVS's kernel datapath, by exact name (attached whenever they exist).
+    pub tunnel_ifaces: Vec<String>,
     /// The path MTU of pod traffic (the overlay's); None: each pod veth's own MTU.
     pub overlay_mtu: Option<u32>,
     pub poll_interval: Duration,
@@ -204,7 +206,15 @@ impl Daemon {
                 }
             }
         }
-        snap.alerts = self.detector.evaluate(&snap.flows, time::OffsetDateTime::now_utc());
+        let now = time::OffsetDateTime::now_utc();
+        let kinds: std::collections::HashMap<String, String> =
+            snap.health.attached_interfaces.iter().map(|a| (a.name.clone(), a.kind.clone())).collect();
+        self.detector.observe_drops(
+            &snap.drops,
+            |iface| kinds.get(iface).cloned().unwrap_or_else(|| "host".into()),
+            now,
+        );
+        snap.alerts = self.detector.evaluate(&snap.flows, now);
         self.attach_verdicts(&mut snap).await;
         link_flows_to_alerts(&mut snap);
         // Counters take this poll's deltas before the snapshot is published.
@@ -219,6 +229,15 @@ impl Daemon {
     async fn attach_verdicts(&mut self, snap: &mut Snapshot) {
         const REFRESH: Duration = Duration::from_secs(10);
         for a in snap.alerts.iter_mut().filter(|a| a.state == "firing") {
+            if a.kind == detection::KIND_DROPS {
+                // The detector names the drop site itself; only the namespace prefix is ours.
+                if let (Some(ns), Some(v)) = (&self.commands.netns, a.verdict.as_mut()) {
+                    for c in &mut v.next_commands {
+                        *c = format!("ip netns exec {ns} {c}");
+                    }
+                }
+                continue;
+            }
             let fresh = self.verdict_at.get(&a.id).is_some_and(|t| t.elapsed() < REFRESH);
             if fresh && a.verdict.is_some() {
                 continue;
@@ -358,7 +377,7 @@ async fn shutdown_signal() -> &'static str {
 }
 
 pub async fn run(cfg: RunConfig) -> Result<()> {
-    let selector = Selector::new(&cfg.pod_patterns, &cfg.ifaces, &cfg.underlay_ifaces)?;
+    let selector = Selector::new(&cfg.pod_patterns, &cfg.ifaces, &cfg.underlay_ifaces, &cfg.tunnel_ifaces)?;
     for name in selector.explicit() {
         if ifindex_of(name).is_none() {
             bail!("unknown interface {name:?} (not in this network namespace)");
