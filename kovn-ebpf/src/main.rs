@@ -32,7 +32,8 @@ use aya_ebpf::{
 use kovn_ebpf_common::{
     CNT_MAP_FULL, CNT_MAX, CNT_OBS_OVERFLOW, DIR_FWD, DIR_REV, FLOW_F_FRAGMENT, FLOW_F_INITIATOR_GUESSED,
     FlowKey, FlowStats, HOOK_EGRESS, HOOK_INGRESS, HOOK_KIND_SHIFT, KIND_HOST, KIND_POD, KIND_TUNNEL,
-    KIND_UNDERLAY, MAX_OBS, ObsPoint, RR_ECHO, RR_NONE, RR_SCTP, RR_TCP, RR_UDP, SIDE_A, SIDE_B,
+    KIND_UNDERLAY, MAX_OBS, ObsPoint, RR_ECHO, RR_NONE, RR_SCTP, RR_TCP, RR_UDP, SIDE_A, SIDE_B, TUN_DEVICE,
+    TUN_NONE,
 };
 use parse::{Packet, Signal, TooBig, Tunnel};
 
@@ -377,14 +378,23 @@ fn observe_point(s: &mut FlowStats, ifindex: u32, hook: u8, dir: usize, l3_len: 
     true
 }
 
-/// The tunnel leg: written only when it changes (same cache line as the counters anyway).
+/// The tunnel leg: written only when it changes (same cache line as the counters anyway). The
+/// wire's view (outer headers on the underlay) is richer than a tunnel key (it has the outer
+/// size and the encapsulation), so a key does not overwrite it when both hooks see the flow.
 #[inline(always)]
 fn record_tunnel(s: &mut FlowStats, t: &Tunnel) {
     let ti = &mut s.tunnel;
+    let from_key = t.kind == TUN_DEVICE;
+    if from_key && ti.kind != TUN_NONE && ti.kind != TUN_DEVICE {
+        return;
+    }
     if ti.remote != t.remote || ti.vni != t.vni || ti.kind != t.kind {
         ti.remote = t.remote;
         ti.vni = t.vni;
         ti.kind = t.kind;
+    }
+    if from_key {
+        return;
     }
     if t.outer_len > ti.outer_max_len {
         ti.outer_max_len = t.outer_len;

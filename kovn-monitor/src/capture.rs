@@ -35,13 +35,15 @@ pub fn programs_for(kind: IfaceKind) -> (&'static str, &'static str) {
     }
 }
 
-pub const ALL_PROGRAMS: [&str; 6] = [
+pub const ALL_PROGRAMS: [&str; 8] = [
     "kovn_pod_ingress",
     "kovn_pod_egress",
     "kovn_host_ingress",
     "kovn_host_egress",
     "kovn_underlay_ingress",
     "kovn_underlay_egress",
+    "kovn_tunnel_ingress",
+    "kovn_tunnel_egress",
 ];
 
 #[derive(Debug, thiserror::Error)]

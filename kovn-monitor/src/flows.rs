@@ -115,8 +115,8 @@ fn tunnel_of(t: &TunnelInfo, tunnel_dev: Option<&str>) -> Option<TunnelPeer> {
         encap: encap.map(Into::into),
         vni: Some(t.vni),
         // The tunnel device sees the inner frame only: outer sizes come from the underlay NIC.
-        outer_max_bytes: (t.kind != TUN_DEVICE || t.outer_max_len > 0).then_some(t.outer_max_len),
-        outer_packets: Some(t.packets),
+        outer_max_bytes: (t.kind != TUN_DEVICE).then_some(t.outer_max_len),
+        outer_packets: (t.kind != TUN_DEVICE).then_some(t.packets),
     })
 }
 
