@@ -44,6 +44,8 @@ pub struct RunConfig {
     /// The Kubernetes API source (workloads, services, nodes, subnets): `--kubernetes`,
     /// `--kubeconfig`.
     pub kubernetes: kube_source::KubeOptions,
+    /// A static inventory file (`--inventory-file`): stands in for the Kubernetes API.
+    pub inventory_file: Option<std::path::PathBuf>,
 }
 
 fn ifindex_of(name: &str) -> Option<u32> {
@@ -409,7 +411,12 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     spawn_inventory(&cfg, inventory.clone());
     // Kubernetes API source: off when there is no API to talk to; only an explicit
     // --kubeconfig that cannot be used stops the daemon.
-    if let Some(client) = kube_source::connect(&cfg.kubernetes).await? {
+    if let Some(path) = &cfg.inventory_file {
+        // Checked now so a typo stops the daemon with the reason; later edits are followed.
+        crate::inventory_file::load(path)?;
+        log::info!("inventory file {}: stands in for the Kubernetes API (source off)", path.display());
+        tokio::spawn(crate::inventory_file::follow(path.clone(), inventory.clone(), Duration::from_secs(2)));
+    } else if let Some(client) = kube_source::connect(&cfg.kubernetes).await? {
         tokio::spawn(kube_source::feed(client, inventory.clone()));
     }
     let table = FlowTable::new(cfg.flow_idle_timeout, cfg.flow_retention);

@@ -1326,6 +1326,84 @@ mod tests {
         e
     }
 
+    /// Every `kovn_*` name the shipped dashboard and alert rules query is one this exporter
+    /// writes (sample names: `_total`, `_bucket`, `_info`, ...), so a renamed metric cannot
+    /// silently blank a panel or disarm an alert.
+    #[test]
+    fn deploy_queries_use_only_exported_metrics() {
+        let exposition = text(&everything());
+        let exported: HashSet<&str> = exposition
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let names = |q: &str| -> Vec<String> {
+            let mut out = Vec::new();
+            let b = q.as_bytes();
+            let mut i = 0;
+            while let Some(off) = q[i..].find("kovn_") {
+                let start = i + off;
+                let boundary = start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
+                let mut end = start;
+                while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+                    end += 1;
+                }
+                if boundary {
+                    out.push(q[start..end].to_string());
+                }
+                i = end;
+            }
+            out
+        };
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../deploy/grafana/kovn-dashboard.json"))
+                .expect("dashboard JSON");
+        let mut queries = Vec::new();
+        fn collect(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        match (k.as_str(), v) {
+                            ("expr" | "definition" | "query", serde_json::Value::String(s)) => {
+                                out.push(s.clone())
+                            }
+                            _ => collect(v, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| collect(v, out)),
+                _ => {}
+            }
+        }
+        collect(&dashboard, &mut queries);
+        let panels = dashboard["panels"].as_array().expect("panels").len();
+        assert!(queries.len() >= panels, "{} queries for {panels} panels", queries.len());
+        let rules = include_str!("../../deploy/prometheus/kovn-rules.yml");
+        let mut used = HashSet::new();
+        for (file, q) in
+            queries.iter().map(|q| ("kovn-dashboard.json", q.as_str())).chain([("kovn-rules.yml", rules)])
+        {
+            for n in names(q) {
+                assert!(exported.contains(n.as_str()), "{file} queries {n}, which /metrics does not export");
+                used.insert(n);
+            }
+        }
+        // And the dashboard covers what the issue asks it to show.
+        for family in [
+            "kovn_path_broken",
+            "kovn_requests_unanswered_total",
+            "kovn_request_rtt_seconds_bucket",
+            "kovn_drops_total",
+            "kovn_oversized_packets_total",
+            "kovn_icmp_frag_needed_total",
+            "kovn_tunnel_packets_total",
+            "kovn_flow_table_entries",
+            "kovn_hook_available",
+        ] {
+            assert!(used.contains(family), "nothing in deploy/ shows {family}");
+        }
+    }
+
     #[test]
     fn output_is_openmetrics() {
         let t = text(&everything());

@@ -3,7 +3,8 @@
 //!
 //! One module per concern: [`capture`] (the eBPF programs and maps), [`interfaces`] (which
 //! interfaces, following them via netlink), [`inventory`], [`ovsdb`] and [`kube`] (who is
-//! behind an address: the node's OVSDB, OVN southbound and the Kubernetes API), [`flows`] (the
+//! behind an address: the node's OVSDB, OVN southbound, the Kubernetes API, or a static file in
+//! [`inventory_file`]), [`flows`] (the
 //! flow table and its JSON model), [`api`] (HTTP), [`daemon`] (the `run` loop), [`client`]
 //! (the CLI's API client).
 
@@ -17,5 +18,6 @@ pub mod export;
 pub mod flows;
 pub mod interfaces;
 pub mod inventory;
+pub mod inventory_file;
 pub mod kube;
 pub mod ovsdb;

@@ -166,6 +166,10 @@ struct RunArgs {
     /// else stays off; `off` never talks to the API.
     #[arg(long, value_enum, default_value = "auto", env = "KOVN_KUBERNETES")]
     kubernetes: kube::KubeMode,
+    /// A static inventory (YAML: nodes, pods, services, subnets; see README) instead of the
+    /// Kubernetes API, for labs and hosts without one. Re-read when it changes.
+    #[arg(long, value_name = "PATH", conflicts_with = "kubeconfig")]
+    inventory_file: Option<std::path::PathBuf>,
     /// The kubeconfig to use (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
     #[arg(long, value_name = "PATH")]
     kubeconfig: Option<std::path::PathBuf>,
@@ -306,6 +310,7 @@ async fn run(args: RunArgs) -> Result<()> {
         ovsdb: args.ovsdb.0,
         ovn_sb: args.ovn_sb.and_then(|a| a.0),
         kubernetes: kube::KubeOptions { mode: args.kubernetes, kubeconfig: args.kubeconfig },
+        inventory_file: args.inventory_file,
     })
     .await
 }
