@@ -46,6 +46,8 @@ pub struct RunConfig {
     pub kubernetes: kube_source::KubeOptions,
     /// A static inventory file (`--inventory-file`): stands in for the Kubernetes API.
     pub inventory_file: Option<std::path::PathBuf>,
+    /// Push findings to this Alertmanager (its v2 alerts endpoint), re-sent every interval.
+    pub alertmanager: Option<(reqwest::Url, Duration)>,
 }
 
 fn ifindex_of(name: &str) -> Option<u32> {
@@ -76,6 +78,8 @@ struct Daemon {
     /// When each firing finding last got its verdict.
     verdict_at: std::collections::HashMap<String, Instant>,
     commands: CommandContext,
+    /// The findings for the Alertmanager pusher (`--alertmanager-url`), when on.
+    alerts_tx: Option<watch::Sender<Vec<detection::Alert>>>,
 }
 
 impl Daemon {
@@ -221,6 +225,9 @@ impl Daemon {
         link_flows_to_alerts(&mut snap);
         // Counters take this poll's deltas before the snapshot is published.
         self.exporter.update(&snap, Instant::now());
+        if let Some(tx) = &self.alerts_tx {
+            tx.send_replace(snap.alerts.clone());
+        }
         *self.shared.write().unwrap_or_else(|p| p.into_inner()) = snap;
     }
 }
@@ -431,7 +438,20 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         detector: Detector::new(&cfg.node_name, cfg.detector.clone()),
         verdict_at: std::collections::HashMap::new(),
         commands: command_context(&cfg),
+        alerts_tx: None,
     };
+    if let Some((url, resend)) = cfg.alertmanager.clone() {
+        let (tx, rx) = watch::channel(Vec::new());
+        // The API as other machines reach it: the node's name when listening on all addresses.
+        let endpoint = if cfg.listen.ip().is_unspecified() {
+            format!("http://{}:{}", cfg.node_name, cfg.listen.port())
+        } else {
+            format!("http://{}", cfg.listen)
+        };
+        log::info!("pushing findings to {url} every {}s while firing", resend.as_secs());
+        tokio::spawn(crate::alertmanager::run(url, endpoint, resend, rx));
+        d.alerts_tx = Some(tx);
+    }
     let mut tick = tokio::time::interval(cfg.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let signal = shutdown_signal();

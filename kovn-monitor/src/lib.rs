@@ -8,6 +8,7 @@
 //! flow table and its JSON model), [`api`] (HTTP), [`daemon`] (the `run` loop), [`client`]
 //! (the CLI's API client).
 
+pub mod alertmanager;
 pub mod api;
 pub mod capture;
 pub mod client;

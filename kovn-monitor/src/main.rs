@@ -166,6 +166,14 @@ struct RunArgs {
     /// else stays off; `off` never talks to the API.
     #[arg(long, value_enum, default_value = "auto", env = "KOVN_KUBERNETES")]
     kubernetes: kube::KubeMode,
+    /// Push the monitor's own findings to this Alertmanager (v2 API: `URL/api/v2/alerts`), for
+    /// clusters that do not run the Prometheus rules. Off unless given.
+    #[arg(long, value_name = "URL", value_parser = parse_alertmanager_url)]
+    alertmanager_url: Option<reqwest::Url>,
+    /// How often firing findings are re-sent to Alertmanager (they expire after four intervals
+    /// without a re-send, e.g. when this monitor stops).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    alertmanager_resend_interval: Duration,
     /// A static inventory (YAML: nodes, pods, services, subnets; see README) instead of the
     /// Kubernetes API, for labs and hosts without one. Re-read when it changes.
     #[arg(long, value_name = "PATH", conflicts_with = "kubeconfig")]
@@ -173,6 +181,10 @@ struct RunArgs {
     /// The kubeconfig to use (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
     #[arg(long, value_name = "PATH")]
     kubeconfig: Option<std::path::PathBuf>,
+}
+
+fn parse_alertmanager_url(s: &str) -> Result<reqwest::Url, String> {
+    kovn_monitor::alertmanager::alerts_url(s).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Debug)]
@@ -311,6 +323,7 @@ async fn run(args: RunArgs) -> Result<()> {
         ovn_sb: args.ovn_sb.and_then(|a| a.0),
         kubernetes: kube::KubeOptions { mode: args.kubernetes, kubeconfig: args.kubeconfig },
         inventory_file: args.inventory_file,
+        alertmanager: args.alertmanager_url.map(|u| (u, args.alertmanager_resend_interval)),
     })
     .await
 }

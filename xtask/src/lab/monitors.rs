@@ -107,6 +107,12 @@ pub fn default_bin() -> PathBuf {
 /// running are left alone; when all are, this says so and changes nothing. On failure every
 /// monitor this call started is stopped again and the error carries the log tail.
 pub fn start(lab: &Lab, bin: &Path) -> Result<Vec<MonitorInfo>> {
+    start_with(lab, bin, &[])
+}
+
+/// [`start`] with extra `kovn-monitor run` arguments after the lab's own (e.g.
+/// `--alertmanager-url ...`, `--metrics-pod-labels`).
+pub fn start_with(lab: &Lab, bin: &Path, extra: &[String]) -> Result<Vec<MonitorInfo>> {
     sys::require_root()?;
     let bin = fs::canonicalize(bin).with_context(|| {
         format!("no kovn-monitor binary at {} (build it: cargo build -p kovn-monitor)", bin.display())
@@ -123,11 +129,22 @@ pub fn start(lab: &Lab, bin: &Path) -> Result<Vec<MonitorInfo>> {
         return Ok(kept);
     }
     let underlay_flag = underlay_flag(&bin);
+    let mut extra = extra.to_vec();
+    let help = cmd::output(&bin.to_string_lossy(), &["run", "--help"]).map(|o| o.stdout).unwrap_or_default();
+    if String::from_utf8_lossy(&help).contains("--inventory-file")
+        && !extra.iter().any(|a| a == "--inventory-file")
+    {
+        extra.extend([
+            "--inventory-file".to_string(),
+            write_inventory(&current)?.to_string_lossy().into_owned(),
+        ]);
+    }
+    let extra = &extra[..];
     let started_at = Instant::now();
     let mut started = Vec::new();
     let result = (|| -> Result<()> {
         for node in &missing {
-            started.push(spawn(&current, node, &bin, underlay_flag)?);
+            started.push(spawn(&current, node, &bin, underlay_flag, extra)?);
         }
         wait_ready(&current, &started, started_at)
     })();
@@ -144,6 +161,40 @@ pub fn start(lab: &Lab, bin: &Path) -> Result<Vec<MonitorInfo>> {
     Ok(all)
 }
 
+/// The lab's static inventory for its monitors (`--inventory-file`): what a Kubernetes API
+/// would tell them on a real cluster (workloads, services and their endpoints, nodes, subnets),
+/// written next to lab.json. JSON is YAML.
+pub fn write_inventory(lab: &Lab) -> Result<PathBuf> {
+    let pods: Vec<Value> = lab
+        .pods
+        .iter()
+        .map(|p| {
+            serde_json::json!({"namespace": p.namespace, "name": p.name, "node": p.node, "ips": [p.ip],
+                "workload": format!("Deployment/{}", p.workload)})
+        })
+        .collect();
+    let services: Vec<Value> = lab
+        .services
+        .iter()
+        .map(|s| {
+            serde_json::json!({"namespace": s.namespace, "name": s.name, "cluster_ips": [s.vip],
+                "ports": [format!("{}/{}", s.port, s.protocol.as_str())],
+                "endpoints": s.backends.iter().map(|b| b.ip().to_string()).collect::<Vec<_>>()})
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "nodes": lab.nodes.iter().map(|n| serde_json::json!({"name": n.name, "ips": [n.ip]})).collect::<Vec<_>>(),
+        "pods": pods,
+        "services": services,
+        "subnets": lab.subnets.iter().map(|s| serde_json::json!({"name": s.name, "cidr": s.cidr.to_string(),
+            "gateway": s.gateway, "mode": "overlay"})).collect::<Vec<_>>(),
+    });
+    let path = lab.state_dir.join("inventory.yaml");
+    fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
 /// `--underlay-iface` (Geneve/VXLAN on the NIC opened to the pod flow inside) when the binary
 /// has it, else `--iface` (the NIC watched as a plain host interface).
 fn underlay_flag(bin: &Path) -> &'static str {
@@ -151,7 +202,7 @@ fn underlay_flag(bin: &Path) -> &'static str {
     if String::from_utf8_lossy(&help).contains("--underlay-iface") { "--underlay-iface" } else { "--iface" }
 }
 
-fn spawn(lab: &Lab, node: &Node, bin: &Path, underlay_flag: &str) -> Result<MonitorInfo> {
+fn spawn(lab: &Lab, node: &Node, bin: &Path, underlay_flag: &str, extra: &[String]) -> Result<MonitorInfo> {
     // OVS re-enables checksum offload on the root end of the node's NIC when it takes the NIC;
     // without this, labs made before `up` reasserted it could not reach the API (see `up`).
     up::root_veth_checksums(node)?;
@@ -179,6 +230,7 @@ fn spawn(lab: &Lab, node: &Node, bin: &Path, underlay_flag: &str) -> Result<Moni
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(extra.iter().cloned())
     .collect();
     let pid = sys::spawn_detached(Some(&node.netns), &bin.to_string_lossy(), &args, &log, &pidfile)?;
     Ok(MonitorInfo {
