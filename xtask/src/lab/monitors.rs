@@ -34,7 +34,7 @@ pub const MONITOR_PORT: u16 = 9474;
 /// How often the monitors read their kernel flow maps: tests wait a little more than this.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How long `start` waits for a monitor to answer `/healthz` with every interface attached.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `stop` waits after SIGINT before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 const LOG_TAIL_LINES: usize = 25;
@@ -353,6 +353,16 @@ pub(crate) fn stop_processes(lab: &Lab) -> Vec<i32> {
 /// GET an `http://HOST:PORT/PATH` URL and parse the JSON body: a minimal HTTP/1.1 client on std
 /// (`Connection: close`; Content-Length or chunked bodies), enough for the monitors' API.
 pub fn get_json(url: &str, timeout: Duration) -> Result<Value> {
+    let body = get(url, timeout)?;
+    serde_json::from_slice(&body).with_context(|| format!("GET {url}: the answer is not JSON"))
+}
+
+/// `GET url` (plain http), the body as text when the status is 200.
+pub fn get_text(url: &str, timeout: Duration) -> Result<String> {
+    Ok(String::from_utf8_lossy(&get(url, timeout)?).into_owned())
+}
+
+fn get(url: &str, timeout: Duration) -> Result<Vec<u8>> {
     let rest = url.strip_prefix("http://").with_context(|| format!("{url}: only http:// URLs"))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -368,7 +378,7 @@ pub fn get_json(url: &str, timeout: Duration) -> Result<Value> {
     stream.set_write_timeout(Some(timeout))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json, text/plain, */*\r\nConnection: close\r\n\r\n"
     )
     .with_context(|| format!("GET {url}"))?;
     let mut raw = Vec::new();
@@ -384,7 +394,7 @@ pub fn get_json(url: &str, timeout: Duration) -> Result<Value> {
     }
     let status = head.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("?").to_string();
     ensure!(status == "200", "GET {url}: HTTP {status}: {}", String::from_utf8_lossy(&body).trim());
-    serde_json::from_slice(&body).with_context(|| format!("GET {url}: the answer is not JSON"))
+    Ok(body)
 }
 
 fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
