@@ -78,6 +78,8 @@ struct Daemon {
     /// When each firing finding last got its verdict.
     verdict_at: std::collections::HashMap<String, Instant>,
     commands: CommandContext,
+    /// Why the OVS over-MTU kprobe does not run (checked once at start).
+    ovs_kprobe_why: String,
     /// The findings for the Alertmanager pusher (`--alertmanager-url`), when on.
     alerts_tx: Option<watch::Sender<Vec<detection::Alert>>>,
 }
@@ -186,6 +188,7 @@ impl Daemon {
                 .why
                 .iter()
                 .map(|w| ("kfree_skb".to_string(), w.clone()))
+                .chain([("ovs_vport_mtu_kprobe".to_string(), self.ovs_kprobe_why.clone())])
                 .collect(),
         };
         // The inventory's lock is a std one: released before any await below.
@@ -439,7 +442,9 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         verdict_at: std::collections::HashMap::new(),
         commands: command_context(&cfg),
         alerts_tx: None,
+        ovs_kprobe_why: crate::capture::ovs_vport_kprobe_unavailable(),
     };
+    log::info!("OVS over-MTU kprobe unavailable: {}", d.ovs_kprobe_why);
     if let Some((url, resend)) = cfg.alertmanager.clone() {
         let (tx, rx) = watch::channel(Vec::new());
         // The API as other machines reach it: the node's name when listening on all addresses.

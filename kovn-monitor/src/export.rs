@@ -793,6 +793,43 @@ impl Exporter {
     }
 }
 
+/// The Prometheus text format (0.0.4), for scrapers that do not ask for OpenMetrics (curl,
+/// `promtool check metrics`, older Prometheus). It differs only in naming counter and info
+/// families with their sample suffix and in having no `# UNIT` and `# EOF` lines: only those are
+/// translated; names, labels, escaping, buckets and values go as they are.
+pub fn to_prometheus_text(om: &str) -> String {
+    let lines: Vec<&str> = om.lines().collect();
+    let mut renames: HashMap<&str, (String, &str)> = HashMap::new();
+    for l in &lines {
+        if let Some((name, kind)) = l.strip_prefix("# TYPE ").and_then(|r| r.split_once(' ')) {
+            match kind {
+                "counter" => renames.insert(name, (format!("{name}_total"), "counter")),
+                "info" => renames.insert(name, (format!("{name}_info"), "gauge")),
+                _ => None,
+            };
+        }
+    }
+    let mut out = String::with_capacity(om.len());
+    for l in lines {
+        if l == "# EOF" || l.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = l.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            let (new, kind) = renames.get(name)?;
+            let tail = if *p == "# TYPE " { *kind } else { tail };
+            Some(format!("{p}{new} {tail}"))
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(l));
+        out.push('\n');
+    }
+    out
+}
+
+/// The content type of [`to_prometheus_text`]'s output.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 #[cfg(test)]
 mod tests {
     use std::io::Write as _;
@@ -1458,39 +1495,6 @@ mod tests {
         assert!(t.contains(r#"src_pod="we\"ird\\pod\nx""#), "{t}");
     }
 
-    /// promtool 2.42 (Debian's) lints only the Prometheus 0.0.4 text format: OpenMetrics names
-    /// counter and info families without their sample suffix and adds `# UNIT` and `# EOF`.
-    /// Only those are translated; names, labels, escaping, buckets and values go as they are.
-    fn to_prometheus_text(om: &str) -> String {
-        let lines: Vec<&str> = om.lines().collect();
-        let mut renames: HashMap<String, (String, &str)> = HashMap::new();
-        for l in &lines {
-            if let Some((name, kind)) = l.strip_prefix("# TYPE ").and_then(|r| r.split_once(' ')) {
-                match kind {
-                    "counter" => renames.insert(name.into(), (format!("{name}_total"), "counter")),
-                    "info" => renames.insert(name.into(), (format!("{name}_info"), "gauge")),
-                    _ => None,
-                };
-            }
-        }
-        let mut out = String::new();
-        for l in lines {
-            if l == "# EOF" || l.starts_with("# UNIT ") {
-                continue;
-            }
-            let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|p| {
-                let rest = l.strip_prefix(p)?;
-                let (name, tail) = rest.split_once(' ')?;
-                let (new, kind) = renames.get(name)?;
-                let tail = if *p == "# TYPE " { *kind } else { tail };
-                Some(format!("{p}{new} {tail}"))
-            });
-            out.push_str(rewritten.as_deref().unwrap_or(l));
-            out.push('\n');
-        }
-        out
-    }
-
     #[test]
     fn promtool_accepts_the_output() {
         let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
@@ -1520,12 +1524,25 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server =
             tokio::spawn(axum::serve(listener, crate::api::metrics_router(e.metrics())).into_future());
-        let resp = reqwest::get(format!("http://{addr}/metrics")).await.unwrap();
+        // Prometheus asks for OpenMetrics first (its default scrape Accept header).
+        let prometheus_accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let resp = reqwest::Client::new()
+            .get(format!("http://{addr}/metrics"))
+            .header("accept", prometheus_accept)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
         let ct = resp.headers().get("content-type").unwrap().to_str().unwrap().to_string();
         assert_eq!(ct, "application/openmetrics-text; version=1.0.0; charset=utf-8");
         let body = resp.text().await.unwrap();
         assert!(body.contains("kovn_flow_packets_total{") && body.ends_with("# EOF\n"), "{body}");
+        // Anyone else (curl, promtool) gets the classic text format.
+        let resp = reqwest::get(format!("http://{addr}/metrics")).await.unwrap();
+        let ct = resp.headers().get("content-type").unwrap().to_str().unwrap().to_string();
+        assert_eq!(ct, TEXT_CONTENT_TYPE);
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("# TYPE kovn_build_info gauge") && !body.contains("# EOF"), "{body}");
         server.abort();
     }
 
