@@ -240,6 +240,7 @@ mod tests {
             workload: Some(w.into()),
             node: Some("node1".into()),
             service: None,
+            backends: Vec::new(),
         };
         Alert {
             id: id.into(),

@@ -183,6 +183,26 @@ fn reported_here(f: &Flow, node: &str) -> bool {
     }
 }
 
+/// Does this flow cross the overlay tunnel to another node: a cross-node pod pair, or a service
+/// whose backends all run on one other node (the inventory then names that node).
+fn through_tunnel(f: &Flow) -> bool {
+    match f.scenario.as_str() {
+        "pod_to_pod_cross_node" => true,
+        "pod_to_service" => f.tunnel.as_ref().is_some_and(|t| t.remote_node.is_some()),
+        _ => false,
+    }
+}
+
+/// What a request is for: the destination pod, or a service's backends.
+fn destination(f: &Flow) -> String {
+    match &f.dst {
+        Some(Endpoint { kind, backends, .. }) if kind == "service" && !backends.is_empty() => {
+            backends.join(",")
+        }
+        d => who(d.as_ref(), f.dst_ip),
+    }
+}
+
 /// One pair's failing and answered flows in this round.
 #[derive(Default)]
 struct PairRound<'a> {
@@ -453,22 +473,23 @@ impl Detector {
         // broke are history.
         let failing_since =
             pairs.values().flat_map(|r| r.failing.iter()).filter_map(|f| parse_time(&f.first_seen)).min();
-        let mut by_remote: HashMap<String, (usize, usize)> = HashMap::new();
+        // Counted per destination, not per flow or pair: one client retrying (a new flow per
+        // attempt), or several clients of one broken pod, are one destination, and one failing
+        // destination is that destination's problem, not the tunnel's. A service whose backends
+        // all run on the remote node stands for those backends.
+        let mut by_remote: HashMap<String, (std::collections::BTreeSet<String>, usize)> = HashMap::new();
         for round in pairs.values() {
             let concurrent = |f: &&&Flow| {
                 failing_since.is_some_and(|since| parse_time(&f.last_seen).is_some_and(|t| t >= since))
             };
-            for (f, failed) in round
-                .failing
-                .iter()
-                .map(|f| (f, true))
-                .chain(round.answered.iter().filter(concurrent).map(|f| (f, false)))
-            {
-                if f.scenario == "pod_to_pod_cross_node"
-                    && let Some(n) = f.tunnel.as_ref().and_then(|t| t.remote_node.clone())
-                {
-                    let e = by_remote.entry(n).or_default();
-                    if failed { e.0 += 1 } else { e.1 += 1 }
+            for f in round.failing.iter().filter(|f| through_tunnel(f)) {
+                if let Some(n) = f.tunnel.as_ref().and_then(|t| t.remote_node.clone()) {
+                    by_remote.entry(n).or_default().0.insert(destination(f));
+                }
+            }
+            for f in round.answered.iter().filter(concurrent).filter(|f| through_tunnel(f)) {
+                if let Some(n) = f.tunnel.as_ref().and_then(|t| t.remote_node.clone()) {
+                    by_remote.entry(n).or_default().1 += 1;
                 }
             }
         }
@@ -495,13 +516,13 @@ impl Detector {
             let mtu_hole = self.mtu_black_hole(&round.failing, &round.answered);
             let kind = if mtu_hole.is_some() {
                 KIND_MTU
-            } else if round.failing.iter().all(|f| f.scenario == "pod_to_pod_cross_node")
+            } else if round.failing.iter().all(|f| through_tunnel(f))
                 && same_node_ok
                 && round
                     .failing
                     .iter()
                     .filter_map(|f| f.tunnel.as_ref()?.remote_node.clone())
-                    .any(|n| by_remote.get(&n).is_some_and(|(fail, ok)| *fail >= 2 && *ok == 0))
+                    .any(|n| by_remote.get(&n).is_some_and(|(fail, ok)| fail.len() >= 2 && *ok == 0))
             {
                 KIND_TUNNEL
             } else {
@@ -1257,6 +1278,59 @@ mod tests {
         assert_eq!(first[0].kind, "request_without_reply");
         let later = d.evaluate(&flows, at(6));
         assert_eq!(later.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>(), vec!["tunnel"], "{later:#?}");
+        // One pair retrying (a new flow per attempt) is still one pair, not the tunnel.
+        let mut d = detector();
+        let retries = [
+            cross("r1", (2, 0, 0), "db-2"),
+            cross("r2", (2, 0, 0), "db-2"),
+            cross("r3", (2, 0, 0), "db-2"),
+            same("c", (1, 1, 2), "db-1", true),
+        ];
+        let a = d.evaluate(&retries, at(5));
+        assert_eq!(
+            a.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>(),
+            vec!["request_without_reply"],
+            "{a:#?}"
+        );
+        assert_eq!(a[0].flows.len(), 3);
+        // Two clients of one broken pod on node2: that pod's problem, not the tunnel's.
+        let mut d = detector();
+        let mut other_client = cross("o1", (2, 0, 0), "db-2");
+        other_client.src =
+            Some(serde_json::from_value(pod("default", "cache-1", "node1")).expect("endpoint"));
+        other_client.src_ip = "10.16.0.9".parse().unwrap();
+        let a = d.evaluate(
+            &[cross("r1", (2, 0, 0), "db-2"), other_client, same("c", (1, 1, 2), "db-1", true)],
+            at(5),
+        );
+        assert!(a.iter().all(|a| a.kind == "request_without_reply"), "{a:#?}");
+        // A service whose only backend is on node2 counts as that backend: with another pod
+        // of node2 failing too, it is the tunnel, in one finding.
+        let mut d = detector();
+        let mut svc = flow(
+            "s1",
+            "tcp",
+            80,
+            (2, 0, 0),
+            "pod_to_service",
+            pod("default", "web-1", "node1"),
+            json!({"kind": "service", "service": "shop/db", "backends": ["shop/db-2"]}),
+            json!([iface("pod", "ingress", "fwd")]),
+        );
+        svc.dst_ip = "10.96.0.11".parse().unwrap();
+        svc.tunnel =
+            Some(crate::inventory::TunnelPeer { remote_node: Some("node2".into()), ..Default::default() });
+        let a = d.evaluate(
+            &[svc.clone(), cross("b", (2, 0, 0), "cache-2"), same("c", (1, 1, 2), "db-1", true)],
+            at(5),
+        );
+        let firing: Vec<&str> = a.iter().filter(|a| a.state == "firing").map(|a| a.kind.as_str()).collect();
+        assert_eq!(firing, vec!["tunnel"], "{a:#?}");
+        assert_eq!(a[0].flows.len(), 2, "the service flow is part of it: {a:#?}");
+        // The same service flow with its backend's own pod failing: one destination.
+        let mut d = detector();
+        let a = d.evaluate(&[svc, cross("b", (2, 0, 0), "db-2"), same("c", (1, 1, 2), "db-1", true)], at(5));
+        assert!(a.iter().all(|a| a.kind == "request_without_reply"), "{a:#?}");
         // One failing pair alone is not enough to blame the tunnel.
         let mut d = detector();
         let a = d.evaluate(&[cross("a", (2, 0, 0), "db-2"), same("c", (1, 1, 2), "db-1", true)], at(5));

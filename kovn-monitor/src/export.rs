@@ -848,11 +848,12 @@ mod tests {
             workload: workload.map(str::to_string),
             node: None,
             service: None,
+            backends: Vec::new(),
         }
     }
 
     fn other(kind: &str) -> Endpoint {
-        Endpoint { kind: kind.into(), namespace: None, pod: None, workload: None, node: None, service: None }
+        Endpoint { kind: kind.into(), ..Default::default() }
     }
 
     fn flow(id: &str, src: Endpoint, dst: Endpoint) -> Flow {

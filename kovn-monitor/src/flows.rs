@@ -363,8 +363,11 @@ impl Flow {
         self.scenario = inv.scenario(&src, &dst).to_string();
         // What the kernel saw on the wire (remote endpoint, VNI, outer sizes) wins; the inventory
         // names the node behind the endpoint, or stands in when no tunnel hook saw the flow.
-        let cross = self.scenario == "pod_to_pod_cross_node";
-        let expected = if cross { inv.tunnel_peer(&src, &dst) } else { None };
+        let expected = match self.scenario.as_str() {
+            "pod_to_pod_cross_node" => inv.tunnel_peer(&src, &dst),
+            "pod_to_service" => inv.service_tunnel_peer(&dst),
+            _ => None,
+        };
         self.tunnel = match (self.tunnel.take(), expected) {
             (Some(mut seen), expected) => {
                 seen.remote_node = seen

@@ -60,6 +60,10 @@ pub struct Endpoint {
     /// For a service VIP: the load balancer's `ip:port` and backends.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// For a service VIP: its backend pods (`namespace/pod`, or the address when no pod is
+    /// known), from the EndpointSlices or OVN's load balancer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<String>,
 }
 
 /// The tunnel a cross-node flow crosses on this node: from the kernel when the underlay NIC
@@ -305,19 +309,36 @@ impl Inventory {
                 workload: p.workload.clone(),
                 node: p.node.clone(),
                 service: None,
+                backends: Vec::new(),
             };
         }
         // Service names from the API first; OVN's load balancers name only the VIP.
         if let Some((namespace, name)) = self.kube_services.get(&(ip, port, proto)) {
+            let service = format!("{namespace}/{name}");
+            let backends = self.backend_names(self.service_backends(&service).into_iter().map(|(ip, _)| ip));
             return Endpoint {
                 kind: "service".into(),
                 namespace: Some(namespace.clone()),
-                service: Some(format!("{namespace}/{name}")),
+                service: Some(service),
+                backends,
                 ..Default::default()
             };
         }
         if let Some(s) = self.vips.get(&(ip, port, proto)) {
-            return Endpoint { kind: "service".into(), service: Some(s.clone()), ..Default::default() };
+            // "VIP -> backend:port,backend:port" as OVN's Load_Balancer lists them.
+            let ips = s
+                .split_once(" -> ")
+                .map(|(_, b)| {
+                    b.split(',').filter_map(|b| parse_vip(b.trim()).map(|(ip, _)| ip)).collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            let backends = self.backend_names(ips.into_iter());
+            return Endpoint {
+                kind: "service".into(),
+                service: Some(s.clone()),
+                backends,
+                ..Default::default()
+            };
         }
         if let Some(n) = self.node_by_ip.get(&ip) {
             return Endpoint { kind: "node".into(), node: Some(n.clone()), ..Default::default() };
@@ -412,6 +433,36 @@ impl Inventory {
             ("pod", "external") => "pod_to_external",
             _ => "unknown",
         }
+    }
+
+    fn backend_names(&self, ips: impl Iterator<Item = IpAddr>) -> Vec<String> {
+        let mut v: Vec<String> = ips
+            .map(|ip| match self.pods_by_ip.get(&ip) {
+                Some(p) => format!("{}/{}", p.namespace, p.name),
+                None => ip.to_string(),
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// For a service whose backends all run on one other node: that node and its tunnel
+    /// endpoint (OVN load-balances before the tunnel, so the flow crosses it to that node).
+    pub fn service_tunnel_peer(&self, dst: &Endpoint) -> Option<TunnelPeer> {
+        let mut nodes = dst.backends.iter().map(|b| {
+            let (ns, name) = b.split_once('/')?;
+            self.pods_by_ip.values().find(|p| p.namespace == ns && p.name == name)?.node.clone()
+        });
+        let first = nodes.next()??;
+        if first == self.local_node || !nodes.all(|n| n.as_deref() == Some(first.as_str())) {
+            return None;
+        }
+        Some(TunnelPeer {
+            remote_ip: self.encap_ip_of.get(&first).copied(),
+            remote_node: Some(first),
+            ..Default::default()
+        })
     }
 
     /// The node whose tunnel endpoint (OVN encap IP) this is.

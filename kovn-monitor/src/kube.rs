@@ -757,6 +757,16 @@ mod tests {
         assert_eq!(vlan10.vlan.as_deref(), Some("vlan10"));
         assert_eq!(inv.subnets()[1].gateway.as_deref(), Some("10.16.0.1"));
 
+        // The watches start after the lists are applied: wait for them (bounded) rather than
+        // race them.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while [PODS, NODES, SERVICES, SLICES, SUBNETS]
+            .iter()
+            .any(|p| !api.requests("WATCH").contains(&format!("WATCH {p} rv=1200")))
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         for path in [PODS, NODES, SERVICES, SLICES, SUBNETS] {
             assert!(
                 api.requests("WATCH").contains(&format!("WATCH {path} rv=1200")),

@@ -768,8 +768,9 @@ fn t07_fault_tunnel_cut() {
     let _heal = HealOnDrop(lab.clone());
     let cross = tcp(&a, addr(&b), 41031);
     let local = tcp(&a, addr(&c), 41032);
-    // A second pod pair towards node2: the tunnel, not one pod, is the problem.
-    let cross2 = tcp(&c, addr(&b), 41034);
+    // A second destination on node2: the tunnel, not one pod, is the problem.
+    let b2 = lab.pods_on(&node2.name).find(|p| p.name != b.name).expect("a second pod on node2").clone();
+    let cross2 = tcp(&c, addr(&b2), 41034);
     assert!(!cross2.ok, "the tunnel is cut, yet: {}", cross2.detail);
     assert!(!cross.ok, "the tunnel is cut, yet: {}", cross.detail);
     assert!(local.ok, "same-node traffic does not use the tunnel: {}", local.detail);
@@ -803,7 +804,7 @@ fn t07_fault_tunnel_cut() {
     heal(&mut lab);
     let probe = tcp(&a, addr(&b), 41033);
     assert!(probe.ok, "healed: {}", probe.detail);
-    let probe2 = tcp(&c, addr(&b), 41035);
+    let probe2 = tcp(&c, addr(&b2), 41035);
     assert!(probe2.ok, "healed: {}", probe2.detail);
     std::thread::sleep(SETTLE);
     let f1 = flows(&lab, "node1");
