@@ -64,7 +64,7 @@ pub fn render_alerts(alerts: &[crate::detection::Alert]) -> String {
     out
 }
 
-async fn get_json<T: serde::de::DeserializeOwned>(
+pub async fn get_json<T: serde::de::DeserializeOwned>(
     endpoint: &str,
     path: &str,
     query: &[(&str, String)],

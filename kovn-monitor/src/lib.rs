@@ -5,7 +5,8 @@
 //! interfaces, following them via netlink), [`inventory`], [`ovsdb`] and [`kube`] (who is
 //! behind an address: the node's OVSDB, OVN southbound and the Kubernetes API), [`flows`] (the
 //! flow table and its JSON model), [`api`] (HTTP), [`daemon`] (the `run` loop), [`client`]
-//! (the CLI's API client).
+//! (the CLI's API client), [`ui`]
+//! (`kovn-monitor top`, the live view).
 
 pub mod api;
 pub mod capture;
@@ -19,3 +20,4 @@ pub mod interfaces;
 pub mod inventory;
 pub mod kube;
 pub mod ovsdb;
+pub mod ui;

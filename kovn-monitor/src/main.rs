@@ -1,4 +1,4 @@
-//! `kovn-monitor`: the node daemon (`run`) and the operator's CLI (`flows`).
+//! `kovn-monitor`: the node daemon (`run`) and the operator's CLI (`flows`, `alerts`, `top`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,6 +31,44 @@ enum Command {
     Flows(FlowsArgs),
     /// Print the daemon's findings (firing and recently resolved) with verdicts.
     Alerts(AlertsArgs),
+    /// The live flow view over one or more monitors (full screen; `--once` for scripts).
+    Top(TopArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TopArgs {
+    /// A monitor's API (repeatable; KOVN_ENDPOINT may list several, comma-separated).
+    /// Default: http://127.0.0.1:9474 unless --lab is given.
+    #[arg(long = "endpoint", value_name = "URL", env = "KOVN_ENDPOINT", value_delimiter = ',')]
+    endpoint: Vec<String>,
+    /// Also show the monitors of this lab (`cargo xtask lab`), by name or state directory.
+    #[arg(long, value_name = "NAME")]
+    lab: Option<String>,
+    /// How often the monitors are asked.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Print one snapshot (sampled twice, --interval apart, for the rates) and exit.
+    #[arg(long)]
+    once: bool,
+    /// With --once: a table for people or JSON for scripts.
+    #[arg(short, long, value_enum, default_value = "table", requires = "once")]
+    output: Output,
+}
+
+async fn top(args: TopArgs) -> Result<()> {
+    let mut endpoints = args.endpoint;
+    if let Some(lab) = &args.lab {
+        endpoints.extend(kovn_monitor::ui::lab_endpoints(lab)?);
+    }
+    if endpoints.is_empty() {
+        endpoints.push("http://127.0.0.1:9474".into());
+    }
+    endpoints.dedup();
+    let once = args.once.then_some(match args.output {
+        Output::Table => kovn_monitor::ui::OnceOutput::Table,
+        Output::Json => kovn_monitor::ui::OnceOutput::Json,
+    });
+    kovn_monitor::ui::run(kovn_monitor::ui::TopOptions { endpoints, interval: args.interval, once }).await
 }
 
 #[derive(Debug, clap::Args)]
@@ -324,6 +362,7 @@ fn main() {
             Command::Run(a) => run(a).await,
             Command::Flows(a) => flows(a).await,
             Command::Alerts(a) => alerts(a).await,
+            Command::Top(a) => top(a).await,
         }
     });
     if let Err(e) = result {
