@@ -70,7 +70,11 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(
     query: &[(&str, String)],
 ) -> Result<T> {
     let url = endpoint_url(endpoint, path)?;
-    let resp = reqwest::Client::new()
+    // One client for the process: `top` asks every second, and a kept-alive connection does
+    // not add a new flow to the very table it shows each time.
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let resp = CLIENT
+        .get_or_init(reqwest::Client::new)
         .get(url.clone())
         .query(query)
         .timeout(std::time::Duration::from_secs(10))

@@ -12,12 +12,9 @@ pub const KEYS: [(&str, &str); 15] = [
     ("Enter", "open the selected flow's detail pane (fetches its drill-down)"),
     ("t", "in the detail pane: fetch the drill-down again"),
     ("Esc", "close the detail pane or help; cancel typing a filter"),
-    (
-        "/",
-        "type a filter, applied as you type: words that must all match; ns: pod: scenario: state: proto: node: look at one field, state:broken; Enter keeps it",
-    ),
+    ("/", "type a filter (applies as you type; Enter keeps it, Esc drops it), see below"),
     ("c", "clear the filter"),
-    ("b", "show only broken flows (toggle)"),
+    ("b", "show only flows marked broken (!) or suspect (?) (toggle)"),
     ("<  >", "sort by the column to the left / right"),
     ("1-9, 0", "sort by column 1-9, 10 (of all columns)"),
     ("r", "reverse the sort order"),
@@ -90,8 +87,12 @@ pub struct App {
     pub broken_only: bool,
     pub paused: bool,
     pub mode: Mode,
-    /// The selected flow, by id (the selection follows the flow when rows move).
-    pub selected: Option<String>,
+    /// The selected line of the table: like top, it stays where it is while rows move under it.
+    pub cursor: usize,
+    /// The first line shown (kept between frames so the table does not jump).
+    pub offset: usize,
+    /// In the detail pane the selection is pinned to its flow instead, by id.
+    pub pinned: Option<String>,
     /// Rows a page moves (set by the renderer from the table's height).
     pub page: usize,
     pub traces: HashMap<String, Trace>,
@@ -113,7 +114,9 @@ impl App {
             broken_only: false,
             paused: false,
             mode: Mode::Table,
-            selected: None,
+            cursor: 0,
+            offset: 0,
+            pinned: None,
             page: 10,
             traces: HashMap::new(),
             color,
@@ -134,19 +137,22 @@ impl App {
         self.refilter();
     }
 
-    /// Re-applies filter and sort, keeping the selection on its flow when it is still shown.
+    /// Re-applies filter and sort; the detail pane's flow keeps the selection where it moved.
     fn refilter(&mut self) {
         self.visible = model::visible_rows(&self.rows, &self.filter, self.broken_only, self.sort);
         self.totals = model::totals(&self.sources, &self.rows, self.visible.len());
-        let still = self.selected.as_ref().is_some_and(|id| self.visible.iter().any(|r| &r.id == id));
-        if !still {
-            self.selected = self.visible.first().map(|r| r.id.clone());
+        if let Some(i) = self.pinned.as_ref().and_then(|id| self.visible.iter().position(|r| &r.id == id)) {
+            self.cursor = i;
+        }
+        self.cursor = self.cursor.min(self.visible.len().saturating_sub(1));
+        if self.pinned.is_some() {
+            // Gone (expired, filtered out): the pane shows the line the cursor is on now.
+            self.pinned = self.visible.get(self.cursor).map(|r| r.id.clone());
         }
     }
 
     pub fn selected_index(&self) -> Option<usize> {
-        let id = self.selected.as_ref()?;
-        self.visible.iter().position(|r| &r.id == id)
+        (!self.visible.is_empty()).then(|| self.cursor.min(self.visible.len() - 1))
     }
 
     pub fn selected_row(&self) -> Option<&Row> {
@@ -158,9 +164,10 @@ impl App {
             return;
         }
         let last = self.visible.len() - 1;
-        let now = self.selected_index().unwrap_or(0);
-        let next = now.saturating_add_signed(delta).min(last);
-        self.selected = Some(self.visible[next].id.clone());
+        self.cursor = self.cursor.saturating_add_signed(delta).min(last);
+        if self.pinned.is_some() {
+            self.pinned = Some(self.visible[self.cursor].id.clone());
+        }
     }
 
     fn sort_by(&mut self, column: Column) {
@@ -218,7 +225,10 @@ impl App {
         let at = columns.iter().position(|c| *c == self.sort.column).unwrap_or(0);
         match key {
             Key::Char('q') => return Action::Quit,
-            Key::Esc => self.mode = Mode::Table,
+            Key::Esc => {
+                self.mode = Mode::Table;
+                self.pinned = None;
+            }
             Key::Char('?') | Key::Char('h') => self.mode = Mode::Help,
             Key::Char('/') => self.mode = Mode::Filter,
             Key::Char('c') => {
@@ -251,6 +261,7 @@ impl App {
             Key::End => self.move_selection(isize::MAX / 2),
             Key::Enter if self.selected_row().is_some() => {
                 self.mode = Mode::Detail;
+                self.pinned = self.selected_row().map(|r| r.id.clone());
                 return self.trace_action();
             }
             Key::Char('t') if self.mode == Mode::Detail => return self.trace_action(),
@@ -350,7 +361,7 @@ mod tests {
     fn detail_asks_for_the_drill_down_of_the_selected_flow() {
         let mut app = app();
         app.key(Key::Down);
-        assert_eq!(app.selected.as_deref(), Some("1"));
+        assert_eq!(app.selected_row().map(|r| r.id.as_str()), Some("1"));
         app.key(Key::Up);
         let a = app.key(Key::Enter);
         assert_eq!(a, Action::Trace { flow: "2".into(), endpoint: "http://a".into() });
@@ -363,6 +374,34 @@ mod tests {
         assert_eq!(app.mode, Mode::Help);
         app.key(Key::Esc);
         assert_eq!(app.mode, Mode::Table);
+    }
+
+    #[test]
+    fn the_cursor_stays_on_its_line_but_the_detail_pane_follows_its_flow() {
+        let mut app = app();
+        app.key(Key::Down);
+        assert_eq!(app.selected_row().map(|r| r.id.as_str()), Some("1"));
+        // Flow 3 turns broken: it moves up, the cursor stays on the second line.
+        let reorder = |app: &mut App| {
+            app.update(
+                0,
+                Ok(snapshot(serde_json::json!([
+                    flow("1", "web-a", "answered", false),
+                    flow("2", "web-b", "unanswered", true),
+                    flow("3", "web-c", "unanswered", true)
+                ]))),
+            )
+        };
+        reorder(&mut app);
+        assert_eq!(ids(&app), "231");
+        assert_eq!(app.selected_index(), Some(1));
+        app.key(Key::Down);
+        app.key(Key::Enter);
+        assert_eq!(app.selected_row().map(|r| r.id.as_str()), Some("1"));
+        app.update(0, Ok(snapshot(serde_json::json!([flow("1", "web-a", "answered", false)]))));
+        assert_eq!(app.selected_row().map(|r| r.id.as_str()), Some("1"), "pinned to its flow");
+        app.key(Key::Esc);
+        assert_eq!(app.pinned, None);
     }
 
     #[test]

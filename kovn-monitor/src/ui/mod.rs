@@ -121,8 +121,10 @@ async fn fetch_trace(endpoint: &str, flow: &str) -> Trace {
 /// The drill-down answer as the detail pane shows it.
 pub fn trace_from(status: u16, body: &serde_json::Value) -> Trace {
     if status != 200 {
-        let why = body["error"].as_str().map(str::to_string).unwrap_or_else(|| format!("HTTP {status}"));
-        return Trace::Unavailable(format!("{why} (HTTP {status})"));
+        return Trace::Unavailable(match body["error"].as_str() {
+            Some(why) => format!("{why} (HTTP {status})"),
+            None => format!("HTTP {status}"),
+        });
     }
     let Some(verdict) = body["verdict"].as_str() else {
         return Trace::Unavailable("the answer has no verdict".into());
@@ -366,10 +368,7 @@ mod tests {
             trace_from(404, &serde_json::json!({"error": "not found"})),
             Trace::Unavailable("not found (HTTP 404)".into())
         );
-        assert_eq!(
-            trace_from(502, &serde_json::Value::Null),
-            Trace::Unavailable("HTTP 502 (HTTP 502)".into())
-        );
+        assert_eq!(trace_from(502, &serde_json::Value::Null), Trace::Unavailable("HTTP 502".into()));
         assert!(matches!(trace_from(200, &serde_json::json!({})), Trace::Unavailable(_)));
     }
 

@@ -162,6 +162,7 @@ pub struct Row {
     pub oversized: u64,
     pub alert: Option<FlowAlert>,
     pub broken: bool,
+    pub suspect: bool,
     #[serde(skip)]
     pub observations: Vec<Observation>,
 }
@@ -184,9 +185,16 @@ fn state_rank(s: &str) -> u8 {
     }
 }
 
-/// A flow is broken when a finding names it, its requests go unanswered, or it was reset.
-pub fn is_broken(state: &str, alert: Option<&FlowAlert>) -> bool {
-    alert.is_some() || state == "unanswered" || state == "reset"
+/// A flow is broken when a firing finding names it: the daemon's detectors wait out the
+/// reply timeout and tell a refusal from a normal reset, so a SYN caught between two polls or
+/// a connection closed by RST is not an outage.
+pub fn is_broken(alert: Option<&FlowAlert>) -> bool {
+    alert.is_some()
+}
+
+/// Unanswered or reset without a finding (yet): worth a look, not yet judged broken.
+pub fn is_suspect(state: &str, alert: Option<&FlowAlert>) -> bool {
+    alert.is_none() && (state == "unanswered" || state == "reset")
 }
 
 fn unix_seconds(rfc3339: &str) -> Option<f64> {
@@ -232,6 +240,7 @@ pub fn build_rows(sources: &[Source], rates: &mut RateTracker) -> Vec<Row> {
                             oversized,
                             alert: f.alert.clone(),
                             broken: false,
+                            suspect: false,
                             observations: vec![obs],
                         },
                     );
@@ -243,7 +252,8 @@ pub fn build_rows(sources: &[Source], rates: &mut RateTracker) -> Vec<Row> {
     rates.finish();
     let mut rows: Vec<Row> = by_id.into_values().collect();
     for r in &mut rows {
-        r.broken = is_broken(&r.state, r.alert.as_ref());
+        r.broken = is_broken(r.alert.as_ref());
+        r.suspect = is_suspect(&r.state, r.alert.as_ref());
     }
     rows
 }
@@ -322,7 +332,7 @@ impl Column {
         match self {
             Column::Src => "SRC",
             Column::Dst => "DST",
-            Column::Proto => "PROTO",
+            Column::Proto => "PROTO PORTS",
             Column::Scenario => "SCENARIO",
             Column::State => "STATE",
             Column::Pps => "PKT/S FWD/REV",
@@ -339,7 +349,7 @@ impl Column {
     pub fn width(self) -> u16 {
         match self {
             Column::Src | Column::Dst => 30,
-            Column::Proto => 11,
+            Column::Proto => 15,
             Column::Scenario => 21,
             Column::State => 10,
             Column::Pps => 13,
@@ -375,9 +385,11 @@ impl Column {
         match self {
             Column::Src => r.src.clone(),
             Column::Dst => r.dst.clone(),
+            // ICMP's "port" is the echo id; other protocols have none.
             Column::Proto => match r.protocol.as_str() {
-                "icmp" | "icmpv6" | "other" => r.protocol.clone(),
-                p => format!("{p}/{}", r.dst_port),
+                "icmp" | "icmpv6" => format!("{} id {}", r.protocol, r.src_port),
+                "other" => r.protocol.clone(),
+                p => format!("{p} {}>{}", r.src_port, r.dst_port),
             },
             Column::Scenario => r.scenario.clone(),
             Column::State => r.state.clone(),
@@ -406,10 +418,10 @@ pub fn verdict_text(r: &Row) -> String {
         Some(FlowAlert { hop: Some(h), .. }) => h.clone(),
         Some(FlowAlert { verdict: Some(v), .. }) => v.clone(),
         Some(a) => a.kind.clone(),
-        None if r.broken && r.requests_unanswered > 0 => {
-            format!("{} unanswered (no finding yet)", r.requests_unanswered)
+        None if r.suspect && r.requests_unanswered > 0 => {
+            format!("{} unanswered, no finding (yet)", r.requests_unanswered)
         }
-        None if r.broken => format!("{} (no finding yet)", r.state),
+        None if r.suspect => format!("{}, no finding (yet)", r.state),
         None => String::new(),
     }
 }
@@ -484,7 +496,11 @@ fn compare(a: &Row, b: &Row, c: Column) -> Ordering {
         Column::Dst => a.dst.cmp(&b.dst).then(a.dst_port.cmp(&b.dst_port)),
         Column::Proto => a.protocol.cmp(&b.protocol).then(a.dst_port.cmp(&b.dst_port)),
         Column::Scenario => a.scenario.cmp(&b.scenario),
-        Column::State => a.broken.cmp(&b.broken).then(state_rank(&a.state).cmp(&state_rank(&b.state))),
+        Column::State => a
+            .broken
+            .cmp(&b.broken)
+            .then(a.suspect.cmp(&b.suspect))
+            .then(state_rank(&a.state).cmp(&state_rank(&b.state))),
         Column::Pps => cmp_f64(
             a.rates.map_or(0.0, |x| x.pps_fwd + x.pps_rev),
             b.rates.map_or(0.0, |x| x.pps_fwd + x.pps_rev),
@@ -508,7 +524,7 @@ pub fn sort_rows(rows: &mut [Row], sort: Sort) {
 }
 
 /// The typed filter: words separated by spaces, all must match. `ns:`, `pod:`, `scenario:`,
-/// `state:` (exact, or `state:broken`), `proto:` and `node:` look at one field (substring,
+/// `state:` (exact, or `state:broken`, `state:suspect`), `proto:` and `node:` look at one field (substring,
 /// either end for ns and pod); a bare word at the ends, scenario, state, protocol and verdict.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -566,6 +582,7 @@ impl Filter {
                 Some(FilterField::Pod) => ends().any(|e| e.and_then(|e| e.pod.as_deref()).is_some_and(has)),
                 Some(FilterField::Scenario) => has(&r.scenario),
                 Some(FilterField::State) if v == "broken" => r.broken,
+                Some(FilterField::State) if v == "suspect" => r.suspect,
                 // Exact: `answered` must not match `unanswered`.
                 Some(FilterField::State) => r.state == *v,
                 Some(FilterField::Proto) => has(&r.protocol),
@@ -589,6 +606,7 @@ pub struct Totals {
     pub flows: usize,
     pub shown: usize,
     pub broken: usize,
+    pub suspect: usize,
     pub unanswered_requests: u64,
     pub drops: u64,
     /// The most frequent drop reasons (at most 3), summed over nodes.
@@ -618,6 +636,7 @@ pub fn totals(sources: &[Source], rows: &[Row], shown: usize) -> Totals {
         flows: rows.len(),
         shown,
         broken: rows.iter().filter(|r| r.broken).count(),
+        suspect: rows.iter().filter(|r| r.suspect).count(),
         unanswered_requests: rows.iter().map(|r| r.requests_unanswered).sum(),
         drops,
         top_drop_reasons: top,
@@ -637,10 +656,13 @@ pub fn totals(sources: &[Source], rows: &[Row], shown: usize) -> Totals {
     }
 }
 
-/// Rows after the filter and the broken-only switch, sorted.
+/// Rows after the filter and the broken-only switch (broken or suspect), sorted.
 pub fn visible_rows(rows: &[Row], filter: &Filter, broken_only: bool, sort: Sort) -> Vec<Row> {
-    let mut out: Vec<Row> =
-        rows.iter().filter(|r| (!broken_only || r.broken) && filter.matches(r)).cloned().collect();
+    let mut out: Vec<Row> = rows
+        .iter()
+        .filter(|r| (!broken_only || r.broken || r.suspect) && filter.matches(r))
+        .cloned()
+        .collect();
     sort_rows(&mut out, sort);
     out
 }
@@ -723,7 +745,7 @@ mod tests {
         let r = rows.iter().find(|r| r.id == "f1").expect("f1");
         assert_eq!(r.nodes, ["node1", "node2"]);
         assert_eq!(r.state, "unanswered");
-        assert!(r.broken, "unanswered requests mark the flow broken");
+        assert!(r.suspect && !r.broken, "unanswered without a finding: suspect, not broken");
         assert_eq!((r.src.as_str(), r.dst.as_str()), ("shop/web-1", "db/db-0"));
         assert_eq!(r.rtt_us, Some(900));
         assert_eq!(r.observations.len(), 2);
@@ -774,7 +796,13 @@ mod tests {
             &[source("http://a", "n", "2026-01-01T00:00:00Z", vec![flow("g", "a", "b", "closed", 1, 1)])],
             &mut RateTracker::default(),
         );
-        assert!(!healthy[0].broken && Column::Verdict.cell(&healthy[0]).is_empty());
+        assert!(!healthy[0].broken && !healthy[0].suspect && Column::Verdict.cell(&healthy[0]).is_empty());
+        let reset = build_rows(
+            &[source("http://a", "n", "2026-01-01T00:00:00Z", vec![flow("h", "a", "b", "reset", 1, 1)])],
+            &mut RateTracker::default(),
+        );
+        assert!(reset[0].suspect && !reset[0].broken);
+        assert_eq!(Column::Verdict.cell(&reset[0]), "reset, no finding (yet)");
     }
 
     fn rows_of(flows: Vec<Flow>) -> Vec<Row> {
@@ -827,14 +855,19 @@ mod tests {
         assert_eq!(ids("ns:shop"), "1,2", "either end");
         assert_eq!(ids("pod:web"), "1");
         assert_eq!(ids("scenario:service"), "2");
-        assert_eq!(ids("state:broken"), "1");
+        assert_eq!(ids("state:broken"), "", "unanswered without a finding is not broken");
+        assert_eq!(ids("state:suspect"), "1");
         assert_eq!(ids("state:answered"), "2");
         assert_eq!(ids("proto:udp"), "");
         assert_eq!(ids("node:n"), "1,2");
         assert_eq!(ids("CACHE"), "2", "free text, any case");
         assert_eq!(ids("pod:web ns:infra"), "", "all words must match");
         assert!(Filter::parse("  ").is_empty());
-        assert_eq!(visible_rows(&rows, &Filter::default(), true, Sort::default()).len(), 1, "broken only");
+        assert_eq!(
+            visible_rows(&rows, &Filter::default(), true, Sort::default()).len(),
+            1,
+            "marked (broken or suspect) only"
+        );
     }
 
     #[test]
@@ -847,7 +880,7 @@ mod tests {
         assert_eq!(narrow, vec![Column::Src, Column::Dst, Column::State]);
         let used: u16 = 2 + narrow.iter().map(|c| c.width() + 1).sum::<u16>();
         assert!(used <= 80);
-        let wider = visible_columns(120);
+        let wider = visible_columns(124);
         assert!(wider.contains(&Column::Verdict) && wider.contains(&Column::Proto), "{wider:?}");
         assert!(!wider.contains(&Column::Scenario));
         // Too narrow for anything but the ends: they still show (cut by the renderer).
@@ -882,7 +915,7 @@ mod tests {
         let sources = vec![a, b];
         let rows = build_rows(&sources, &mut RateTracker::default());
         let t = totals(&sources, &rows, 1);
-        assert_eq!((t.flows, t.broken, t.unanswered_requests, t.drops), (1, 1, 1, 8));
+        assert_eq!((t.flows, t.broken, t.suspect, t.unanswered_requests, t.drops), (1, 0, 1, 1, 8));
         assert_eq!(t.top_drop_reasons[0], ("NETFILTER_DROP".to_string(), 7));
         assert_eq!((t.nodes_connected, t.nodes_total), (1, 2));
         assert_eq!(t.health[1], ("http://b".to_string(), "disconnected".to_string()));

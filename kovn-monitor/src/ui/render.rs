@@ -9,8 +9,20 @@ use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row as TableRow, 
 use super::app::{App, KEYS, Mode, Trace};
 use super::model::{Column, Row, Totals, visible_columns};
 
-/// Broken rows start with this mark, so they stand out without colour too.
+/// Broken rows (a firing finding) start with this mark, suspect ones (unanswered or reset,
+/// no finding yet) with the other, so they stand out without colour too.
 pub const BROKEN_MARK: &str = "!";
+pub const SUSPECT_MARK: &str = "?";
+
+fn mark(r: &Row) -> &'static str {
+    if r.broken {
+        BROKEN_MARK
+    } else if r.suspect {
+        SUSPECT_MARK
+    } else {
+        " "
+    }
+}
 
 fn style(app: &App, color: Color) -> Style {
     if app.color { Style::default().fg(color) } else { Style::default() }
@@ -27,8 +39,8 @@ pub fn header_lines(t: &Totals, app_state: &str, sort: &str, filter: &str) -> Ve
     let monitors: Vec<String> = t.health.iter().map(|(n, s)| format!("{n} {s}")).collect();
     vec![
         format!(
-            "flows {} (shown {}), broken {}, unanswered requests {}, firing alerts {}, {drops}",
-            t.flows, t.shown, t.broken, t.unanswered_requests, t.firing_alerts
+            "flows {} (shown {}), broken {}, suspect {}, unanswered requests {}, firing alerts {}, {drops}",
+            t.flows, t.shown, t.broken, t.suspect, t.unanswered_requests, t.firing_alerts
         ),
         format!("nodes {}/{} connected: {}", t.nodes_connected, t.nodes_total, monitors.join(", ")),
         format!("sort {sort}  filter {filter}  {app_state}"),
@@ -108,18 +120,25 @@ fn draw_table(f: &mut Frame, app: &mut App, area: Rect) {
     .style(Style::default().add_modifier(Modifier::BOLD | Modifier::UNDERLINED));
     app.page = usize::from(area.height.saturating_sub(2)).max(1);
     let rows = app.visible.iter().map(|r| {
-        let cells = std::iter::once(Cell::from(if r.broken { BROKEN_MARK } else { " " }))
+        let cells = std::iter::once(Cell::from(mark(r)))
             .chain(columns.iter().map(|c| Cell::from(cut(&c.cell(r), c.width() as usize, *c))));
         let row = TableRow::new(cells);
-        if r.broken { row.style(style(app, Color::Red).add_modifier(Modifier::BOLD)) } else { row }
+        if r.broken {
+            row.style(style(app, Color::Red).add_modifier(Modifier::BOLD))
+        } else if r.suspect {
+            row.style(style(app, Color::Yellow))
+        } else {
+            row
+        }
     });
     let table = Table::new(rows, widths)
         .header(header)
         .column_spacing(1)
         .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED))
         .highlight_symbol("> ");
-    let mut state = TableState::default().with_selected(app.selected_index());
+    let mut state = TableState::default().with_offset(app.offset).with_selected(app.selected_index());
     f.render_stateful_widget(table, area, &mut state);
+    app.offset = state.offset();
 }
 
 /// Cuts a cell to its column with an ellipsis (the verdict column wraps nothing either: the
@@ -140,7 +159,13 @@ pub fn detail_lines(r: &Row, trace: Option<&Trace>) -> Vec<String> {
         format!(
             "state {}  broken {}  verdict {}",
             r.state,
-            if r.broken { "yes" } else { "no" },
+            if r.broken {
+                "yes"
+            } else if r.suspect {
+                "suspect"
+            } else {
+                "no"
+            },
             if super::model::verdict_text(r).is_empty() { "-".into() } else { super::model::verdict_text(r) }
         ),
     ];
@@ -280,7 +305,15 @@ pub fn help_lines() -> Vec<String> {
     let mut out = vec!["kovn-monitor top: keys".to_string(), String::new()];
     out.extend(KEYS.iter().map(|(k, what)| format!("{k:<w$}  {what}")));
     out.push(String::new());
-    out.push(format!("Broken flows are marked {BROKEN_MARK} (and red unless NO_COLOR is set)."));
+    out.push(format!(
+        "Broken flows (a firing finding) are marked {BROKEN_MARK} and red, suspect ones (unanswered or reset, no \
+         finding yet) {SUSPECT_MARK} and yellow (no colour with NO_COLOR)."
+    ));
+    out.push(
+        "Filter words: ns:NS pod:POD scenario:S state:STATE (exact; also state:broken, state:suspect) proto:P \
+         node:N look at one field (ns and pod: either end); any other word is looked for in the ends, \
+         scenario, state, protocol and verdict. All words must match; case does not matter."
+    .to_string());
     out.push("Columns, for 1-9 and 0: ".to_string() + &column_numbers());
     out
 }
@@ -320,7 +353,7 @@ pub fn plain(t: &Totals, rows: &[Row], sort: &str) -> String {
     ];
     for r in rows {
         table.push(
-            std::iter::once(if r.broken { BROKEN_MARK.to_string() } else { " ".to_string() })
+            std::iter::once(mark(r).to_string())
                 .chain(Column::ALL.iter().map(|c| {
                     let s = c.cell(r);
                     if s.is_empty() { "-".to_string() } else { s }
