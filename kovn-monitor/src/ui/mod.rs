@@ -3,6 +3,7 @@
 //! module fetches, reads keys and owns the terminal.
 
 pub mod app;
+pub mod discover;
 pub mod model;
 pub mod render;
 
@@ -25,6 +26,8 @@ pub enum TopError {
     NoMonitors(String),
     #[error("{0} is not a lab description: {1}")]
     BadLab(String, String),
+    #[error("finding the monitors through the Kubernetes API: {0}")]
+    Kubernetes(String),
 }
 
 /// Where the lab keeps its state (xtask's `STATE_ROOT`).
@@ -40,8 +43,9 @@ pub enum OnceOutput {
 pub struct TopOptions {
     pub endpoints: Vec<String>,
     pub interval: Duration,
-    /// Print one snapshot instead of the live view.
-    pub once: Option<OnceOutput>,
+    /// Print one snapshot instead of the live view (also when stdout is not a terminal).
+    pub once: bool,
+    pub output: OnceOutput,
 }
 
 /// The monitors' URLs of a lab (`--lab NAME`), from its state file.
@@ -68,6 +72,21 @@ pub fn lab_endpoints(name: &str) -> Result<Vec<String>, TopError> {
         return Err(TopError::NoMonitors(name.to_string()));
     }
     Ok(lab.monitors.into_iter().map(|m| m.url).collect())
+}
+
+/// The monitors of the DaemonSet (`--kubernetes-selector`): the client from `--kubeconfig`,
+/// KUBECONFIG, ~/.kube/config or the in-cluster account.
+pub async fn kubernetes_endpoints(
+    kubeconfig: Option<std::path::PathBuf>,
+    namespace: &str,
+    selector: &str,
+    port: u16,
+) -> Result<Vec<String>> {
+    let opts = crate::kube::KubeOptions { mode: crate::kube::KubeMode::Auto, kubeconfig };
+    let Some(client) = crate::kube::connect(&opts).await? else {
+        bail!("no Kubernetes API configured (no in-cluster account, no kubeconfig; give --kubeconfig)");
+    };
+    Ok(discover::kubernetes_endpoints(client, namespace, selector, port).await?)
 }
 
 /// One monitor's flows, findings, drops and health (one line of error otherwise).
@@ -152,18 +171,17 @@ pub fn use_color(no_color: Option<&std::ffi::OsStr>, is_terminal: bool) -> bool 
 
 pub async fn run(opts: TopOptions) -> Result<()> {
     if opts.endpoints.is_empty() {
-        bail!("no monitor to show (give --endpoint or --lab)");
+        bail!("no monitor to show (give --endpoint, --lab or --kubernetes-selector)");
     }
     for e in &opts.endpoints {
         client::endpoint_url(e, "/")?;
     }
     let is_terminal = std::io::stdout().is_terminal();
-    match opts.once {
-        Some(out) => once(&opts, out).await,
-        // No terminal to draw on: one snapshot, as a script would want it.
-        None if !is_terminal => once(&opts, OnceOutput::Table).await,
-        None => live(&opts, use_color(std::env::var_os("NO_COLOR").as_deref(), is_terminal)).await,
+    // No terminal to draw on: one snapshot, as a script would want it.
+    if opts.once || !is_terminal {
+        return once(&opts, opts.output).await;
     }
+    live(&opts, use_color(std::env::var_os("NO_COLOR").as_deref(), is_terminal)).await
 }
 
 /// Two samples one interval apart (rates need two daemon polls), then one print.
@@ -273,6 +291,8 @@ async fn live(opts: &TopOptions, color: bool) -> Result<()> {
             }
         }));
     }
+    // Log lines on stderr would land in the middle of the screen: none while it is drawn.
+    log::set_max_level(log::LevelFilter::Off);
     // ratatui::try_init enters raw mode and the alternate screen and hooks panics to restore.
     let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
     let _restore = RestoreTerminal;
