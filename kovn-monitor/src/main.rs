@@ -38,7 +38,8 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct TopArgs {
     /// A monitor's API (repeatable; KOVN_ENDPOINT may list several, comma-separated).
-    /// Default: http://127.0.0.1:9474 unless --lab or --kubernetes-selector is given.
+    /// Default (without --lab or --kubernetes-selector either): the monitors of the lab when
+    /// exactly one runs on this machine, else http://127.0.0.1:9474.
     #[arg(long = "endpoint", value_name = "URL", env = "KOVN_ENDPOINT", value_delimiter = ',')]
     endpoint: Vec<String>,
     /// Also show the monitors of this lab (`cargo xtask lab`), by name or state directory.
@@ -85,7 +86,7 @@ async fn top(args: TopArgs) -> Result<()> {
         );
     }
     if endpoints.is_empty() {
-        endpoints.push("http://127.0.0.1:9474".into());
+        endpoints = kovn_monitor::ui::default_endpoints();
     }
     // The same monitor given twice (flag and lab) is asked once.
     let mut seen = std::collections::HashSet::new();

@@ -89,6 +89,24 @@ pub async fn kubernetes_endpoints(
     Ok(discover::kubernetes_endpoints(client, namespace, selector, port).await?)
 }
 
+/// The monitors of the one lab with monitors under `root`, if there is exactly one: what a
+/// plain `kovn-monitor top` shows on a lab machine (with several, which one is a guess).
+pub fn only_lab_endpoints(root: &std::path::Path) -> Option<Vec<String>> {
+    let mut found: Vec<Vec<String>> = std::fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .filter_map(|e| lab_endpoints(&e.path().to_string_lossy()).ok())
+        .collect();
+    (found.len() == 1).then(|| found.remove(0))
+}
+
+/// Where `top` looks without `--endpoint`, `--lab` or `--kubernetes-selector`: the lab's
+/// monitors when one lab runs here, else the local monitor.
+pub fn default_endpoints() -> Vec<String> {
+    only_lab_endpoints(std::path::Path::new(LAB_STATE_ROOT))
+        .unwrap_or_else(|| vec!["http://127.0.0.1:9474".to_string()])
+}
+
 /// One monitor's flows, findings, drops and health (one line of error otherwise).
 async fn fetch(endpoint: &str) -> Result<NodeSnapshot, String> {
     let get = async {
@@ -416,5 +434,19 @@ mod tests {
             lab_endpoints(&path).expect("endpoints"),
             ["http://10.0.0.1:9474", "http://10.0.0.2:9474"]
         );
+        // One lab with monitors under a root: it; two: none (no guessing).
+        let root = tempfile::tempdir().expect("tempdir");
+        let lab = |name: &str, url: &str| {
+            let d = root.path().join(name);
+            std::fs::create_dir(&d).expect("mkdir");
+            std::fs::write(d.join("lab.json"), format!(r#"{{"monitors": [{{"url": "{url}"}}]}}"#))
+                .expect("write");
+        };
+        assert_eq!(only_lab_endpoints(root.path()), None);
+        lab("one", "http://10.0.0.1:9474");
+        std::fs::create_dir(root.path().join("no-monitors")).expect("mkdir");
+        assert_eq!(only_lab_endpoints(root.path()), Some(vec!["http://10.0.0.1:9474".to_string()]));
+        lab("two", "http://10.0.1.1:9474");
+        assert_eq!(only_lab_endpoints(root.path()), None);
     }
 }
