@@ -375,7 +375,7 @@ fn t2_live_view_in_a_terminal() {
 
     // Only broken flows.
     tmux.key("b");
-    let only = tmux.wait("broken only", Duration::from_secs(5), |s| s.contains("broken only"));
+    let only = tmux.wait("broken only", Duration::from_secs(5), |s| s.contains("ONLY MARKED (! ?)"));
     let rows = table_rows(&only);
     assert!(rows.iter().all(|r| matches!(mark(r), '!' | '?')), "{only}");
     assert!(rows.iter().any(|r| mark(r) == '!'), "{only}");
@@ -396,7 +396,9 @@ fn t2_live_view_in_a_terminal() {
     for want in ["seen on node1", "observed at:", "tunnel leg: remote node", "finding ", &hop] {
         assert!(detail.contains(want), "detail pane lacks {want:?}:\n{detail}");
     }
+    // Each Escape is waited out: an ESC and the next key in one read would be Alt+key.
     tmux.key("Escape");
+    tmux.wait("the detail pane closed", Duration::from_secs(5), |s| !s.contains(" detail ("));
     tmux.key("c");
 
     // Help lists every key.
@@ -406,6 +408,7 @@ fn t2_live_view_in_a_terminal() {
         assert!(help.contains(k), "help lacks {k:?}:\n{help}");
     }
     tmux.key("Escape");
+    tmux.wait("the help closed", Duration::from_secs(5), |s| !s.contains("kovn-monitor top: keys"));
 
     // q: exits 0, the shell is back, the terminal out of raw mode and the alternate screen.
     tmux.key("q");

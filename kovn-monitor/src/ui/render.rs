@@ -76,7 +76,7 @@ pub fn draw(f: &mut Frame, app: &mut App) {
 fn draw_header(f: &mut Frame, app: &App, area: Rect) {
     let state = format!(
         "{}every {}{}",
-        if app.broken_only { "broken only  " } else { "" },
+        if app.broken_only { "ONLY MARKED (! ?)  " } else { "" },
         humantime::format_duration(app.interval),
         if app.paused { "  PAUSED" } else { "" }
     );
