@@ -410,6 +410,16 @@ fn t2_live_view_in_a_terminal() {
     tmux.key("Escape");
     tmux.wait("the help closed", Duration::from_secs(5), |s| !s.contains("kovn-monitor top: keys"));
 
+    // A narrow terminal: columns go, rows stay one line each (a wrapped row has no SRC).
+    tmux.run(&["resize-window", "-t", "top", "-x", "100", "-y", "50"]);
+    let narrow = tmux.wait("the narrow table", Duration::from_secs(5), |s| {
+        s.lines().any(|l| l.contains("SRC") && l.contains("DST") && !l.contains("SCENARIO"))
+    });
+    let rows = table_rows(&narrow);
+    assert!(!rows.is_empty() && rows.iter().all(|r| !src_cell(r).is_empty()), "{narrow}");
+    assert!(narrow.lines().all(|l| l.chars().count() <= 100), "{narrow}");
+    tmux.run(&["resize-window", "-t", "top", "-x", "200", "-y", "50"]);
+
     // q: exits 0, the shell is back, the terminal out of raw mode and the alternate screen.
     tmux.key("q");
     tmux.wait("the prompt after q", Duration::from_secs(5), |s| s.trim_end().ends_with(PROMPT.trim_end()));

@@ -257,6 +257,19 @@ async fn once(opts: &TopOptions, out: OnceOutput) -> Result<()> {
     Ok(())
 }
 
+/// Asks one monitor every `every` until the receiver goes; failures are sent too (the screen
+/// shows the monitor disconnected) and the next tick simply tries again.
+async fn refresh(endpoint: String, every: Duration, tx: mpsc::Sender<Result<NodeSnapshot, String>>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if tx.send(fetch(&endpoint).await).await.is_err() {
+            break;
+        }
+    }
+}
+
 enum Msg {
     Key(Key),
     Resize,
@@ -298,12 +311,11 @@ async fn live(opts: &TopOptions, color: bool) -> Result<()> {
     let mut tasks = Vec::new();
     for (i, e) in opts.endpoints.iter().enumerate() {
         let (tx, e, every) = (tx.clone(), e.clone(), opts.interval);
+        let (fetched_tx, mut fetched) = mpsc::channel(1);
+        tasks.push(tokio::spawn(refresh(e, every, fetched_tx)));
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if tx.send(Msg::Fetched(i, fetch(&e).await)).await.is_err() {
+            while let Some(r) = fetched.recv().await {
+                if tx.send(Msg::Fetched(i, r)).await.is_err() {
                     break;
                 }
             }
@@ -408,6 +420,61 @@ mod tests {
         );
         assert_eq!(trace_from(502, &serde_json::Value::Null), Trace::Unavailable("HTTP 502".into()));
         assert!(matches!(trace_from(200, &serde_json::json!({})), Trace::Unavailable(_)));
+    }
+
+    /// A monitor API with one flow, enough for `fetch`.
+    fn fake_monitor() -> axum::Router {
+        let json = |v: serde_json::Value| move || async move { axum::Json(v) };
+        let flow = serde_json::json!({
+            "id": "1", "src_ip": "10.16.0.2", "dst_ip": "10.16.0.3", "src_port": 1, "dst_port": 80,
+            "protocol": "tcp", "ip_proto": 6, "packets_fwd": 1, "bytes_fwd": 60, "packets_rev": 1,
+            "bytes_rev": 60, "first_seen": "", "last_seen": "", "state": "answered", "requests": 1,
+            "replies": 1, "requests_unanswered": 0, "rst_fwd": 0, "rst_rev": 0, "tcp_flags_fwd": "",
+            "tcp_flags_rev": "", "initiator_guessed": false, "fragment": false, "interfaces": []
+        });
+        let t = "2026-01-01T00:00:00Z";
+        axum::Router::new()
+            .route(
+                "/api/v1/flows",
+                axum::routing::get(json(
+                    serde_json::json!({"node": "n1", "time": t, "count": 1, "flows": [flow]}),
+                )),
+            )
+            .route(
+                "/api/v1/alerts",
+                axum::routing::get(json(
+                    serde_json::json!({"node": "n1", "time": t, "count": 0, "alerts": []}),
+                )),
+            )
+            .route("/api/v1/drops", axum::routing::get(json(serde_json::json!({"drops": []}))))
+            .route(
+                "/healthz",
+                axum::routing::get(json(serde_json::to_value(crate::api::Health::default()).expect("json"))),
+            )
+    }
+
+    #[tokio::test]
+    async fn a_monitor_that_goes_away_is_retried_until_it_is_back() {
+        // A free port: nothing listens yet.
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let (tx, mut rx) = mpsc::channel(1);
+        let task = tokio::spawn(refresh(format!("http://127.0.0.1:{port}"), Duration::from_millis(50), tx));
+        let first = rx.recv().await.expect("a result");
+        assert!(first.as_ref().is_err_and(|e| e.contains("cannot reach")), "{:?}", first.map(|s| s.node));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind again");
+        tokio::spawn(async move { axum::serve(listener, fake_monitor()).await });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match rx.recv().await.expect("a result") {
+                Ok(s) => {
+                    assert_eq!((s.node.as_str(), s.flows.len()), ("n1", 1));
+                    break;
+                }
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "never reconnected: {e}"),
+            }
+        }
+        task.abort();
     }
 
     #[test]
