@@ -321,11 +321,17 @@ async fn live(opts: &TopOptions, color: bool) -> Result<()> {
             }
         }));
     }
+    // In raw mode Ctrl-C is a key; these are signals from elsewhere (kill, a closed terminal).
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     // Log lines on stderr would land in the middle of the screen: none while it is drawn.
     log::set_max_level(log::LevelFilter::Off);
+    // Before the set-up, which may fail half-way (raw mode on, no alternate screen).
+    let _restore = RestoreTerminal;
     // ratatui::try_init enters raw mode and the alternate screen and hooks panics to restore.
     let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
-    let _restore = RestoreTerminal;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let input = {
         let (tx, stop) = (tx.clone(), stop.clone());
@@ -353,11 +359,6 @@ async fn live(opts: &TopOptions, color: bool) -> Result<()> {
         })
     };
     let mut app = App::new(&opts.endpoints, color, opts.interval);
-    // In raw mode Ctrl-C is a key; these are signals from elsewhere (kill, a closed terminal).
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let result: Result<()> = async {
         loop {
             terminal.draw(|f| render::draw(f, &mut app)).context("drawing")?;
@@ -394,6 +395,8 @@ async fn live(opts: &TopOptions, color: bool) -> Result<()> {
     for t in tasks {
         t.abort();
     }
+    // A full channel would keep the input thread waiting in its send: closing it ends that.
+    drop(rx);
     let _ = input.join();
     drop(terminal);
     result

@@ -54,9 +54,13 @@ fn sort_label(app: &App) -> String {
 pub fn draw(f: &mut Frame, app: &mut App) {
     let area = f.area();
     let detail = app.mode == Mode::Detail && app.selected_row().is_some();
+    let head_lines = header(app);
+    // The header, then a blank line above the table.
+    let head_height = head_lines.len() as u16 + 1;
     let [head, body, foot] =
-        Layout::vertical([Constraint::Length(4), Constraint::Min(3), Constraint::Length(1)]).areas(area);
-    draw_header(f, app, head);
+        Layout::vertical([Constraint::Length(head_height), Constraint::Min(3), Constraint::Length(1)])
+            .areas(area);
+    f.render_widget(Paragraph::new(head_lines), head);
     let (table_area, detail_area) = if detail {
         let [t, d] = Layout::vertical([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(body);
         (t, Some(d))
@@ -73,7 +77,7 @@ pub fn draw(f: &mut Frame, app: &mut App) {
     }
 }
 
-fn draw_header(f: &mut Frame, app: &App, area: Rect) {
+fn header(app: &App) -> Vec<Line<'static>> {
     let state = format!(
         "{}every {}{}",
         if app.broken_only { "ONLY MARKED (! ?)  " } else { "" },
@@ -92,15 +96,18 @@ fn draw_header(f: &mut Frame, app: &App, area: Rect) {
         lines[1].clone(),
         if disconnected { style(app, Color::Red) } else { Style::default() },
     ));
-    for s in app.sources.iter().filter(|s| s.error.is_some()) {
+    // One line per monitor that does not answer, at most three (the count is in the line above).
+    for s in app.sources.iter().filter(|s| s.error.is_some()).take(MAX_DISCONNECTED_LINES) {
         out.push(Line::styled(
             format!("  {} disconnected, retrying: {}", s.endpoint, s.error.as_deref().unwrap_or("")),
             style(app, Color::Red),
         ));
     }
     out.push(Line::from(lines[2].clone()));
-    f.render_widget(Paragraph::new(out), area);
+    out
 }
+
+const MAX_DISCONNECTED_LINES: usize = 3;
 
 fn draw_table(f: &mut Frame, app: &mut App, area: Rect) {
     // Two cells go to the selection mark.
@@ -453,6 +460,20 @@ mod tests {
         let narrow = screen(&mut app, 70, 20);
         assert_eq!(narrow.iter().filter(|l| l.contains("client-1")).count(), 1, "{narrow:#?}");
         assert!(!narrow.join("\n").contains("VERDICT"), "{narrow:#?}");
+    }
+
+    #[test]
+    fn many_monitors_down_keep_the_header_whole() {
+        let endpoints: Vec<String> = (1..=5).map(|i| format!("http://10.0.0.{i}:9474")).collect();
+        let mut app = App::new(&endpoints, false, std::time::Duration::from_secs(1));
+        for i in 0..5 {
+            app.update(i, Err("connection refused".into()));
+        }
+        let s = screen(&mut app, 120, 20);
+        let text = s.join("\n");
+        assert!(text.contains("nodes 0/5 connected"), "{text}");
+        assert_eq!(s.iter().filter(|l| l.contains("retrying")).count(), 3, "{text}");
+        assert!(text.contains("sort STATE desc") && text.contains("SRC"), "{text}");
     }
 
     #[test]
