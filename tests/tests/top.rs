@@ -439,8 +439,30 @@ fn t2_live_view_in_a_terminal() {
     tmux.wait("the broken flow without colour", Duration::from_secs(10), |s| pair_row(s, '!').is_some());
     let escaped = tmux.screen_escaped();
     assert!(!has_colour(&escaped), "NO_COLOR: no colour:\n{escaped:?}");
-    tmux.key("q");
-    tmux.wait("the prompt after q", Duration::from_secs(5), |s| s.trim_end().ends_with(PROMPT.trim_end()));
+
+    // SIGTERM (another exit path): the terminal is restored all the same.
+    let shell: i32 =
+        tmux.run(&["display-message", "-p", "-t", "top", "#{pane_pid}"]).trim().parse().expect("pane pid");
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).expect("children");
+    let top: i32 = children
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "kovn-monitor")
+        })
+        .unwrap_or_else(|| panic!("no kovn-monitor among the shell's children {children:?}"));
+    // SAFETY: kill(2) on the pid of the process this test started in its own terminal.
+    assert_eq!(unsafe { libc::kill(top, libc::SIGTERM) }, 0, "kill {top}");
+    tmux.wait("the prompt after SIGTERM", Duration::from_secs(5), |s| {
+        s.trim_end().ends_with(PROMPT.trim_end())
+    });
+    assert!(!tmux.alternate_on(), "the alternate screen is left after SIGTERM");
+    tmux.type_text("stty -a | grep -o -- '-*icanon' | head -1");
+    tmux.key("Enter");
+    let after = tmux.wait("the tty mode after SIGTERM", Duration::from_secs(5), |s| {
+        s.lines().any(|l| l.trim().ends_with("icanon"))
+    });
+    assert!(after.lines().any(|l| l.trim() == "icanon"), "canonical mode after SIGTERM:\n{after}");
 }
 
 #[test]
