@@ -192,9 +192,11 @@ pub fn is_broken(alert: Option<&FlowAlert>) -> bool {
     alert.is_some()
 }
 
-/// Unanswered or reset without a finding (yet): worth a look, not yet judged broken.
-pub fn is_suspect(state: &str, alert: Option<&FlowAlert>) -> bool {
-    alert.is_none() && (state == "unanswered" || state == "reset")
+/// Unanswered, or refused (reset by the responder before any answer), without a finding
+/// (yet): worth a look, not yet judged broken. A connection reset after it was answered is how
+/// many programs close; it is not suspect.
+pub fn is_suspect(f: &Flow) -> bool {
+    f.alert.is_none() && (f.state == "unanswered" || (f.state == "reset" && f.replies == 0 && f.rst_rev > 0))
 }
 
 fn unix_seconds(rfc3339: &str) -> Option<f64> {
@@ -253,7 +255,7 @@ pub fn build_rows(sources: &[Source], rates: &mut RateTracker) -> Vec<Row> {
     let mut rows: Vec<Row> = by_id.into_values().collect();
     for r in &mut rows {
         r.broken = is_broken(r.alert.as_ref());
-        r.suspect = is_suspect(&r.state, r.alert.as_ref());
+        r.suspect = !r.broken && r.observations.iter().any(|o| is_suspect(&o.flow));
     }
     rows
 }
@@ -797,12 +799,18 @@ mod tests {
             &mut RateTracker::default(),
         );
         assert!(!healthy[0].broken && !healthy[0].suspect && Column::Verdict.cell(&healthy[0]).is_empty());
-        let reset = build_rows(
-            &[source("http://a", "n", "2026-01-01T00:00:00Z", vec![flow("h", "a", "b", "reset", 1, 1)])],
+        let mut refused = flow("h", "a", "b", "reset", 1, 1);
+        refused.rst_rev = 1;
+        let mut closed_by_rst = refused.clone();
+        closed_by_rst.id = "i".into();
+        closed_by_rst.replies = 1;
+        let rows = build_rows(
+            &[source("http://a", "n", "2026-01-01T00:00:00Z", vec![refused, closed_by_rst])],
             &mut RateTracker::default(),
         );
-        assert!(reset[0].suspect && !reset[0].broken);
-        assert_eq!(Column::Verdict.cell(&reset[0]), "reset, no finding (yet)");
+        assert!(rows[0].suspect && !rows[0].broken, "refused without a finding");
+        assert_eq!(Column::Verdict.cell(&rows[0]), "reset, no finding (yet)");
+        assert!(!rows[1].suspect, "reset after an answer: a way to close");
     }
 
     fn rows_of(flows: Vec<Flow>) -> Vec<Row> {

@@ -9,7 +9,7 @@ use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row as TableRow, 
 use super::app::{App, KEYS, Mode, Trace};
 use super::model::{Column, Row, Totals, visible_columns};
 
-/// Broken rows (a firing finding) start with this mark, suspect ones (unanswered or reset,
+/// Broken rows (a firing finding) start with this mark, suspect ones (unanswered or refused,
 /// no finding yet) with the other, so they stand out without colour too.
 pub const BROKEN_MARK: &str = "!";
 pub const SUSPECT_MARK: &str = "?";
@@ -313,7 +313,7 @@ pub fn help_lines() -> Vec<String> {
     out.extend(KEYS.iter().map(|(k, what)| format!("{k:<w$}  {what}")));
     out.push(String::new());
     out.push(format!(
-        "Broken flows (a firing finding) are marked {BROKEN_MARK} and red, suspect ones (unanswered or reset, no \
+        "Broken flows (a firing finding) are marked {BROKEN_MARK} and red, suspect ones (unanswered or refused, no \
          finding yet) {SUSPECT_MARK} and yellow (no colour with NO_COLOR)."
     ));
     out.push(
@@ -338,7 +338,10 @@ fn column_numbers() -> String {
 fn draw_help(f: &mut Frame, app: &App, area: Rect) {
     let lines: Vec<Line> = help_lines().into_iter().map(Line::from).collect();
     let w = area.width.saturating_sub(4).min(110);
-    let h = (lines.len() as u16 + 2).min(area.height);
+    // Room for the wrapped lines too (a cut help would hide keys).
+    let inner = usize::from(w.saturating_sub(2)).max(1);
+    let rows: usize = lines.iter().map(|l| l.width().div_ceil(inner).max(1)).sum();
+    let h = (rows as u16 + 2).min(area.height);
     let popup =
         Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h };
     f.render_widget(Clear, popup);
