@@ -64,17 +64,24 @@ pub fn render_alerts(alerts: &[crate::detection::Alert]) -> String {
     out
 }
 
-pub async fn get_json<T: serde::de::DeserializeOwned>(
+async fn get_json<T: serde::de::DeserializeOwned>(
+    endpoint: &str,
+    path: &str,
+    query: &[(&str, String)],
+) -> Result<T> {
+    get_json_with(&reqwest::Client::new(), endpoint, path, query).await
+}
+
+/// GET `path` as JSON with the caller's client: `top` keeps one per monitor, so its requests
+/// every second reuse a connection instead of adding a new flow to the table it shows.
+pub async fn get_json_with<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
     endpoint: &str,
     path: &str,
     query: &[(&str, String)],
 ) -> Result<T> {
     let url = endpoint_url(endpoint, path)?;
-    // One client for the process: `top` asks every second, and a kept-alive connection does
-    // not add a new flow to the very table it shows each time.
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    let resp = CLIENT
-        .get_or_init(reqwest::Client::new)
+    let resp = client
         .get(url.clone())
         .query(query)
         .timeout(std::time::Duration::from_secs(10))

@@ -108,13 +108,13 @@ pub fn default_endpoints() -> Vec<String> {
 }
 
 /// One monitor's flows, findings, drops and health (one line of error otherwise).
-async fn fetch(endpoint: &str) -> Result<NodeSnapshot, String> {
+async fn fetch(http: &reqwest::Client, endpoint: &str) -> Result<NodeSnapshot, String> {
     let get = async {
         let (flows, alerts, drops, health) = tokio::try_join!(
-            client::get_flows(endpoint, &[]),
-            client::get_alerts(endpoint, &[]),
-            client::get_json::<DropsResponse>(endpoint, "/api/v1/drops", &[]),
-            client::get_json::<crate::api::Health>(endpoint, "/healthz", &[]),
+            client::get_json_with::<client::FlowsResponse>(http, endpoint, "/api/v1/flows", &[]),
+            client::get_json_with::<client::AlertsResponse>(http, endpoint, "/api/v1/alerts", &[]),
+            client::get_json_with::<DropsResponse>(http, endpoint, "/api/v1/drops", &[]),
+            client::get_json_with::<crate::api::Health>(http, endpoint, "/healthz", &[]),
         )?;
         anyhow::Ok(NodeSnapshot {
             endpoint: endpoint.to_string(),
@@ -205,8 +205,9 @@ pub async fn run(opts: TopOptions) -> Result<()> {
 /// Two samples one interval apart (rates need two daemon polls), then one print.
 async fn once(opts: &TopOptions, out: OnceOutput) -> Result<()> {
     let mut app = App::new(&opts.endpoints, false, opts.interval);
+    let http = reqwest::Client::new();
     for round in 0..2 {
-        let results = futures::future::join_all(opts.endpoints.iter().map(|e| fetch(e))).await;
+        let results = futures::future::join_all(opts.endpoints.iter().map(|e| fetch(&http, e))).await;
         for (i, r) in results.into_iter().enumerate() {
             app.update(i, r);
         }
@@ -260,11 +261,12 @@ async fn once(opts: &TopOptions, out: OnceOutput) -> Result<()> {
 /// Asks one monitor every `every` until the receiver goes; failures are sent too (the screen
 /// shows the monitor disconnected) and the next tick simply tries again.
 async fn refresh(endpoint: String, every: Duration, tx: mpsc::Sender<Result<NodeSnapshot, String>>) {
+    let http = reqwest::Client::new();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if tx.send(fetch(&endpoint).await).await.is_err() {
+        if tx.send(fetch(&http, &endpoint).await).await.is_err() {
             break;
         }
     }
