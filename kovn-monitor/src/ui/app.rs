@@ -8,7 +8,7 @@ use super::model::{self, Column, Filter, RateTracker, Row, Sort, Source, Totals}
 /// Every key of the live view, for the help screen and the README (one list, so they agree).
 pub const KEYS: [(&str, &str); 15] = [
     ("↑/↓, j/k", "select a flow"),
-    ("PgUp/PgDn, Home/End", "move a page, to the first / last flow"),
+    ("PgUp/PgDn, Home/End", "move a page, to the first / last flow (in the detail pane: scroll it)"),
     ("Enter", "open the selected flow's detail pane (fetches its drill-down)"),
     ("t", "in the detail pane: fetch the drill-down again"),
     ("Esc", "close the detail pane or help; cancel typing a filter"),
@@ -93,6 +93,8 @@ pub struct App {
     pub offset: usize,
     /// In the detail pane the selection is pinned to its flow instead, by id.
     pub pinned: Option<String>,
+    /// Lines of the detail pane scrolled away (back to the top for another flow).
+    pub detail_scroll: u16,
     /// Rows a page moves (set by the renderer from the table's height).
     pub page: usize,
     pub traces: HashMap<String, Trace>,
@@ -117,6 +119,7 @@ impl App {
             cursor: 0,
             offset: 0,
             pinned: None,
+            detail_scroll: 0,
             page: 10,
             traces: HashMap::new(),
             color,
@@ -165,6 +168,7 @@ impl App {
         }
         let last = self.visible.len() - 1;
         self.cursor = self.cursor.saturating_add_signed(delta).min(last);
+        self.detail_scroll = 0;
         if self.pinned.is_some() {
             self.pinned = Some(self.visible[self.cursor].id.clone());
         }
@@ -255,12 +259,19 @@ impl App {
             Key::Char('p') | Key::Char(' ') => self.paused = !self.paused,
             Key::Up | Key::Char('k') => self.move_selection(-1),
             Key::Down | Key::Char('j') => self.move_selection(1),
+            Key::PageUp if self.mode == Mode::Detail => {
+                self.detail_scroll = self.detail_scroll.saturating_sub(5)
+            }
+            Key::PageDown if self.mode == Mode::Detail => {
+                self.detail_scroll = self.detail_scroll.saturating_add(5)
+            }
             Key::PageUp => self.move_selection(-(self.page as isize)),
             Key::PageDown => self.move_selection(self.page as isize),
             Key::Home => self.move_selection(isize::MIN / 2),
             Key::End => self.move_selection(isize::MAX / 2),
             Key::Enter if self.selected_row().is_some() => {
                 self.mode = Mode::Detail;
+                self.detail_scroll = 0;
                 self.pinned = self.selected_row().map(|r| r.id.clone());
                 return self.trace_action();
             }
@@ -367,6 +378,12 @@ mod tests {
         assert_eq!(a, Action::Trace { flow: "2".into(), endpoint: "http://a".into() });
         assert_eq!((app.mode, app.traces.get("2")), (Mode::Detail, Some(&Trace::Loading)));
         assert!(matches!(app.key(Key::Char('t')), Action::Trace { .. }), "t fetches again");
+        app.key(Key::PageDown);
+        app.key(Key::PageDown);
+        app.key(Key::PageUp);
+        assert_eq!((app.detail_scroll, app.selected_row().map(|r| r.id.as_str())), (5, Some("2")));
+        app.key(Key::Down);
+        assert_eq!(app.detail_scroll, 0, "another flow's detail starts at the top");
         app.key(Key::Esc);
         assert_eq!(app.mode, Mode::Table);
         assert_eq!(app.key(Key::Char('t')), Action::None, "t only in the detail pane");

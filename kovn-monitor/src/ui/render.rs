@@ -292,8 +292,11 @@ fn draw_detail(f: &mut Frame, app: &App, area: Rect) {
             }
         })
         .collect();
-    let block = Block::default().borders(Borders::TOP).title(" detail (Esc close, t drill-down again) ");
-    f.render_widget(Paragraph::new(lines).block(block).wrap(Wrap { trim: false }), area);
+    let block = Block::default()
+        .borders(Borders::TOP)
+        .title(" detail (Esc close, t drill-down again, PgUp/PgDn scroll) ");
+    let p = Paragraph::new(lines).block(block).wrap(Wrap { trim: false }).scroll((app.detail_scroll, 0));
+    f.render_widget(p, area);
 }
 
 fn draw_footer(f: &mut Frame, app: &App, area: Rect) {
