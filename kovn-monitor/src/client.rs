@@ -69,8 +69,19 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     path: &str,
     query: &[(&str, String)],
 ) -> Result<T> {
+    get_json_with(&reqwest::Client::new(), endpoint, path, query).await
+}
+
+/// GET `path` as JSON with the caller's client: `top` keeps one per monitor, so its requests
+/// every second reuse a connection instead of adding a new flow to the table it shows.
+pub async fn get_json_with<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    endpoint: &str,
+    path: &str,
+    query: &[(&str, String)],
+) -> Result<T> {
     let url = endpoint_url(endpoint, path)?;
-    let resp = reqwest::Client::new()
+    let resp = client
         .get(url.clone())
         .query(query)
         .timeout(std::time::Duration::from_secs(10))

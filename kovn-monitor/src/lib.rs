@@ -6,7 +6,8 @@
 //! behind an address: the node's OVSDB, OVN southbound, the Kubernetes API, or a static file in
 //! [`inventory_file`]), [`flows`] (the
 //! flow table and its JSON model), [`api`] (HTTP), [`daemon`] (the `run` loop), [`client`]
-//! (the CLI's API client).
+//! (the CLI's API client), [`ui`]
+//! (`kovn-monitor top`, the live view).
 
 pub mod alertmanager;
 pub mod api;
@@ -22,3 +23,4 @@ pub mod inventory;
 pub mod inventory_file;
 pub mod kube;
 pub mod ovsdb;
+pub mod ui;

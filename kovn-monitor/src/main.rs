@@ -1,4 +1,4 @@
-//! `kovn-monitor`: the node daemon (`run`) and the operator's CLI (`flows`).
+//! `kovn-monitor`: the node daemon (`run`) and the operator's CLI (`flows`, `alerts`, `top`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,6 +31,77 @@ enum Command {
     Flows(FlowsArgs),
     /// Print the daemon's findings (firing and recently resolved) with verdicts.
     Alerts(AlertsArgs),
+    /// The live flow view over one or more monitors (full screen; `--once` for scripts).
+    Top(TopArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TopArgs {
+    /// A monitor's API (repeatable; KOVN_ENDPOINT may list several, comma-separated).
+    /// Default (without --lab or --kubernetes-selector either): the monitors of the lab when
+    /// exactly one runs on this machine, else http://127.0.0.1:9474.
+    #[arg(long = "endpoint", value_name = "URL", env = "KOVN_ENDPOINT", value_delimiter = ',')]
+    endpoint: Vec<String>,
+    /// Also show the monitors of this lab (`cargo xtask lab`), by name or state directory.
+    #[arg(long, value_name = "NAME")]
+    lab: Option<String>,
+    /// Also show the monitors found through the Kubernetes API: running pods with these labels
+    /// (e.g. app=kovn-monitor) in --kubernetes-namespace, on --monitor-port of their IP.
+    #[arg(long, value_name = "LABELS")]
+    kubernetes_selector: Option<String>,
+    #[arg(long, value_name = "NS", default_value = "kube-system")]
+    kubernetes_namespace: String,
+    /// The port of the monitors found through the Kubernetes API.
+    #[arg(long, default_value_t = 9474)]
+    monitor_port: u16,
+    /// The kubeconfig to use (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// How often the monitors are asked.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Print one snapshot (sampled twice, --interval apart, for the rates) and exit.
+    #[arg(long)]
+    once: bool,
+    /// The snapshot of --once (or when stdout is not a terminal): a table for people or JSON
+    /// for scripts.
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+async fn top(args: TopArgs) -> Result<()> {
+    let mut endpoints = args.endpoint;
+    if let Some(lab) = &args.lab {
+        endpoints.extend(kovn_monitor::ui::lab_endpoints(lab)?);
+    }
+    if let Some(selector) = &args.kubernetes_selector {
+        endpoints.extend(
+            kovn_monitor::ui::kubernetes_endpoints(
+                args.kubeconfig,
+                &args.kubernetes_namespace,
+                selector,
+                args.monitor_port,
+            )
+            .await?,
+        );
+    }
+    if endpoints.is_empty() {
+        endpoints = kovn_monitor::ui::default_endpoints();
+    }
+    // The same monitor given twice (flag and lab) is asked once.
+    let mut seen = std::collections::HashSet::new();
+    endpoints.retain(|e| seen.insert(e.clone()));
+    let output = match args.output {
+        Output::Table => kovn_monitor::ui::OnceOutput::Table,
+        Output::Json => kovn_monitor::ui::OnceOutput::Json,
+    };
+    kovn_monitor::ui::run(kovn_monitor::ui::TopOptions {
+        endpoints,
+        interval: args.interval,
+        once: args.once,
+        output,
+    })
+    .await
 }
 
 #[derive(Debug, clap::Args)]
@@ -362,6 +433,7 @@ fn main() {
             Command::Run(a) => run(*a).await,
             Command::Flows(a) => flows(a).await,
             Command::Alerts(a) => alerts(a).await,
+            Command::Top(a) => top(a).await,
         }
     });
     if let Err(e) = result {
