@@ -26,11 +26,12 @@ fn pod_endpoint(pod: usize) -> Endpoint {
         workload: Some(format!("wl{workload}")),
         node: Some(format!("node{}", pod % NODES)),
         service: None,
+        backends: Vec::new(),
     }
 }
 
 fn other(kind: &str) -> Endpoint {
-    Endpoint { kind: kind.into(), namespace: None, pod: None, workload: None, node: None, service: None }
+    Endpoint { kind: kind.into(), ..Default::default() }
 }
 
 fn flow(base: &Flow, i: usize, grown: u64) -> Flow {

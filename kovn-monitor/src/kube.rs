@@ -716,6 +716,16 @@ mod tests {
         let api = Arc::new(FakeApi::recorded());
         let inventory = start(api.clone()).await;
         until(&inventory, "the first lists", converged).await;
+        // The watches start after the lists are applied: wait for them (bounded) rather than
+        // race them.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while [PODS, NODES, SERVICES, SLICES, SUBNETS]
+            .iter()
+            .any(|p| !api.requests("WATCH").contains(&format!("WATCH {p} rv=1200")))
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let inv = inventory.read().expect("lock");
 
         let web = inv.pod(ip("10.16.0.2")).expect("web pod");
@@ -757,16 +767,6 @@ mod tests {
         assert_eq!(vlan10.vlan.as_deref(), Some("vlan10"));
         assert_eq!(inv.subnets()[1].gateway.as_deref(), Some("10.16.0.1"));
 
-        // The watches start after the lists are applied: wait for them (bounded) rather than
-        // race them.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while [PODS, NODES, SERVICES, SLICES, SUBNETS]
-            .iter()
-            .any(|p| !api.requests("WATCH").contains(&format!("WATCH {p} rv=1200")))
-            && std::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         for path in [PODS, NODES, SERVICES, SLICES, SUBNETS] {
             assert!(
                 api.requests("WATCH").contains(&format!("WATCH {path} rv=1200")),

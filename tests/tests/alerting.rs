@@ -60,6 +60,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        note!("{} stopped", self.name);
     }
 }
 
