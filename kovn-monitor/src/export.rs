@@ -962,6 +962,7 @@ mod tests {
             evidence: Evidence::default(),
             verdict: None,
             flows: Vec::new(),
+            drilldown: None,
         }
     }
 

@@ -1,4 +1,4 @@
-//! `kovn-monitor`: the node daemon (`run`) and the operator's CLI (`flows`).
+//! `kovn-monitor`: the node daemon (`run`) and the operator's CLI (`flows`, `alerts`, `trace`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,11 +26,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the node daemon: attach to pod interfaces, keep the flow table, serve the API.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the flows a running daemon sees.
     Flows(FlowsArgs),
     /// Print the daemon's findings (firing and recently resolved) with verdicts.
     Alerts(AlertsArgs),
+    /// Drill into OVS and OVN for a flow, a finding or a packet: ofproto/trace, ovn-trace, both
+    /// nodes of a cross-node flow, the deciding rule first.
+    Trace(kovn_monitor::drilldown::cli::TraceCliArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -153,6 +156,8 @@ struct RunArgs {
     /// The kubeconfig to use (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
     #[arg(long, value_name = "PATH")]
     kubeconfig: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    trace: kovn_monitor::drilldown::TraceArgs,
 }
 
 #[derive(Clone, Debug)]
@@ -286,6 +291,7 @@ async fn run(args: RunArgs) -> Result<()> {
         ovsdb: args.ovsdb.0,
         ovn_sb: args.ovn_sb.and_then(|a| a.0),
         kubernetes: kube::KubeOptions { mode: args.kubernetes, kubeconfig: args.kubeconfig },
+        trace: args.trace,
     })
     .await
 }
@@ -321,9 +327,10 @@ fn main() {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Run(a) => run(a).await,
+            Command::Run(a) => run(*a).await,
             Command::Flows(a) => flows(a).await,
             Command::Alerts(a) => alerts(a).await,
+            Command::Trace(a) => kovn_monitor::drilldown::cli::run(a).await,
         }
     });
     if let Err(e) = result {

@@ -16,6 +16,7 @@
 //! - `ovs-ofctl dump-flows unix:<rundir>/<bridge>.mgmt` (twice)
 //! - `ovn-sbctl --db=<sb> list Logical_Flow <uuid prefix>`, `ovn-nbctl --db=<nb> list ACL <uuid prefix>`
 
+pub mod cli;
 pub mod dumpflows;
 pub mod ofproto;
 pub mod ovntrace;
@@ -421,71 +422,44 @@ impl Tracer {
     /// Resolves `flow=`/`alert=` from the current snapshot, or the explicit fields.
     pub fn resolve(&self, q: &TraceQuery) -> Result<(Packet, Option<TunnelIn>, Option<String>), TraceError> {
         let snap = self.shared.read().unwrap_or_else(|p| p.into_inner());
-        let (flow_id, size_hint) = match (&q.flow, &q.alert) {
-            (Some(_), Some(_)) => return Err(TraceError::BadInput("give flow or alert, not both".into())),
-            (Some(id), None) => (id.clone(), None),
+        let size = match &q.size {
+            Some(s) => Some(num_of("size", s, "28-65535")?),
+            None => None,
+        };
+        if (q.flow.is_some() || q.alert.is_some())
+            && [&q.src, &q.dst, &q.proto, &q.sport, &q.dport].iter().any(|v| v.is_some())
+        {
+            return Err(TraceError::BadInput(
+                "flow/alert and src/dst/proto/sport/dport exclude each other".into(),
+            ));
+        }
+        match (&q.flow, &q.alert) {
+            (Some(_), Some(_)) => Err(TraceError::BadInput("give flow or alert, not both".into())),
+            (Some(id), None) => {
+                let f = snap
+                    .flows
+                    .iter()
+                    .find(|f| &f.id == id)
+                    .ok_or_else(|| TraceError::NotFound(format!("no flow {id:?} on {}", snap.node)))?;
+                let mut p = packet_of_flow(f)?;
+                p.size = size.or(p.size);
+                Ok((p, None, Some(id.clone())))
+            }
             (None, Some(id)) => {
                 let a = snap
                     .alerts
                     .iter()
                     .find(|a| &a.id == id)
                     .ok_or_else(|| TraceError::NotFound(format!("no alert {id:?} on {}", snap.node)))?;
-                let size = a.evidence.max_request_bytes.map(|b| b.min(65535) as u32);
-                match a.flows.iter().find(|f| snap.flows.iter().any(|x| &&x.id == f)) {
-                    Some(f) => (f.clone(), size),
-                    None => {
-                        // The flows behind it expired: trace the alert's own pair.
-                        let proto = Proto::parse(&a.protocol)?;
-                        let p = Packet {
-                            src: a.src_ip,
-                            dst: a.dst_ip,
-                            proto,
-                            sport: if proto == Proto::Icmp { 0 } else { 40000 },
-                            dport: a.dst_port.unwrap_or(0),
-                            src_mac: None,
-                            dst_mac: None,
-                            established: false,
-                            size,
-                        };
-                        return Ok((p, None, None));
-                    }
-                }
+                let (mut p, flow_id) = packet_of_alert(a, &snap.flows)?;
+                p.size = size.or(p.size);
+                Ok((p, None, flow_id))
             }
             (None, None) => {
                 let (p, t) = q.packet()?;
-                return Ok((p, t, None));
+                Ok((p, t, None))
             }
-        };
-        if [&q.src, &q.dst, &q.proto, &q.sport, &q.dport].iter().any(|v| v.is_some()) {
-            return Err(TraceError::BadInput(
-                "flow/alert and src/dst/proto/sport/dport exclude each other".into(),
-            ));
         }
-        let f = snap
-            .flows
-            .iter()
-            .find(|f| f.id == flow_id)
-            .ok_or_else(|| TraceError::NotFound(format!("no flow {flow_id:?} on {}", snap.node)))?;
-        let proto = Proto::parse(&f.protocol).map_err(|_| {
-            TraceError::BadInput(format!("flow {flow_id} is {}: only tcp, udp and icmp trace", f.protocol))
-        })?;
-        let oversized = f.mtu.as_ref().map(|m| m.oversized_max_bytes).filter(|b| *b > 0);
-        let size = match &q.size {
-            Some(s) => Some(num_of("size", s, "28-65535")?),
-            None => oversized.or(size_hint),
-        };
-        let p = Packet {
-            src: f.src_ip,
-            dst: f.dst_ip,
-            proto,
-            sport: if proto == Proto::Icmp { 0 } else { f.src_port },
-            dport: if proto == Proto::Icmp { 0 } else { f.dst_port },
-            src_mac: None,
-            dst_mac: None,
-            established: proto == Proto::Tcp && f.state == "answered",
-            size,
-        };
-        Ok((p, None, Some(flow_id)))
     }
 
     fn facts(&self, p: &Packet, remote_ip: Option<IpAddr>) -> Facts {
@@ -532,12 +506,22 @@ impl Tracer {
 
     /// The whole drill-down for one packet on this node (and, through the tunnel, the next).
     pub async fn trace(&self, q: &TraceQuery) -> Result<TraceReport, TraceError> {
-        let (mut p, tunnel_in, flow_id) = self.resolve(q)?;
+        let (p, tunnel_in, flow_id) = self.resolve(q)?;
+        self.trace_packet(p, tunnel_in, flow_id).await
+    }
+
+    /// The drill-down of one packet (from the source pod's port, or from the tunnel).
+    pub async fn trace_packet(
+        &self,
+        mut p: Packet,
+        tunnel_in: Option<TunnelIn>,
+        flow_id: Option<String>,
+    ) -> Result<TraceReport, TraceError> {
         let _permit =
             self.busy.acquire().await.map_err(|_| TraceError::Unavailable("shutting down".into()))?;
         let timeout = self.cfg.timeout;
         let secs = format!("--timeout={}", timeout.as_secs().max(1));
-        let facts = self.facts(&p, tunnel_in.as_ref().map(|t| t.src));
+        let mut facts = self.facts(&p, tunnel_in.as_ref().map(|t| t.src));
         let mut report = TraceReport {
             node: self.node.clone(),
             flow_id,
@@ -566,6 +550,7 @@ impl Tracer {
                 })?
             }
         };
+        report.in_port = Some(in_port.clone());
         if p.src_mac.is_none() {
             p.src_mac = facts.src_pod.as_ref().and_then(|x| x.mac.clone());
         }
@@ -603,6 +588,11 @@ impl Tracer {
                 "ofproto/trace gave no table walk: {}",
                 text.lines().next().unwrap_or("")
             )));
+        }
+
+        if let Outcome::TunnelPush { remote_ip: Some(ip), .. } = &trace.outcome {
+            let inv = self.inventory.read().unwrap_or_else(|e| e.into_inner());
+            facts.remote_node = inv.node_of_ip(*ip).map(str::to_string);
         }
 
         // 2. The rule that decided a drop, named through OVN when its cookie is a logical flow.
@@ -848,6 +838,55 @@ impl Tracer {
     }
 }
 
+/// The packet of a flow kovn saw: its 5-tuple, TCP state (answered: established) and, when
+/// it had oversized packets, their size.
+pub fn packet_of_flow(f: &crate::flows::Flow) -> Result<Packet, TraceError> {
+    let proto = Proto::parse(&f.protocol).map_err(|_| {
+        TraceError::BadInput(format!("flow {} is {}: only tcp, udp and icmp trace", f.id, f.protocol))
+    })?;
+    Ok(Packet {
+        src: f.src_ip,
+        dst: f.dst_ip,
+        proto,
+        sport: if proto == Proto::Icmp { 0 } else { f.src_port },
+        dport: if proto == Proto::Icmp { 0 } else { f.dst_port },
+        src_mac: None,
+        dst_mac: None,
+        established: proto == Proto::Tcp && f.state == "answered",
+        size: f.mtu.as_ref().map(|m| m.oversized_max_bytes).filter(|b| *b > 0),
+    })
+}
+
+/// The packet of a finding: its first flow still in `flows`, else its own pair; the largest
+/// request of an MTU finding as the size.
+pub fn packet_of_alert(
+    a: &crate::detection::Alert,
+    flows: &[crate::flows::Flow],
+) -> Result<(Packet, Option<String>), TraceError> {
+    let size = a.evidence.max_request_bytes.map(|b| b.min(65535) as u32);
+    if let Some(f) = a.flows.iter().find_map(|id| flows.iter().find(|f| &f.id == id)) {
+        let mut p = packet_of_flow(f)?;
+        p.size = p.size.or(size);
+        return Ok((p, Some(f.id.clone())));
+    }
+    // The flows behind it expired: trace the finding's own pair.
+    let proto = Proto::parse(&a.protocol)?;
+    Ok((
+        Packet {
+            src: a.src_ip,
+            dst: a.dst_ip,
+            proto,
+            sport: if proto == Proto::Icmp { 0 } else { 40000 },
+            dport: if proto == Proto::Icmp { 0 } else { a.dst_port.unwrap_or(0) },
+            src_mac: None,
+            dst_mac: None,
+            established: false,
+            size,
+        },
+        None,
+    ))
+}
+
 /// `ovn-sbctl --format=json list`: `{"headings": [...], "data": [[...]]}` -> first row by heading.
 fn first_row(text: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
     let v: serde_json::Value = serde_json::from_str(text).ok()?;
@@ -1035,3 +1074,184 @@ fn verdict(r: &TraceReport, facts: &Facts) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Run flags of the drill-down (`kovn-monitor run`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct TraceArgs {
+    /// OVS run directory: ovs-vswitchd's control socket (`ovs-vswitchd.<pid>.ctl` or
+    /// `ovs-vswitchd.ctl`) and the bridges' `<bridge>.mgmt` sockets, for `trace`.
+    #[arg(long, value_name = "DIR", default_value = "/var/run/openvswitch", env = "OVS_RUNDIR")]
+    pub ovs_rundir: PathBuf,
+    /// The integration bridge the pods are on.
+    #[arg(long, value_name = "NAME", default_value = "br-int", value_parser = parse_bridge)]
+    pub integration_bridge: String,
+    /// The OVN northbound database (`unix:PATH` or `tcp:HOST:PORT`), read by `trace` to name
+    /// the ACL and NetworkPolicy behind a logical flow. Off unless given.
+    #[arg(long, value_name = "ADDR", value_parser = parse_db)]
+    pub ovn_nb: Option<String>,
+    /// Serve `GET /api/v1/trace` (runs read-only OVS/OVN commands on request; off by default).
+    /// `kovn-monitor trace` and the other nodes' monitors (the remote half) need it.
+    #[arg(long)]
+    pub enable_trace_api: bool,
+    /// Do not run the drill-down when a finding fires (it runs once per finding, one at a
+    /// time, at most one every 10 s).
+    #[arg(long)]
+    pub no_trace_on_alert: bool,
+    /// Time limit of each OVS/OVN command of the drill-down.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_timeout)]
+    pub trace_timeout: Duration,
+}
+
+fn parse_bridge(s: &str) -> Result<String, String> {
+    if valid_name(s) { Ok(s.to_string()) } else { Err(format!("invalid bridge name {s:?}")) }
+}
+
+fn parse_db(s: &str) -> Result<String, String> {
+    s.parse::<crate::ovsdb::Address>().map(|a| a.to_string()).map_err(|e| e.to_string())
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 5s)"))?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(60) {
+        return Err("must be between 1s and 60s".into());
+    }
+    Ok(d)
+}
+
+impl TraceArgs {
+    pub fn config(&self, ovn_sb: Option<String>, peer_port: u16) -> TraceConfig {
+        TraceConfig {
+            ovs_rundir: self.ovs_rundir.clone(),
+            bridge: self.integration_bridge.clone(),
+            ovn_sb,
+            ovn_nb: self.ovn_nb.clone(),
+            timeout: self.trace_timeout,
+            peer_port,
+            api_enabled: self.enable_trace_api,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ApiError {
+    error: String,
+}
+
+impl TraceError {
+    fn status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            Self::BadInput(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Failed(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+fn error_response(e: TraceError) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    (e.status(), axum::Json(ApiError { error: e.to_string() })).into_response()
+}
+
+/// `GET /api/v1/trace?flow=ID | alert=ID | src=&dst=[&proto=&sport=&dport=&size=]`.
+async fn trace_handler(
+    axum::extract::State(t): axum::extract::State<Arc<Tracer>>,
+    query: Result<axum::extract::Query<TraceQuery>, axum::extract::rejection::QueryRejection>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if !t.cfg.api_enabled {
+        return error_response(TraceError::NotFound(
+            "the trace API is off on this monitor (start it with --enable-trace-api)".into(),
+        ));
+    }
+    let q = match query {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => return error_response(TraceError::BadInput(e.body_text())),
+    };
+    match t.trace(&q).await {
+        Ok(r) => axum::Json(r).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+/// The trace route, with the tracer as its state (merged into the API's router).
+pub fn router(t: Arc<Tracer>) -> axum::Router {
+    axum::Router::new().route("/api/v1/trace", axum::routing::get(trace_handler)).with_state(t)
+}
+
+/// The drill-down attached to a finding when it fired.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct AlertDrillDown {
+    /// The trace's verdict line (empty when it failed).
+    pub verdict: String,
+    /// RFC 3339.
+    pub time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Runs the drill-down once per firing finding, one at a time and at most one every
+/// `MIN_GAP`, in the background; results are kept by finding id.
+pub struct OnAlert {
+    tracer: Arc<Tracer>,
+    done: Arc<std::sync::Mutex<std::collections::HashMap<String, AlertDrillDown>>>,
+    started: std::collections::HashSet<String>,
+    last: Option<std::time::Instant>,
+    running: Arc<std::sync::atomic::AtomicBool>,
+}
+
+const MIN_GAP: Duration = Duration::from_secs(10);
+
+impl OnAlert {
+    pub fn new(tracer: Arc<Tracer>) -> Self {
+        Self {
+            tracer,
+            done: Default::default(),
+            started: Default::default(),
+            last: None,
+            running: Default::default(),
+        }
+    }
+
+    /// Starts at most one new drill-down for a firing finding of `alerts`, attaches the ones
+    /// done, and forgets findings that are gone.
+    pub fn update(&mut self, alerts: &mut [crate::detection::Alert], flows: &[crate::flows::Flow]) {
+        use std::sync::atomic::Ordering;
+        let ready = !self.running.load(Ordering::Acquire) && self.last.is_none_or(|t| t.elapsed() >= MIN_GAP);
+        if ready && let Some(a) = alerts.iter().find(|a| a.state == "firing" && !self.started.contains(&a.id))
+        {
+            self.started.insert(a.id.clone());
+            self.last = Some(std::time::Instant::now());
+            self.running.store(true, Ordering::Release);
+            // The finding is new in this poll (not yet published): trace from it directly.
+            let packet = packet_of_alert(a, flows);
+            let (tracer, done, running, id) =
+                (self.tracer.clone(), self.done.clone(), self.running.clone(), a.id.clone());
+            tokio::spawn(async move {
+                let r = match packet {
+                    Ok((p, flow_id)) => tracer.trace_packet(p, None, flow_id).await,
+                    Err(e) => Err(e),
+                };
+                let now = time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default();
+                let d = match r {
+                    Ok(r) => AlertDrillDown { verdict: r.verdict, time: now, error: None },
+                    Err(e) => {
+                        AlertDrillDown { verdict: String::new(), time: now, error: Some(e.to_string()) }
+                    }
+                };
+                log::info!("drill-down of {id}: {}", d.error.as_deref().unwrap_or(&d.verdict));
+                done.lock().unwrap_or_else(|p| p.into_inner()).insert(id, d);
+                running.store(false, Ordering::Release);
+            });
+        }
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        for a in alerts.iter_mut() {
+            a.drilldown = done.get(&a.id).cloned();
+        }
+        done.retain(|id, _| alerts.iter().any(|a| &a.id == id));
+        self.started.retain(|id| alerts.iter().any(|a| &a.id == id));
+    }
+}

@@ -165,6 +165,11 @@ pub fn parse(text: &str) -> OfprotoTrace {
         if trimmed.is_empty() || trimmed.starts_with("->") || trimmed.starts_with('-') {
             continue;
         }
+        // Actions are indented under their table; `Final flow:`, `Megaflow:` and the
+        // recirculation banners are not (or barely).
+        if indent < 4 {
+            continue;
+        }
         if let Some(step) = pass.steps.last_mut() {
             let a = trimmed.trim_end().to_string();
             if step.bridge == "br-int"
@@ -269,6 +274,7 @@ mod tests {
         let s = t.deciding_step().expect("a step");
         assert_eq!((s.table, s.priority, s.cookie.as_deref()), (0, Some(65535), Some("0x6b6f766e")));
         assert_eq!(s.matches, "ip,nw_dst=10.16.0.5");
+        assert_eq!(s.actions, ["drop"], "Final flow and Megaflow lines are not actions");
         assert!(s.top_level && s.bridge == "br-int");
     }
 
@@ -313,6 +319,7 @@ mod tests {
         let s = t.deciding_step().expect("a step");
         assert_eq!((s.table, s.priority, s.cookie.as_deref()), (46, Some(3002), Some("0x75bd19d8")));
         assert!(s.matches.contains("nw_src=10.16.0.2,nw_dst=10.16.0.5"), "{}", s.matches);
+        assert_eq!(s.actions, ["drop"]);
         let icmp = parse(&fixture("ofproto-icmp-ovs-drop.txt"));
         assert_eq!(icmp.outcome, Outcome::Drop);
     }
