@@ -348,6 +348,11 @@ impl Inventory {
         out
     }
 
+    /// Whether this node's OVSDB has an Interface of this name (a bridge's own internal port).
+    pub fn has_interface(&self, name: &str) -> bool {
+        self.rows("Interface").any(|r| r.get("name").map(atom_string).is_some_and(|n| n == name))
+    }
+
     /// The MAC of the logical router port whose network holds `ip` (the pod's gateway), from
     /// the southbound's patch port bindings: `"00:00:00:aa:bb:cc 10.16.0.1/16"`.
     pub fn gateway_mac(&self, ip: IpAddr) -> Option<String> {

@@ -408,6 +408,8 @@ struct Facts {
     dst_pod: Option<crate::inventory::PodInfo>,
     gateway_mac: Option<String>,
     remote_node: Option<String>,
+    /// The integration bridge has an Interface row in the node's OVSDB.
+    bridge_known: bool,
 }
 
 impl Tracer {
@@ -470,6 +472,7 @@ impl Tracer {
             dst_pod: inv.pod(p.dst).cloned(),
             gateway_mac: inv.gateway_mac(p.src),
             remote_node: remote_ip.and_then(|ip| inv.node_of_ip(ip).map(str::to_string)),
+            bridge_known: inv.has_interface(&self.cfg.bridge),
         }
     }
 
@@ -551,6 +554,12 @@ impl Tracer {
             }
         };
         report.in_port = Some(in_port.clone());
+        if !facts.bridge_known {
+            return Err(TraceError::Unavailable(format!(
+                "bridge {} is not in this node's OVSDB (set --integration-bridge)",
+                self.cfg.bridge
+            )));
+        }
         if p.src_mac.is_none() {
             p.src_mac = facts.src_pod.as_ref().and_then(|x| x.mac.clone());
         }
@@ -852,7 +861,8 @@ pub fn packet_of_flow(f: &crate::flows::Flow) -> Result<Packet, TraceError> {
         dport: if proto == Proto::Icmp { 0 } else { f.dst_port },
         src_mac: None,
         dst_mac: None,
-        established: proto == Proto::Tcp && f.state == "answered",
+        // Answered (or answered and closed with FINs): the connection was established.
+        established: proto == Proto::Tcp && matches!(f.state.as_str(), "answered" | "closed"),
         size: f.mtu.as_ref().map(|m| m.oversized_max_bytes).filter(|b| *b > 0),
     })
 }
@@ -935,7 +945,8 @@ pub fn ofproto_flow(p: &Packet, in_port: u32, src_mac: &str, dst_mac: &str, t: O
             p.dport,
             if p.established { "ack" } else { "syn" }
         )),
-        (Proto::Udp, _) => f.push_str(&format!(",tp_src={},tp_dst={}", p.sport, p.dport)),
+        // OVS 3.1 maps `tp_src` to the TCP field only ("prerequisites not met" with udp).
+        (Proto::Udp, _) => f.push_str(&format!(",udp_src={},udp_dst={}", p.sport, p.dport)),
     }
     f
 }
@@ -1052,6 +1063,18 @@ fn verdict(r: &TraceReport, facts: &Facts) -> String {
                 (Some(rem), _) => s.push_str(&format!(", then on {} {}", rem.node, half(rem))),
                 (None, Some(e)) => s.push_str(&format!("; the destination node's half is unknown: {e}")),
                 (None, None) => {}
+            }
+            s
+        }
+        // OVS 3.1's ofproto/trace does not follow a `hash(...)` recirculation (OVN's load
+        // balancer select groups with dp_hash): say so instead of naming a result.
+        Some(Outcome::Other { actions }) if actions.contains("recirc(") => {
+            let mut s = format!(
+                "the OVS trace on {node} stops at {actions} (a recirculation ofproto/trace does not follow, \
+                 e.g. a load-balancer group)"
+            );
+            if let Some(OvnTrace { outcome: OvnOutcome::Output { port }, .. }) = &r.ovn_trace {
+                s.push_str(&format!("; ovn-trace: output to {port}"));
             }
             s
         }

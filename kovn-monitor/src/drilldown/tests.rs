@@ -119,6 +119,7 @@ fn facts() -> Facts {
         dst_pod: None,
         gateway_mac: None,
         remote_node: Some("node2".into()),
+        bridge_known: true,
     }
 }
 
@@ -298,8 +299,81 @@ proptest! {
         let (p, _) = query(&[("src", &src), ("dst", &dst), ("sport", &sp.to_string()), ("dport", &dp.to_string()), ("proto", "udp")]).packet().expect("valid");
         let f = ofproto_flow(&p, 7, "00:00:00:00:00:01", "00:00:00:00:00:02", None);
         let want_src = format!(",nw_src={src},");
-        let want_dst = format!(",tp_dst={dp}");
+        let want_dst = format!(",udp_dst={dp}");
         prop_assert!(f.contains(&want_src) && f.ends_with(&want_dst), "{}", f);
         prop_assert!(!f.contains(' '));
+    }
+}
+
+#[test]
+fn service_vip_trace_says_where_ofproto_trace_stops() {
+    let f = facts();
+    let mut r = TraceReport {
+        node: "node1".into(),
+        ofproto_trace: Some(OfprotoTrace {
+            passes: Vec::new(),
+            outcome: Outcome::Other { actions: "hash(l4(0)),recirc(0x18)".into() },
+        }),
+        ..Default::default()
+    };
+    r.ovn_trace = Some(ovntrace::parse(&fixture("ovn-trace-healthy.txt")));
+    let v = verdict(&r, &f);
+    assert!(v.starts_with("the OVS trace on node1 stops at hash(l4(0)),recirc(0x18)"), "{v}");
+    assert!(v.ends_with("; ovn-trace: output to web-2.default"), "{v}");
+}
+
+#[tokio::test]
+async fn commands_run_without_a_shell_and_fail_clearly() {
+    let t = Duration::from_secs(5);
+    // A shell would expand this; an argument list passes it through verbatim.
+    let out = run_command("echo", &["$(id)".into(), ";".into()], t).await.expect("echo");
+    assert_eq!(out, "$(id) ;\n");
+    let e = run_command("kovn-no-such-tool", &[], t).await.expect_err("missing");
+    assert!(matches!(e, TraceError::Unavailable(_)) && e.to_string().contains("not found in PATH"), "{e}");
+    let e = run_command("sleep", &["5".into()], Duration::from_millis(100)).await.expect_err("slow");
+    assert!(matches!(e, TraceError::Failed(_)) && e.to_string().contains("timed out"), "{e}");
+    let e = run_command("ls", &["/kovn/no/such/dir".into()], t).await.expect_err("fails");
+    assert!(matches!(e, TraceError::Failed(_)) && e.to_string().contains("No such file"), "{e}");
+}
+
+/// Serves the trace router on a loopback port; GETs `query`.
+async fn get(api_enabled: bool, query: &str) -> (u16, serde_json::Value) {
+    let cfg = TraceConfig {
+        ovs_rundir: "/nonexistent".into(),
+        bridge: "br-int".into(),
+        ovn_sb: None,
+        ovn_nb: None,
+        timeout: Duration::from_secs(1),
+        peer_port: 9,
+        api_enabled,
+    };
+    let shared: Shared = Default::default();
+    let inv = Arc::new(RwLock::new(Inventory::new("node1")));
+    let tracer = Arc::new(Tracer::new(cfg, "node1", shared, inv));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move { axum::serve(listener, router(tracer)).await });
+    let resp = reqwest::get(format!("http://{addr}/api/v1/trace?{query}")).await.expect("GET");
+    let status = resp.status().as_u16();
+    let body = resp.json().await.expect("JSON");
+    server.abort();
+    (status, body)
+}
+
+#[tokio::test]
+async fn api_is_off_unless_enabled_and_maps_errors_to_statuses() {
+    let (s, b) = get(false, "src=10.16.0.2&dst=10.16.0.5&dport=80").await;
+    assert_eq!(s, 404, "{b}");
+    assert!(b["error"].as_str().is_some_and(|e| e.contains("--enable-trace-api")), "{b}");
+    for (q, status, want) in [
+        ("src=10.16.0.2&dst=nope&dport=80", 400, "not an IP address"),
+        ("src=10.16.0.2&dst=10.16.0.5&dport=80&shell=1", 400, "unknown field"),
+        ("flow=abc", 404, "no flow"),
+        ("alert=abc", 404, "no alert"),
+        ("src=10.16.0.2&dst=10.16.0.5&dport=80", 400, "not a pod of this node"),
+    ] {
+        let (s, b) = get(true, q).await;
+        assert_eq!(s, status, "{q}: {b}");
+        assert!(b["error"].as_str().is_some_and(|e| e.contains(want)), "{q}: {b}");
     }
 }
