@@ -185,6 +185,25 @@ fn firing(lab: &Lab, kind: &str, src: &Pod, dst: &Pod) -> Value {
     }
 }
 
+/// Waits (bounded) until no finding for src -> dst fires on node1.
+fn resolved(lab: &Lab, src: &Pod, dst: &Pod) {
+    let url = format!("{}/api/v1/alerts", monitor_url(lab, "node1"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = monitors::get_json(&url, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e:#}"));
+        let all = v["alerts"].as_array().cloned().unwrap_or_default();
+        if !all.iter().any(|a| {
+            a["state"] == "firing"
+                && a["src"]["pod"] == src.name.as_str()
+                && a["dst"]["pod"] == dst.name.as_str()
+        }) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still firing for {} -> {}: {all:#?}", src.name, dst.name);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Waits for the drill-down the monitor ran when `id` fired.
 fn drilldown_of(lab: &Lab, id: &Value) -> Value {
     let url = format!("{}/api/v1/alerts", monitor_url(lab, "node1"));
@@ -287,6 +306,10 @@ fn t2_ovs_drop_flow_is_the_deciding_rule() {
         "dump-flows shows the drop flow with its packets: {:#}",
         r["flows"]
     );
+    // Healed and answered again: the finding resolves, so the next fault is a new episode.
+    lab.heal(None).expect("heal");
+    assert!(tcp_ok(&a, SocketAddrV4::new(b.ip, b.tcp_port), 42012), "healed");
+    resolved(&lab, &a, &b);
     note!("t2 in {:.1}s", t.elapsed().as_secs_f32());
 }
 

@@ -520,8 +520,8 @@ impl Tracer {
         tunnel_in: Option<TunnelIn>,
         flow_id: Option<String>,
     ) -> Result<TraceReport, TraceError> {
-        let _permit =
-            self.busy.acquire().await.map_err(|_| TraceError::Unavailable("shutting down".into()))?;
+        let shutting_down = |_| TraceError::Unavailable("shutting down".into());
+        let permit = self.busy.acquire().await.map_err(shutting_down)?;
         let timeout = self.cfg.timeout;
         let secs = format!("--timeout={}", timeout.as_secs().max(1));
         let mut facts = self.facts(&p, tunnel_in.as_ref().map(|t| t.src));
@@ -608,8 +608,8 @@ impl Tracer {
         if trace.outcome == Outcome::Drop
             && let Some(s) = trace.deciding_step()
         {
-            let logical_flow = match &s.cookie {
-                Some(c) => self.logical_flow(c.trim_start_matches("0x"), &mut report.commands).await,
+            let logical_flow = match s.cookie.as_deref().and_then(lflow_prefix) {
+                Some(prefix) => self.logical_flow(&prefix, &mut report.commands).await,
                 None => None,
             };
             report.deciding_rule = Some(DecidingRule {
@@ -655,7 +655,10 @@ impl Tracer {
             }
         }
 
-        // 4. The other half: the destination node traces the packet from its tunnel port.
+        // 4. The other half: the destination node traces the packet from its tunnel port. Not
+        // holding this node's permit meanwhile: two nodes tracing towards each other at once
+        // must not wait on each other.
+        drop(permit);
         if let (
             Outcome::TunnelPush {
                 remote_ip: Some(rip),
@@ -692,6 +695,7 @@ impl Tracer {
 
         // 6. br-int rules that mention the destination, counted twice a second apart.
         if tunnel_in.is_none() {
+            let _permit = self.busy.acquire().await.map_err(shutting_down)?;
             match self.hit_flows(&p, &secs, &mut report.commands).await {
                 Ok(f) => report.flows = f,
                 Err(e) => report.flows_error = Some(e.to_string()),
@@ -895,6 +899,14 @@ pub fn packet_of_alert(
         },
         None,
     ))
+}
+
+/// The logical flow uuid prefix behind an OpenFlow cookie: ovn-controller (OVN 23.03) sets the
+/// cookie to the first 32 bits of the logical flow's uuid, which OVS prints without leading
+/// zeros (`0xba6db16` for `0ba6db16-...`). Larger cookies are not OVN's.
+fn lflow_prefix(cookie: &str) -> Option<String> {
+    let v = u64::from_str_radix(cookie.trim_start_matches("0x"), 16).ok()?;
+    (v != 0 && v <= u64::from(u32::MAX)).then(|| format!("{v:08x}"))
 }
 
 /// `ovn-sbctl --format=json list`: `{"headings": [...], "data": [[...]]}` -> first row by heading.
@@ -1214,12 +1226,16 @@ pub struct AlertDrillDown {
     pub error: Option<String>,
 }
 
-/// Runs the drill-down once per firing finding, one at a time and at most one every
-/// `MIN_GAP`, in the background; results are kept by finding id.
+/// A finding's episode: its id and when it (last) started firing. A finding that resolves
+/// and fires again keeps its id but is a new episode, with a new drill-down.
+type Episode = (String, String);
+
+/// Runs the drill-down once per firing episode of a finding, one at a time and at most one
+/// every `MIN_GAP`, in the background; results are kept by episode.
 pub struct OnAlert {
     tracer: Arc<Tracer>,
-    done: Arc<std::sync::Mutex<std::collections::HashMap<String, AlertDrillDown>>>,
-    started: std::collections::HashSet<String>,
+    done: Arc<std::sync::Mutex<std::collections::HashMap<Episode, AlertDrillDown>>>,
+    started: std::collections::HashSet<Episode>,
     last: Option<std::time::Instant>,
     running: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -1242,15 +1258,18 @@ impl OnAlert {
     pub fn update(&mut self, alerts: &mut [crate::detection::Alert], flows: &[crate::flows::Flow]) {
         use std::sync::atomic::Ordering;
         let ready = !self.running.load(Ordering::Acquire) && self.last.is_none_or(|t| t.elapsed() >= MIN_GAP);
-        if ready && let Some(a) = alerts.iter().find(|a| a.state == "firing" && !self.started.contains(&a.id))
+        let episode = |a: &crate::detection::Alert| (a.id.clone(), a.first_seen.clone());
+        if ready
+            && let Some(a) =
+                alerts.iter().find(|a| a.state == "firing" && !self.started.contains(&episode(a)))
         {
-            self.started.insert(a.id.clone());
+            self.started.insert(episode(a));
             self.last = Some(std::time::Instant::now());
             self.running.store(true, Ordering::Release);
             // The finding is new in this poll (not yet published): trace from it directly.
             let packet = packet_of_alert(a, flows);
-            let (tracer, done, running, id) =
-                (self.tracer.clone(), self.done.clone(), self.running.clone(), a.id.clone());
+            let (tracer, done, running, id, key) =
+                (self.tracer.clone(), self.done.clone(), self.running.clone(), a.id.clone(), episode(a));
             tokio::spawn(async move {
                 let r = match packet {
                     Ok((p, flow_id)) => tracer.trace_packet(p, None, flow_id).await,
@@ -1266,15 +1285,15 @@ impl OnAlert {
                     }
                 };
                 log::info!("drill-down of {id}: {}", d.error.as_deref().unwrap_or(&d.verdict));
-                done.lock().unwrap_or_else(|p| p.into_inner()).insert(id, d);
+                done.lock().unwrap_or_else(|p| p.into_inner()).insert(key, d);
                 running.store(false, Ordering::Release);
             });
         }
         let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
         for a in alerts.iter_mut() {
-            a.drilldown = done.get(&a.id).cloned();
+            a.drilldown = done.get(&episode(a)).cloned();
         }
-        done.retain(|id, _| alerts.iter().any(|a| &a.id == id));
-        self.started.retain(|id| alerts.iter().any(|a| &a.id == id));
+        done.retain(|k, _| alerts.iter().any(|a| &episode(a) == k));
+        self.started.retain(|k| alerts.iter().any(|a| &episode(a) == k));
     }
 }

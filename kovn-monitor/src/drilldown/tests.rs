@@ -377,3 +377,67 @@ async fn api_is_off_unless_enabled_and_maps_errors_to_statuses() {
         assert!(b["error"].as_str().is_some_and(|e| e.contains(want)), "{q}: {b}");
     }
 }
+
+fn alert(id: &str) -> crate::detection::Alert {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "kind": "request_without_reply", "state": "firing", "severity": "critical",
+        "node": "node1", "scenario": "pod_to_pod_cross_node", "protocol": "tcp",
+        "src_ip": "10.16.0.2", "dst_ip": "10.16.0.5", "dst_port": 8080, "first_seen": "",
+        "last_seen": "", "summary": "", "evidence": {"requests": 1, "requests_unanswered": 1,
+        "replies": 0, "seen_at": []}, "flows": []
+    }))
+    .expect("alert")
+}
+
+#[tokio::test]
+async fn drilldown_on_alert_runs_once_per_finding_and_one_at_a_time() {
+    let cfg = TraceConfig {
+        ovs_rundir: "/nonexistent".into(),
+        bridge: "br-int".into(),
+        ovn_sb: None,
+        ovn_nb: None,
+        timeout: Duration::from_secs(1),
+        peer_port: 9,
+        api_enabled: false,
+    };
+    let inv = Arc::new(RwLock::new(Inventory::new("node1")));
+    let tracer = Arc::new(Tracer::new(cfg, "node1", Default::default(), inv));
+    let mut on = OnAlert::new(tracer);
+    let mut alerts = vec![alert("a1"), alert("a2")];
+    on.update(&mut alerts, &[]);
+    // Done in the background; the result shows at a later update.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while alerts[0].drilldown.is_none() {
+        assert!(std::time::Instant::now() < deadline, "no drill-down attached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        on.update(&mut alerts, &[]);
+    }
+    let d = alerts[0].drilldown.clone().expect("drill-down");
+    // This node's inventory knows no pod: the drill-down says why instead of a verdict.
+    assert!(
+        d.verdict.is_empty() && d.error.as_deref().is_some_and(|e| e.contains("not a pod of this node")),
+        "{d:?}"
+    );
+    // The second finding waits for the rate limit (10 s between drill-downs).
+    on.update(&mut alerts, &[]);
+    let key = |id: &str| (id.to_string(), String::new());
+    assert!(alerts[1].drilldown.is_none() && !on.started.contains(&key("a2")));
+    // The same finding firing again later (a new first_seen) is a new episode: the old
+    // drill-down is not shown for it.
+    alerts[0].first_seen = "2026-11-23T04:00:00Z".into();
+    on.update(&mut alerts, &[]);
+    assert!(alerts[0].drilldown.is_none(), "{:?}", alerts[0].drilldown);
+    // A finding that is gone is forgotten.
+    let mut only_second = vec![alert("a2")];
+    on.update(&mut only_second, &[]);
+    assert!(only_second[0].drilldown.is_none() && !on.started.contains(&key("a1")));
+}
+
+#[test]
+fn cookies_map_to_logical_flow_uuid_prefixes() {
+    assert_eq!(lflow_prefix("0x75bd19d8").as_deref(), Some("75bd19d8"));
+    assert_eq!(lflow_prefix("0xba6db16").as_deref(), Some("0ba6db16"), "OVS drops leading zeros");
+    assert_eq!(lflow_prefix("0x0"), None);
+    assert_eq!(lflow_prefix("0x1234567890"), None, "wider than 32 bits: not ovn-controller's");
+    assert_eq!(lflow_prefix("zz"), None);
+}
