@@ -144,6 +144,9 @@ pub const RR_SCTP: u8 = 4;
 pub const TUN_NONE: u8 = 0;
 pub const TUN_GENEVE: u8 = 1;
 pub const TUN_VXLAN: u8 = 2;
+/// Learnt from the tunnel key on a metadata-mode tunnel device (`genev_sys_6081`,
+/// `vxlan_sys_4789`): the encapsulation is the device's (userspace knows its link kind).
+pub const TUN_DEVICE: u8 = 3;
 
 /// The tunnel leg of a cross-node flow, learnt on the underlay NIC (outer headers) or on the
 /// tunnel device (the tunnel key): which node is at the other end, on which VNI.
@@ -158,7 +161,7 @@ pub struct TunnelInfo {
     pub outer_max_len: u32,
     /// Outer packets of this flow seen on the underlay.
     pub packets: u32,
-    /// `TUN_GENEVE` or `TUN_VXLAN`.
+    /// `TUN_GENEVE`, `TUN_VXLAN` or `TUN_DEVICE`.
     pub kind: u8,
     pub _pad: [u8; 3],
 }

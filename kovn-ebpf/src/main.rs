@@ -31,8 +31,9 @@ use aya_ebpf::{
 };
 use kovn_ebpf_common::{
     CNT_MAP_FULL, CNT_MAX, CNT_OBS_OVERFLOW, DIR_FWD, DIR_REV, FLOW_F_FRAGMENT, FLOW_F_INITIATOR_GUESSED,
-    FlowKey, FlowStats, HOOK_EGRESS, HOOK_INGRESS, HOOK_KIND_SHIFT, KIND_HOST, KIND_POD, KIND_UNDERLAY,
-    MAX_OBS, ObsPoint, RR_ECHO, RR_NONE, RR_SCTP, RR_TCP, RR_UDP, SIDE_A, SIDE_B,
+    FlowKey, FlowStats, HOOK_EGRESS, HOOK_INGRESS, HOOK_KIND_SHIFT, KIND_HOST, KIND_POD, KIND_TUNNEL,
+    KIND_UNDERLAY, MAX_OBS, ObsPoint, RR_ECHO, RR_NONE, RR_SCTP, RR_TCP, RR_UDP, SIDE_A, SIDE_B, TUN_DEVICE,
+    TUN_NONE,
 };
 use parse::{Packet, Signal, TooBig, Tunnel};
 
@@ -143,6 +144,31 @@ fn try_observe_underlay(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), (
         None => 0,
     };
     record(&pkt, ifindex, hook, tunnel.as_ref(), over);
+    Ok(())
+}
+
+macro_rules! tunnel_observer {
+    ($name:ident, $hook:expr, $egress:expr) => {
+        #[classifier]
+        pub fn $name(ctx: TcContext) -> i32 {
+            let _ = try_observe_tunnel(&ctx, $hook, $egress);
+            TC_ACT_UNSPEC
+        }
+    };
+}
+
+// The tunnel device of OVS's kernel datapath (`genev_sys_6081`, `vxlan_sys_4789`): the frame is
+// the inner one, the tunnel key says which node is at the other end.
+tunnel_observer!(kovn_tunnel_ingress, HOOK_INGRESS | (KIND_TUNNEL << HOOK_KIND_SHIFT), false);
+tunnel_observer!(kovn_tunnel_egress, HOOK_EGRESS | (KIND_TUNNEL << HOOK_KIND_SHIFT), true);
+
+#[inline(always)]
+fn try_observe_tunnel(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), ()> {
+    let pkt = parse::parse(ctx).map_err(count)?;
+    let tunnel = parse::device_tunnel(ctx, egress);
+    // No MTU check here: these devices have a 65000-byte MTU in OVS; what must fit is judged on
+    // the pod veth (overlay MTU) and on the underlay NIC (the outer packet).
+    record(&pkt, parse::ifindex(ctx), hook, tunnel.as_ref(), 0);
     Ok(())
 }
 
@@ -352,14 +378,23 @@ fn observe_point(s: &mut FlowStats, ifindex: u32, hook: u8, dir: usize, l3_len: 
     true
 }
 
-/// The tunnel leg: written only when it changes (same cache line as the counters anyway).
+/// The tunnel leg: written only when it changes (same cache line as the counters anyway). The
+/// wire's view (outer headers on the underlay) is richer than a tunnel key (it has the outer
+/// size and the encapsulation), so a key does not overwrite it when both hooks see the flow.
 #[inline(always)]
 fn record_tunnel(s: &mut FlowStats, t: &Tunnel) {
     let ti = &mut s.tunnel;
+    let from_key = t.kind == TUN_DEVICE;
+    if from_key && ti.kind != TUN_NONE && ti.kind != TUN_DEVICE {
+        return;
+    }
     if ti.remote != t.remote || ti.vni != t.vni || ti.kind != t.kind {
         ti.remote = t.remote;
         ti.vni = t.vni;
         ti.kind = t.kind;
+    }
+    if from_key {
+        return;
     }
     if t.outer_len > ti.outer_max_len {
         ti.outer_max_len = t.outer_len;

@@ -31,16 +31,19 @@ pub fn programs_for(kind: IfaceKind) -> (&'static str, &'static str) {
         IfaceKind::Pod => ("kovn_pod_ingress", "kovn_pod_egress"),
         IfaceKind::Host => ("kovn_host_ingress", "kovn_host_egress"),
         IfaceKind::Underlay => ("kovn_underlay_ingress", "kovn_underlay_egress"),
+        IfaceKind::Tunnel => ("kovn_tunnel_ingress", "kovn_tunnel_egress"),
     }
 }
 
-pub const ALL_PROGRAMS: [&str; 6] = [
+pub const ALL_PROGRAMS: [&str; 8] = [
     "kovn_pod_ingress",
     "kovn_pod_egress",
     "kovn_host_ingress",
     "kovn_host_egress",
     "kovn_underlay_ingress",
     "kovn_underlay_egress",
+    "kovn_tunnel_ingress",
+    "kovn_tunnel_egress",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -323,5 +326,54 @@ impl Drop for Capture {
         // tcx links die with their file descriptors anyway; netlink (pre-6.6) filters do not,
         // so detach explicitly in every case.
         self.detach_all();
+    }
+}
+
+/// Why the OVS kernel datapath's over-MTU kprobe does not run here. OVS's `ovs_vport_send`
+/// frees packets longer than the device MTU (with `SKB_DROP_REASON_PKT_TOO_BIG` on kernels whose
+/// OVS uses drop reasons, which the `kfree_skb` hook already names). The kprobe needs kprobe
+/// support, the `openvswitch` module and its symbol; this build does not carry the program yet,
+/// so it says which of these is missing first.
+pub fn ovs_vport_kprobe_unavailable() -> String {
+    let root = std::path::Path::new("/");
+    ovs_vport_kprobe_reason(root)
+}
+
+fn ovs_vport_kprobe_reason(root: &std::path::Path) -> String {
+    if !root.join("sys/bus/event_source/devices/kprobe").exists() {
+        return "this kernel has no kprobes (no kprobe event source)".into();
+    }
+    if !root.join("sys/module/openvswitch").exists() {
+        return "the openvswitch kernel module is not loaded (OVS runs a userspace datapath here, or none)"
+            .into();
+    }
+    let syms = std::fs::read_to_string(root.join("proc/kallsyms")).unwrap_or_default();
+    if !syms.lines().any(|l| l.split_whitespace().nth(2) == Some("ovs_vport_send")) {
+        return "the openvswitch module has no ovs_vport_send symbol".into();
+    }
+    "the OVS vport kprobe program is not part of this build; over-MTU drops show in kfree_skb as PKT_TOO_BIG where OVS reports drop reasons".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ovs_kprobe_says_what_is_missing_first() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let r = root.path();
+        assert!(ovs_vport_kprobe_reason(r).contains("no kprobes"));
+        std::fs::create_dir_all(r.join("sys/bus/event_source/devices/kprobe")).unwrap();
+        assert!(ovs_vport_kprobe_reason(r).contains("module is not loaded"));
+        std::fs::create_dir_all(r.join("sys/module/openvswitch")).unwrap();
+        std::fs::create_dir_all(r.join("proc")).unwrap();
+        std::fs::write(r.join("proc/kallsyms"), "ffffffffc0a00000 t ovs_vport_receive\t[openvswitch]\n")
+            .unwrap();
+        assert!(ovs_vport_kprobe_reason(r).contains("no ovs_vport_send"));
+        std::fs::write(r.join("proc/kallsyms"), "ffffffffc0a00010 T ovs_vport_send\t[openvswitch]\n")
+            .unwrap();
+        assert!(ovs_vport_kprobe_reason(r).contains("not part of this build"));
+        // This machine (no kprobes, no module) says so rather than pretending.
+        assert!(!ovs_vport_kprobe_unavailable().is_empty());
     }
 }

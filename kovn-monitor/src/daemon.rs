@@ -26,6 +26,8 @@ pub struct RunConfig {
     pub pod_patterns: Vec<String>,
     pub ifaces: Vec<String>,
     pub underlay_ifaces: Vec<String>,
+    /// Tunnel devices of OVS's kernel datapath, by exact name (attached whenever they exist).
+    pub tunnel_ifaces: Vec<String>,
     /// The path MTU of pod traffic (the overlay's); None: each pod veth's own MTU.
     pub overlay_mtu: Option<u32>,
     pub poll_interval: Duration,
@@ -44,6 +46,10 @@ pub struct RunConfig {
     pub kubernetes: kube_source::KubeOptions,
     /// The OVS/OVN drill-down (`--ovs-rundir`, `--enable-trace-api`, ...).
     pub trace: crate::drilldown::TraceArgs,
+    /// A static inventory file (`--inventory-file`): stands in for the Kubernetes API.
+    pub inventory_file: Option<std::path::PathBuf>,
+    /// Push findings to this Alertmanager (its v2 alerts endpoint), re-sent every interval.
+    pub alertmanager: Option<(reqwest::Url, Duration)>,
 }
 
 fn ifindex_of(name: &str) -> Option<u32> {
@@ -76,6 +82,10 @@ struct Daemon {
     commands: CommandContext,
     /// Drill-down on alert (None with --no-trace-on-alert).
     drill: Option<crate::drilldown::OnAlert>,
+    /// Why the OVS over-MTU kprobe does not run (checked once at start).
+    ovs_kprobe_why: String,
+    /// The findings for the Alertmanager pusher (`--alertmanager-url`), when on.
+    alerts_tx: Option<watch::Sender<Vec<detection::Alert>>>,
 }
 
 impl Daemon {
@@ -182,6 +192,7 @@ impl Daemon {
                 .why
                 .iter()
                 .map(|w| ("kfree_skb".to_string(), w.clone()))
+                .chain([("ovs_vport_mtu_kprobe".to_string(), self.ovs_kprobe_why.clone())])
                 .collect(),
         };
         // The inventory's lock is a std one: released before any await below.
@@ -208,7 +219,15 @@ impl Daemon {
                 }
             }
         }
-        snap.alerts = self.detector.evaluate(&snap.flows, time::OffsetDateTime::now_utc());
+        let now = time::OffsetDateTime::now_utc();
+        let kinds: std::collections::HashMap<String, String> =
+            snap.health.attached_interfaces.iter().map(|a| (a.name.clone(), a.kind.clone())).collect();
+        self.detector.observe_drops(
+            &snap.drops,
+            |iface| kinds.get(iface).cloned().unwrap_or_else(|| "host".into()),
+            now,
+        );
+        snap.alerts = self.detector.evaluate(&snap.flows, now);
         self.attach_verdicts(&mut snap).await;
         if let Some(d) = &mut self.drill {
             d.update(&mut snap.alerts, &snap.flows);
@@ -216,6 +235,9 @@ impl Daemon {
         link_flows_to_alerts(&mut snap);
         // Counters take this poll's deltas before the snapshot is published.
         self.exporter.update(&snap, Instant::now());
+        if let Some(tx) = &self.alerts_tx {
+            tx.send_replace(snap.alerts.clone());
+        }
         *self.shared.write().unwrap_or_else(|p| p.into_inner()) = snap;
     }
 }
@@ -226,6 +248,15 @@ impl Daemon {
     async fn attach_verdicts(&mut self, snap: &mut Snapshot) {
         const REFRESH: Duration = Duration::from_secs(10);
         for a in snap.alerts.iter_mut().filter(|a| a.state == "firing") {
+            if a.kind == detection::KIND_DROPS {
+                // The detector names the drop site itself; only the namespace prefix is ours.
+                if let (Some(ns), Some(v)) = (&self.commands.netns, a.verdict.as_mut()) {
+                    for c in &mut v.next_commands {
+                        *c = format!("ip netns exec {ns} {c}");
+                    }
+                }
+                continue;
+            }
             let fresh = self.verdict_at.get(&a.id).is_some_and(|t| t.elapsed() < REFRESH);
             if fresh && a.verdict.is_some() {
                 continue;
@@ -365,7 +396,7 @@ async fn shutdown_signal() -> &'static str {
 }
 
 pub async fn run(cfg: RunConfig) -> Result<()> {
-    let selector = Selector::new(&cfg.pod_patterns, &cfg.ifaces, &cfg.underlay_ifaces)?;
+    let selector = Selector::new(&cfg.pod_patterns, &cfg.ifaces, &cfg.underlay_ifaces, &cfg.tunnel_ifaces)?;
     for name in selector.explicit() {
         if ifindex_of(name).is_none() {
             bail!("unknown interface {name:?} (not in this network namespace)");
@@ -405,7 +436,12 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     spawn_inventory(&cfg, inventory.clone());
     // Kubernetes API source: off when there is no API to talk to; only an explicit
     // --kubeconfig that cannot be used stops the daemon.
-    if let Some(client) = kube_source::connect(&cfg.kubernetes).await? {
+    if let Some(path) = &cfg.inventory_file {
+        // Checked now so a typo stops the daemon with the reason; later edits are followed.
+        crate::inventory_file::load(path)?;
+        log::info!("inventory file {}: stands in for the Kubernetes API (source off)", path.display());
+        tokio::spawn(crate::inventory_file::follow(path.clone(), inventory.clone(), Duration::from_secs(2)));
+    } else if let Some(client) = kube_source::connect(&cfg.kubernetes).await? {
         tokio::spawn(kube_source::feed(client, inventory.clone()));
     }
     let table = FlowTable::new(cfg.flow_idle_timeout, cfg.flow_retention);
@@ -421,7 +457,22 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         verdict_at: std::collections::HashMap::new(),
         commands: command_context(&cfg),
         drill: (!cfg.trace.no_trace_on_alert).then(|| crate::drilldown::OnAlert::new(tracer)),
+        alerts_tx: None,
+        ovs_kprobe_why: crate::capture::ovs_vport_kprobe_unavailable(),
     };
+    log::info!("OVS over-MTU kprobe unavailable: {}", d.ovs_kprobe_why);
+    if let Some((url, resend)) = cfg.alertmanager.clone() {
+        let (tx, rx) = watch::channel(Vec::new());
+        // The API as other machines reach it: the node's name when listening on all addresses.
+        let endpoint = if cfg.listen.ip().is_unspecified() {
+            format!("http://{}:{}", cfg.node_name, cfg.listen.port())
+        } else {
+            format!("http://{}", cfg.listen)
+        };
+        log::info!("pushing findings to {url} every {}s while firing", resend.as_secs());
+        tokio::spawn(crate::alertmanager::run(url, endpoint, resend, rx));
+        d.alerts_tx = Some(tx);
+    }
     let mut tick = tokio::time::interval(cfg.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let signal = shutdown_signal();

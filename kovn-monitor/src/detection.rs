@@ -73,6 +73,22 @@ pub struct Evidence {
     pub answered_flows: Option<u64>,
     /// Where this node saw the requests: interface names and hooks.
     pub seen_at: Vec<String>,
+    /// Kernel drops (skb:kfree_skb) of the finding's flows within the drop window: by reason
+    /// and interface. For `drops` findings, the burst itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drops: Vec<DropEvidence>,
+}
+
+/// Packets the kernel dropped, by reason and where.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DropEvidence {
+    /// The kernel's `skb_drop_reason` name, e.g. `NETFILTER_DROP`.
+    pub reason: String,
+    pub interface: String,
+    /// `pod|tunnel|underlay|host`
+    pub location: String,
+    /// Drops within the window.
+    pub count: u64,
 }
 
 /// Where packets stop, and what to run next (the seeds' diagnosis commands).
@@ -99,7 +115,18 @@ pub struct DetectorConfig {
     /// The path MTU of pod traffic (the pod veths' MTU): requests larger than the answered
     /// ones and above this fraction of it point at an MTU black hole.
     pub pod_mtu: Option<u32>,
+    /// A drops finding needs at least this many kernel drops of one reason at one interface
+    /// within `drop_window`.
+    pub drop_burst: u64,
+    pub drop_window: std::time::Duration,
+    /// Drop reasons that are normal operation, never a finding (still counted in metrics).
+    pub drop_ignore_reasons: Vec<String>,
 }
+
+/// `OTHERHOST`: a frame for another MAC reaching a port in promiscuous mode (every bridge
+/// port; OVS's userspace datapath reads over AF_PACKET and leaves each frame to the stack,
+/// which frees it with this reason). Normal, and the most frequent drop on such nodes.
+pub const DEFAULT_DROP_IGNORE: [&str; 1] = ["OTHERHOST"];
 
 impl Default for DetectorConfig {
     fn default() -> Self {
@@ -109,6 +136,9 @@ impl Default for DetectorConfig {
             retention: std::time::Duration::from_secs(600),
             udp_oneway_ports: Vec::new(),
             pod_mtu: None,
+            drop_burst: 10,
+            drop_window: std::time::Duration::from_secs(10),
+            drop_ignore_reasons: DEFAULT_DROP_IGNORE.iter().map(|r| r.to_string()).collect(),
         }
     }
 }
@@ -169,16 +199,212 @@ struct Tracked {
     last_failure: OffsetDateTime,
 }
 
+/// One poll's rise of one kernel drop record.
+struct DropDelta {
+    at: OffsetDateTime,
+    reason: String,
+    interface: String,
+    location: String,
+    flow_id: String,
+    src_ip: Option<std::net::IpAddr>,
+    dst_ip: Option<std::net::IpAddr>,
+    protocol: String,
+    dst_port: u16,
+    count: u64,
+}
+
 /// The detectors' state across polls: findings by id.
 pub struct Detector {
     cfg: DetectorConfig,
     node: String,
     tracked: BTreeMap<String, Tracked>,
+    /// Last count of each kernel drop record: (flow id, reason, ifindex).
+    drop_counts: HashMap<(String, String, u32), u64>,
+    /// Drop rises within the drop window, oldest first.
+    drop_window: std::collections::VecDeque<DropDelta>,
 }
 
 impl Detector {
     pub fn new(node: &str, cfg: DetectorConfig) -> Self {
-        Self { cfg, node: node.to_string(), tracked: BTreeMap::new() }
+        Self {
+            cfg,
+            node: node.to_string(),
+            tracked: BTreeMap::new(),
+            drop_counts: HashMap::new(),
+            drop_window: Default::default(),
+        }
+    }
+
+    /// Takes this poll's kernel drop records (cumulative counts) before `evaluate`.
+    /// `location_of` names the kind of an interface (`pod|tunnel|underlay|host`).
+    pub fn observe_drops(
+        &mut self,
+        drops: &[crate::drops::DropRecord],
+        location_of: impl Fn(&str) -> String,
+        now: OffsetDateTime,
+    ) {
+        let mut next = HashMap::with_capacity(drops.len());
+        for d in drops {
+            let key = (d.flow_id.clone(), d.reason.clone(), d.ifindex);
+            let rise = match self.drop_counts.get(&key) {
+                Some(&last) if d.count >= last => d.count - last,
+                // New record (or recreated): its whole count is new. The first poll after start
+                // counts everything the kernel recorded since the programs were loaded.
+                _ => d.count,
+            };
+            next.insert(key, d.count);
+            if rise == 0 || self.cfg.drop_ignore_reasons.contains(&d.reason) {
+                continue;
+            }
+            self.drop_window.push_back(DropDelta {
+                at: now,
+                reason: d.reason.clone(),
+                interface: d.interface.clone(),
+                location: location_of(&d.interface),
+                flow_id: d.flow_id.clone(),
+                src_ip: d.src_ip,
+                dst_ip: d.dst_ip,
+                protocol: d.protocol.clone(),
+                dst_port: d.dst_port,
+                count: rise,
+            });
+        }
+        self.drop_counts = next;
+        let window = time::Duration::try_from(self.cfg.drop_window).unwrap_or(time::Duration::seconds(10));
+        while self.drop_window.front().is_some_and(|d| now - d.at > window) {
+            self.drop_window.pop_front();
+        }
+    }
+
+    /// Bursts of drops: attached as evidence to the path findings whose flows they hit, else
+    /// raised as `drops` findings of their own (one per reason and interface).
+    fn evaluate_drops(&mut self, flows: &[Flow], seen_now: &mut Vec<String>, now: OffsetDateTime) {
+        let by_id: HashMap<&str, &Flow> = flows.iter().map(|f| (f.id.as_str(), f)).collect();
+        // What each firing path finding covers: its flows, and for tunnel findings the remote
+        // tunnel endpoints (drops of encapsulated packets carry the outer addresses).
+        let covers: Vec<(String, Vec<String>, Vec<std::net::IpAddr>)> = self
+            .tracked
+            .iter()
+            .filter(|(id, t)| t.alert.kind != KIND_DROPS && seen_now.contains(id))
+            .map(|(id, t)| {
+                let remotes = if t.alert.kind == KIND_TUNNEL {
+                    t.alert
+                        .flows
+                        .iter()
+                        .filter_map(|f| by_id.get(f.as_str())?.tunnel.as_ref()?.remote_ip)
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                (id.clone(), t.alert.flows.clone(), remotes)
+            })
+            .collect();
+        // Drops a firing finding explains become its evidence (any number of them); the rest
+        // are grouped by (reason, interface): (location, drops, drops per flow id).
+        type Sites = BTreeMap<(String, String), (String, u64, BTreeMap<String, u64>)>;
+        let mut sites: Sites = BTreeMap::new();
+        let mut explained: BTreeMap<(String, String, String, String), u64> = BTreeMap::new();
+        for d in &self.drop_window {
+            let encapsulated = d.protocol == "udp" && matches!(d.dst_port, 6081 | 4789);
+            let owner = covers.iter().find(|(_, fl, remotes)| {
+                (!d.flow_id.is_empty() && fl.contains(&d.flow_id))
+                    || (encapsulated && [d.src_ip, d.dst_ip].iter().flatten().any(|ip| remotes.contains(ip)))
+            });
+            if let Some((id, _, _)) = owner {
+                *explained
+                    .entry((id.clone(), d.reason.clone(), d.interface.clone(), d.location.clone()))
+                    .or_default() += d.count;
+                continue;
+            }
+            let e = sites
+                .entry((d.reason.clone(), d.interface.clone()))
+                .or_insert_with(|| (d.location.clone(), 0, BTreeMap::new()));
+            e.1 += d.count;
+            *e.2.entry(d.flow_id.clone()).or_default() += d.count;
+        }
+        for ((id, reason, interface, location), count) in explained {
+            if let Some(t) = self.tracked.get_mut(&id) {
+                t.alert.evidence.drops.push(DropEvidence { reason, interface, location, count });
+            }
+        }
+        for ((reason, interface), (location, total, per_flow)) in sites {
+            if total < self.cfg.drop_burst {
+                continue;
+            }
+            let evidence = DropEvidence {
+                reason: reason.clone(),
+                interface: interface.clone(),
+                location: location.clone(),
+                count: total,
+            };
+            let (top_flow, _) =
+                per_flow.iter().max_by_key(|(_, n)| **n).map(|(f, n)| (f.clone(), *n)).unwrap_or_default();
+            let flow = by_id.get(top_flow.as_str()).copied();
+            let record = self.drop_window.iter().rev().find(|d| d.flow_id == top_flow && d.reason == reason);
+            let unspecified = std::net::IpAddr::from([0, 0, 0, 0]);
+            let src_ip = flow.map(|f| f.src_ip).or(record.and_then(|r| r.src_ip)).unwrap_or(unspecified);
+            let dst_ip = flow.map(|f| f.dst_ip).or(record.and_then(|r| r.dst_ip)).unwrap_or(unspecified);
+            let id = alert_id(KIND_DROPS, &reason, &interface);
+            let window = self.cfg.drop_window;
+            let what = flow.map_or_else(
+                || format!("{src_ip} -> {dst_ip}"),
+                |f| format!("{} -> {}", who(f.src.as_ref(), f.src_ip), who(f.dst.as_ref(), f.dst_ip)),
+            );
+            let summary = format!(
+                "{total} packet(s) dropped by the kernel on {interface} ({location}) with reason {reason} within {}s; most from {what}",
+                window.as_secs()
+            );
+            let entry = self.tracked.entry(id.clone()).or_insert_with(|| Tracked {
+                alert: Alert {
+                    id: id.clone(),
+                    kind: KIND_DROPS.into(),
+                    state: "firing".into(),
+                    severity: "warning".into(),
+                    node: String::new(),
+                    scenario: "unknown".into(),
+                    protocol: String::new(),
+                    src_ip,
+                    dst_ip,
+                    dst_port: None,
+                    src: None,
+                    dst: None,
+                    remote_node: None,
+                    first_seen: rfc3339(now),
+                    last_seen: String::new(),
+                    resolved_at: None,
+                    summary: String::new(),
+                    evidence: Evidence::default(),
+                    verdict: None,
+                    flows: Vec::new(),
+                    drilldown: None,
+                },
+                last_failure: now,
+            });
+            let a = &mut entry.alert;
+            if a.state != "firing" {
+                a.state = "firing".into();
+                a.resolved_at = None;
+                a.first_seen = rfc3339(now);
+            }
+            a.node = self.node.clone();
+            if let Some(f) = flow {
+                a.scenario = f.scenario.clone();
+                a.protocol = f.protocol.clone();
+                a.src = f.src.clone();
+                a.dst = f.dst.clone();
+                a.dst_port = (f.protocol != "icmp" && f.protocol != "icmpv6").then_some(f.dst_port);
+                a.remote_node = f.tunnel.as_ref().and_then(|t| t.remote_node.clone());
+            }
+            a.src_ip = src_ip;
+            a.dst_ip = dst_ip;
+            a.last_seen = rfc3339(now);
+            a.summary = summary;
+            a.evidence = Evidence { drops: vec![evidence], ..Default::default() };
+            a.flows = per_flow.keys().filter(|f| !f.is_empty()).cloned().collect();
+            a.verdict = Some(drop_verdict(&reason, &interface, &location, &self.node));
+            entry.last_failure = now;
+            seen_now.push(id);
+        }
     }
 
     pub fn config(&self) -> &DetectorConfig {
@@ -306,6 +532,12 @@ impl Detector {
         for (remote, failing) in &tunnel_failing {
             seen_now.push(self.raise(KIND_TUNNEL, &local, remote, failing, &[], now));
         }
+        for id in &seen_now {
+            if let Some(t) = self.tracked.get_mut(id) {
+                t.alert.evidence.drops.clear();
+            }
+        }
+        self.evaluate_drops(flows, &mut seen_now, now);
         // A pair that works again resolves its findings; quiet ones resolve after a while.
         let resolve_after =
             time::Duration::try_from(self.cfg.resolve_after).unwrap_or(time::Duration::seconds(30));
@@ -313,9 +545,11 @@ impl Detector {
             if t.alert.state != "firing" || seen_now.contains(id) {
                 continue;
             }
-            let healed = pairs
-                .get(&(t.alert_src(), t.alert_dst()))
-                .is_some_and(|r| !r.answered.is_empty() && r.failing.is_empty());
+            // Drops have no answer that heals them: only quiet does.
+            let healed = t.alert.kind != KIND_DROPS
+                && pairs
+                    .get(&(t.alert_src(), t.alert_dst()))
+                    .is_some_and(|r| !r.answered.is_empty() && r.failing.is_empty());
             if healed || now - t.last_failure >= resolve_after {
                 t.alert.state = "resolved".into();
                 t.alert.resolved_at = Some(rfc3339(now));
@@ -368,6 +602,7 @@ impl Detector {
             max_request_bytes: None,
             path_mtu: None,
             answered_flows: Some(answered.len() as u64),
+            drops: Vec::new(),
             seen_at: {
                 let mut v: Vec<String> = failing
                     .iter()
@@ -485,6 +720,45 @@ impl Tracked {
     }
     fn alert_dst(&self) -> String {
         who(self.alert.dst.as_ref(), self.alert.dst_ip)
+    }
+}
+
+/// Where a drop burst happens and what to look at, by the kernel's reason.
+fn drop_verdict(reason: &str, interface: &str, location: &str, node: &str) -> Verdict {
+    let why = match reason {
+        "NETFILTER_DROP" => {
+            "a netfilter rule (iptables/nftables: the node's firewall, kube-proxy or a NetworkPolicy implemented there)"
+        }
+        "OPENVSWITCH_DROP_ACTION" | "OVS_DROP_ACTION" => {
+            "an OpenFlow drop action in OVS (flow tables, ACL/NetworkPolicy)"
+        }
+        r if r.starts_with("OVS_DROP") || r.starts_with("OPENVSWITCH") => "the OVS kernel datapath",
+        "PKT_TOO_BIG" | "PKT_TOO_SMALL" => "packet size (MTU)",
+        "NO_SOCKET" | "SOCKET_FILTER" | "TCP_INVALID_SEQUENCE" | "TCP_OLD_DATA" => {
+            "the local stack (no listener, or stale TCP)"
+        }
+        "QDISC_DROP" | "FULL_RING" | "CPU_BACKLOG" | "TC_DROP" => "queueing or a tc program on the interface",
+        "IP_RPFILTER" | "IP_INADDRERRORS" | "IP_INNOROUTES" | "IP_NOPROTO" => {
+            "routing on the node (rp_filter, no route, bad address)"
+        }
+        _ => "the kernel on this node",
+    };
+    let mut next_commands =
+        vec![format!("ip -s link show {interface}"), format!("tcpdump -c 20 -nei {interface}")];
+    match reason {
+        "NETFILTER_DROP" => next_commands.insert(0, "nft list ruleset".to_string()),
+        r if r.contains("OVS") || r.contains("OPENVSWITCH") => {
+            next_commands.insert(0, "ovs-appctl dpctl/dump-flows -m".to_string());
+            next_commands.insert(1, "ovs-ofctl dump-flows br-int | grep -i drop".to_string());
+        }
+        _ => {}
+    }
+    Verdict {
+        hop: format!("dropped_at_{location}"),
+        summary: format!(
+            "the kernel on {node} drops packets on {interface} ({location}) with reason {reason}: {why}"
+        ),
+        next_commands,
     }
 }
 
@@ -765,6 +1039,93 @@ mod tests {
         )
     }
 
+    fn drop_rec(flow_id: &str, reason: &str, interface: &str, count: u64) -> crate::drops::DropRecord {
+        crate::drops::DropRecord {
+            flow_id: flow_id.into(),
+            src_ip: Some("10.16.0.2".parse().unwrap()),
+            dst_ip: Some("10.16.0.5".parse().unwrap()),
+            src_port: 40000,
+            dst_port: 8080,
+            protocol: "tcp".into(),
+            ip_proto: 6,
+            reason: reason.into(),
+            reason_code: 0,
+            interface: interface.into(),
+            ifindex: interface.bytes().map(u32::from).sum(),
+            count,
+            bytes: 0,
+            last_seen: String::new(),
+        }
+    }
+
+    fn pod_location(iface: &str) -> String {
+        if iface.ends_with("_h") { "pod" } else { "host" }.to_string()
+    }
+
+    #[test]
+    fn drop_bursts_raise_one_finding_per_reason_and_interface() {
+        let mut d = detector();
+        let answered = same("a", (1, 1, 3), "db-1", true);
+        // Counts since load: the first poll's records are all new.
+        d.observe_drops(&[drop_rec("a", "NETFILTER_DROP", "abc_h", 4)], pod_location, at(1));
+        assert!(d.evaluate(std::slice::from_ref(&answered), at(1)).is_empty(), "4 < burst of 10");
+        d.observe_drops(
+            &[
+                drop_rec("a", "NETFILTER_DROP", "abc_h", 12),
+                // Ignored by default: frames for other MACs on promiscuous ports.
+                drop_rec("a", "OTHERHOST", "abc_h", 500),
+            ],
+            pod_location,
+            at(3),
+        );
+        let alerts = d.evaluate(std::slice::from_ref(&answered), at(3));
+        assert_eq!(alerts.len(), 1, "{alerts:#?}");
+        let a = &alerts[0];
+        assert_eq!((a.kind.as_str(), a.state.as_str()), (KIND_DROPS, "firing"));
+        assert_eq!(a.evidence.drops.len(), 1);
+        let e = &a.evidence.drops[0];
+        assert_eq!(
+            (e.reason.as_str(), e.interface.as_str(), e.location.as_str(), e.count),
+            ("NETFILTER_DROP", "abc_h", "pod", 12)
+        );
+        assert_eq!(a.flows, vec!["a".to_string()]);
+        assert_eq!(a.scenario, "pod_to_pod_same_node");
+        let v = a.verdict.as_ref().expect("verdict");
+        assert_eq!(v.hop, "dropped_at_pod");
+        assert!(v.summary.contains("netfilter"), "{}", v.summary);
+        assert_eq!(v.next_commands[0], "nft list ruleset");
+        // More of the same keeps one finding; quiet resolves it after resolve_after (30 s).
+        d.observe_drops(&[drop_rec("a", "NETFILTER_DROP", "abc_h", 30)], pod_location, at(5));
+        assert_eq!(d.evaluate(std::slice::from_ref(&answered), at(5)).len(), 1);
+        d.observe_drops(&[drop_rec("a", "NETFILTER_DROP", "abc_h", 30)], pod_location, at(20));
+        let still = d.evaluate(std::slice::from_ref(&answered), at(20));
+        assert_eq!(still[0].state, "firing", "answered traffic does not heal drops");
+        d.observe_drops(&[drop_rec("a", "NETFILTER_DROP", "abc_h", 30)], pod_location, at(40));
+        assert_eq!(d.evaluate(std::slice::from_ref(&answered), at(40))[0].state, "resolved");
+    }
+
+    #[test]
+    fn drops_of_a_failing_pair_are_evidence_not_a_second_finding() {
+        let mut d = detector();
+        let failing = same("a", (3, 0, 0), "db-1", false);
+        d.observe_drops(&[drop_rec("a", "NETFILTER_DROP", "abc_h", 15)], pod_location, at(5));
+        let alerts = d.evaluate(std::slice::from_ref(&failing), at(5));
+        assert_eq!(alerts.len(), 1, "{alerts:#?}");
+        assert_eq!(alerts[0].kind, KIND_REQUEST_WITHOUT_REPLY);
+        assert_eq!(alerts[0].evidence.drops[0].reason, "NETFILTER_DROP");
+        assert_eq!(alerts[0].evidence.drops[0].count, 15);
+        // Drops spread below the burst in the window never fire; outside the window they age out.
+        let mut d = Detector::new("node1", DetectorConfig { drop_burst: 5, ..Default::default() });
+        d.observe_drops(&[drop_rec("", "NO_SOCKET", "eth0", 3)], pod_location, at(0));
+        d.observe_drops(&[drop_rec("", "NO_SOCKET", "eth0", 6)], pod_location, at(20));
+        assert!(d.evaluate(&[], at(20)).is_empty(), "3 + 3 in two windows");
+        d.observe_drops(&[drop_rec("", "NO_SOCKET", "eth0", 8)], pod_location, at(25));
+        let a = d.evaluate(&[], at(25));
+        assert_eq!(a.len(), 1, "3 + 2 within 10 s");
+        assert_eq!((a[0].src_ip.to_string(), a[0].flows.len()), ("10.16.0.2".to_string(), 0));
+        assert_eq!(a[0].verdict.as_ref().unwrap().hop, "dropped_at_host");
+    }
+
     fn detector() -> Detector {
         Detector::new("node1", DetectorConfig::default())
     }
@@ -872,6 +1233,24 @@ mod tests {
         assert_eq!(kinds, vec!["tunnel"], "one finding per node pair: {a:#?}");
         assert_eq!(a[0].remote_node.as_deref(), Some("node2"));
         assert_eq!(a[0].flows.len(), 2);
+        assert!(a[0].evidence.drops.is_empty());
+        // The node's firewall drops the encapsulated packets: outer addresses, yet evidence of
+        // the tunnel finding (any count), not a drops finding of its own.
+        let mut outer = drop_rec("outer", "NETFILTER_DROP", "eth0", 3);
+        (outer.protocol, outer.dst_port, outer.dst_ip) =
+            ("udp".into(), 6081, Some("172.31.250.12".parse().unwrap()));
+        d.observe_drops(&[outer], pod_location, at(6));
+        let a = d.evaluate(&flows, at(6));
+        assert_eq!(a.len(), 1, "{a:#?}");
+        assert_eq!(
+            a[0].evidence.drops,
+            vec![DropEvidence {
+                reason: "NETFILTER_DROP".into(),
+                interface: "eth0".into(),
+                location: "host".into(),
+                count: 3
+            }]
+        );
         assert!(
             a[0].summary.starts_with("node1 -> node2: cross-node requests of 2 pod pair(s)"),
             "{}",

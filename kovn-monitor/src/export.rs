@@ -53,8 +53,12 @@ const PROTOCOLS: [&str; 6] = ["tcp", "udp", "sctp", "icmp", "icmpv6", "other"];
 
 /// Interface kinds and hooks always exported (at 0 when absent), so a dashboard can tell
 /// "not attached" from "not scraped".
-const IFACE_KINDS: [&str; 3] = ["pod", "host", "underlay"];
-const HOOKS: [&str; 3] = ["tc_pod", "tc_host", "tc_underlay"];
+const IFACE_KINDS: [&str; 4] = ["pod", "host", "underlay", "tunnel"];
+/// Every hook `kovn_hook_available` reports, so a missing one reads 0 rather than absent.
+const HOOKS: [&str; 6] =
+    ["tc_pod", "tc_host", "tc_underlay", "tc_tunnel", "kfree_skb", "ovs_vport_mtu_kprobe"];
+/// Kernel counters that count what was seen, not what was lost: not in `kovn_kernel_records_lost`.
+const NOT_LOSSES: [&str; 1] = ["drops_in_netns"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -104,6 +108,9 @@ pub struct Metrics {
     kernel_lost: Family<Labels, Counter>,
     poll_duration: Histogram,
     hook_available: Family<Labels, Gauge>,
+    drops: Family<Labels, Counter>,
+    oversized: Family<Labels, Counter>,
+    frag_needed: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -124,6 +131,9 @@ impl Metrics {
             kernel_lost: Family::default(),
             poll_duration: Histogram::new(POLL_BUCKETS),
             hook_available: Family::default(),
+            drops: Family::default(),
+            oversized: Family::default(),
+            frag_needed: Family::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters, `_info` to info metrics and the unit
@@ -203,8 +213,23 @@ impl Metrics {
         );
         registry.register(
             "kovn_hook_available",
-            "1 for each kernel hook kovn has loaded (tc_pod, tc_host, tc_underlay)",
+            "1 for each kernel hook kovn runs (tc_pod, tc_host, tc_underlay, tc_tunnel, kfree_skb, ovs_vport_mtu_kprobe)",
             m.hook_available.clone(),
+        );
+        registry.register(
+            "kovn_drops",
+            "Packets the kernel dropped (skb:kfree_skb), by the kernel's reason, where (pod|tunnel|underlay|host) and the pod end's workload",
+            m.drops.clone(),
+        );
+        registry.register(
+            "kovn_oversized_packets",
+            "Packets larger than the path MTU that may not be fragmented (IPv4 DF, IPv6), by where the flow enters this node and the sender's workload",
+            m.oversized.clone(),
+        );
+        registry.register(
+            "kovn_icmp_frag_needed",
+            "ICMP fragmentation-needed / ICMPv6 packet-too-big messages about flows seen here, by location and the flow's source workload",
+            m.frag_needed.clone(),
         );
         Self { registry, ..m }
     }
@@ -228,6 +253,8 @@ struct Seen {
     /// above this high-water mark are added.
     unanswered_max: u64,
     rtt_us: Option<u64>,
+    oversized: u64,
+    too_big: u64,
 }
 
 impl Seen {
@@ -238,6 +265,8 @@ impl Seen {
             requests: u64::from(f.requests),
             unanswered_max: u64::from(f.requests_unanswered),
             rtt_us: f.rtt_us,
+            oversized: f.mtu.as_ref().map_or(0, |m| u64::from(m.oversized_packets)),
+            too_big: f.mtu.as_ref().map_or(0, |m| u64::from(m.too_big_messages)),
         }
     }
 }
@@ -251,6 +280,8 @@ struct Delta {
     unanswered: u64,
     /// A new RTT measurement to observe (first seen, changed, or a new incarnation).
     rtt_us: Option<u64>,
+    oversized: u64,
+    too_big: u64,
 }
 
 impl Delta {
@@ -261,6 +292,8 @@ impl Delta {
         }
         self.requests += o.requests;
         self.unanswered += o.unanswered;
+        self.oversized += o.oversized;
+        self.too_big += o.too_big;
     }
 }
 
@@ -283,6 +316,8 @@ fn delta(prev: Option<&Seen>, cur: &Seen) -> (Delta, Seen) {
                 requests: cur.requests - p.requests,
                 unanswered: cur.unanswered_max.saturating_sub(p.unanswered_max),
                 rtt_us: cur.rtt_us.filter(|_| cur.rtt_us != p.rtt_us),
+                oversized: cur.oversized.saturating_sub(p.oversized),
+                too_big: cur.too_big.saturating_sub(p.too_big),
             };
             (d, Seen { unanswered_max: p.unanswered_max.max(cur.unanswered_max), ..*cur })
         }
@@ -293,6 +328,8 @@ fn delta(prev: Option<&Seen>, cur: &Seen) -> (Delta, Seen) {
                 requests: cur.requests,
                 unanswered: cur.unanswered_max,
                 rtt_us: cur.rtt_us,
+                oversized: cur.oversized,
+                too_big: cur.too_big,
             };
             (d, *cur)
         }
@@ -411,6 +448,44 @@ fn tunnel_labels(remote: &str, direction: Option<&'static str>) -> Labels {
     l
 }
 
+/// `(location, namespace, workload)` of the drop, oversize and frag-needed families (+ `reason`
+/// for drops, in front).
+type SiteKey = Vec<String>;
+
+fn site_labels(k: &SiteKey) -> Labels {
+    let names: &[&'static str] = if k.len() == 4 {
+        &["reason", "location", "namespace", "workload"]
+    } else {
+        &["location", "namespace", "workload"]
+    };
+    names.iter().copied().zip(k.iter().cloned()).collect()
+}
+
+/// Where a flow enters this node's view: `pod` when a pod veth saw it, else the kind of the
+/// first interface that did (`tunnel`, `underlay`, `host`).
+fn flow_location(f: &Flow) -> &'static str {
+    let kinds = || f.interfaces.iter().map(|i| i.kind.as_str());
+    if kinds().any(|k| k == "pod") {
+        return "pod";
+    }
+    match kinds().next() {
+        Some("tunnel") => "tunnel",
+        Some("underlay") => "underlay",
+        _ => "host",
+    }
+}
+
+/// `(namespace, workload)` of the end an MTU or drop signal is about: the sender of the flow
+/// when it is a pod, else the other end.
+fn pod_end(f: &Flow, pod_labels: bool) -> (&str, &str) {
+    let (sn, sw, _) = endpoint_labels(f.src.as_ref(), pod_labels);
+    if f.src.as_ref().is_some_and(|e| e.kind == "pod") {
+        return (sn, sw);
+    }
+    let (dn, dw, _) = endpoint_labels(f.dst.as_ref(), pod_labels);
+    if f.dst.as_ref().is_some_and(|e| e.kind == "pod") { (dn, dw) } else { (sn, sw) }
+}
+
 /// `(kind, scenario, src_namespace, src_workload, dst_namespace, dst_workload)` of an alert.
 type PathKey = [String; 6];
 
@@ -421,11 +496,11 @@ fn path_labels(k: &PathKey) -> Labels {
         .collect()
 }
 
-/// The hook a program implements: `kovn_pod_ingress` → `tc_pod`. Hooks that are not tc
-/// programs (the coming `skb:kfree_skb` tracepoint) will map here too.
+/// The tc hook a program implements: `kovn_pod_ingress` → `tc_pod`. Other programs (the
+/// `skb:kfree_skb` tracepoint) report through `Health::hooks` instead.
 pub fn hook_of_program(name: &str) -> Option<String> {
-    let kind = name.strip_prefix("kovn_")?.rsplit_once('_')?.0;
-    Some(format!("tc_{kind}"))
+    let (kind, dir) = name.strip_prefix("kovn_")?.rsplit_once('_')?;
+    matches!(dir, "ingress" | "egress").then(|| format!("tc_{kind}"))
 }
 
 /// Keeps the metrics in step with the daemon's snapshots. Owned by the poller (`&mut`); the
@@ -441,6 +516,10 @@ pub struct Exporter {
     rtts: HashMap<(String, String), Instant>,
     tunnels: HashMap<String, Instant>,
     paths: HashMap<PathKey, Instant>,
+    /// Label sets of the drop / oversize / frag-needed families, for the series TTL.
+    sites: HashMap<(&'static str, SiteKey), Instant>,
+    /// Last cumulative count of each kernel drop record: (flow id, reason, ifindex).
+    drops: HashMap<(String, String, u32), u64>,
     /// Last cumulative kernel counters, by reason.
     kernel: BTreeMap<String, u64>,
 }
@@ -463,6 +542,8 @@ impl Exporter {
             rtts: HashMap::new(),
             tunnels: HashMap::new(),
             paths: HashMap::new(),
+            sites: HashMap::new(),
+            drops: HashMap::new(),
             kernel: BTreeMap::new(),
         }
     }
@@ -479,6 +560,7 @@ impl Exporter {
     /// Applies one snapshot: called once after every poll, with the poll's monotonic time.
     pub fn update(&mut self, snap: &Snapshot, now: Instant) {
         self.update_flows(&snap.flows, now);
+        self.update_drops(snap, now);
         self.update_paths(snap, now);
         self.update_health(snap);
         self.expire(now);
@@ -489,11 +571,18 @@ impl Exporter {
         let mut pairs: HashMap<Pair<&str>, Delta> = HashMap::new();
         let mut rtts: HashMap<(&str, &str), Vec<f64>> = HashMap::new();
         let mut tunnels: HashMap<Cow<'_, str>, Delta> = HashMap::new();
+        let mut mtu: HashMap<[&str; 3], (u64, u64)> = HashMap::new();
         let mut next = HashMap::with_capacity(flows.len());
         for f in flows {
             let cur = Seen::of(f);
             let (d, seen) = delta(self.flows.get(&f.id), &cur);
             next.insert(f.id.clone(), seen);
+            if f.mtu.is_some() {
+                let (ns, wl) = pod_end(f, pod_labels);
+                let e = mtu.entry([flow_location(f), ns, wl]).or_default();
+                e.0 += d.oversized;
+                e.1 += d.too_big;
+            }
             let pair = Pair::of(f, pod_labels);
             // Every flow's pair is entered, with a zero delta too: it keeps the series alive.
             pairs.entry(pair.clone()).or_default().add(&d);
@@ -542,6 +631,48 @@ impl Exporter {
             m.tunnel_unanswered.get_or_create(&tunnel_labels(&remote, None)).inc_by(d.unanswered);
             self.tunnels.insert(remote.into_owned(), now);
         }
+        for (site, (oversized, too_big)) in mtu {
+            let key: SiteKey = site.iter().map(|s| s.to_string()).collect();
+            let l = site_labels(&key);
+            m.oversized.get_or_create(&l).inc_by(oversized);
+            m.frag_needed.get_or_create(&l).inc_by(too_big);
+            self.sites.insert(("mtu", key), now);
+        }
+    }
+
+    /// `kovn_drops_total` from the kernel's drop records: per record the rise of its count
+    /// (a record that went down or is new was recreated: all of it is new).
+    fn update_drops(&mut self, snap: &Snapshot, now: Instant) {
+        let pod_labels = self.cfg.pod_labels;
+        let kinds: HashMap<&str, &str> =
+            snap.health.attached_interfaces.iter().map(|a| (a.name.as_str(), a.kind.as_str())).collect();
+        let flows: HashMap<&str, &Flow> = snap.flows.iter().map(|f| (f.id.as_str(), f)).collect();
+        let mut next = HashMap::with_capacity(snap.drops.len());
+        let mut sums: HashMap<[&str; 4], u64> = HashMap::new();
+        for d in &snap.drops {
+            let key = (d.flow_id.clone(), d.reason.clone(), d.ifindex);
+            let added = match self.drops.get(&key) {
+                Some(&last) if d.count >= last => d.count - last,
+                _ => d.count,
+            };
+            next.insert(key, d.count);
+            // The interface the skb was on when it died, as kovn knows it; anything else
+            // (a bridge port, loopback, no device) is the host.
+            let location = match kinds.get(d.interface.as_str()) {
+                Some(&"pod") => "pod",
+                Some(&"tunnel") => "tunnel",
+                Some(&"underlay") => "underlay",
+                _ => "host",
+            };
+            let (ns, wl) = flows.get(d.flow_id.as_str()).map_or(("", "unknown"), |f| pod_end(f, pod_labels));
+            *sums.entry([d.reason.as_str(), location, ns, wl]).or_default() += added;
+        }
+        self.drops = next;
+        for (site, n) in sums {
+            let key: SiteKey = site.iter().map(|s| s.to_string()).collect();
+            self.metrics.drops.get_or_create(&site_labels(&key)).inc_by(n);
+            self.sites.insert(("drops", key), now);
+        }
     }
 
     fn update_paths(&mut self, snap: &Snapshot, now: Instant) {
@@ -577,7 +708,7 @@ impl Exporter {
         }
         m.table_entries.set(i64::try_from(h.flow_table_entries).unwrap_or(i64::MAX));
         m.table_capacity.set(i64::from(h.flow_table_capacity));
-        for (reason, &v) in &h.kernel_counters {
+        for (reason, &v) in h.kernel_counters.iter().filter(|(r, _)| !NOT_LOSSES.contains(&r.as_str())) {
             let last = self.kernel.insert(reason.clone(), v);
             // Cumulative since the programs were loaded; a smaller value can only mean the map
             // was recreated, and then everything in it is new.
@@ -593,6 +724,10 @@ impl Exporter {
             if let Some(hook) = hook_of_program(&p.name) {
                 hooks.insert(hook, 1);
             }
+        }
+        // Hooks that are not tc programs report themselves in /healthz.
+        for (hook, &up) in &h.hooks {
+            hooks.insert(hook.clone(), i64::from(up));
         }
         for (hook, v) in hooks {
             m.hook_available.get_or_create(&vec![("hook", hook)]).set(v);
@@ -642,8 +777,58 @@ impl Exporter {
             m.path_broken.remove(&path_labels(k));
             false
         });
+        self.sites.retain(|(family, k), t| {
+            if !stale(t) {
+                return true;
+            }
+            let l = site_labels(k);
+            if *family == "drops" {
+                m.drops.remove(&l);
+            } else {
+                m.oversized.remove(&l);
+                m.frag_needed.remove(&l);
+            }
+            false
+        });
     }
 }
+
+/// The Prometheus text format (0.0.4), for scrapers that do not ask for OpenMetrics (curl,
+/// `promtool check metrics`, older Prometheus). It differs only in naming counter and info
+/// families with their sample suffix and in having no `# UNIT` and `# EOF` lines: only those are
+/// translated; names, labels, escaping, buckets and values go as they are.
+pub fn to_prometheus_text(om: &str) -> String {
+    let lines: Vec<&str> = om.lines().collect();
+    let mut renames: HashMap<&str, (String, &str)> = HashMap::new();
+    for l in &lines {
+        if let Some((name, kind)) = l.strip_prefix("# TYPE ").and_then(|r| r.split_once(' ')) {
+            match kind {
+                "counter" => renames.insert(name, (format!("{name}_total"), "counter")),
+                "info" => renames.insert(name, (format!("{name}_info"), "gauge")),
+                _ => None,
+            };
+        }
+    }
+    let mut out = String::with_capacity(om.len());
+    for l in lines {
+        if l == "# EOF" || l.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = l.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            let (new, kind) = renames.get(name)?;
+            let tail = if *p == "# TYPE " { *kind } else { tail };
+            Some(format!("{p}{new} {tail}"))
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(l));
+        out.push('\n');
+    }
+    out
+}
+
+/// The content type of [`to_prometheus_text`]'s output.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[cfg(test)]
 mod tests {
@@ -1042,6 +1227,126 @@ mod tests {
         assert_eq!(sample(&t, "kovn_hook_available", &[("hook", "tc_underlay")]), Some(1.0));
     }
 
+    fn drop_record(flow_id: &str, reason: &str, interface: &str, count: u64) -> crate::drops::DropRecord {
+        crate::drops::DropRecord {
+            flow_id: flow_id.into(),
+            src_ip: None,
+            dst_ip: None,
+            src_port: 0,
+            dst_port: 0,
+            protocol: "tcp".into(),
+            ip_proto: 6,
+            reason: reason.into(),
+            reason_code: 0,
+            interface: interface.into(),
+            // Distinct per interface, as the kernel's are.
+            ifindex: interface.bytes().map(u32::from).sum(),
+            count,
+            bytes: 0,
+            last_seen: String::new(),
+        }
+    }
+
+    fn with_mtu(mut f: Flow, oversized: u32, too_big: u32, iface_kind: &str) -> Flow {
+        f.mtu = Some(crate::flows::FlowMtu {
+            oversized_packets: oversized,
+            oversized_max_bytes: 1472,
+            too_big_messages: too_big,
+            reported_mtu: None,
+        });
+        f.interfaces = vec![crate::flows::FlowInterface {
+            name: "x".into(),
+            ifindex: 1,
+            direction: "ingress".into(),
+            kind: iface_kind.into(),
+            flow_direction: "fwd".into(),
+            packets: 1,
+        }];
+        f
+    }
+
+    #[test]
+    fn drops_by_reason_location_and_workload() {
+        let mut e = exporter();
+        let t0 = Instant::now();
+        let mut s = health_snap(0);
+        s.flows = vec![web_db("a", [1, 0], [60, 0])];
+        s.drops = vec![
+            drop_record("a", "NETFILTER_DROP", "a_h", 3),
+            drop_record("a", "NETFILTER_DROP", "eth0", 2),
+            drop_record("", "NOT_SPECIFIED", "lo", 4),
+        ];
+        e.update(&s, t0);
+        let nf_pod =
+            [("reason", "NETFILTER_DROP"), ("location", "pod"), ("namespace", "shop"), ("workload", "web")];
+        let nf_ul = [
+            ("reason", "NETFILTER_DROP"),
+            ("location", "underlay"),
+            ("namespace", "shop"),
+            ("workload", "web"),
+        ];
+        let other =
+            [("reason", "NOT_SPECIFIED"), ("location", "host"), ("namespace", ""), ("workload", "unknown")];
+        let t = text(&e);
+        assert_eq!(sample(&t, "kovn_drops_total", &nf_pod), Some(3.0), "{t}");
+        assert_eq!(sample(&t, "kovn_drops_total", &nf_ul), Some(2.0), "{t}");
+        assert_eq!(sample(&t, "kovn_drops_total", &other), Some(4.0), "{t}");
+        // Cumulative records add their rise; a record that fell was recreated (all new).
+        s.drops[0].count = 10;
+        s.drops[2].count = 1;
+        e.update(&s, t0 + Duration::from_secs(1));
+        let t = text(&e);
+        assert_eq!(sample(&t, "kovn_drops_total", &nf_pod), Some(10.0), "{t}");
+        assert_eq!(sample(&t, "kovn_drops_total", &other), Some(5.0), "{t}");
+        // Gone after the series TTL without drops.
+        s.drops.clear();
+        e.update(&s, t0 + Duration::from_secs(400));
+        assert!(!text(&e).contains("kovn_drops_total{"), "{}", text(&e));
+    }
+
+    #[test]
+    fn oversized_and_frag_needed_by_location_and_sender() {
+        let mut e = exporter();
+        let t0 = Instant::now();
+        e.update(&snap(vec![with_mtu(web_db("a", [1, 0], [60, 0]), 2, 1, "pod")]), t0);
+        e.update(
+            &snap(vec![
+                with_mtu(web_db("a", [2, 0], [60, 0]), 5, 1, "pod"),
+                with_mtu(web_db("b", [2, 0], [60, 0]), 7, 0, "underlay"),
+            ]),
+            t0,
+        );
+        let t = text(&e);
+        let pod = [("location", "pod"), ("namespace", "shop"), ("workload", "web")];
+        let ul = [("location", "underlay"), ("namespace", "shop"), ("workload", "web")];
+        assert_eq!(sample(&t, "kovn_oversized_packets_total", &pod), Some(5.0), "{t}");
+        assert_eq!(sample(&t, "kovn_icmp_frag_needed_total", &pod), Some(1.0), "{t}");
+        assert_eq!(sample(&t, "kovn_oversized_packets_total", &ul), Some(7.0), "{t}");
+        assert_eq!(sample(&t, "kovn_icmp_frag_needed_total", &ul), Some(0.0), "{t}");
+        // Flows without MTU signals make no series.
+        let mut e = exporter();
+        e.update(&snap(vec![web_db("a", [1, 0], [60, 0])]), t0);
+        assert!(!text(&e).contains("kovn_oversized_packets_total{"));
+    }
+
+    #[test]
+    fn non_tc_hooks_and_seen_counters() {
+        let mut e = exporter();
+        let mut s = health_snap(0);
+        s.health.hooks =
+            [("kfree_skb".to_string(), true), ("ovs_vport_mtu_kprobe".to_string(), false)].into();
+        s.health.kernel_counters.insert("drops_in_netns".into(), 99);
+        e.update(&s, Instant::now());
+        let t = text(&e);
+        assert_eq!(sample(&t, "kovn_hook_available", &[("hook", "kfree_skb")]), Some(1.0));
+        assert_eq!(sample(&t, "kovn_hook_available", &[("hook", "ovs_vport_mtu_kprobe")]), Some(0.0));
+        assert_eq!(sample(&t, "kovn_hook_available", &[("hook", "tc_tunnel")]), Some(0.0));
+        // What the drop hook saw is not a loss.
+        assert!(!t.contains("reason=\"drops_in_netns\""), "{t}");
+        assert_eq!(hook_of_program("kovn_kfree_skb"), None);
+        assert_eq!(hook_of_program("kovn_tunnel_egress").as_deref(), Some("tc_tunnel"));
+    }
+
     /// A snapshot with every kind of series, for the format checks.
     fn everything() -> Exporter {
         let mut e = Exporter::new(MetricsConfig { pod_labels: true, ..Default::default() });
@@ -1051,10 +1356,90 @@ mod tests {
         f.tunnel = Some(TunnelPeer { remote_ip: Some("172.18.0.3".parse().unwrap()), ..Default::default() });
         // Label values that need escaping in the text format.
         let odd = flow("b", pod("ns", "we\"ird\\pod\nx", None), other("external"));
-        s.flows = vec![f, odd];
+        let big = with_mtu(web_db("c", [1, 0], [1500, 0]), 1, 1, "pod");
+        s.drops = vec![drop_record("a", "NETFILTER_DROP", "a_h", 1)];
+        s.flows = vec![f, odd, big];
         s.alerts = vec![alert("mtu", "firing")];
         e.update(&s, Instant::now());
         e
+    }
+
+    /// Every `kovn_*` name the shipped dashboard and alert rules query is one this exporter
+    /// writes (sample names: `_total`, `_bucket`, `_info`, ...), so a renamed metric cannot
+    /// silently blank a panel or disarm an alert.
+    #[test]
+    fn deploy_queries_use_only_exported_metrics() {
+        let exposition = text(&everything());
+        let exported: HashSet<&str> = exposition
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let names = |q: &str| -> Vec<String> {
+            let mut out = Vec::new();
+            let b = q.as_bytes();
+            let mut i = 0;
+            while let Some(off) = q[i..].find("kovn_") {
+                let start = i + off;
+                let boundary = start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
+                let mut end = start;
+                while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+                    end += 1;
+                }
+                if boundary {
+                    out.push(q[start..end].to_string());
+                }
+                i = end;
+            }
+            out
+        };
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../deploy/grafana/kovn-dashboard.json"))
+                .expect("dashboard JSON");
+        let mut queries = Vec::new();
+        fn collect(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        match (k.as_str(), v) {
+                            ("expr" | "definition" | "query", serde_json::Value::String(s)) => {
+                                out.push(s.clone())
+                            }
+                            _ => collect(v, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| collect(v, out)),
+                _ => {}
+            }
+        }
+        collect(&dashboard, &mut queries);
+        let panels = dashboard["panels"].as_array().expect("panels").len();
+        assert!(queries.len() >= panels, "{} queries for {panels} panels", queries.len());
+        let rules = include_str!("../../deploy/prometheus/kovn-rules.yml");
+        let mut used = HashSet::new();
+        for (file, q) in
+            queries.iter().map(|q| ("kovn-dashboard.json", q.as_str())).chain([("kovn-rules.yml", rules)])
+        {
+            for n in names(q) {
+                assert!(exported.contains(n.as_str()), "{file} queries {n}, which /metrics does not export");
+                used.insert(n);
+            }
+        }
+        // And the dashboard covers what the issue asks it to show.
+        for family in [
+            "kovn_path_broken",
+            "kovn_requests_unanswered_total",
+            "kovn_request_rtt_seconds_bucket",
+            "kovn_drops_total",
+            "kovn_oversized_packets_total",
+            "kovn_icmp_frag_needed_total",
+            "kovn_tunnel_packets_total",
+            "kovn_flow_table_entries",
+            "kovn_hook_available",
+        ] {
+            assert!(used.contains(family), "nothing in deploy/ shows {family}");
+        }
     }
 
     #[test]
@@ -1111,39 +1496,6 @@ mod tests {
         assert!(t.contains(r#"src_pod="we\"ird\\pod\nx""#), "{t}");
     }
 
-    /// promtool 2.42 (Debian's) lints only the Prometheus 0.0.4 text format: OpenMetrics names
-    /// counter and info families without their sample suffix and adds `# UNIT` and `# EOF`.
-    /// Only those are translated; names, labels, escaping, buckets and values go as they are.
-    fn to_prometheus_text(om: &str) -> String {
-        let lines: Vec<&str> = om.lines().collect();
-        let mut renames: HashMap<String, (String, &str)> = HashMap::new();
-        for l in &lines {
-            if let Some((name, kind)) = l.strip_prefix("# TYPE ").and_then(|r| r.split_once(' ')) {
-                match kind {
-                    "counter" => renames.insert(name.into(), (format!("{name}_total"), "counter")),
-                    "info" => renames.insert(name.into(), (format!("{name}_info"), "gauge")),
-                    _ => None,
-                };
-            }
-        }
-        let mut out = String::new();
-        for l in lines {
-            if l == "# EOF" || l.starts_with("# UNIT ") {
-                continue;
-            }
-            let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|p| {
-                let rest = l.strip_prefix(p)?;
-                let (name, tail) = rest.split_once(' ')?;
-                let (new, kind) = renames.get(name)?;
-                let tail = if *p == "# TYPE " { *kind } else { tail };
-                Some(format!("{p}{new} {tail}"))
-            });
-            out.push_str(rewritten.as_deref().unwrap_or(l));
-            out.push('\n');
-        }
-        out
-    }
-
     #[test]
     fn promtool_accepts_the_output() {
         let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
@@ -1173,12 +1525,25 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server =
             tokio::spawn(axum::serve(listener, crate::api::metrics_router(e.metrics())).into_future());
-        let resp = reqwest::get(format!("http://{addr}/metrics")).await.unwrap();
+        // Prometheus asks for OpenMetrics first (its default scrape Accept header).
+        let prometheus_accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let resp = reqwest::Client::new()
+            .get(format!("http://{addr}/metrics"))
+            .header("accept", prometheus_accept)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
         let ct = resp.headers().get("content-type").unwrap().to_str().unwrap().to_string();
         assert_eq!(ct, "application/openmetrics-text; version=1.0.0; charset=utf-8");
         let body = resp.text().await.unwrap();
         assert!(body.contains("kovn_flow_packets_total{") && body.ends_with("# EOF\n"), "{body}");
+        // Anyone else (curl, promtool) gets the classic text format.
+        let resp = reqwest::get(format!("http://{addr}/metrics")).await.unwrap();
+        let ct = resp.headers().get("content-type").unwrap().to_str().unwrap().to_string();
+        assert_eq!(ct, TEXT_CONTENT_TYPE);
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("# TYPE kovn_build_info gauge") && !body.contains("# EOF"), "{body}");
         server.abort();
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use kovn_ebpf_common::{
     DIR_FWD, DIR_REV, FLOW_F_FRAGMENT, FLOW_F_INITIATOR_GUESSED, FlowKey, FlowStats, HOOK_EGRESS,
     HOOK_KIND_SHIFT, KIND_HOST, KIND_POD, KIND_TUNNEL, KIND_UNDERLAY, RR_ECHO, RR_NONE, RR_SCTP, RR_TCP,
-    RR_UDP, SIDE_A, TUN_GENEVE, TUN_VXLAN, TunnelInfo, words_to_bytes,
+    RR_UDP, SIDE_A, TUN_DEVICE, TUN_GENEVE, TUN_VXLAN, TunnelInfo, words_to_bytes,
 };
 use serde::{Deserialize, Serialize};
 
@@ -100,20 +100,38 @@ pub struct FlowAlert {
     pub verdict: Option<String>,
 }
 
-fn tunnel_of(t: &TunnelInfo) -> Option<TunnelPeer> {
+/// The tunnel leg the kernel saw. `tunnel_dev` is the name of the tunnel device the flow
+/// crossed, which names the encapsulation of a leg learnt from a tunnel key.
+fn tunnel_of(t: &TunnelInfo, tunnel_dev: Option<&str>) -> Option<TunnelPeer> {
     let encap = match t.kind {
-        TUN_GENEVE => "geneve",
-        TUN_VXLAN => "vxlan",
+        TUN_GENEVE => Some("geneve"),
+        TUN_VXLAN => Some("vxlan"),
+        TUN_DEVICE => tunnel_dev.and_then(encap_of_device),
         _ => return None,
     };
     Some(TunnelPeer {
         remote_node: None,
         remote_ip: Some(ip_of(t.remote)),
-        encap: Some(encap.into()),
+        encap: encap.map(Into::into),
         vni: Some(t.vni),
-        outer_max_bytes: Some(t.outer_max_len),
-        outer_packets: Some(t.packets),
+        // The tunnel device sees the inner frame only: outer sizes come from the underlay NIC.
+        outer_max_bytes: (t.kind != TUN_DEVICE).then_some(t.outer_max_len),
+        outer_packets: (t.kind != TUN_DEVICE).then_some(t.packets),
     })
+}
+
+/// OVS's kernel datapath names its metadata-mode tunnel devices `genev_sys_<port>`,
+/// `vxlan_sys_<port>` (and `stt_sys_<port>`).
+pub fn encap_of_device(name: &str) -> Option<&'static str> {
+    if name.starts_with("genev") {
+        Some("geneve")
+    } else if name.starts_with("vxlan") {
+        Some("vxlan")
+    } else if name.starts_with("stt") {
+        Some("stt")
+    } else {
+        None
+    }
 }
 
 fn unknown() -> String {
@@ -294,7 +312,9 @@ impl Flow {
                 flow_direction: if usize::from(o.dir) == DIR_FWD { "fwd" } else { "rev" }.into(),
                 packets: o.packets,
             })
-            .collect();
+            .collect::<Vec<FlowInterface>>();
+        let tunnel_dev = interfaces.iter().find(|i| i.kind == "tunnel").map(|i| i.name.as_str());
+        let tunnel = tunnel_of(&s.tunnel, tunnel_dev);
         Flow {
             id: flow_id(key),
             src_ip: ip_of(src),
@@ -324,7 +344,7 @@ impl Flow {
             scenario: unknown(),
             src: None,
             dst: None,
-            tunnel: tunnel_of(&s.tunnel),
+            tunnel,
             mtu: (s.mtu.oversized_packets > 0 || s.mtu.too_big_msgs > 0).then(|| FlowMtu {
                 oversized_packets: s.mtu.oversized_packets,
                 oversized_max_bytes: s.mtu.oversized_max_len,
@@ -341,8 +361,20 @@ impl Flow {
         let src = inv.endpoint(self.src_ip, self.src_port, self.ip_proto);
         let dst = inv.endpoint(self.dst_ip, self.dst_port, self.ip_proto);
         self.scenario = inv.scenario(&src, &dst).to_string();
-        self.tunnel =
-            if self.scenario == "pod_to_pod_cross_node" { inv.tunnel_peer(&src, &dst) } else { None };
+        // What the kernel saw on the wire (remote endpoint, VNI, outer sizes) wins; the inventory
+        // names the node behind the endpoint, or stands in when no tunnel hook saw the flow.
+        let cross = self.scenario == "pod_to_pod_cross_node";
+        let expected = if cross { inv.tunnel_peer(&src, &dst) } else { None };
+        self.tunnel = match (self.tunnel.take(), expected) {
+            (Some(mut seen), expected) => {
+                seen.remote_node = seen
+                    .remote_ip
+                    .and_then(|ip| inv.node_of_encap_ip(ip))
+                    .or_else(|| expected.and_then(|e| e.remote_node));
+                Some(seen)
+            }
+            (None, expected) => expected,
+        };
         self.src = Some(src);
         self.dst = Some(dst);
     }

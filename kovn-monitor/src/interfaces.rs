@@ -23,6 +23,9 @@ pub enum IfaceKind {
     Host,
     /// The node's NIC carrying the overlay (`--underlay-iface`): Geneve/VXLAN is opened.
     Underlay,
+    /// A metadata-mode tunnel device of OVS's kernel datapath (`genev_sys_6081`,
+    /// `vxlan_sys_4789`; `--tunnel-iface`): inner frames, remote node and VNI from the tunnel key.
+    Tunnel,
 }
 
 impl IfaceKind {
@@ -31,6 +34,7 @@ impl IfaceKind {
             Self::Pod => "pod",
             Self::Host => "host",
             Self::Underlay => "underlay",
+            Self::Tunnel => "tunnel",
         }
     }
 }
@@ -41,6 +45,7 @@ pub struct Selector {
     pod_patterns: Vec<glob::Pattern>,
     explicit: Vec<String>,
     underlay: Vec<String>,
+    tunnel: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +70,7 @@ impl Selector {
         pod_patterns: &[String],
         explicit: &[String],
         underlay: &[String],
+        tunnel: &[String],
     ) -> Result<Self, SelectorError> {
         let pod_patterns = pod_patterns
             .iter()
@@ -72,10 +78,15 @@ impl Selector {
                 glob::Pattern::new(p).map_err(|source| SelectorError::Pattern { pattern: p.clone(), source })
             })
             .collect::<Result<_, _>>()?;
-        if let Some(bad) = explicit.iter().chain(underlay).find(|n| !valid_ifname(n)) {
+        if let Some(bad) = explicit.iter().chain(underlay).chain(tunnel).find(|n| !valid_ifname(n)) {
             return Err(SelectorError::Name(bad.clone()));
         }
-        Ok(Self { pod_patterns, explicit: explicit.to_vec(), underlay: underlay.to_vec() })
+        Ok(Self {
+            pod_patterns,
+            explicit: explicit.to_vec(),
+            underlay: underlay.to_vec(),
+            tunnel: tunnel.to_vec(),
+        })
     }
 
     /// The kind of an interface if kovn should watch it. Explicit names win over patterns only
@@ -83,6 +94,8 @@ impl Selector {
     pub fn classify(&self, name: &str) -> Option<IfaceKind> {
         if self.underlay.iter().any(|n| n == name) {
             Some(IfaceKind::Underlay)
+        } else if self.tunnel.iter().any(|n| n == name) {
+            Some(IfaceKind::Tunnel)
         } else if self.pod_patterns.iter().any(|p| p.matches(name)) {
             Some(IfaceKind::Pod)
         } else if self.explicit.iter().any(|n| n == name) {
@@ -93,6 +106,8 @@ impl Selector {
     }
 
     /// Interfaces named exactly (`--iface`, `--underlay-iface`): they must exist at start.
+    /// Tunnel devices need not: OVS creates them with the first tunnel port, Kube-OVN when the
+    /// second node joins.
     pub fn explicit(&self) -> impl Iterator<Item = &String> {
         self.explicit.iter().chain(&self.underlay)
     }
@@ -170,7 +185,8 @@ mod tests {
     use super::*;
 
     fn sel() -> Selector {
-        Selector::new(&["*_h".into()], &["eth0".into()], &["ens3".into()]).expect("valid selector")
+        Selector::new(&["*_h".into()], &["eth0".into()], &["ens3".into()], &["genev_sys_6081".into()])
+            .expect("valid selector")
     }
 
     #[test]
@@ -178,17 +194,19 @@ mod tests {
         assert_eq!(sel().classify("a1b2c3d4e5f6_h"), Some(IfaceKind::Pod));
         assert_eq!(sel().classify("eth0"), Some(IfaceKind::Host));
         assert_eq!(sel().classify("ens3"), Some(IfaceKind::Underlay));
+        assert_eq!(sel().classify("genev_sys_6081"), Some(IfaceKind::Tunnel));
         assert_eq!(sel().classify("lo"), None);
         assert_eq!(sel().classify("a1b2c3d4e5f6_c"), None);
     }
 
     #[test]
     fn bad_names_and_patterns_are_rejected() {
-        assert!(matches!(Selector::new(&["[".into()], &[], &[]), Err(SelectorError::Pattern { .. })));
+        assert!(matches!(Selector::new(&["[".into()], &[], &[], &[]), Err(SelectorError::Pattern { .. })));
         for bad in ["", "a/b", "sixteen-chars-xx", "a b", ".."] {
             assert!(
-                matches!(Selector::new(&[], &[bad.into()], &[]), Err(SelectorError::Name(_)))
-                    && matches!(Selector::new(&[], &[], &[bad.into()]), Err(SelectorError::Name(_))),
+                matches!(Selector::new(&[], &[bad.into()], &[], &[]), Err(SelectorError::Name(_)))
+                    && matches!(Selector::new(&[], &[], &[bad.into()], &[]), Err(SelectorError::Name(_)))
+                    && matches!(Selector::new(&[], &[], &[], &[bad.into()]), Err(SelectorError::Name(_))),
                 "{bad:?} should be rejected"
             );
         }

@@ -489,6 +489,11 @@ impl Inventory {
         }
     }
 
+    /// The node whose tunnel endpoint (OVN encap IP) this is.
+    pub fn node_of_encap_ip(&self, ip: IpAddr) -> Option<String> {
+        self.encap_ip_of.iter().find(|(_, a)| **a == ip).map(|(n, _)| n.clone())
+    }
+
     /// For a cross-node flow: the other node and its tunnel endpoint.
     pub fn tunnel_peer(&self, src: &Endpoint, dst: &Endpoint) -> Option<TunnelPeer> {
         let remote =

@@ -3,10 +3,12 @@
 //!
 //! One module per concern: [`capture`] (the eBPF programs and maps), [`interfaces`] (which
 //! interfaces, following them via netlink), [`inventory`], [`ovsdb`] and [`kube`] (who is
-//! behind an address: the node's OVSDB, OVN southbound and the Kubernetes API), [`flows`] (the
+//! behind an address: the node's OVSDB, OVN southbound, the Kubernetes API, or a static file in
+//! [`inventory_file`]), [`flows`] (the
 //! flow table and its JSON model), [`api`] (HTTP), [`daemon`] (the `run` loop), [`client`]
 //! (the CLI's API client).
 
+pub mod alertmanager;
 pub mod api;
 pub mod capture;
 pub mod client;
@@ -18,5 +20,6 @@ pub mod export;
 pub mod flows;
 pub mod interfaces;
 pub mod inventory;
+pub mod inventory_file;
 pub mod kube;
 pub mod ovsdb;

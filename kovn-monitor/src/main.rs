@@ -89,6 +89,11 @@ struct RunArgs {
     /// and VXLAN (UDP 4789) on it are opened: each pod flow learns its remote node and VNI.
     #[arg(long = "underlay-iface", value_name = "NAME")]
     underlay_iface: Vec<String>,
+    /// A metadata-mode tunnel device of OVS's kernel datapath, by exact name (repeatable;
+    /// attached whenever it exists). Its frames are the inner ones; the remote node and VNI
+    /// come from the tunnel key. `--tunnel-iface ''` attaches none.
+    #[arg(long = "tunnel-iface", value_name = "NAME", default_values_t = ["genev_sys_6081".to_string(), "vxlan_sys_4789".to_string()])]
+    tunnel_iface: Vec<String>,
     /// The path MTU of pod traffic: what the overlay carries. Larger pod packets that may not
     /// be fragmented (IPv4 DF, IPv6) are counted as oversized. Default: the first underlay
     /// interface's MTU minus Kube-OVN's Geneve overhead (100), or each pod veth's own MTU
@@ -136,6 +141,17 @@ struct RunArgs {
     /// requests to it); repeatable.
     #[arg(long = "udp-oneway-port", value_name = "PORT")]
     udp_oneway_port: Vec<u16>,
+    /// A `drops` finding needs at least this many kernel drops of one reason on one interface
+    /// within --drop-window (1..).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    drop_burst: u64,
+    /// The window --drop-burst counts in.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    drop_window: Duration,
+    /// A kernel drop reason that is normal here and never a finding (repeatable; still in
+    /// /metrics and /api/v1/drops). `--drop-ignore-reason ''` ignores none.
+    #[arg(long = "drop-ignore-reason", value_name = "REASON", default_values_t = kovn_monitor::detection::DEFAULT_DROP_IGNORE.map(String::from))]
+    drop_ignore_reason: Vec<String>,
     /// The pod MTU of the overlay (e.g. 1400 for Geneve on a 1500 underlay), used by the MTU
     /// black-hole detector. Default: judged from the sizes seen.
     #[arg(long)]
@@ -153,11 +169,27 @@ struct RunArgs {
     /// else stays off; `off` never talks to the API.
     #[arg(long, value_enum, default_value = "auto", env = "KOVN_KUBERNETES")]
     kubernetes: kube::KubeMode,
+    /// Push the monitor's own findings to this Alertmanager (v2 API: `URL/api/v2/alerts`), for
+    /// clusters that do not run the Prometheus rules. Off unless given.
+    #[arg(long, value_name = "URL", value_parser = parse_alertmanager_url)]
+    alertmanager_url: Option<reqwest::Url>,
+    /// How often firing findings are re-sent to Alertmanager (they expire after four intervals
+    /// without a re-send, e.g. when this monitor stops).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    alertmanager_resend_interval: Duration,
+    /// A static inventory (YAML: nodes, pods, services, subnets; see README) instead of the
+    /// Kubernetes API, for labs and hosts without one. Re-read when it changes.
+    #[arg(long, value_name = "PATH", conflicts_with = "kubeconfig")]
+    inventory_file: Option<std::path::PathBuf>,
     /// The kubeconfig to use (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
     #[arg(long, value_name = "PATH")]
     kubeconfig: Option<std::path::PathBuf>,
     #[command(flatten)]
     trace: kovn_monitor::drilldown::TraceArgs,
+}
+
+fn parse_alertmanager_url(s: &str) -> Result<reqwest::Url, String> {
+    kovn_monitor::alertmanager::alerts_url(s).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Debug)]
@@ -268,6 +300,9 @@ async fn run(args: RunArgs) -> Result<()> {
             retention: args.alert_retention,
             udp_oneway_ports: args.udp_oneway_port,
             pod_mtu: args.pod_mtu,
+            drop_burst: args.drop_burst,
+            drop_window: args.drop_window,
+            drop_ignore_reasons: args.drop_ignore_reason.into_iter().filter(|r| !r.is_empty()).collect(),
         },
         peer_port: args.peer_port.unwrap_or(args.listen.port()),
         pod_patterns: args.pod_iface,
@@ -279,6 +314,7 @@ async fn run(args: RunArgs) -> Result<()> {
             Some(mtu.saturating_sub(GENEVE_OVERHEAD))
         }),
         underlay_ifaces: args.underlay_iface,
+        tunnel_ifaces: args.tunnel_iface.into_iter().filter(|n| !n.is_empty()).collect(),
         poll_interval: args.poll_interval,
         flow_idle_timeout: args.flow_idle_timeout,
         flow_retention: args.flow_retention,
@@ -292,6 +328,8 @@ async fn run(args: RunArgs) -> Result<()> {
         ovn_sb: args.ovn_sb.and_then(|a| a.0),
         kubernetes: kube::KubeOptions { mode: args.kubernetes, kubeconfig: args.kubeconfig },
         trace: args.trace,
+        inventory_file: args.inventory_file,
+        alertmanager: args.alertmanager_url.map(|u| (u, args.alertmanager_resend_interval)),
     })
     .await
 }

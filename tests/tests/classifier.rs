@@ -480,3 +480,21 @@ fn icmp_too_big_messages_are_credited_to_the_flow_they_quote() {
     assert_eq!((udp_flow.mtu.too_big_msgs, udp_flow.mtu.reported_mtu), (1, 1280));
     assert_no_errors(&cap);
 }
+
+#[test]
+fn tunnel_device_frames_without_a_tunnel_key_are_plain_flows() {
+    // BPF_PROG_TEST_RUN cannot attach tunnel metadata, so this is the no-key path (ARP or
+    // locally generated frames on the device); the key path is tested on a real metadata-mode
+    // VXLAN device in tests/tunnel.rs.
+    let mut cap = load();
+    run(&mut cap, "kovn_tunnel_egress", &tcp4(A4, B4, 40000, 80, TCP_SYN));
+    run(&mut cap, "kovn_tunnel_ingress", &tcp4(B4, A4, 80, 40000, TCP_SYN | TCP_ACK));
+    let (k, s) = only_flow(&cap);
+    assert_eq!(k, key4(A4, B4, 40000, 80, 6).0);
+    assert_eq!(s.packets, [1, 1]);
+    assert_eq!((s.requests, s.replies), (1, 1));
+    assert_eq!(s.tunnel, Default::default(), "no key, no tunnel leg");
+    assert_eq!(s.obs[0].hook, HOOK_EGRESS | (kovn_ebpf_common::KIND_TUNNEL << 1));
+    assert_eq!(s.obs[1].hook, HOOK_INGRESS | (kovn_ebpf_common::KIND_TUNNEL << 1));
+    assert_no_errors(&cap);
+}

@@ -505,6 +505,37 @@ fn t01_healthy_mix_seen_on_both_nodes() {
         (fwd.len() as u64, rev.len() as u64),
         "node2 saw every packet node1 saw: {on2}"
     );
+    // The tunnel leg, from the outer headers on each node's NIC: the other node's IP and the
+    // VNI, which OVN takes from the logical switch's datapath tunnel key (asked of OVN itself).
+    let ls = &lab.subnet(&b.subnet).expect("subnet").logical_switch;
+    let key = run(
+        "ovn-sbctl",
+        &[
+            &format!("--db={}", lab.central.sb_db()),
+            "--bare",
+            "--columns=tunnel_key",
+            "find",
+            "Datapath_Binding",
+            &format!("external_ids:name={ls}"),
+        ],
+    );
+    let vni: u64 = key.trim().parse().unwrap_or_else(|_| panic!("tunnel key of {ls}: {key:?}"));
+    let encap = format!("{:?}", lab.tunnel).to_lowercase();
+    for (flow, local, remote) in [(f, &a.node, &b.node), (on2, &b.node, &a.node)] {
+        let t = &flow["tunnel"];
+        let remote_ip = lab.node(remote).expect("node").ip.to_string();
+        assert_eq!(
+            (t["remote_ip"].as_str(), t["remote_node"].as_str(), t["vni"].as_u64(), t["encap"].as_str()),
+            (Some(remote_ip.as_str()), Some(remote.as_str()), Some(vni), Some(encap.as_str())),
+            "the tunnel leg on {local}: {flow:#}"
+        );
+        // Every packet of the flow crossed the NIC encapsulated, once each way.
+        assert_eq!(
+            t["outer_packets"].as_u64(),
+            Some(u64_of(flow, "packets_fwd") + u64_of(flow, "packets_rev")),
+            "outer packets on {local}: {flow:#}"
+        );
+    }
     note!(
         "t01 healthy mix: {} rounds, {} items, in {:.1}s",
         report.rounds,

@@ -240,6 +240,9 @@ pub enum MonitorsCommand {
         /// The kovn-monitor binary [default: target/debug/kovn-monitor of this workspace].
         #[arg(long)]
         bin: Option<PathBuf>,
+        /// Extra `kovn-monitor run` arguments, after `--` (e.g. `-- --metrics-pod-labels`).
+        #[arg(last = true, value_name = "RUN-ARGS")]
+        run_args: Vec<String>,
     },
     /// Stop the monitors (SIGINT, so they detach; SIGKILL after 10 s).
     Stop {
@@ -368,10 +371,10 @@ pub fn run(cmd: LabCommand) -> Result<()> {
 
 fn cmd_monitors(command: MonitorsCommand) -> Result<()> {
     match command {
-        MonitorsCommand::Start { lab, bin } => {
+        MonitorsCommand::Start { lab, bin, run_args } => {
             let lab = load(&lab.target())?;
             let bin = bin.unwrap_or_else(monitors::default_bin);
-            let started = monitors::start(&lab, &bin)?;
+            let started = monitors::start_with(&lab, &bin, &run_args)?;
             println!("kovn-monitors of lab {}:", lab.name);
             for m in &started {
                 println!("  {:<7} {:<28} pid {:<8} log {}", m.node, m.url, m.pid, m.log.display());

@@ -35,7 +35,7 @@ pub const MONITOR_PORT: u16 = 9474;
 /// How often the monitors read their kernel flow maps: tests wait a little more than this.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How long `start` waits for a monitor to answer `/healthz` with every interface attached.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `stop` waits after SIGINT before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 const LOG_TAIL_LINES: usize = 25;
@@ -108,6 +108,12 @@ pub fn default_bin() -> PathBuf {
 /// running are left alone; when all are, this says so and changes nothing. On failure every
 /// monitor this call started is stopped again and the error carries the log tail.
 pub fn start(lab: &Lab, bin: &Path) -> Result<Vec<MonitorInfo>> {
+    start_with(lab, bin, &[])
+}
+
+/// [`start`] with extra `kovn-monitor run` arguments after the lab's own (e.g.
+/// `--alertmanager-url ...`, `--metrics-pod-labels`).
+pub fn start_with(lab: &Lab, bin: &Path, extra: &[String]) -> Result<Vec<MonitorInfo>> {
     sys::require_root()?;
     let bin = fs::canonicalize(bin).with_context(|| {
         format!("no kovn-monitor binary at {} (build it: cargo build -p kovn-monitor)", bin.display())
@@ -124,11 +130,22 @@ pub fn start(lab: &Lab, bin: &Path) -> Result<Vec<MonitorInfo>> {
         return Ok(kept);
     }
     let underlay_flag = underlay_flag(&bin);
+    let mut extra = extra.to_vec();
+    let help = cmd::output(&bin.to_string_lossy(), &["run", "--help"]).map(|o| o.stdout).unwrap_or_default();
+    if String::from_utf8_lossy(&help).contains("--inventory-file")
+        && !extra.iter().any(|a| a == "--inventory-file")
+    {
+        extra.extend([
+            "--inventory-file".to_string(),
+            write_inventory(&current)?.to_string_lossy().into_owned(),
+        ]);
+    }
+    let extra = &extra[..];
     let started_at = Instant::now();
     let mut started = Vec::new();
     let result = (|| -> Result<()> {
         for node in &missing {
-            started.push(spawn(&current, node, &bin, underlay_flag)?);
+            started.push(spawn(&current, node, &bin, underlay_flag, extra)?);
         }
         wait_ready(&current, &started, started_at)
     })();
@@ -143,6 +160,40 @@ pub fn start(lab: &Lab, bin: &Path) -> Result<Vec<MonitorInfo>> {
     current.monitors = all.clone();
     current.save()?;
     Ok(all)
+}
+
+/// The lab's static inventory for its monitors (`--inventory-file`): what a Kubernetes API
+/// would tell them on a real cluster (workloads, services and their endpoints, nodes, subnets),
+/// written next to lab.json. JSON is YAML.
+pub fn write_inventory(lab: &Lab) -> Result<PathBuf> {
+    let pods: Vec<Value> = lab
+        .pods
+        .iter()
+        .map(|p| {
+            serde_json::json!({"namespace": p.namespace, "name": p.name, "node": p.node, "ips": [p.ip],
+                "workload": format!("Deployment/{}", p.workload)})
+        })
+        .collect();
+    let services: Vec<Value> = lab
+        .services
+        .iter()
+        .map(|s| {
+            serde_json::json!({"namespace": s.namespace, "name": s.name, "cluster_ips": [s.vip],
+                "ports": [format!("{}/{}", s.port, s.protocol.as_str())],
+                "endpoints": s.backends.iter().map(|b| b.ip().to_string()).collect::<Vec<_>>()})
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "nodes": lab.nodes.iter().map(|n| serde_json::json!({"name": n.name, "ips": [n.ip]})).collect::<Vec<_>>(),
+        "pods": pods,
+        "services": services,
+        "subnets": lab.subnets.iter().map(|s| serde_json::json!({"name": s.name, "cidr": s.cidr.to_string(),
+            "gateway": s.gateway, "mode": "overlay"})).collect::<Vec<_>>(),
+    });
+    let path = lab.state_dir.join("inventory.yaml");
+    fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// `--underlay-iface` (Geneve/VXLAN on the NIC opened to the pod flow inside) when the binary
@@ -171,7 +222,7 @@ fn trace_flags(lab: &Lab, node: &Node, bin: &Path) -> Vec<String> {
     ]
 }
 
-fn spawn(lab: &Lab, node: &Node, bin: &Path, underlay_flag: &str) -> Result<MonitorInfo> {
+fn spawn(lab: &Lab, node: &Node, bin: &Path, underlay_flag: &str, extra: &[String]) -> Result<MonitorInfo> {
     // OVS re-enables checksum offload on the root end of the node's NIC when it takes the NIC;
     // without this, labs made before `up` reasserted it could not reach the API (see `up`).
     up::root_veth_checksums(node)?;
@@ -200,6 +251,7 @@ fn spawn(lab: &Lab, node: &Node, bin: &Path, underlay_flag: &str) -> Result<Moni
     .iter()
     .map(|s| s.to_string())
     .chain(trace_flags(lab, node, bin))
+    .chain(extra.iter().cloned())
     .collect();
     let pid = sys::spawn_detached(Some(&node.netns), &bin.to_string_lossy(), &args, &log, &pidfile)?;
     Ok(MonitorInfo {
@@ -322,6 +374,16 @@ pub(crate) fn stop_processes(lab: &Lab) -> Vec<i32> {
 /// GET an `http://HOST:PORT/PATH` URL and parse the JSON body: a minimal HTTP/1.1 client on std
 /// (`Connection: close`; Content-Length or chunked bodies), enough for the monitors' API.
 pub fn get_json(url: &str, timeout: Duration) -> Result<Value> {
+    let body = get(url, timeout)?;
+    serde_json::from_slice(&body).with_context(|| format!("GET {url}: the answer is not JSON"))
+}
+
+/// `GET url` (plain http), the body as text when the status is 200.
+pub fn get_text(url: &str, timeout: Duration) -> Result<String> {
+    Ok(String::from_utf8_lossy(&get(url, timeout)?).into_owned())
+}
+
+fn get(url: &str, timeout: Duration) -> Result<Vec<u8>> {
     let rest = url.strip_prefix("http://").with_context(|| format!("{url}: only http:// URLs"))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -337,7 +399,7 @@ pub fn get_json(url: &str, timeout: Duration) -> Result<Value> {
     stream.set_write_timeout(Some(timeout))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json, text/plain, */*\r\nConnection: close\r\n\r\n"
     )
     .with_context(|| format!("GET {url}"))?;
     let mut raw = Vec::new();
@@ -353,7 +415,7 @@ pub fn get_json(url: &str, timeout: Duration) -> Result<Value> {
     }
     let status = head.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("?").to_string();
     ensure!(status == "200", "GET {url}: HTTP {status}: {}", String::from_utf8_lossy(&body).trim());
-    serde_json::from_slice(&body).with_context(|| format!("GET {url}: the answer is not JSON"))
+    Ok(body)
 }
 
 fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
