@@ -115,6 +115,13 @@ pub fn postable(a: &Alert, endpoint: &str, ends_at: &str) -> Postable {
         "drilldown".into(),
         format!("kovn-monitor alerts --endpoint {endpoint} --kind {}   (alert id {})", a.kind, a.id),
     );
+    // The OVS/OVN drill-down run when the finding fired (drilldown module): its verdict line.
+    if let Some(d) = a.drilldown.as_ref().filter(|d| !d.verdict.is_empty()) {
+        annotations.insert(
+            "trace".into(),
+            format!("{}   (kovn-monitor trace --endpoint {endpoint} --alert {})", d.verdict, a.id),
+        );
+    }
     Postable {
         labels,
         annotations,
@@ -270,6 +277,7 @@ mod tests {
                 ],
             }),
             flows: vec!["f1".into()],
+            drilldown: None,
         }
     }
 
@@ -297,6 +305,19 @@ mod tests {
         assert!(p.annotations["description"].contains("tunnel to node2"));
         assert_eq!(p.annotations["next_commands"].lines().count(), 2);
         assert!(p.annotations["drilldown"].contains("--endpoint http://172.31.250.11:9474"));
+        assert!(!p.annotations.contains_key("trace"), "no drill-down ran yet");
+        let mut traced = alert("a1", "firing");
+        traced.drilldown = Some(crate::drilldown::AlertDrillDown {
+            verdict: "dropped by table 0, priority 65535, cookie 0x6b6f766e on node1".into(),
+            ..Default::default()
+        });
+        let p2 = postable(&traced, "http://172.31.250.11:9474", "2026-01-01T00:05:00Z");
+        assert!(
+            p2.annotations["trace"].starts_with("dropped by table 0, priority 65535"),
+            "{:?}",
+            p2.annotations
+        );
+        assert!(p2.annotations["trace"].ends_with("--alert a1)"));
         let json = serde_json::to_value([&p]).unwrap();
         assert_eq!(json[0]["startsAt"], "2026-01-01T00:00:00Z");
         assert_eq!(json[0]["endsAt"], "2026-01-01T00:05:00Z");

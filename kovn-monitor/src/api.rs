@@ -1,4 +1,5 @@
-//! The daemon's HTTP API (axum): `/healthz`, `/api/v1/flows`, `/api/v1/pods`, `/api/v1/drops` and `/metrics`.
+//! The daemon's HTTP API (axum): `/healthz`, `/api/v1/flows`, `/api/v1/pods`, `/api/v1/drops` and `/metrics`
+//! (`/api/v1/trace` is the drill-down's router, merged in by `serve`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -323,9 +324,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Shared,
     metrics: Arc<crate::export::Metrics>,
+    extra: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shared).merge(metrics_router(metrics)))
+    axum::serve(listener, router(shared).merge(metrics_router(metrics)).merge(extra))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -56,6 +56,12 @@ pub fn render_alerts(alerts: &[crate::detection::Alert]) -> String {
             && let Some(v) = &a.verdict
         {
             out.push_str(&format!("         where: {} ({})\n", v.summary, v.hop));
+            if let Some(d) = a.drilldown.as_ref().filter(|d| !d.verdict.is_empty()) {
+                out.push_str(&format!(
+                    "         trace: {} (kovn-monitor trace --alert {})\n",
+                    d.verdict, a.id
+                ));
+            }
             for c in &v.next_commands {
                 out.push_str(&format!("         next:  {c}\n"));
             }

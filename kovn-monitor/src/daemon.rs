@@ -44,6 +44,8 @@ pub struct RunConfig {
     /// The Kubernetes API source (workloads, services, nodes, subnets): `--kubernetes`,
     /// `--kubeconfig`.
     pub kubernetes: kube_source::KubeOptions,
+    /// The OVS/OVN drill-down (`--ovs-rundir`, `--enable-trace-api`, ...).
+    pub trace: crate::drilldown::TraceArgs,
     /// A static inventory file (`--inventory-file`): stands in for the Kubernetes API.
     pub inventory_file: Option<std::path::PathBuf>,
     /// Push findings to this Alertmanager (its v2 alerts endpoint), re-sent every interval.
@@ -78,6 +80,8 @@ struct Daemon {
     /// When each firing finding last got its verdict.
     verdict_at: std::collections::HashMap<String, Instant>,
     commands: CommandContext,
+    /// Drill-down on alert (None with --no-trace-on-alert).
+    drill: Option<crate::drilldown::OnAlert>,
     /// Why the OVS over-MTU kprobe does not run (checked once at start).
     ovs_kprobe_why: String,
     /// The findings for the Alertmanager pusher (`--alertmanager-url`), when on.
@@ -225,6 +229,9 @@ impl Daemon {
         );
         snap.alerts = self.detector.evaluate(&snap.flows, now);
         self.attach_verdicts(&mut snap).await;
+        if let Some(d) = &mut self.drill {
+            d.update(&mut snap.alerts, &snap.flows);
+        }
         link_flows_to_alerts(&mut snap);
         // Counters take this poll's deltas before the snapshot is published.
         self.exporter.update(&snap, Instant::now());
@@ -403,9 +410,18 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         Arc::new(RwLock::new(Snapshot { node: cfg.node_name.clone(), ..Default::default() }));
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let exporter = crate::export::Exporter::new(cfg.metrics);
-    let server = tokio::spawn(api::serve(listener, shared.clone(), exporter.metrics(), async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
+    let inventory = Arc::new(RwLock::new(Inventory::new(&cfg.node_name)));
+    let tracer = Arc::new(crate::drilldown::Tracer::new(
+        cfg.trace.config(cfg.ovn_sb.as_ref().map(|a| a.to_string()), cfg.peer_port),
+        &cfg.node_name,
+        shared.clone(),
+        inventory.clone(),
+    ));
+    let trace_routes = crate::drilldown::router(tracer.clone());
+    let server =
+        tokio::spawn(api::serve(listener, shared.clone(), exporter.metrics(), trace_routes, async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        }));
     let (link_tx, mut link_rx) = mpsc::channel(1024);
     let watcher = tokio::spawn(interfaces::watch(link_tx));
     log::info!(
@@ -417,7 +433,6 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         cfg.ifaces,
         cfg.underlay_ifaces
     );
-    let inventory = Arc::new(RwLock::new(Inventory::new(&cfg.node_name)));
     spawn_inventory(&cfg, inventory.clone());
     // Kubernetes API source: off when there is no API to talk to; only an explicit
     // --kubeconfig that cannot be used stops the daemon.
@@ -441,6 +456,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         detector: Detector::new(&cfg.node_name, cfg.detector.clone()),
         verdict_at: std::collections::HashMap::new(),
         commands: command_context(&cfg),
+        drill: (!cfg.trace.no_trace_on_alert).then(|| crate::drilldown::OnAlert::new(tracer)),
         alerts_tx: None,
         ovs_kprobe_why: crate::capture::ovs_vport_kprobe_unavailable(),
     };

@@ -51,6 +51,9 @@ pub struct Alert {
     pub verdict: Option<Verdict>,
     /// Flow ids behind this finding (for `trace --flow`).
     pub flows: Vec<String>,
+    /// The OVS/OVN drill-down run when it fired (`kovn-monitor trace --alert ID` for details).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drilldown: Option<crate::drilldown::AlertDrillDown>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -393,6 +396,7 @@ impl Detector {
                     evidence: Evidence::default(),
                     verdict: None,
                     flows: Vec::new(),
+                    drilldown: None,
                 },
                 last_failure: now,
             });
@@ -684,6 +688,7 @@ impl Detector {
                 summary: String::new(),
                 evidence: Evidence::default(),
                 verdict: None,
+                drilldown: None,
                 flows: Vec::new(),
             },
             last_failure: now,

@@ -1148,6 +1148,7 @@ mod tests {
             evidence: Evidence::default(),
             verdict: None,
             flows: Vec::new(),
+            drilldown: None,
         }
     }
 

@@ -44,6 +44,36 @@ pub struct PodInfo {
     pub source: String,
 }
 
+/// A port of this node's OVS (see [`Inventory::ovs_ports`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OvsPort {
+    pub name: String,
+    pub ofport: u32,
+    /// OVS interface type: `""` (a veth), `geneve`, `internal`, ...
+    pub kind: String,
+    /// `namespace/pod` for Kube-OVN pod ports.
+    pub pod: Option<String>,
+    /// For tunnel ports: the other end.
+    pub remote_ip: Option<IpAddr>,
+}
+
+/// Whether `ip` is inside `net` (`10.16.0.1/16`; IPv4 and IPv6).
+fn in_network(ip: IpAddr, net: &str) -> bool {
+    let Some((addr, len)) = net.split_once('/') else { return false };
+    let (Ok(addr), Ok(len)) = (addr.parse::<IpAddr>(), len.parse::<u32>()) else { return false };
+    match (ip, addr) {
+        (IpAddr::V4(a), IpAddr::V4(b)) if len <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+            u32::from(a) & mask == u32::from(b) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) if len <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+            u128::from(a) & mask == u128::from(b) & mask
+        }
+        _ => false,
+    }
+}
+
 /// One end of a flow, as the API shows it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Endpoint {
@@ -293,6 +323,51 @@ impl Inventory {
 
     pub fn pod(&self, ip: IpAddr) -> Option<&PodInfo> {
         self.pods_by_ip.get(&ip)
+    }
+
+    /// OVS ports of this node's bridges (from its OVSDB `Interface` rows), for the drill-down:
+    /// every port name and OpenFlow port number the trace uses comes from here.
+    pub fn ovs_ports(&self) -> Vec<OvsPort> {
+        let mut out: Vec<OvsPort> = self
+            .rows("Interface")
+            .filter_map(|r| {
+                let name = r.get("name").map(atom_string)?;
+                let ofport = match r.get("ofport") {
+                    Some(serde_json::Value::Number(n)) => n.as_i64(),
+                    v => set_column(v).first().and_then(|s| s.parse().ok()),
+                }
+                .filter(|p| (1..0xff00).contains(p))? as u32;
+                let ids = map_column(r.get("external_ids"));
+                let opts = map_column(r.get("options"));
+                Some(OvsPort {
+                    name,
+                    ofport,
+                    kind: r.get("type").map(atom_string).unwrap_or_default(),
+                    pod: ids.get("pod_namespace").zip(ids.get("pod_name")).map(|(n, p)| format!("{n}/{p}")),
+                    remote_ip: opts.get("remote_ip").and_then(|s| s.parse().ok()),
+                })
+            })
+            .collect();
+        out.sort_by_key(|p| p.ofport);
+        out
+    }
+
+    /// Whether this node's OVSDB has an Interface of this name (a bridge's own internal port).
+    pub fn has_interface(&self, name: &str) -> bool {
+        self.rows("Interface").any(|r| r.get("name").map(atom_string).is_some_and(|n| n == name))
+    }
+
+    /// The MAC of the logical router port whose network holds `ip` (the pod's gateway), from
+    /// the southbound's patch port bindings: `"00:00:00:aa:bb:cc 10.16.0.1/16"`.
+    pub fn gateway_mac(&self, ip: IpAddr) -> Option<String> {
+        self.rows("Port_Binding")
+            .filter(|r| r.get("type").map(atom_string).is_some_and(|t| t == "patch" || t == "l3gateway"))
+            .flat_map(|r| set_column(r.get("mac")))
+            .find_map(|entry| {
+                let mut parts = entry.split_whitespace();
+                let mac = parts.next()?.to_string();
+                parts.any(|net| in_network(ip, net)).then_some(mac)
+            })
     }
 
     pub fn node_of_ip(&self, ip: IpAddr) -> Option<&str> {

@@ -15,6 +15,7 @@ pub mod capture;
 pub mod client;
 pub mod daemon;
 pub mod detection;
+pub mod drilldown;
 pub mod drops;
 pub mod export;
 pub mod flows;

@@ -1,4 +1,5 @@
-//! `kovn-monitor`: the node daemon (`run`) and the operator's CLI (`flows`, `alerts`, `top`).
+//! `kovn-monitor`: the node daemon (`run`) and the operator's CLI (`flows`, `alerts`, `top`,
+//! `trace`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -33,6 +34,9 @@ enum Command {
     Alerts(AlertsArgs),
     /// The live flow view over one or more monitors (full screen; `--once` for scripts).
     Top(TopArgs),
+    /// Drill into OVS and OVN for a flow, a finding or a packet: ofproto/trace, ovn-trace, both
+    /// nodes of a cross-node flow, the deciding rule first.
+    Trace(kovn_monitor::drilldown::cli::TraceCliArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -252,6 +256,8 @@ struct RunArgs {
     /// The kubeconfig to use (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
     #[arg(long, value_name = "PATH")]
     kubeconfig: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    trace: kovn_monitor::drilldown::TraceArgs,
 }
 
 fn parse_alertmanager_url(s: &str) -> Result<reqwest::Url, String> {
@@ -393,6 +399,7 @@ async fn run(args: RunArgs) -> Result<()> {
         ovsdb: args.ovsdb.0,
         ovn_sb: args.ovn_sb.and_then(|a| a.0),
         kubernetes: kube::KubeOptions { mode: args.kubernetes, kubeconfig: args.kubeconfig },
+        trace: args.trace,
         inventory_file: args.inventory_file,
         alertmanager: args.alertmanager_url.map(|u| (u, args.alertmanager_resend_interval)),
     })
@@ -434,6 +441,7 @@ fn main() {
             Command::Flows(a) => flows(a).await,
             Command::Alerts(a) => alerts(a).await,
             Command::Top(a) => top(a).await,
+            Command::Trace(a) => kovn_monitor::drilldown::cli::run(a).await,
         }
     });
     if let Err(e) = result {

@@ -7,7 +7,8 @@
 //! ```text
 //! ip netns exec NAME-nodeK kovn-monitor run --listen <node IP>:9474 --node-name nodeK \
 //!     --ovsdb unix:<node db.sock> --ovn-sb unix:<central sb.sock> --poll-interval 1s \
-//!     --underlay-iface eth0
+//!     --underlay-iface eth0 --ovs-rundir <node dir> --integration-bridge br-int \
+//!     --ovn-nb unix:<central nb.sock> --enable-trace-api
 //! ```
 //!
 //! They are recorded in lab.json (`monitors`), shown by `lab status`, and stopped by `lab down`
@@ -202,6 +203,25 @@ fn underlay_flag(bin: &Path) -> &'static str {
     if String::from_utf8_lossy(&help).contains("--underlay-iface") { "--underlay-iface" } else { "--iface" }
 }
 
+/// The drill-down's flags (`kovn-monitor trace`): this node's OVS run directory, its
+/// integration bridge, the lab's northbound (to name ACLs) and the trace API, which the CLI
+/// and the other node's monitor use. None for a binary that predates them.
+fn trace_flags(lab: &Lab, node: &Node, bin: &Path) -> Vec<String> {
+    let help = cmd::output(&bin.to_string_lossy(), &["run", "--help"]).map(|o| o.stdout).unwrap_or_default();
+    if !String::from_utf8_lossy(&help).contains("--enable-trace-api") {
+        return Vec::new();
+    }
+    vec![
+        "--ovs-rundir".into(),
+        node.ovs_rundir.display().to_string(),
+        "--integration-bridge".into(),
+        node.integration_bridge.clone(),
+        "--ovn-nb".into(),
+        lab.central.nb_db(),
+        "--enable-trace-api".into(),
+    ]
+}
+
 fn spawn(lab: &Lab, node: &Node, bin: &Path, underlay_flag: &str, extra: &[String]) -> Result<MonitorInfo> {
     // OVS re-enables checksum offload on the root end of the node's NIC when it takes the NIC;
     // without this, labs made before `up` reasserted it could not reach the API (see `up`).
@@ -230,6 +250,7 @@ fn spawn(lab: &Lab, node: &Node, bin: &Path, underlay_flag: &str, extra: &[Strin
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(trace_flags(lab, node, bin))
     .chain(extra.iter().cloned())
     .collect();
     let pid = sys::spawn_detached(Some(&node.netns), &bin.to_string_lossy(), &args, &log, &pidfile)?;
