@@ -2,12 +2,12 @@
 //! Kubernetes clusters running Kube-OVN.
 //!
 //! One module per concern: [`capture`] (the eBPF programs and maps), [`interfaces`] (which
-//! interfaces, following them via netlink), [`inventory`], [`ovsdb`] and [`kube`] (who is
-//! behind an address: the node's OVSDB, OVN southbound, the Kubernetes API, or a static file in
-//! [`inventory_file`]), [`flows`] (the
-//! flow table and its JSON model), [`api`] (HTTP), [`daemon`] (the `run` loop), [`client`]
-//! (the CLI's API client), [`ui`]
-//! (`kovn-monitor top`, the live view).
+//! interfaces, following them via netlink), [`drops`] (the `kfree_skb` hook and its BTF),
+//! [`inventory`], [`ovsdb`], [`kube`] and [`inventory_file`] (who is behind an address: the
+//! node's OVSDB, OVN southbound, the Kubernetes API or a static file), [`flows`] (the flow table
+//! and its JSON model), [`detection`] (findings and verdicts), [`export`] (`/metrics`),
+//! [`alertmanager`] (pushing findings), [`drilldown`] (OVS/OVN traces), [`api`] (HTTP),
+//! [`daemon`] (the `run` loop), [`client`] (the CLI's API client), [`ui`] (`kovn-monitor top`).
 
 pub mod alertmanager;
 pub mod api;
