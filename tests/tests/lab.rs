@@ -849,6 +849,61 @@ fn t08_fault_acl_deny() {
     note!("t08 acl-deny in {:.1}s", t.elapsed().as_secs_f32());
 }
 
+/// The verdict's next commands run as printed, pasted into a root shell on the machine (the
+/// lab's nodes are namespaces, so node-local commands carry `ip netns exec`): each exits 0
+/// and shows what it is for. `kubectl` ones need a cluster and are only checked for their
+/// shape; `tcpdump` runs until stopped, so it is given 3 s to start listening on the veth.
+#[test]
+fn t08b_next_commands_run_as_printed() {
+    let (_serial, mut lab) = fixture();
+    let t = Instant::now();
+    let (a, b, _) = pods(&lab);
+    inject(&mut lab, FaultSpec::ReplyDrop { pod: b.name.clone() });
+    let _heal = HealOnDrop(lab.clone());
+    let probe = tcp(&a, addr(&b), 41051);
+    assert!(!probe.ok, "replies are dropped, yet: {}", probe.detail);
+    let finding = expect_finding(&lab, "node1", "request_without_reply", &a, &b, "no_reply_from_destination");
+    let cmds: Vec<String> = finding["verdict"]["next_commands"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no next commands: {finding:#}"))
+        .iter()
+        .map(|c| c.as_str().expect("a command line").to_string())
+        .collect();
+    let mut ran = 0;
+    for cmd in &cmds {
+        if cmd.starts_with("kubectl ") {
+            assert!(cmd.contains(&a.name) || cmd.contains(&b.namespace), "names the pods: {cmd}");
+            continue;
+        }
+        // As a person would: the printed line to a shell (test code, not the product).
+        let out = Command::new("timeout")
+            .args(["3", "sh", "-c", cmd])
+            .output()
+            .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if cmd.contains("tcpdump") {
+            assert!(text.contains("listening on"), "{cmd}: did not start: {text}");
+        } else {
+            assert!(out.status.success(), "{cmd}: {}\n{text}", out.status);
+            if cmd.contains("ovn-trace") {
+                assert!(
+                    text.contains(&b.iface_id),
+                    "ovn-trace of the observed packet reaches {}: {text}",
+                    b.iface_id
+                );
+            }
+            if cmd.contains("dump-flows") {
+                assert!(text.contains(&b.ip.to_string()), "the flows for {}: {text}", b.ip);
+            }
+        }
+        ran += 1;
+    }
+    assert!(ran >= 3, "ovn-trace, ovs-ofctl and tcpdump at least: {cmds:#?}");
+    heal(&mut lab);
+    note!("t08b {} next commands ran as printed in {:.1}s", ran, t.elapsed().as_secs_f32());
+}
+
 /// Last in name order: takes the shared lab down and checks nothing of it is left.
 #[test]
 fn t09_down_leaves_nothing() {
