@@ -434,7 +434,8 @@ fn parse_l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<(), u32> {
     Ok(())
 }
 
-/// The original packet an ICMP error quotes: its addresses and, for TCP/UDP/SCTP, its ports.
+/// The original packet an ICMP error quotes: its addresses and, for TCP/UDP/SCTP, its ports
+/// (for an echo request, its identifier).
 #[inline(always)]
 fn quoted(ctx: &TcContext, off: usize, v4: bool, mtu: u32) -> Option<TooBig> {
     let mut inner = Packet {
@@ -455,12 +456,20 @@ fn quoted(ctx: &TcContext, off: usize, v4: bool, mtu: u32) -> Option<TooBig> {
     };
     let l4 =
         if v4 { parse_ipv4(ctx, off, &mut inner).ok()? } else { parse_ipv6(ctx, off, &mut inner).ok()? };
-    if let Some(l4) = l4
-        && matches!(inner.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP)
-    {
-        let ports = hdr::<4>(ctx, l4).ok()?;
-        inner.sport = be16(ports[0], ports[1]);
-        inner.dport = be16(ports[2], ports[3]);
+    if let Some(l4) = l4 {
+        if matches!(inner.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
+            let ports = hdr::<4>(ctx, l4).ok()?;
+            inner.sport = be16(ports[0], ports[1]);
+            inner.dport = be16(ports[2], ports[3]);
+        } else if matches!(inner.proto, IPPROTO_ICMP | IPPROTO_ICMPV6) {
+            // A quoted echo request (`ping -M do`, the seeds' MTU check): its identifier is the
+            // flow's requester port, as for the echo itself (see FlowKey).
+            let icmp = hdr::<6>(ctx, l4).ok()?;
+            let req = if inner.proto == IPPROTO_ICMP { 8 } else { 128 };
+            if icmp[0] == req {
+                inner.sport = be16(icmp[4], icmp[5]);
+            }
+        }
     }
     Some(TooBig {
         src: inner.src,

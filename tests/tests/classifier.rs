@@ -478,6 +478,17 @@ fn icmp_too_big_messages_are_credited_to_the_flow_they_quote() {
     let (want6, _) = FlowKey::canonical(ipv6_words(A6), ipv6_words(B6), 40041, 53, 17);
     let (_, udp_flow) = f.iter().find(|(k, _)| *k == want6).expect("the quoted UDP flow");
     assert_eq!((udp_flow.mtu.too_big_msgs, udp_flow.mtu.reported_mtu), (1, 1280));
+    // `ping -M do`: the quoted packet is an echo request; its identifier names the flow.
+    let echo = cat(&[&eth(&[], ETH_IPV4), &ipv4(A4, B4, 1, 0, 0x4000, &icmp_echo(8, 777, 1))]);
+    run(&mut cap, INGRESS, &echo);
+    let mut fneed = vec![3, 4, 0, 0, 0, 0];
+    fneed.extend_from_slice(&1300u16.to_be_bytes());
+    fneed.extend_from_slice(&echo[14..14 + 28]);
+    run(&mut cap, EGRESS, &cat(&[&eth(&[], ETH_IPV4), &ipv4([10, 16, 0, 1], A4, 1, 0, 0, &fneed)]));
+    let f = flows(&cap);
+    let (_, echo_flow) =
+        f.iter().find(|(k, _)| *k == key4(A4, B4, 777, 0, 1).0).expect("the quoted echo flow");
+    assert_eq!((echo_flow.mtu.too_big_msgs, echo_flow.mtu.reported_mtu), (1, 1300));
     assert_no_errors(&cap);
 }
 
