@@ -510,7 +510,29 @@ impl Tracer {
     /// The whole drill-down for one packet on this node (and, through the tunnel, the next).
     pub async fn trace(&self, q: &TraceQuery) -> Result<TraceReport, TraceError> {
         let (p, tunnel_in, flow_id) = self.resolve(q)?;
-        self.trace_packet(p, tunnel_in, flow_id).await
+        let mut report = self.trace_packet(p, tunnel_in, flow_id).await?;
+        // OVS and OVN pass the packet, yet a finding says it fails: the cause is outside the
+        // flow tables (the pod's own firewall, no listener, the underlay). The monitor's
+        // verdict from what it saw on the wire names it; the trace clears OVS/OVN.
+        if let Some(observed) = self.observed_verdict(&report) {
+            report.verdict = format!("{observed}; OVS/OVN pass this packet: {}", report.verdict);
+        }
+        Ok(report)
+    }
+
+    /// The verdict of a firing finding about the traced flow, when the trace found no drop.
+    fn observed_verdict(&self, r: &TraceReport) -> Option<String> {
+        let dropped = r.deciding_rule.is_some()
+            || r.mtu.as_ref().is_some_and(|m| !m.fits)
+            || r.verdict.contains("dropped");
+        if dropped {
+            return None;
+        }
+        let id = r.flow_id.as_ref()?;
+        let snap = self.shared.read().unwrap_or_else(|p| p.into_inner());
+        let a = snap.alerts.iter().find(|a| a.state == "firing" && a.flows.contains(id))?;
+        let v = a.verdict.as_ref()?;
+        Some(format!("{} ({}, {})", v.summary, a.kind, v.hop))
     }
 
     /// The drill-down of one packet (from the source pod's port, or from the tunnel).
