@@ -185,9 +185,6 @@ pub fn detail_lines(r: &Row, trace: Option<&Trace>) -> Vec<String> {
         Some(Trace::Unavailable(e)) => format!("drill-down unavailable: {e}"),
         None => "drill-down: press t to fetch".to_string(),
     });
-    if let Some(Trace::Verdict { details, .. }) = trace {
-        out.extend(details.iter().map(|d| format!("  {d}")));
-    }
     for o in &r.observations {
         let f = &o.flow;
         out.push(format!("── seen on {} ({})", o.node, o.endpoint));
@@ -270,6 +267,14 @@ pub fn detail_lines(r: &Row, trace: Option<&Trace>) -> Vec<String> {
             let d: Vec<String> = f.drops.iter().map(|d| format!("{} {}", d.reason, d.count)).collect();
             out.push(format!("drops: {}", d.join(", ")));
         }
+    }
+    // The trace's detail (commands, rules hit, tables) is long: after the flow's own fields,
+    // so those stay on the first screen; its verdict line is above.
+    if let Some(Trace::Verdict { details, .. }) = trace
+        && !details.is_empty()
+    {
+        out.push("── drill-down detail".to_string());
+        out.extend(details.iter().map(|d| format!("  {d}")));
     }
     out
 }
