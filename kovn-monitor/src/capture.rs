@@ -97,14 +97,21 @@ impl Capture {
         }
         // bpf_ktime_get_coarse_ns exists since Linux 5.11; before, the programs fall back to
         // the precise clock for activity times (see COARSE_CLOCK in kovn-ebpf).
-        let coarse: u8 = KernelVersion::current().map_or(1, |v| u8::from(v >= KernelVersion::new(5, 11, 0)));
+        let at_least = |major, minor| {
+            KernelVersion::current().map_or(1, |v| u8::from(v >= KernelVersion::new(major, minor, 0)))
+        };
+        let coarse: u8 = at_least(5, 11);
+        // `bpf_tunnel_key.local_*` (the remote node of a sent packet) since Linux 5.19; see
+        // TUNNEL_KEY_LOCAL in kovn-ebpf.
+        let tunnel_key_local: u8 = at_least(5, 19);
         // Drops (kfree_skb): offsets and names from the kernel's BTF, or why not (logged once).
         let drop_cfg = crate::drops::DropConfig::resolve();
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(FLOW_MAP, table_size)
             .map_max_entries(crate::drops::DROP_MAP, (table_size / 4).clamp(1024, 65536))
-            .override_global("COARSE_CLOCK", &coarse, true);
+            .override_global("COARSE_CLOCK", &coarse, true)
+            .override_global("TUNNEL_KEY_LOCAL", &tunnel_key_local, true);
         if let Ok(c) = &drop_cfg {
             c.apply(&mut loader);
         }
