@@ -365,7 +365,7 @@ impl Flow {
         // names the node behind the endpoint, or stands in when no tunnel hook saw the flow.
         let expected = match self.scenario.as_str() {
             "pod_to_pod_cross_node" => inv.tunnel_peer(&src, &dst),
-            "pod_to_service" => inv.service_tunnel_peer(&dst),
+            "pod_to_service" => inv.service_tunnel_peer(self.dst_ip, self.dst_port, self.ip_proto),
             _ => None,
         };
         self.tunnel = match (self.tunnel.take(), expected) {

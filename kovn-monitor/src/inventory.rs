@@ -124,11 +124,21 @@ pub struct Inventory {
     pods_by_ip: HashMap<IpAddr, PodInfo>,
     node_by_ip: HashMap<IpAddr, String>,
     encap_ip_of: HashMap<String, IpAddr>,
-    vips: HashMap<(IpAddr, u16, u8), String>,
-    // --- Kubernetes API source (kube.rs): what the API said, and the service index built
-    // from it (ClusterIP, port, proto) -> (namespace, name).
+    /// Tunnel endpoint (OVN encap IP) -> node.
+    node_of_encap: HashMap<IpAddr, String>,
+    /// Service VIPs (ClusterIP or OVN load-balancer VIP, port, IP protocol), resolved once per
+    /// inventory change rather than per flow and poll.
+    services: HashMap<(IpAddr, u16, u8), ServiceEntry>,
+    // --- Kubernetes API source (kube.rs): what the API said.
     kube: KubeSnapshot,
-    kube_services: HashMap<(IpAddr, u16, u8), (String, String)>,
+}
+
+/// A service as flows to its VIP see it.
+#[derive(Debug)]
+struct ServiceEntry {
+    endpoint: Endpoint,
+    /// The node every backend runs on, when they all run on one.
+    backend_node: Option<String>,
 }
 
 fn split_mac_ips(entry: &str) -> (Option<String>, Vec<IpAddr>) {
@@ -297,20 +307,73 @@ impl Inventory {
                 encap_ip_of.insert(self.local_node.clone(), ip);
             }
         }
-        let mut vips = HashMap::new();
-        for r in self.rows("Load_Balancer") {
-            let proto = proto_number(&r.get("protocol").map(atom_string).unwrap_or_default());
-            for (vip, backends) in map_column(r.get("vips")) {
-                if let Some((ip, port)) = parse_vip(&vip) {
-                    vips.insert((ip, port, proto), format!("{vip} -> {backends}"));
-                }
-            }
-        }
         self.merge_kube(&mut pods, &mut node_by_ip, &mut encap_ip_of);
         self.pods_by_ip = pods;
         self.node_by_ip = node_by_ip;
+        self.node_of_encap = encap_ip_of.iter().map(|(n, ip)| (*ip, n.clone())).collect();
         self.encap_ip_of = encap_ip_of;
-        self.vips = vips;
+        self.services = self.service_index();
+    }
+
+    /// Every service VIP: OVN's load balancers (which name only the VIP), then the API's
+    /// services over them (names and EndpointSlice backends).
+    fn service_index(&self) -> HashMap<(IpAddr, u16, u8), ServiceEntry> {
+        let mut out = HashMap::new();
+        for r in self.rows("Load_Balancer") {
+            let proto = proto_number(&r.get("protocol").map(atom_string).unwrap_or_default());
+            for (vip, backends) in map_column(r.get("vips")) {
+                let Some((ip, port)) = parse_vip(&vip) else { continue };
+                // "backend:port,backend:port" as OVN's Load_Balancer lists them.
+                let ips = backends.split(',').filter_map(|b| parse_vip(b.trim()).map(|(ip, _)| ip));
+                let endpoint = Endpoint {
+                    kind: "service".into(),
+                    service: Some(format!("{vip} -> {backends}")),
+                    ..Default::default()
+                };
+                out.insert((ip, port, proto), self.service_entry(endpoint, ips));
+            }
+        }
+        for s in self.kube.services.values() {
+            let service = format!("{}/{}", s.namespace, s.name);
+            let backends: Vec<IpAddr> =
+                self.kube.service_backends(&service).into_iter().map(|(ip, _)| ip).collect();
+            for ip in &s.cluster_ips {
+                for p in &s.ports {
+                    let endpoint = Endpoint {
+                        kind: "service".into(),
+                        namespace: Some(s.namespace.clone()),
+                        service: Some(service.clone()),
+                        ..Default::default()
+                    };
+                    out.insert(
+                        (*ip, p.port, p.proto),
+                        self.service_entry(endpoint, backends.iter().copied()),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    fn service_entry(
+        &self,
+        mut endpoint: Endpoint,
+        backend_ips: impl Iterator<Item = IpAddr>,
+    ) -> ServiceEntry {
+        let pods: Vec<(String, Option<&String>)> = backend_ips
+            .map(|ip| match self.pods_by_ip.get(&ip) {
+                Some(p) => (format!("{}/{}", p.namespace, p.name), p.node.as_ref()),
+                None => (ip.to_string(), None),
+            })
+            .collect();
+        let backend_node = match pods.first() {
+            Some((_, Some(first))) if pods.iter().all(|(_, n)| *n == Some(*first)) => Some((*first).clone()),
+            _ => None,
+        };
+        endpoint.backends = pods.into_iter().map(|(name, _)| name).collect();
+        endpoint.backends.sort();
+        endpoint.backends.dedup();
+        ServiceEntry { endpoint, backend_node }
     }
 
     pub fn pods(&self) -> Vec<&PodInfo> {
@@ -387,33 +450,8 @@ impl Inventory {
                 backends: Vec::new(),
             };
         }
-        // Service names from the API first; OVN's load balancers name only the VIP.
-        if let Some((namespace, name)) = self.kube_services.get(&(ip, port, proto)) {
-            let service = format!("{namespace}/{name}");
-            let backends = self.backend_names(self.service_backends(&service).into_iter().map(|(ip, _)| ip));
-            return Endpoint {
-                kind: "service".into(),
-                namespace: Some(namespace.clone()),
-                service: Some(service),
-                backends,
-                ..Default::default()
-            };
-        }
-        if let Some(s) = self.vips.get(&(ip, port, proto)) {
-            // "VIP -> backend:port,backend:port" as OVN's Load_Balancer lists them.
-            let ips = s
-                .split_once(" -> ")
-                .map(|(_, b)| {
-                    b.split(',').filter_map(|b| parse_vip(b.trim()).map(|(ip, _)| ip)).collect::<Vec<_>>()
-                })
-                .unwrap_or_default();
-            let backends = self.backend_names(ips.into_iter());
-            return Endpoint {
-                kind: "service".into(),
-                service: Some(s.clone()),
-                backends,
-                ..Default::default()
-            };
+        if let Some(svc) = self.services.get(&(ip, port, proto)) {
+            return svc.endpoint.clone();
         }
         if let Some(n) = self.node_by_ip.get(&ip) {
             return Endpoint { kind: "node".into(), node: Some(n.clone()), ..Default::default() };
@@ -483,18 +521,6 @@ impl Inventory {
                 encap_ip_of.entry(node.name.clone()).or_insert(*ip);
             }
         }
-        self.kube_services = self
-            .kube
-            .services
-            .values()
-            .flat_map(|s| {
-                s.cluster_ips.iter().flat_map(move |ip| {
-                    s.ports
-                        .iter()
-                        .map(move |p| ((*ip, p.port, p.proto), (s.namespace.clone(), s.name.clone())))
-                })
-            })
-            .collect();
     }
 
     /// The scenario of the seeds' categories for a flow between these endpoints.
@@ -510,39 +536,23 @@ impl Inventory {
         }
     }
 
-    fn backend_names(&self, ips: impl Iterator<Item = IpAddr>) -> Vec<String> {
-        let mut v: Vec<String> = ips
-            .map(|ip| match self.pods_by_ip.get(&ip) {
-                Some(p) => format!("{}/{}", p.namespace, p.name),
-                None => ip.to_string(),
-            })
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    }
-
-    /// For a service whose backends all run on one other node: that node and its tunnel
-    /// endpoint (OVN load-balances before the tunnel, so the flow crosses it to that node).
-    pub fn service_tunnel_peer(&self, dst: &Endpoint) -> Option<TunnelPeer> {
-        let mut nodes = dst.backends.iter().map(|b| {
-            let (ns, name) = b.split_once('/')?;
-            self.pods_by_ip.values().find(|p| p.namespace == ns && p.name == name)?.node.clone()
-        });
-        let first = nodes.next()??;
-        if first == self.local_node || !nodes.all(|n| n.as_deref() == Some(first.as_str())) {
+    /// For a flow to a service whose backends all run on one other node: that node and its
+    /// tunnel endpoint (OVN load-balances before the tunnel, so the flow crosses it to that node).
+    pub fn service_tunnel_peer(&self, vip: IpAddr, port: u16, proto: u8) -> Option<TunnelPeer> {
+        let node = self.services.get(&(vip, port, proto))?.backend_node.as_ref()?;
+        if *node == self.local_node {
             return None;
         }
         Some(TunnelPeer {
-            remote_ip: self.encap_ip_of.get(&first).copied(),
-            remote_node: Some(first),
+            remote_ip: self.encap_ip_of.get(node).copied(),
+            remote_node: Some(node.clone()),
             ..Default::default()
         })
     }
 
     /// The node whose tunnel endpoint (OVN encap IP) this is.
     pub fn node_of_encap_ip(&self, ip: IpAddr) -> Option<String> {
-        self.encap_ip_of.iter().find(|(_, a)| **a == ip).map(|(n, _)| n.clone())
+        self.node_of_encap.get(&ip).cloned()
     }
 
     /// For a cross-node flow: the other node and its tunnel endpoint.

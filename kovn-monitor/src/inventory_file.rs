@@ -275,6 +275,11 @@ subnets:
         assert_eq!(inv.endpoint(ip("10.96.0.11"), 53, 17).kind, "service");
         assert_eq!(inv.endpoint(ip("10.96.0.11"), 53, 6).kind, "external", "53 is UDP only");
         assert!(!inv.service_backends("shop/db").is_empty());
+        assert_eq!(svc.backends, vec!["shop/db-0".to_string()], "backends named as pods");
+        // Its only backend runs on node2: flows to it cross the tunnel to node2.
+        let peer = inv.service_tunnel_peer(ip("10.96.0.11"), 5432, 6).expect("one remote backend node");
+        assert_eq!((peer.remote_node.as_deref(), peer.remote_ip), (Some("node2"), Some(ip("172.31.250.12"))));
+        assert!(inv.service_tunnel_peer(ip("10.96.0.11"), 9999, 6).is_none(), "not a service port");
         assert_eq!(inv.node_of_ip(ip("172.31.250.12")), Some("node2"));
         assert_eq!(inv.subnets()[0].cidr_blocks.len(), 2);
         // A new version of the file replaces the old one: db-0 is gone.
