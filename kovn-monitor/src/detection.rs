@@ -1060,24 +1060,7 @@ mod tests {
         )
     }
 
-    fn drop_rec(flow_id: &str, reason: &str, interface: &str, count: u64) -> crate::drops::DropRecord {
-        crate::drops::DropRecord {
-            flow_id: flow_id.into(),
-            src_ip: Some("10.16.0.2".parse().unwrap()),
-            dst_ip: Some("10.16.0.5".parse().unwrap()),
-            src_port: 40000,
-            dst_port: 8080,
-            protocol: "tcp".into(),
-            ip_proto: 6,
-            reason: reason.into(),
-            reason_code: 0,
-            interface: interface.into(),
-            ifindex: interface.bytes().map(u32::from).sum(),
-            count,
-            bytes: 0,
-            last_seen: String::new(),
-        }
-    }
+    use crate::drops::test_record as drop_rec;
 
     fn pod_location(iface: &str) -> String {
         if iface.ends_with("_h") { "pod" } else { "host" }.to_string()

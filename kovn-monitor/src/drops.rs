@@ -581,6 +581,28 @@ pub fn by_flow(records: &[DropRecord]) -> HashMap<String, Vec<FlowDrop>> {
         .collect()
 }
 
+/// A drop record as the kernel map yields it, for other modules' tests: a TCP flow
+/// 10.16.0.2:40000 -> 10.16.0.5:8080, an ifindex distinct per interface name.
+#[cfg(test)]
+pub(crate) fn test_record(flow_id: &str, reason: &str, interface: &str, count: u64) -> DropRecord {
+    DropRecord {
+        flow_id: flow_id.into(),
+        src_ip: Some(IpAddr::from([10, 16, 0, 2])),
+        dst_ip: Some(IpAddr::from([10, 16, 0, 5])),
+        src_port: 40000,
+        dst_port: 8080,
+        protocol: "tcp".into(),
+        ip_proto: 6,
+        reason: reason.into(),
+        reason_code: 0,
+        interface: interface.into(),
+        ifindex: interface.bytes().map(u32::from).sum(),
+        count,
+        bytes: 0,
+        last_seen: String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1228,25 +1228,7 @@ mod tests {
         assert_eq!(sample(&t, "kovn_hook_available", &[("hook", "tc_underlay")]), Some(1.0));
     }
 
-    fn drop_record(flow_id: &str, reason: &str, interface: &str, count: u64) -> crate::drops::DropRecord {
-        crate::drops::DropRecord {
-            flow_id: flow_id.into(),
-            src_ip: None,
-            dst_ip: None,
-            src_port: 0,
-            dst_port: 0,
-            protocol: "tcp".into(),
-            ip_proto: 6,
-            reason: reason.into(),
-            reason_code: 0,
-            interface: interface.into(),
-            // Distinct per interface, as the kernel's are.
-            ifindex: interface.bytes().map(u32::from).sum(),
-            count,
-            bytes: 0,
-            last_seen: String::new(),
-        }
-    }
+    use crate::drops::test_record as drop_record;
 
     fn with_mtu(mut f: Flow, oversized: u32, too_big: u32, iface_kind: &str) -> Flow {
         f.mtu = Some(crate::flows::FlowMtu {

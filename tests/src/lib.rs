@@ -5,6 +5,7 @@
 //! Every privileged test needs root: it fails (never skips silently) without it.
 
 pub mod frames;
+pub mod lab_fixture;
 pub mod pcap;
 
 use std::path::PathBuf;

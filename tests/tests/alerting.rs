@@ -6,19 +6,19 @@
 //! the monitor's pushed alert (labels: the pod pair), and both resolve after `heal`. A live
 //! scrape passes `promtool check metrics`.
 //!
-//! The lab is `ka<pid>` (lab.rs's stale-lab cleanup only touches `kt*`), removed at exit.
+//! The lab is `ka<pid>`, removed at exit (kovn_tests::lab_fixture).
 
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kovn_tests::{monitor_bin, require_root};
+use kovn_tests::{lab_fixture, monitor_bin, require_root};
 use serde_json::Value;
-use xtask::lab::{self, CutHow, FaultSpec, Lab, Pod, TrafficOptions, UpOptions, monitors, traffic};
+use xtask::lab::{self, CutHow, FaultSpec, Lab, Pod, TrafficOptions, UpOptions, monitors, probe, traffic};
 
 macro_rules! note {
     ($($arg:tt)*) => {{
@@ -49,16 +49,6 @@ fn assert_ovs_alive(lab: &Lab) {
 const FIRE_WITHIN: Duration = Duration::from_secs(75);
 /// From healing to both alerts gone from Alertmanager's active list.
 const RESOLVE_WITHIN: Duration = Duration::from_secs(75);
-
-fn lab_name() -> String {
-    format!("ka{}", std::process::id())
-}
-
-extern "C" fn down_at_exit() {
-    let _ = std::panic::catch_unwind(|| {
-        let _ = lab::down(&lab_name());
-    });
-}
 
 /// A child process killed (and reaped) on drop, with its scratch directory.
 struct Daemon {
@@ -205,43 +195,26 @@ fn firing_findings(lab: &Lab) -> Vec<Value> {
 }
 
 /// Repeats `probe` every 1.5 s on a thread until the returned flag is set.
-fn keep_probing(probe: impl Fn(u16) + Send + 'static) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+fn keep_probing(probe: impl Fn() + Send + 'static) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
-    static PORT: AtomicU16 = AtomicU16::new(42000);
     let h = std::thread::spawn(move || {
         while !s.load(Ordering::Relaxed) {
-            probe(PORT.fetch_add(1, Ordering::Relaxed));
+            probe();
             std::thread::sleep(Duration::from_millis(1500));
         }
     });
     (stop, h)
 }
 
-/// One TCP echo through socat in the pod's netns, from a fixed source port; ok when echoed.
-fn tcp(from: &Pod, dst: SocketAddrV4, sport: u16) -> bool {
-    let line = format!("kovn alerting {sport}\n");
-    let target = format!("TCP4:{dst},connect-timeout=1.5,sourceport={sport},reuseaddr");
-    let mut child = Command::new("timeout")
-        .args(["4", "ip", "netns", "exec", &from.netns, "socat", "-t", "1", "-", &target])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn socat");
-    let _ = child.stdin.take().expect("stdin").write_all(line.as_bytes());
-    let out = child.wait_with_output().expect("socat");
-    out.stdout == line.as_bytes()
+/// One TCP echo from the pod (the lab's own probe); ok when echoed.
+fn tcp(lab: &Lab, from: &Pod, dst: SocketAddrV4) -> bool {
+    probe::tcp_echo(lab, &from.qualified_name(), dst).is_ok_and(|r| r.ok)
 }
 
-fn ping(from: &Pod, dst: Ipv4Addr, id: u16, size: u32) -> bool {
-    Command::new("ip")
-        .args(["netns", "exec", &from.netns, "ping", "-n", "-c", "1", "-W", "1", "-M", "do"])
-        .args(["-e", &id.to_string(), "-s", &size.to_string(), &dst.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// One DF ping of `size` payload bytes from the pod.
+fn ping(lab: &Lab, from: &Pod, dst: Ipv4Addr, size: u32) -> bool {
+    probe::ping(lab, &from.qualified_name(), dst, Some(size), true).is_ok_and(|r| r.ok)
 }
 
 /// The pod interface's current MTU.
@@ -315,15 +288,17 @@ fn wait_resolved(am: &Daemon, name: &str, within: Duration) {
 struct Case {
     fault: FaultSpec,
     alertname: &'static str,
-    probe: Box<dyn Fn(u16) + Send + Sync>,
+    probe: Box<dyn Fn() + Send + Sync>,
 }
 
 #[test]
 fn alerts_reach_alertmanager_and_resolve_after_heal() {
     require_root();
-    // SAFETY: registers a plain extern "C" function without arguments.
-    assert_eq!(unsafe { libc::atexit(down_at_exit) }, 0);
-    let name = lab_name();
+    // Its own lab (the monitors need the Alertmanager URL at start), removed as the shared
+    // ones are: stale ones first, this one at exit whatever happens.
+    lab_fixture::remove_stale("ka");
+    let name = format!("ka{}", std::process::id());
+    lab_fixture::remove_at_exit(&name);
     let mut lab = lab::up(&UpOptions::named(&name)).expect("lab up").into_lab();
     let host = lab.underlay.host_ip;
     let am = alertmanager(host);
@@ -395,26 +370,26 @@ fn alerts_reach_alertmanager_and_resolve_after_heal() {
     let b = lab.pods_on("node2").next().expect("a pod on node2").clone();
     let (node1, node2) = (a.node.clone(), b.node.clone());
     let cases = {
-        let (a1, b1) = (a.clone(), b.clone());
+        let (l1, a1, b1) = (lab.clone(), a.clone(), b.clone());
         // Two destinations on node2: a cut tunnel fails them all.
         let other2 = lab.pods_on(&b.node).find(|p| p.name != b.name).expect("a second pod on node2").clone();
-        let (a2, b2, c2) = (a.clone(), b.clone(), c.clone());
-        let (a3, b3) = (a.clone(), b.clone());
+        let (l2, a2, b2, c2) = (lab.clone(), a.clone(), b.clone(), c.clone());
+        let (l3, a3, b3) = (lab.clone(), a.clone(), b.clone());
         vec![
             Case {
                 fault: FaultSpec::ReplyDrop { pod: b.name.clone() },
                 alertname: "KovnRequestWithoutReply",
-                probe: Box::new(move |p| {
-                    tcp(&a1, addr(&b1), p);
+                probe: Box::new(move || {
+                    tcp(&l1, &a1, addr(&b1));
                 }),
             },
             Case {
                 fault: FaultSpec::OvsDrop { node: node1.clone(), dst: b.ip },
                 alertname: "KovnRequestWithoutReply",
                 probe: {
-                    let (a, b) = (a.clone(), b.clone());
-                    Box::new(move |p| {
-                        tcp(&a, addr(&b), p);
+                    let (l, a, b) = (lab.clone(), a.clone(), b.clone());
+                    Box::new(move || {
+                        tcp(&l, &a, addr(&b));
                     })
                 },
             },
@@ -422,9 +397,9 @@ fn alerts_reach_alertmanager_and_resolve_after_heal() {
                 fault: FaultSpec::NoListener { pod: b.name.clone(), port: b.tcp_port },
                 alertname: "KovnConnectionRefused",
                 probe: {
-                    let (a, b) = (a.clone(), b.clone());
-                    Box::new(move |p| {
-                        tcp(&a, addr(&b), p);
+                    let (l, a, b) = (lab.clone(), a.clone(), b.clone());
+                    Box::new(move || {
+                        tcp(&l, &a, addr(&b));
                     })
                 },
             },
@@ -434,27 +409,27 @@ fn alerts_reach_alertmanager_and_resolve_after_heal() {
                 // The largest DF ping the pod's MTU allows, as someone checking the path would
                 // send: 1472 bytes during the fault (lost in the overlay), the healed MTU's
                 // largest after heal (answered, which heals the finding); and a small one.
-                probe: Box::new(move |p| {
-                    ping(&a3, b3.ip, p, pod_mtu(&a3).saturating_sub(28));
-                    ping(&a3, b3.ip, p.wrapping_add(10000), 56);
+                probe: Box::new(move || {
+                    ping(&l3, &a3, b3.ip, pod_mtu(&a3).saturating_sub(28));
+                    ping(&l3, &a3, b3.ip, 56);
                 }),
             },
             Case {
                 fault: FaultSpec::TunnelCut { from: node1.clone(), to: node2.clone(), how: CutHow::DropUdp },
                 alertname: "KovnTunnelFailing",
-                probe: Box::new(move |p| {
-                    tcp(&a2, addr(&b2), p);
-                    tcp(&c2, addr(&other2), p.wrapping_add(1000));
-                    tcp(&a2, addr(&c2), p.wrapping_add(2000));
+                probe: Box::new(move || {
+                    tcp(&l2, &a2, addr(&b2));
+                    tcp(&l2, &c2, addr(&other2));
+                    tcp(&l2, &a2, addr(&c2));
                 }),
             },
             Case {
                 fault: FaultSpec::AclDeny { src: a.name.clone(), dst: b.name.clone() },
                 alertname: "KovnRequestWithoutReply",
                 probe: {
-                    let (a, b) = (a.clone(), b.clone());
-                    Box::new(move |p| {
-                        tcp(&a, addr(&b), p);
+                    let (l, a, b) = (lab.clone(), a.clone(), b.clone());
+                    Box::new(move || {
+                        tcp(&l, &a, addr(&b));
                     })
                 },
             },
@@ -472,7 +447,7 @@ fn alerts_reach_alertmanager_and_resolve_after_heal() {
         lab.inject(case.fault).unwrap_or_else(|e| panic!("inject {what}: {e:#}"));
         let probe = Arc::new(case.probe);
         let p = probe.clone();
-        let (stop, h) = keep_probing(move |port| p(port));
+        let (stop, h) = keep_probing(move || p());
         let other2 = lab.pods_on(&b.node).find(|p| p.name != b.name).expect("a second pod on node2").clone();
         let dsts: Vec<&Pod> =
             if case.alertname == "KovnTunnelFailing" { vec![&b, &other2] } else { vec![&b] };

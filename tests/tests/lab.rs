@@ -22,14 +22,15 @@
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard, Once, OnceLock};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-use kovn_tests::{capture_in, monitor_bin, require_root};
+use kovn_tests::capture_in;
+use kovn_tests::lab_fixture::{HealOnDrop, SharedLab};
 use serde_json::Value;
 use xtask::lab::{
-    self, CutHow, DownOutcome, FAULT_COOKIE, FaultSpec, Lab, Pod, TCP_ECHO_PORT, TrafficOptions, UpOptions,
-    monitor_url, monitors, ovs, traffic,
+    self, CutHow, DownOutcome, FAULT_COOKIE, FaultSpec, Lab, Pod, TCP_ECHO_PORT, TrafficOptions, monitor_url,
+    monitors, ovs, traffic,
 };
 
 /// One poll of the monitors (1 s) and some slack: flows read after this include what was sent.
@@ -43,95 +44,11 @@ macro_rules! note {
     }};
 }
 
-fn lab_name() -> String {
-    format!("kt{}", std::process::id())
-}
+/// The file's lab, `kt<pid>` (see kovn_tests::lab_fixture).
+static LAB: SharedLab = SharedLab::new("kt");
 
-static FIXTURE: OnceLock<Result<Lab, String>> = OnceLock::new();
-static SERIAL: Mutex<()> = Mutex::new(());
-static ATEXIT: Once = Once::new();
-
-/// The shared lab (up, monitors running) and the lock that serialises the tests using it.
 fn fixture() -> (MutexGuard<'static, ()>, Lab) {
-    // A test that failed while holding the lock poisons it; the next tests still run.
-    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let lab = FIXTURE.get_or_init(|| setup().map_err(|e| format!("{e:#}"))).clone();
-    (guard, lab.unwrap_or_else(|e| panic!("lab setup failed: {e}")))
-}
-
-fn setup() -> anyhow::Result<Lab> {
-    require_root();
-    remove_stale_labs();
-    ATEXIT.call_once(|| {
-        // SAFETY: registers a plain extern "C" function without arguments.
-        let rc = unsafe { libc::atexit(down_at_exit) };
-        assert_eq!(rc, 0, "atexit failed");
-    });
-    let name = lab_name();
-    let t = Instant::now();
-    let lab = lab::up(&UpOptions::named(&name))?.into_lab();
-    note!("lab {name} up in {:.1}s", t.elapsed().as_secs_f32());
-    let t = Instant::now();
-    let started = monitors::start(&lab, &monitor_bin())?;
-    let urls: Vec<String> = started.iter().map(|m| format!("{} {} pid {}", m.node, m.url, m.pid)).collect();
-    note!("monitors ready in {:.1}s: {}", t.elapsed().as_secs_f32(), urls.join(", "));
-    lab::load(&name)
-}
-
-/// Runs at process exit: removes this process's lab if a test did not (filtered runs, panics
-/// outside tests). Never panics (it must not unwind into libc).
-extern "C" fn down_at_exit() {
-    let _ = std::panic::catch_unwind(|| {
-        let name = lab_name();
-        match lab::down(&name) {
-            Ok(DownOutcome::Removed { .. }) => note!("lab {name} removed at exit"),
-            Ok(DownOutcome::NothingUp { .. }) => {}
-            Err(e) => note!("removing lab {name} at exit failed: {e:#}"),
-        }
-    });
-}
-
-/// `kt<pid>` labs whose test process is gone (killed before its atexit could run), and any lab
-/// named after this very pid (a reused pid: it cannot be ours yet).
-fn remove_stale_labs() {
-    let mut names: Vec<String> = std::fs::read_dir(lab::STATE_ROOT)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    let netns = Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
-    for line in String::from_utf8_lossy(&netns).lines() {
-        if let Some((name, _)) = line.split_whitespace().next().unwrap_or("").split_once('-') {
-            names.push(name.to_string());
-        }
-    }
-    names.sort();
-    names.dedup();
-    for name in names {
-        let Some(pid) = name.strip_prefix("kt").and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        // A killed test process may linger as a zombie until its new parent reaps it.
-        let test_process_alive = is_running(pid as i32)
-            && std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.starts_with("lab-"));
-        if pid == std::process::id() || !test_process_alive {
-            match lab::down(&name) {
-                Ok(DownOutcome::Removed { .. }) => note!("removed stale lab {name}"),
-                Ok(DownOutcome::NothingUp { .. }) => {}
-                Err(e) => note!("could not remove stale lab {name}: {e:#}"),
-            }
-        }
-    }
-}
-
-/// Heals every fault of the lab when dropped, so a failed assertion leaves no fault behind.
-struct HealOnDrop(Lab);
-
-impl Drop for HealOnDrop {
-    fn drop(&mut self) {
-        if let Err(e) = self.0.heal(None) {
-            note!("healing after the test failed: {e:#}");
-        }
-    }
+    LAB.get()
 }
 
 fn node_of<'a>(lab: &'a Lab, pod: &Pod) -> &'a lab::Node {

@@ -8,89 +8,21 @@
 //! `tp<pid>` labs of test processes that are gone are removed first. Faults heal in a drop
 //! guard. Every wait is a bounded poll that panics with the screen it last saw.
 
-use std::io::Write as _;
 use std::net::SocketAddrV4;
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard, Once, OnceLock};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-use kovn_tests::{monitor_bin, require_root};
+use kovn_tests::lab_fixture::{HealOnDrop, SharedLab};
+use kovn_tests::monitor_bin;
 use serde_json::Value;
-use xtask::lab::{self, DownOutcome, FaultSpec, Lab, Pod, UpOptions, monitor_url, monitors, probe};
+use xtask::lab::{self, DownOutcome, FaultSpec, Lab, Pod, monitor_url, monitors, probe};
 
-macro_rules! note {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stderr(), "[top-test] {}", format!($($arg)*));
-    }};
-}
-
-fn lab_name() -> String {
-    format!("tp{}", std::process::id())
-}
-
-static FIXTURE: OnceLock<Result<Lab, String>> = OnceLock::new();
-static SERIAL: Mutex<()> = Mutex::new(());
-static ATEXIT: Once = Once::new();
+/// The file's lab, `tp<pid>` (see kovn_tests::lab_fixture).
+static LAB: SharedLab = SharedLab::new("tp");
 
 fn fixture() -> (MutexGuard<'static, ()>, Lab) {
-    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let lab = FIXTURE.get_or_init(|| setup().map_err(|e| format!("{e:#}"))).clone();
-    (guard, lab.unwrap_or_else(|e| panic!("lab setup failed: {e}")))
-}
-
-fn setup() -> anyhow::Result<Lab> {
-    require_root();
-    remove_stale_labs();
-    ATEXIT.call_once(|| {
-        // SAFETY: registers a plain extern "C" function without arguments.
-        let rc = unsafe { libc::atexit(down_at_exit) };
-        assert_eq!(rc, 0, "atexit failed");
-    });
-    let name = lab_name();
-    let t = Instant::now();
-    let lab = lab::up(&UpOptions::named(&name))?.into_lab();
-    note!("lab {name} up in {:.1}s", t.elapsed().as_secs_f32());
-    monitors::start(&lab, &monitor_bin())?;
-    lab::load(&name)
-}
-
-extern "C" fn down_at_exit() {
-    let _ = std::panic::catch_unwind(|| {
-        let name = lab_name();
-        match lab::down(&name) {
-            Ok(DownOutcome::Removed { .. }) => note!("lab {name} removed at exit"),
-            Ok(DownOutcome::NothingUp { .. }) => {}
-            Err(e) => note!("removing lab {name} at exit failed: {e:#}"),
-        }
-    });
-}
-
-/// `tp<pid>` labs whose test process (this file's binary, `top-<hash>`) is gone.
-fn remove_stale_labs() {
-    let names: Vec<String> = std::fs::read_dir(lab::STATE_ROOT)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    for name in names {
-        let Some(pid) = name.strip_prefix("tp").and_then(|p| p.parse::<u32>().ok()) else { continue };
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("top-"));
-        if pid == std::process::id() || !alive {
-            match lab::down(&name) {
-                Ok(DownOutcome::Removed { .. }) => note!("removed stale lab {name}"),
-                Ok(DownOutcome::NothingUp { .. }) => {}
-                Err(e) => note!("could not remove stale lab {name}: {e:#}"),
-            }
-        }
-    }
-}
-
-struct HealOnDrop(Lab);
-
-impl Drop for HealOnDrop {
-    fn drop(&mut self) {
-        if let Err(e) = self.0.heal(None) {
-            note!("healing after the test failed: {e:#}");
-        }
-    }
+    LAB.get()
 }
 
 /// A client pod on node1 and a server pod on node2: their flows cross the tunnel.

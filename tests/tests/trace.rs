@@ -12,14 +12,15 @@
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard, Once, OnceLock};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-use kovn_tests::{monitor_bin, require_root};
+use kovn_tests::lab_fixture::{HealOnDrop, SharedLab};
+use kovn_tests::monitor_bin;
 use serde_json::Value;
 use xtask::lab::{
-    self, ACL_DENY_PRIORITY, DownOutcome, FAULT_COOKIE, FaultSpec, Lab, OVS_DROP_PRIORITY, Pod, UpOptions,
-    acl_name, monitor_url, monitors, ovs,
+    self, ACL_DENY_PRIORITY, DownOutcome, FAULT_COOKIE, FaultSpec, Lab, OVS_DROP_PRIORITY, Pod, acl_name,
+    monitor_url, monitors, ovs,
 };
 
 macro_rules! note {
@@ -28,75 +29,11 @@ macro_rules! note {
     }};
 }
 
-fn lab_name() -> String {
-    format!("trt{}", std::process::id())
-}
-
-static FIXTURE: OnceLock<Result<Lab, String>> = OnceLock::new();
-static SERIAL: Mutex<()> = Mutex::new(());
-static ATEXIT: Once = Once::new();
+/// The file's lab, `trt<pid>` (see kovn_tests::lab_fixture).
+static LAB: SharedLab = SharedLab::new("trt");
 
 fn fixture() -> (MutexGuard<'static, ()>, Lab) {
-    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let lab = FIXTURE.get_or_init(|| setup().map_err(|e| format!("{e:#}"))).clone();
-    (guard, lab.unwrap_or_else(|e| panic!("lab setup failed: {e}")))
-}
-
-fn setup() -> anyhow::Result<Lab> {
-    require_root();
-    remove_stale_labs();
-    ATEXIT.call_once(|| {
-        // SAFETY: registers a plain extern "C" function without arguments.
-        let rc = unsafe { libc::atexit(down_at_exit) };
-        assert_eq!(rc, 0, "atexit failed");
-    });
-    let name = lab_name();
-    let t = Instant::now();
-    let lab = lab::up(&UpOptions::named(&name))?.into_lab();
-    note!("lab {name} up in {:.1}s", t.elapsed().as_secs_f32());
-    monitors::start(&lab, &monitor_bin())?;
-    lab::load(&name)
-}
-
-extern "C" fn down_at_exit() {
-    let _ = std::panic::catch_unwind(|| {
-        let name = lab_name();
-        if let Ok(DownOutcome::Removed { .. }) = lab::down(&name) {
-            note!("lab {name} removed at exit");
-        }
-    });
-}
-
-/// `trt<pid>` labs whose test process (a `trace-<hash>` binary) is gone.
-fn remove_stale_labs() {
-    let names: Vec<String> = std::fs::read_dir(lab::STATE_ROOT)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    for name in names {
-        let Some(pid) = name.strip_prefix("trt").and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        let alive =
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("trace-"));
-        if pid == std::process::id() || !alive {
-            match lab::down(&name) {
-                Ok(DownOutcome::Removed { .. }) => note!("removed stale lab {name}"),
-                Ok(DownOutcome::NothingUp { .. }) => {}
-                Err(e) => note!("could not remove stale lab {name}: {e:#}"),
-            }
-        }
-    }
-}
-
-/// Heals every fault when dropped, so a failed assertion leaves none behind.
-struct HealOnDrop(Lab);
-
-impl Drop for HealOnDrop {
-    fn drop(&mut self) {
-        if let Err(e) = self.0.heal(None) {
-            note!("healing failed: {e:#}");
-        }
-    }
+    LAB.get()
 }
 
 /// Two pods on node1 (a, c) and one on node2 (b).
