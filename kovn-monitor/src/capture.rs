@@ -198,6 +198,7 @@ impl Capture {
         // Before tcx (Linux 6.6) the programs hang off a clsact qdisc; it may already exist.
         if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0)) {
             let _ = tc::qdisc_add_clsact(ifindex);
+            remove_stale_filters(ifindex, name);
         }
         let (ingress, egress) = programs_for(kind);
         let mut links = Vec::with_capacity(2);
@@ -359,6 +360,28 @@ fn ovs_vport_kprobe_reason(root: &std::path::Path) -> String {
         return "the openvswitch module has no ovs_vport_send symbol".into();
     }
     "the OVS vport kprobe program is not part of this build; over-MTU drops show in kfree_skb as PKT_TOO_BIG where OVS reports drop reasons".into()
+}
+
+/// On the clsact path (before Linux 6.6) a cls_bpf filter outlives the process that attached
+/// it: after a `kill -9` our filters stay on the interface, and attaching again would stack a
+/// second set that sees every packet twice. So before attaching, remove every filter on either
+/// hook that carries one of our program names (cls_bpf stores the program name with the
+/// filter). One kovn-monitor per interface is the deployment model, so a filter of that name
+/// is a leftover of an earlier run of ours. tcx links die with their process and need none
+/// of this.
+fn remove_stale_filters(ifindex: u32, iface: &str) {
+    for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+        for prog in ALL_PROGRAMS {
+            match tc::qdisc_detach_program(ifindex, hook.into(), prog) {
+                Ok(()) => {
+                    log::info!("{iface}: replaced a leftover {prog} filter ({hook:?}) of an earlier run")
+                }
+                // NotFound: none of ours there, the normal case.
+                Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("{iface}: cannot remove leftover {prog} filters ({hook:?}): {e}"),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

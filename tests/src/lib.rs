@@ -157,7 +157,7 @@ impl Daemon {
             .spawn()
             .expect("spawn kovn-monitor");
         let mut d = Self { child, ns: ns.name.clone(), port, log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(20) * timeout_scale();
         loop {
             if let Some(status) = d.child.try_wait().expect("wait") {
                 panic!("kovn-monitor exited early ({status}):\n{}", d.log_text());
@@ -168,7 +168,12 @@ impl Daemon {
             {
                 return d;
             }
-            assert!(Instant::now() < deadline, "kovn-monitor not ready in 20 s:\n{}", d.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "kovn-monitor not ready in {} s:\n{}",
+                20 * timeout_scale(),
+                d.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -392,4 +397,56 @@ pub fn capture_in(netns: &str, iface: &str, filter: &str) -> Capture {
         let _ = stderr.read_to_end(&mut Vec::new());
     });
     Capture { child, path, _dir: dir }
+}
+
+/// One kovn program hooked to an interface, as the kernel reports it (not as kovn does).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hooked {
+    /// "tcx" or "clsact".
+    pub mode: &'static str,
+    /// "ingress" or "egress".
+    pub direction: &'static str,
+    pub prog_id: u64,
+}
+
+/// Every kovn program hooked to `iface` in `ns`: cls_bpf filters named `kovn_*` under clsact
+/// (from `tc -j filter show`), and tcx links to any of `tcx_progs` (id, name) (from `bpftool
+/// link`; bpftool 7.1 names neither the interface nor the direction of a tcx link, so only the
+/// programs of a known process can be matched there, direction by program name; tcx links
+/// die with their process anyway).
+pub fn kovn_hooks(ns: &Netns, iface: &str, tcx_progs: &[(u64, String)]) -> Vec<Hooked> {
+    let mut hooks = Vec::new();
+    for direction in ["ingress", "egress"] {
+        let out = ns.try_run("tc", &["-j", "filter", "show", "dev", iface, direction]);
+        // No clsact qdisc (the tcx path): tc prints nothing or an error, no filters either way.
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        for f in v.as_array().into_iter().flatten() {
+            let opts = &f["options"];
+            if opts["bpf_name"].as_str().is_some_and(|n| n.starts_with("kovn_")) {
+                let prog_id = opts["prog"]["id"].as_u64().expect("cls_bpf filter with a program id");
+                hooks.push(Hooked { mode: "clsact", direction, prog_id });
+            }
+        }
+    }
+    let out = ns.run("bpftool", &["-j", "link", "show"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    for l in v.as_array().into_iter().flatten() {
+        let prog_id = l["prog_id"].as_u64().unwrap_or(0);
+        if let Some((_, name)) = tcx_progs.iter().find(|(id, _)| *id == prog_id) {
+            let direction = if name.ends_with("egress") { "egress" } else { "ingress" };
+            hooks.push(Hooked { mode: "tcx", direction, prog_id });
+        }
+    }
+    hooks
+}
+
+/// How much longer than on bare metal bounded waits may take: `KOVN_TEST_TIMEOUT_SCALE`
+/// (an integer, default 1). The kernel matrix sets it for kernels emulated under QEMU/TCG,
+/// where everything runs 5-10x slower. Only deadlines of polls scale; nothing asserts a time.
+pub fn timeout_scale() -> u32 {
+    std::env::var("KOVN_TEST_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
 }

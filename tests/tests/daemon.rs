@@ -251,17 +251,10 @@ fn nothing_of_kovn_stays_in_the_kernel_after_sigterm() {
         }
     }
     assert!(!map_ids.is_empty());
-    // The tcx links (or, before Linux 6.6, netlink filters) that hold the programs.
-    let links_of_ours = || -> usize {
-        let out = sh("bpftool", &["-j", "link", "show"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
-        v.as_array()
-            .expect("links")
-            .iter()
-            .filter(|l| prog_ids.contains(&l["prog_id"].as_u64().unwrap_or(0).to_string()))
-            .count()
-    };
-    assert_eq!(links_of_ours(), 2, "ingress and egress links on {}", pair.a_if);
+    // The tcx links (or, before Linux 6.6, cls_bpf filters) that hold the programs.
+    let ids = program_ids(&daemon);
+    let hooked = kovn_tests::kovn_hooks(&pair.a, &pair.a_if, &ids);
+    assert_eq!(hooked.len(), 2, "ingress and egress hooks on {}: {hooked:?}", pair.a_if);
 
     // SIGTERM, as Kubernetes stops a DaemonSet pod.
     let (status, log) = daemon.stop_with(libc::SIGTERM);
@@ -288,7 +281,58 @@ fn nothing_of_kovn_stays_in_the_kernel_after_sigterm() {
         }
         assert!(gone, "map {id} still in the kernel");
     }
-    assert_eq!(links_of_ours(), 0, "links left behind");
+    let left = kovn_tests::kovn_hooks(&pair.a, &pair.a_if, &ids);
+    assert!(left.is_empty(), "hooks left behind: {left:?}");
+}
+
+/// The programs of a running daemon, (id, name), from its /healthz.
+fn program_ids(d: &Daemon) -> Vec<(u64, String)> {
+    d.health().expect("health")["programs"]
+        .as_array()
+        .expect("programs")
+        .iter()
+        .map(|p| (p["id"].as_u64().expect("id"), p["name"].as_str().expect("name").to_string()))
+        .collect()
+}
+
+/// `kill -9` gives the daemon no chance to detach. With tcx (Linux >= 6.6) its links die with
+/// it; with clsact + cls_bpf (before 6.6) its filters stay on the interface, and a restart
+/// must replace them instead of stacking a second set (which would count every packet twice).
+/// The truth is the kernel's own list (tc / bpftool), checked per hook.
+#[test]
+fn one_set_of_hooks_after_kill_9_and_restart() {
+    let pair = Pair::new(14);
+    let first = Daemon::start(&pair.a, 19478, &["--iface", &pair.a_if], 1);
+    let first_ids = program_ids(&first);
+    let before = kovn_tests::kovn_hooks(&pair.a, &pair.a_if, &first_ids);
+    assert_eq!(before.len(), 2, "one ingress and one egress hook: {before:?}");
+    let (_, log) = first.stop_with(libc::SIGKILL);
+    let after_kill = kovn_tests::kovn_hooks(&pair.a, &pair.a_if, &first_ids);
+    let mode = before[0].mode;
+    if mode == "tcx" {
+        assert!(after_kill.is_empty(), "tcx links outlived their process: {after_kill:?}\n{log}");
+    } else {
+        // What this test is about: the leftovers are there...
+        assert_eq!(after_kill, before, "cls_bpf filters after kill -9");
+    }
+    let second = Daemon::start(&pair.a, 19478, &["--iface", &pair.a_if], 1);
+    let second_ids = program_ids(&second);
+    let now = kovn_tests::kovn_hooks(&pair.a, &pair.a_if, &second_ids);
+    // ...and after the restart exactly one hook per direction, all of the new process.
+    for direction in ["ingress", "egress"] {
+        let on: Vec<_> = now.iter().filter(|h| h.direction == direction).collect();
+        assert_eq!(on.len(), 1, "{direction} on {} ({mode}): {now:?}\n{}", pair.a_if, second.log_text());
+        assert!(
+            second_ids.iter().any(|(id, _)| *id == on[0].prog_id),
+            "{direction}: not the new daemon's program: {now:?}"
+        );
+        assert_eq!(on[0].mode, mode);
+    }
+    let (status, log) = second.stop();
+    assert!(status.success(), "{log}");
+    let left = kovn_tests::kovn_hooks(&pair.a, &pair.a_if, &second_ids);
+    assert!(left.is_empty(), "hooks left after a clean stop: {left:?}");
+    eprintln!("attach mode: {mode}");
 }
 
 #[test]
