@@ -10,6 +10,9 @@ HOST_TOOLCHAIN=1.99.0
 EBPF_TOOLCHAIN=nightly-2026-07-15
 BPF_LINKER_VERSION=0.13.0
 LLVM_MAJOR=22
+VIRTME_NG_VERSION=1.42
+# Where setup puts virtme-ng when no vng of that version is on PATH (a venv: no system pip).
+VIRTME_NG_VENV=/opt/kovn/virtme-ng
 
 # Debian packages: LLVM for bpf-linker; the lab's OVS/OVN; the tools the tests compare against.
 APT_PACKAGES=(
@@ -88,6 +91,66 @@ install_bpf_linker() {
       --no-default-features --features "llvm-${LLVM_MAJOR}"
 }
 
+# The kernel matrix and the kernel-datapath lab (`cargo xtask test-kernels`, `lab up
+# --datapath kernel`) boot Debian kernels in QEMU over the host's root filesystem with
+# virtme-ng. vng needs busybox for its initramfs and QEMU; the kernels are Debian's own
+# packages: the newest ABI of 6.1 (bookworm), 6.12 (bookworm's backport line) and 5.10
+# (bullseye, added with a low pin priority so it never upgrades anything else).
+VM_APT_PACKAGES=(qemu-system-x86 busybox-static)
+
+newest_package() {
+  # The newest package whose whole name matches the extended regex $1, by version sort.
+  apt-cache search --names-only "$1" | awk '{print $1}' | grep -E "$1" | sort -V | tail -n 1
+}
+
+install_vm() {
+  local missing=() p
+  for p in "${VM_APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  # A kernel line counts as present when any image of it is in /boot (its modules come along).
+  local -A kernel_re=(
+    [6.1]='^linux-image-6\.1\.0-[0-9]+-amd64$'
+    [6.12]='^linux-image-6\.12\.[0-9]+\+deb12-amd64$'
+    [5.10]='^linux-image-5\.10\.0-[0-9]+-amd64$'
+  )
+  local -A kernel_glob=(
+    [6.1]='/boot/vmlinuz-6.1.0-*-amd64'
+    [6.12]='/boot/vmlinuz-6.12.*+deb12-amd64'
+    [5.10]='/boot/vmlinuz-5.10.0-*-amd64'
+  )
+  local want_kernels=() k
+  for k in 6.1 6.12 5.10; do
+    # shellcheck disable=SC2086 # the glob must expand
+    compgen -G "${kernel_glob[$k]}" >/dev/null || want_kernels+=("$k")
+  done
+  if [ "${#missing[@]}" -gt 0 ] || [ "${#want_kernels[@]}" -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    if [[ " ${want_kernels[*]} " == *" 5.10 "* ]] && [ ! -e /etc/apt/sources.list.d/kovn-bullseye.sources ]; then
+      log "adding Debian bullseye (for linux-image-5.10.0-*-amd64) at pin priority 100"
+      printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bullseye\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' |
+        as_root tee /etc/apt/sources.list.d/kovn-bullseye.sources >/dev/null
+      printf 'Package: *\nPin: release n=bullseye\nPin-Priority: 100\n' |
+        as_root tee /etc/apt/preferences.d/kovn-bullseye >/dev/null
+    fi
+    as_root apt-get update -qq
+    for k in "${want_kernels[@]}"; do
+      p=$(newest_package "${kernel_re[$k]}")
+      [ -n "$p" ] || { log "no Debian package matches ${kernel_re[$k]} (Linux $k)"; exit 1; }
+      missing+=("$p")
+    done
+    log "installing for the VMs: ${missing[*]}"
+    as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  if ! command -v vng >/dev/null || ! vng --version 2>/dev/null | grep -q "$VIRTME_NG_VERSION"; then
+    if ! "$VIRTME_NG_VENV/bin/vng" --version 2>/dev/null | grep -q "$VIRTME_NG_VERSION"; then
+      log "installing virtme-ng ${VIRTME_NG_VERSION} in ${VIRTME_NG_VENV}"
+      as_root python3 -m venv "$VIRTME_NG_VENV"
+      as_root "$VIRTME_NG_VENV/bin/pip" install -q "virtme-ng==${VIRTME_NG_VERSION}"
+    fi
+  fi
+}
+
 mount_fs() {
   # The drop tracepoint needs tracefs; bpftool and BTF need sysfs (always there).
   if [ ! -d /sys/kernel/tracing/events ] && [ "$(id -u)" -eq 0 ]; then
@@ -96,8 +159,9 @@ mount_fs() {
 }
 
 case "${1:-all}" in
-  all) install_apt; install_rust; install_bpf_linker; mount_fs ;;
+  all) install_apt; install_vm; install_rust; install_bpf_linker; mount_fs ;;
   apt) install_apt ;;
+  vm) install_vm ;;
   rust) install_rust; install_bpf_linker ;;
-  *) log "usage: setup.sh [all|apt|rust]"; exit 2 ;;
+  *) log "usage: setup.sh [all|apt|vm|rust]"; exit 2 ;;
 esac
