@@ -27,11 +27,22 @@ enum Task {
     Bench,
     /// Formatting and clippy (warnings are errors), as CI runs them.
     Lint,
-    /// Run every test: unprivileged unit tests, then the privileged kernel and lab tests.
+    /// The kernel matrix: the verifier, classifier, daemon and kill -9 test groups on Debian's
+    /// Linux 5.10, 6.1 and 6.12 in QEMU VMs and on the host kernel; prints a table (needs root).
+    TestKernels(xtask::kernels::KernelsArgs),
+    /// Inside a kernel-matrix VM: run the groups and write results.json (internal).
+    #[command(hide = true)]
+    KernelGuest(xtask::kernels::GuestArgs),
+    /// Run every test: unprivileged unit tests, then the privileged kernel and lab tests, then
+    /// the kernel matrix on the kernels in `--kernels`.
     Test {
         /// Only the unprivileged tests.
         #[arg(long)]
         unprivileged_only: bool,
+        /// The kernel matrix's kernels after the privileged tests (comma-separated; `none` to
+        /// skip it). See `test-kernels`.
+        #[arg(long, default_value = "6.1,6.12,5.10,host")]
+        kernels: String,
         /// Extra arguments for the test harness (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
@@ -61,7 +72,14 @@ fn dispatch(task: Task) -> Result<()> {
             run(&mut bench)
         }
         Task::Lint => lint(),
-        Task::Test { unprivileged_only, args } => test(unprivileged_only, &args),
+        Task::TestKernels(args) => {
+            if !test_kernels(&args)? {
+                bail!("the kernel matrix has failures (table above)");
+            }
+            Ok(())
+        }
+        Task::KernelGuest(args) => xtask::kernels::guest(&args),
+        Task::Test { unprivileged_only, kernels, args } => test(unprivileged_only, &kernels, &args),
     }
 }
 
@@ -134,7 +152,50 @@ fn lint() -> Result<()> {
 /// Keep in step with scripts/setup.sh and kovn-monitor/build.rs.
 const EBPF_TOOLCHAIN: &str = "nightly-2026-07-15";
 
-fn test(unprivileged_only: bool, args: &[String]) -> Result<()> {
+/// Builds what the matrix runs (the monitor, the classifier and daemon test executables) and
+/// runs it; returns whether everything passed.
+fn test_kernels(args: &xtask::kernels::KernelsArgs) -> Result<bool> {
+    require_root("the kernel matrix")?;
+    // Missing QEMU/vng/kernel images: one clear error before any build.
+    xtask::kernels::preflight(args)?;
+    let monitor = build_monitor()?;
+    let mut build = cargo();
+    build.args([
+        "test",
+        "--package",
+        "kovn-tests",
+        "--no-run",
+        "--message-format=json",
+        "--test",
+        "classifier",
+        "--test",
+        "daemon",
+    ]);
+    let out = build.stderr(std::process::Stdio::inherit()).output().context("cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the test executables failed");
+    }
+    let mut exes = std::collections::BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str()) {
+            exes.insert(name.to_string(), PathBuf::from(exe));
+        }
+    }
+    let exe = |n: &str| exes.get(n).cloned().with_context(|| format!("cargo built no test executable {n}"));
+    let target = monitor.parent().and_then(|d| d.parent()).expect("target/debug/kovn-monitor").to_path_buf();
+    let built = xtask::kernels::Built {
+        monitor: monitor.clone(),
+        classifier: exe("classifier")?,
+        daemon: exe("daemon")?,
+        workdir: workspace_root().join("tests"),
+        out_root: target.join("kernel-matrix"),
+    };
+    let xtask_bin = std::env::current_exe().context("this task's executable")?;
+    xtask::kernels::run(args, &built, &xtask_bin)
+}
+
+fn test(unprivileged_only: bool, kernels: &str, args: &[String]) -> Result<()> {
     // Unit tests: no privileges, every crate but the privileged test crate.
     let mut unit = cargo();
     // kovn-ebpf builds only for the BPF target (nightly); its code is tested under
@@ -150,5 +211,17 @@ fn test(unprivileged_only: bool, args: &[String]) -> Result<()> {
     // One at a time: they share the kernel (tc hooks, namespaces, the lab).
     let mut privileged = cargo();
     privileged.args(["test", "--package", "kovn-tests", "--", "--test-threads=1"]).args(args);
-    run(&mut privileged)
+    run(&mut privileged)?;
+    if kernels == "none" || !args.is_empty() {
+        return Ok(());
+    }
+    // The kernel matrix (VMs with Debian's kernels; see `test-kernels`).
+    let matrix = xtask::kernels::KernelsArgs {
+        kernels: kernels.split(',').map(str::to_string).collect(),
+        ..xtask::kernels::KernelsArgs::default()
+    };
+    if !test_kernels(&matrix)? {
+        bail!("the kernel matrix has failures (table above)");
+    }
+    Ok(())
 }

@@ -57,8 +57,8 @@ use clap::{Args, Subcommand, ValueEnum};
 pub use down::{DownOutcome, down, is_lab_link, is_lab_netns, is_lab_state_dir};
 pub use faults::{ACL_DENY_PRIORITY, OVS_DROP_PRIORITY, acl_name};
 pub use model::{
-    CutHow, DEFAULT_NAME, Daemon, FAULT_COOKIE, Fault, FaultSpec, Lab, MonitorInfo, Node, Phase, Pod,
-    Protocol, STATE_ROOT, Service, Subnet, TCP_ECHO_PORT, Tunnel, UDP_ECHO_PORT, Underlay, load,
+    CutHow, DEFAULT_NAME, Daemon, Datapath, FAULT_COOKIE, Fault, FaultSpec, Lab, MonitorInfo, Node, Phase,
+    Pod, Protocol, STATE_ROOT, Service, Subnet, TCP_ECHO_PORT, Tunnel, UDP_ECHO_PORT, Underlay, load,
     state_dir_of,
 };
 pub use monitors::monitor_url;
@@ -110,6 +110,11 @@ pub struct UpArgs {
     /// Overlay between nodes (pod MTU: underlay MTU - 100 for Geneve, - 50 for VXLAN).
     #[arg(long, value_enum, default_value_t = Tunnel::Geneve)]
     pub tunnel: Tunnel,
+    /// OVS datapath: `userspace` (netdev, any kernel) or `kernel` (`datapath_type=system`,
+    /// needs the `openvswitch` and `geneve`/`vxlan` modules: OVS then makes `genev_sys_6081`
+    /// per node, as on a Kube-OVN node).
+    #[arg(long, value_enum, default_value_t = Datapath::Userspace)]
+    pub datapath: Datapath,
     /// Underlay prefix (at least a /24). Default: the first of 172.31.250.0/24, 172.31.249.0/24,
     /// ... not routed in the root netns yet.
     #[arg(long)]
@@ -140,6 +145,7 @@ impl From<UpArgs> for UpOptions {
             nodes: a.nodes,
             pods_per_node: a.pods_per_node,
             tunnel: a.tunnel,
+            datapath: a.datapath,
             underlay_cidr: a.underlay_cidr,
             underlay_mtu: a.underlay_mtu,
             pod_cidr: a.pod_cidr,

@@ -26,6 +26,32 @@ pub const UDP_ECHO_PORT: u16 = 5353;
 pub const ROUTER: &str = "ovn-cluster";
 pub const DEFAULT_SUBNET: &str = "ovn-default";
 
+/// Which OVS datapath the nodes' ovs-vswitchd use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Datapath {
+    /// OVS's userspace (netdev) datapath: works on any kernel, no OVS module needed; the node
+    /// IP sits on a netdev bridge `br-phy` owning the NIC and tunnels are pushed by OVS itself
+    /// (no `genev_sys_6081`).
+    #[default]
+    Userspace,
+    /// OVS's kernel datapath (`datapath_type=system`, the `openvswitch` and `geneve`/`vxlan`
+    /// modules), as Kube-OVN nodes run it: OVS creates `genev_sys_6081`/`vxlan_sys_4789` per
+    /// node netns and the node IP sits on the NIC itself. Needs a kernel with those modules
+    /// (e.g. Debian's, in a VM: see README "The lab on the kernel datapath").
+    Kernel,
+}
+
+impl Datapath {
+    /// OVS's `datapath_type` for bridges (and `ovn-bridge-datapath-type`).
+    pub fn ovs_type(self) -> &'static str {
+        match self {
+            Datapath::Userspace => "netdev",
+            Datapath::Kernel => "system",
+        }
+    }
+}
+
 /// Overlay encapsulation between nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -91,6 +117,9 @@ pub struct Lab {
     pub state_dir: PathBuf,
     pub phase: Phase,
     pub tunnel: Tunnel,
+    /// OVS datapath of every node (absent in older files: userspace).
+    #[serde(default)]
+    pub datapath: Datapath,
     pub underlay: Underlay,
     pub central: Central,
     /// Logical router every subnet hangs off (Kube-OVN's default VPC router).

@@ -276,7 +276,7 @@ fn wait_ready(lab: &Lab, monitors: &[MonitorInfo], started_at: Instant) -> Resul
             Ok((m, want, "no answer yet".to_string()))
         })
         .collect::<Result<_>>()?;
-    let deadline = started_at + READY_TIMEOUT;
+    let deadline = started_at + sys::scaled(READY_TIMEOUT);
     loop {
         let mut still = Vec::new();
         for (m, want, _) in pending {
@@ -307,9 +307,10 @@ fn wait_ready(lab: &Lab, monitors: &[MonitorInfo], started_at: Instant) -> Resul
         if Instant::now() >= deadline {
             let (m, _, last) = &pending[0];
             bail!(
-                "kovn-monitor on {} (pid {}) not ready after {READY_TIMEOUT:?} ({last}); {}:\n{}",
+                "kovn-monitor on {} (pid {}) not ready after {:?} ({last}); {}:\n{}",
                 m.node,
                 m.pid,
+                sys::scaled(READY_TIMEOUT),
                 m.log.display(),
                 log_tail(&m.log)
             );

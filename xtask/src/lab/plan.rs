@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, bail, ensure};
 
 use super::model::{
-    Central, DEFAULT_NAME, DEFAULT_SUBNET, Lab, Node, Phase, Pod, Protocol, ROUTER, Service, Subnet,
-    TCP_ECHO_PORT, Tunnel, UDP_ECHO_PORT, Underlay, state_dir_of,
+    Central, DEFAULT_NAME, DEFAULT_SUBNET, Datapath, Lab, Node, Phase, Pod, Protocol, ROUTER, Service,
+    Subnet, TCP_ECHO_PORT, Tunnel, UDP_ECHO_PORT, Underlay, state_dir_of,
 };
 use super::net::Cidr;
 
@@ -39,6 +39,7 @@ pub struct UpOptions {
     pub nodes: u32,
     pub pods_per_node: u32,
     pub tunnel: Tunnel,
+    pub datapath: Datapath,
     /// `None`: the first free 172.31.X.0/24 (X from 250 down) not routed in the root netns.
     pub underlay_cidr: Option<Cidr>,
     pub underlay_mtu: u32,
@@ -58,6 +59,7 @@ impl Default for UpOptions {
             nodes: 2,
             pods_per_node: 3,
             tunnel: Tunnel::Geneve,
+            datapath: Datapath::Userspace,
             underlay_cidr: None,
             underlay_mtu: 1500,
             pod_cidr: "10.16.0.0/16".parse().expect("valid literal"),
@@ -188,6 +190,7 @@ pub fn plan(opts: &UpOptions, underlay_cidr: Cidr) -> Result<Lab> {
         name: name.clone(),
         phase: Phase::Starting,
         tunnel: opts.tunnel,
+        datapath: opts.datapath,
         underlay: Underlay {
             cidr: underlay_cidr,
             bridge: format!("{name}-ul"),

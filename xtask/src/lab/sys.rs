@@ -397,3 +397,15 @@ impl StateLock {
         Ok(Self { _file: file })
     }
 }
+
+/// `d` times `KOVN_TEST_TIMEOUT_SCALE` (an integer >= 1, default 1): the lab's bounded waits
+/// stretched for kernels emulated under QEMU/TCG (5-10x slower), as the kernel matrix and the
+/// kernel-datapath VM test set it. Only deadlines scale; nothing asserts a time.
+pub fn scaled(d: Duration) -> Duration {
+    let n: u32 = std::env::var("KOVN_TEST_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1);
+    d * n
+}

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
 use super::down;
-use super::model::{Lab, Node, Phase, Pod, Protocol, STATE_ROOT, load};
+use super::model::{Datapath, Lab, Node, Phase, Pod, Protocol, STATE_ROOT, load};
 use super::net::Cidr;
 use super::ovs::{nbctl, sbctl, transaction, vsctl};
 use super::plan::{UpOptions, choose_underlay, plan, validate_name};
@@ -153,6 +153,10 @@ fn link_state_dir(lab: &Lab) -> Result<()> {
 fn build(lab: &mut Lab) -> Result<()> {
     let started = Instant::now();
     let step = |what: &str| eprintln!("[{:>5.1}s] {what}", started.elapsed().as_secs_f32());
+    if lab.datapath == Datapath::Kernel {
+        step("kernel modules: openvswitch, the tunnel's");
+        load_kernel_datapath_modules(lab)?;
+    }
     step("OVN central (NB, SB, northd)");
     start_central(lab)?;
     step("underlay bridge");
@@ -175,6 +179,24 @@ fn build(lab: &mut Lab) -> Result<()> {
     step("checking connectivity");
     check_connectivity(lab)?;
     step("ready");
+    Ok(())
+}
+
+/// OVS's kernel datapath and the tunnel vport's device need their modules; a kernel without
+/// them (e.g. one built without CONFIG_OPENVSWITCH) is one clear error.
+fn load_kernel_datapath_modules(lab: &Lab) -> Result<()> {
+    let tunnel = match lab.tunnel {
+        super::model::Tunnel::Geneve => "geneve",
+        super::model::Tunnel::Vxlan => "vxlan",
+    };
+    for module in ["openvswitch", tunnel] {
+        if Path::new("/sys/module").join(module).exists() {
+            continue;
+        }
+        cmd::run("modprobe", &[module]).with_context(|| {
+            format!("--datapath kernel needs the {module} kernel module (this kernel has none: use a VM with a Debian kernel, see README)")
+        })?;
+    }
     Ok(())
 }
 
@@ -326,11 +348,30 @@ fn create_node_bridges(lab: &Lab, node: &Node) -> Result<()> {
         format!("external-ids:ovn-remote={}", lab.central.sb_db()),
         format!("external-ids:ovn-encap-type={}", lab.tunnel.as_str()),
         format!("external-ids:ovn-encap-ip={ip}"),
-        // Makes ovn-controller create br-int ports and tunnels for the userspace datapath.
-        "external-ids:ovn-bridge-datapath-type=netdev".into(),
+        // Makes ovn-controller create br-int ports and tunnels for this datapath.
+        format!("external-ids:ovn-bridge-datapath-type={}", lab.datapath.ovs_type()),
     ];
     let mut open_vswitch = vec!["set", "open_vswitch", "."];
     open_vswitch.extend(ids.iter().map(String::as_str));
+    let addr = format!("{ip}/{}", lab.underlay.cidr.prefix());
+    if lab.datapath == Datapath::Kernel {
+        // The kernel datapath, as on a Kube-OVN node: br-int only, the node IP on the NIC
+        // itself; the kernel routes the outer packets that OVS's tunnel vport
+        // (genev_sys_6081, made by OVS with the first tunnel port) sends.
+        let dp = format!("datapath_type={}", lab.datapath.ovs_type());
+        vsctl(
+            node,
+            &transaction(&[
+                &["add-br", int],
+                &["set", "bridge", int, &dp, "fail-mode=secure"],
+                &["set", "bridge", int, "other-config:disable-in-band=true"],
+                &open_vswitch,
+            ]),
+        )?;
+        cmd::run("ip", &["-n", &node.netns, "addr", "add", &addr, "dev", nic])?;
+        let _ = phy;
+        return Ok(());
+    }
     vsctl(
         node,
         &transaction(&[
@@ -346,7 +387,6 @@ fn create_node_bridges(lab: &Lab, node: &Node) -> Result<()> {
     )?;
     // Userspace tunnelling: the tunnel endpoint IP sits on the netdev bridge owning the NIC; OVS
     // learns the route and neighbours from it and pushes the outer header itself.
-    let addr = format!("{ip}/{}", lab.underlay.cidr.prefix());
     cmd::run("ip", &["-n", &node.netns, "addr", "add", &addr, "dev", phy])?;
     cmd::run("ip", &["-n", &node.netns, "link", "set", phy, "up"])?;
     Ok(())
@@ -414,7 +454,7 @@ fn create_load_balancers(lab: &Lab) -> Result<()> {
 }
 
 fn wait_for_chassis(lab: &Lab) -> Result<()> {
-    sys::retry("every node's chassis registered", READY_TIMEOUT, POLL, || {
+    sys::retry("every node's chassis registered", sys::scaled(READY_TIMEOUT), POLL, || {
         let names = super::ovs::bare_values(&sbctl(lab, &["--bare", "--columns=name", "list", "chassis"])?);
         let missing: Vec<_> =
             lab.nodes.iter().filter(|n| !names.contains(&n.name)).map(|n| n.name.as_str()).collect();
@@ -556,7 +596,7 @@ fn is_listening(pid: i32, protocol: Protocol, port: u16) -> bool {
 fn wait_for_bindings(lab: &Lab) -> Result<()> {
     // Returns once every chassis processed the NB changes so far (ports claimed, flows in).
     nbctl(lab, &["--wait=hv", "sync"])?;
-    sys::retry("every pod port bound to its node's chassis", READY_TIMEOUT, POLL, || {
+    sys::retry("every pod port bound to its node's chassis", sys::scaled(READY_TIMEOUT), POLL, || {
         let bound = port_bindings(lab)?;
         for pod in &lab.pods {
             let chassis = bound.get(&pod.iface_id).and_then(|c| c.as_deref());
@@ -638,19 +678,24 @@ fn check_connectivity(lab: &Lab) -> Result<()> {
     let targets: Vec<&Pod> =
         lab.nodes.iter().filter_map(|n| lab.pods_on(&n.name).find(|p| p.name != first.name)).collect();
     for target in targets {
-        sys::retry(&format!("ping {} -> {}", first.name, target.name), READY_TIMEOUT, POLL, || {
-            // The very first packet towards a node is usually lost while OVS resolves the
-            // remote tunnel endpoint's MAC (userspace tunnelling ARPs on demand): retry soon.
-            let ping = probe::Probe::Ping { dst: target.ip, size: None, dont_fragment: false };
-            let r = probe::run(lab, &first.name, &ping, Duration::from_secs(1))?;
-            ensure!(r.ok, "{}", r.detail);
-            Ok(())
-        })?;
+        sys::retry(
+            &format!("ping {} -> {}", first.name, target.name),
+            sys::scaled(READY_TIMEOUT),
+            POLL,
+            || {
+                // The very first packet towards a node is usually lost while OVS resolves the
+                // remote tunnel endpoint's MAC (userspace tunnelling ARPs on demand): retry soon.
+                let ping = probe::Probe::Ping { dst: target.ip, size: None, dont_fragment: false };
+                let r = probe::run(lab, &first.name, &ping, Duration::from_secs(1))?;
+                ensure!(r.ok, "{}", r.detail);
+                Ok(())
+            },
+        )?;
     }
     for svc in lab.services.iter().filter(|s| s.protocol == Protocol::Tcp) {
         sys::retry(
             &format!("{} -> service {}/{} {}", first.name, svc.namespace, svc.name, svc.vip_addr()),
-            READY_TIMEOUT,
+            sys::scaled(READY_TIMEOUT),
             POLL,
             || {
                 let r = probe::tcp_echo(lab, &first.name, svc.vip_addr())?;
