@@ -111,7 +111,9 @@ impl KernelFeatures {
     pub fn current() -> Self {
         // An unreadable version (odd vendor strings) is taken as new: the load then says what
         // is missing instead of silently degrading.
-        let at_least = |major, minor| KernelVersion::current().map_or(true, |v| v >= KernelVersion::new(major, minor, 0));
+        let at_least = |major, minor| {
+            KernelVersion::current().map_or(true, |v| v >= KernelVersion::new(major, minor, 0))
+        };
         Self { coarse_clock: at_least(5, 11), tunnel_key_local: at_least(5, 19), tcx: at_least(6, 6) }
     }
 }
@@ -180,7 +182,14 @@ impl Capture {
             }
         }
         let drops = crate::drops::DropHook::start(&mut ebpf, drop_cfg);
-        Ok(Self { ebpf, attached: BTreeMap::new(), path_mtus: BTreeMap::new(), table_size, drops, unavailable })
+        Ok(Self {
+            ebpf,
+            attached: BTreeMap::new(),
+            path_mtus: BTreeMap::new(),
+            table_size,
+            drops,
+            unavailable,
+        })
     }
 
     /// Optional classifiers the kernel refused at load, with why (for `/healthz`).
@@ -262,7 +271,11 @@ impl Capture {
         let (ingress, egress) = programs_for(kind);
         for p in [ingress, egress] {
             if let Some(why) = self.unavailable.get(p) {
-                return Err(CaptureError::Unavailable { iface: name.to_string(), program: p, why: why.clone() });
+                return Err(CaptureError::Unavailable {
+                    iface: name.to_string(),
+                    program: p,
+                    why: why.clone(),
+                });
             }
         }
         let mut links = Vec::with_capacity(2);
@@ -530,10 +543,8 @@ pub fn check(table_size: u32) -> Result<CheckReport, CaptureError> {
     for name in ALL_PROGRAMS.into_iter().chain(["kovn_noop"]) {
         let started = std::time::Instant::now();
         let r = (|| {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(ProgramError::UnexpectedProgramType)?
-                .try_into()?;
+            let prog: &mut SchedClassifier =
+                ebpf.program_mut(name).ok_or(ProgramError::UnexpectedProgramType)?.try_into()?;
             prog.load()?;
             Ok(prog.info()?.verified_instruction_count())
         })();
@@ -547,10 +558,8 @@ pub fn check(table_size: u32) -> Result<CheckReport, CaptureError> {
             let started = std::time::Instant::now();
             let r = (|| {
                 let btf = aya::Btf::from_sys_fs().map_err(|e| ProgramError::Btf(e))?;
-                let prog: &mut BtfTracePoint = ebpf
-                    .program_mut(drop_name)
-                    .ok_or(ProgramError::UnexpectedProgramType)?
-                    .try_into()?;
+                let prog: &mut BtfTracePoint =
+                    ebpf.program_mut(drop_name).ok_or(ProgramError::UnexpectedProgramType)?.try_into()?;
                 prog.load("kfree_skb", &btf)?;
                 Ok(prog.info()?.verified_instruction_count())
             })();
@@ -569,7 +578,11 @@ pub fn check(table_size: u32) -> Result<CheckReport, CaptureError> {
         HookCheck {
             name: "tcx",
             available: features.tcx,
-            detail: if features.tcx { "tcx links (Linux >= 6.6)".into() } else { "needs Linux >= 6.6".into() },
+            detail: if features.tcx {
+                "tcx links (Linux >= 6.6)".into()
+            } else {
+                "needs Linux >= 6.6".into()
+            },
         },
         HookCheck {
             name: "clsact",
@@ -617,7 +630,10 @@ impl CheckReport {
         );
         for p in &self.programs {
             let (insns, pct) = match p.verified_insns {
-                Some(n) => (n.to_string(), format!("{:.1}%", f64::from(n) * 100.0 / f64::from(self.verifier_insn_limit))),
+                Some(n) => (
+                    n.to_string(),
+                    format!("{:.1}%", f64::from(n) * 100.0 / f64::from(self.verifier_insn_limit)),
+                ),
                 None => ("-".into(), "-".into()),
             };
             let _ = writeln!(
@@ -642,7 +658,11 @@ impl CheckReport {
         for h in &self.hooks {
             let _ = writeln!(out, "  {:<22} {:<4} {}", h.name, yn(h.available), h.detail);
         }
-        let _ = writeln!(out, "{}", if self.ok { "ok: every classifier loads" } else { "FAILED: a classifier does not load" });
+        let _ = writeln!(
+            out,
+            "{}",
+            if self.ok { "ok: every classifier loads" } else { "FAILED: a classifier does not load" }
+        );
         out
     }
 }
