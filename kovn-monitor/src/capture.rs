@@ -445,6 +445,77 @@ pub fn processed_insns(log: &str) -> Option<u32> {
     })
 }
 
+/// The raw fd of one of the object's maps (the kinds kovn's object has).
+fn map_raw_fd(m: &aya::maps::Map) -> Option<std::os::fd::RawFd> {
+    use aya::maps::Map;
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    match m {
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::PerCpuHashMap(d)
+        | Map::LruHashMap(d) => Some(d.fd().as_fd().as_raw_fd()),
+        _ => None,
+    }
+}
+
+/// The verifier's processed-instruction count for a classifier on kernels without
+/// `bpf_prog_info.verified_insns` (Linux < 5.16): the program is relocated once more against the
+/// maps `ebpf` created (so with the same constants) and loaded a second time with log level
+/// "stats" (which prints "processed N insns"); that second program is closed at once. aya asks
+/// for a verifier log only when a load fails, hence this.
+fn processed_from_stats_log(ebpf: &Ebpf, name: &str) -> Result<u32, String> {
+    use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_type};
+    use std::collections::HashSet;
+
+    let mut obj = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| e.to_string())?;
+    let text: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
+    let maps: Vec<(String, std::os::fd::RawFd, aya_obj::Map)> = obj
+        .maps
+        .iter()
+        .filter_map(|(n, m)| Some((n.clone(), map_raw_fd(ebpf.map(n)?)?, m.clone())))
+        .collect();
+    obj.relocate_maps(maps.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)), &text)
+        .map_err(|e| e.to_string())?;
+    obj.relocate_calls(&text).map_err(|e| e.to_string())?;
+    let prog = obj.programs.get(name).ok_or("not in the object")?;
+    let insns = &obj.functions.get(&prog.function_key()).ok_or("no function")?.instructions;
+    let license = c"GPL";
+    let mut log = vec![0u8; 1 << 16];
+    // SAFETY: an all-zero bpf_attr is the empty request; the fields below are what
+    // BPF_PROG_LOAD reads, pointing at buffers that outlive the call.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the prog-load member of the union.
+    unsafe {
+        let u = &mut attr.__bindgen_anon_3;
+        u.prog_type = bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS as u32;
+        u.insn_cnt = insns.len() as u32;
+        u.insns = insns.as_ptr() as u64;
+        u.license = license.as_ptr() as u64;
+        u.log_level = 4; // BPF_LOG_STATS
+        u.log_size = log.len() as u32;
+        u.log_buf = log.as_mut_ptr() as u64;
+    }
+    // SAFETY: a valid bpf_attr of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_PROG_LOAD as libc::c_long,
+            &mut attr,
+            std::mem::size_of::<bpf_attr>(),
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    if fd >= 0 {
+        // SAFETY: the fd the kernel just returned, owned here.
+        unsafe { libc::close(fd as i32) };
+    }
+    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+    let text = String::from_utf8_lossy(&log[..end]);
+    processed_insns(&text)
+        .ok_or_else(|| if fd < 0 { err.to_string() } else { "no statistics in the log".into() })
+}
+
 /// One program in `kovn-monitor check`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ProgramCheck {
@@ -525,10 +596,11 @@ pub fn check(table_size: u32) -> Result<CheckReport, CaptureError> {
             verifier_tail: Vec::new(),
         };
         match r {
-            Ok(n) => {
-                c.verified_insns = n;
-                c.verified_insns_from = n.map(|_| "prog_info");
+            Ok(Some(n)) => {
+                c.verified_insns = Some(n);
+                c.verified_insns_from = Some("prog_info");
             }
+            Ok(None) => {}
             Err(ProgramError::LoadError { io_error, verifier_log }) => {
                 let log = verifier_log.to_string();
                 c.verified_insns = processed_insns(&log);
@@ -548,7 +620,17 @@ pub fn check(table_size: u32) -> Result<CheckReport, CaptureError> {
             prog.load()?;
             Ok(prog.info()?.verified_instruction_count())
         })();
-        programs.push(outcome(name, "classifier", started, r));
+        let mut c = outcome(name, "classifier", started, r);
+        if c.loaded && c.verified_insns.is_none() {
+            match processed_from_stats_log(&ebpf, name) {
+                Ok(n) => {
+                    c.verified_insns = Some(n);
+                    c.verified_insns_from = Some("verifier_log");
+                }
+                Err(e) => log::warn!("{name}: no verifier statistics: {e}"),
+            }
+        }
+        programs.push(c);
     }
     let drop_name = crate::drops::DROP_PROGRAM;
     let mut drop_hook = HookCheck { name: "kfree_skb", available: false, detail: String::new() };
