@@ -35,7 +35,7 @@ use kovn_ebpf_common::{
     KIND_UNDERLAY, MAX_OBS, ObsPoint, RR_ECHO, RR_NONE, RR_SCTP, RR_TCP, RR_UDP, SIDE_A, SIDE_B, TUN_DEVICE,
     TUN_NONE,
 };
-use parse::{Packet, Signal, TooBig, Tunnel};
+use parse::{Packet, Signal, Tunnel, Work};
 
 /// `TC_ACT_UNSPEC`: for cls_bpf "continue with the next filter", for tcx `TCX_NEXT`.
 const TC_ACT_UNSPEC: i32 = -1;
@@ -87,9 +87,18 @@ fn precise_now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// One scratch FlowStats per CPU, where a new flow's record is prepared before insertion.
+/// One work area per CPU: the parsed packet and a new flow's record before insertion (a
+/// FlowStats on the stack would take half of the 512 bytes eBPF programs get). Why the parse
+/// results live in map memory rather than on the stack: see `parse::Work`.
 #[map]
-static SCRATCH: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries(1, 0);
+static WORK: PerCpuArray<Work> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's work area. tc programs do not nest on one CPU (softirq or BH-disabled context).
+#[inline(always)]
+fn work() -> Option<&'static mut Work> {
+    // SAFETY: this CPU's slot, used only while this program runs on it.
+    WORK.get_ptr_mut(0).map(|w| unsafe { &mut *w })
+}
 
 /// What the programs could not record (see `CNT_*`), per CPU so counting never contends.
 #[map]
@@ -134,16 +143,25 @@ underlay_observer!(kovn_underlay_egress, HOOK_EGRESS | (KIND_UNDERLAY << HOOK_KI
 
 #[inline(always)]
 fn try_observe_underlay(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), ()> {
-    let (pkt, tunnel) = parse::parse_underlay(ctx, egress).map_err(count)?;
+    let w = work().ok_or(())?;
+    parse::ensure_linear(ctx, parse::PULL_LEN_UNDERLAY);
+    let rc = parse::parse_underlay(ctx, egress, w);
+    if rc != 0 && rc != parse::UNDERLAY_TUNNEL {
+        count(rc - 1);
+        return Err(());
+    }
+    let tunnel = rc == parse::UNDERLAY_TUNNEL;
     let ifindex = parse::ifindex(ctx);
     // On the underlay the outer packet is what must fit the NIC; the tunnel's outer IP
     // header is sent with DF by OVS (and IPv6 never fragments).
-    let over = match &tunnel {
-        Some(t) => oversized(ctx, &pkt, ifindex, t.outer_len),
-        None if pkt.no_frag => oversized(ctx, &pkt, ifindex, pkt.l3_len),
-        None => 0,
+    let over = if tunnel {
+        oversized(ctx, &w.pkt, ifindex, w.tunnel.outer_len)
+    } else if w.pkt.no_frag {
+        oversized(ctx, &w.pkt, ifindex, w.pkt.l3_len)
+    } else {
+        0
     };
-    record(&pkt, ifindex, hook, tunnel.as_ref(), over);
+    record(w, ifindex, hook, tunnel, over);
     Ok(())
 }
 
@@ -164,11 +182,23 @@ tunnel_observer!(kovn_tunnel_egress, HOOK_EGRESS | (KIND_TUNNEL << HOOK_KIND_SHI
 
 #[inline(always)]
 fn try_observe_tunnel(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), ()> {
-    let pkt = parse::parse(ctx).map_err(count)?;
-    let tunnel = parse::device_tunnel(ctx, egress);
+    let w = work().ok_or(())?;
+    parse::ensure_linear(ctx, parse::PULL_LEN);
+    let rc = parse::parse_frame(ctx, 0, w);
+    if rc != 0 {
+        count(rc - 1);
+        return Err(());
+    }
+    let tunnel = match parse::device_tunnel(ctx, egress) {
+        Some(t) => {
+            w.tunnel = t;
+            true
+        }
+        None => false,
+    };
     // No MTU check here: these devices have a 65000-byte MTU in OVS; what must fit is judged on
     // the pod veth (overlay MTU) and on the underlay NIC (the outer packet).
-    record(&pkt, parse::ifindex(ctx), hook, tunnel.as_ref(), 0);
+    record(w, parse::ifindex(ctx), hook, tunnel, 0);
     Ok(())
 }
 
@@ -181,12 +211,18 @@ pub fn kovn_noop(_ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_observe(ctx: &TcContext, hook: u8) -> Result<(), ()> {
-    let pkt = parse::parse(ctx).map_err(count)?;
+    let w = work().ok_or(())?;
+    parse::ensure_linear(ctx, parse::PULL_LEN);
+    let rc = parse::parse_frame(ctx, 0, w);
+    if rc != 0 {
+        count(rc - 1);
+        return Err(());
+    }
     let ifindex = parse::ifindex(ctx);
-    let over = if pkt.no_frag { oversized(ctx, &pkt, ifindex, pkt.l3_len) } else { 0 };
-    record(&pkt, ifindex, hook, None, over);
-    if let Some(tb) = &pkt.too_big {
-        record_too_big(tb);
+    let over = if w.pkt.no_frag { oversized(ctx, &w.pkt, ifindex, w.pkt.l3_len) } else { 0 };
+    record(w, ifindex, hook, false, over);
+    if w.pkt.too_big.is_some() {
+        record_too_big(w);
     }
     Ok(())
 }
@@ -253,8 +289,9 @@ fn oversized(ctx: &TcContext, pkt: &Packet, ifindex: u32, l3_len: u32) -> u32 {
 }
 
 /// An ICMP "too big" message: credited to the flow it quotes, if this node has it.
-#[inline(always)]
-fn record_too_big(tb: &TooBig) {
+#[inline(never)]
+fn record_too_big(w: &mut Work) {
+    let Some(tb) = &w.pkt.too_big else { return };
     let (key, _) = FlowKey::canonical(tb.src, tb.dst, tb.sport, tb.dport, tb.proto);
     if let Some(s) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: a pointer into a preallocated map value; rare packets, plain stores.
@@ -264,8 +301,11 @@ fn record_too_big(tb: &TooBig) {
     }
 }
 
-#[inline(always)]
-fn record(pkt: &Packet, ifindex: u32, hook: u8, tunnel: Option<&Tunnel>, oversize: u32) {
+/// Updates (or creates) the packet's flow record. A BPF-to-BPF call: reached with one verifier
+/// state whatever way the parser took (see `parse::Work`).
+#[inline(never)]
+fn record(w: &mut Work, ifindex: u32, hook: u8, tunnel: bool, oversize: u32) {
+    let pkt = &w.pkt;
     let (key, sender) = FlowKey::canonical(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto);
     let now = activity_now();
     let stats = match FLOWS.get_ptr_mut(&key) {
@@ -279,14 +319,8 @@ fn record(pkt: &Packet, ifindex: u32, hook: u8, tunnel: Option<&Tunnel>, oversiz
             if pkt.fragment {
                 flags |= FLOW_F_FRAGMENT;
             }
-            // The new record is built in a per-CPU scratch slot: a FlowStats on the stack would
-            // take half of the 512 bytes eBPF programs get.
-            let Some(fresh) = SCRATCH.get_ptr_mut(0) else {
-                count(CNT_MAP_FULL);
-                return;
-            };
-            // SAFETY: this CPU's slot, used only while this program runs on it.
-            let fresh = unsafe { &mut *fresh };
+            // The new record is built in this CPU's work area.
+            let fresh = &mut w.fresh;
             // SAFETY: FlowStats is plain old data; all zeros is its empty value.
             unsafe { core::ptr::write_bytes(fresh as *mut FlowStats, 0, 1) };
             fresh.first_seen_ns = now;
@@ -315,8 +349,8 @@ fn record(pkt: &Packet, ifindex: u32, hook: u8, tunnel: Option<&Tunnel>, oversiz
     let dir = if sender == s.initiator { DIR_FWD } else { DIR_REV };
     s.last_seen_ns = now;
     let owner = observe_point(s, ifindex, hook, dir, pkt.l3_len);
-    if let Some(t) = tunnel {
-        record_tunnel(s, t);
+    if tunnel {
+        record_tunnel(s, &w.tunnel);
     }
     if oversize != 0 {
         s.mtu.oversized_packets += 1;

@@ -138,6 +138,37 @@ pub struct Tunnel {
     pub kind: u8,
 }
 
+/// The per-CPU work area (a map value, see `WORK` in main.rs): the parsed packet, the tunnel
+/// leg, a new flow's record before insertion, and a slot for [`opaque`].
+///
+/// Why a map value and not the stack: the verifier tracks every value on the stack and in
+/// registers, so each way through the parser (VLAN tags, IPv6 extension headers, transport
+/// protocols, ICMP quotes) reaches the flow update with a state of its own, and older verifiers
+/// (Linux 6.1's prunes far less than 6.18's) walk the whole update once per parse path, past the
+/// 1M-instruction limit. Map memory is not tracked: what the flow update reads back is an
+/// unknown scalar, so the states of all parse paths are equal where the parser returns and the
+/// update is verified once, not once per path.
+pub struct Work {
+    pub pkt: Packet,
+    pub tunnel: Tunnel,
+    pub fresh: kovn_ebpf_common::FlowStats,
+    /// The slot [`opaque`] goes through.
+    pub tmp: u64,
+}
+
+/// `v`, forgotten by the verifier (written to and read back from map memory): an offset whose
+/// range depends on the path taken (how many VLAN tags or extension headers) becomes one
+/// unknown value that the next bound check limits again, so the paths converge. A store and a
+/// load to the same L1 line per call.
+#[inline(always)]
+pub fn opaque(slot: &mut u64, v: usize) -> usize {
+    // SAFETY: a plain u64 inside this CPU's map value.
+    unsafe {
+        core::ptr::write_volatile(slot, v as u64);
+        core::ptr::read_volatile(slot) as usize
+    }
+}
+
 /// The `N` header bytes at `off`, bounds-checked. Every field of a header is read through the
 /// one reference this returns: reading through separately computed pointers lets LLVM
 /// re-derive the address after the check, which the verifier then rejects.
@@ -171,16 +202,22 @@ pub fn ensure_linear(ctx: &TcContext, pull_len: usize) {
     }
 }
 
-/// Parses a pod (or host) packet from its Ethernet header.
-#[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Packet, u32> {
-    ensure_linear(ctx, PULL_LEN);
-    parse_at(ctx, 0)
+/// Parses the frame whose Ethernet header starts at `l2` into `w.pkt`. Returns 0, or a
+/// counter index (`CNT_*`) + 1 for a packet that is not recorded.
+///
+/// A BPF-to-BPF call (`inline(never)`): the verifier walks the parser's paths here once per call
+/// site, and what it leaves behind (in `w`, map memory) is untracked, so the caller continues
+/// from one state whatever path the parser took.
+#[inline(never)]
+pub fn parse_frame(ctx: &TcContext, l2: usize, w: &mut Work) -> u32 {
+    match parse_at(ctx, l2, w) {
+        Ok(()) => 0,
+        Err(c) => c + 1,
+    }
 }
 
-/// Parses the frame whose Ethernet header starts at `l2`.
 #[inline(always)]
-fn parse_at(ctx: &TcContext, l2: usize) -> Result<Packet, u32> {
+fn parse_at(ctx: &TcContext, l2: usize, w: &mut Work) -> Result<(), u32> {
     let mut off = l2 + EthHdr::LEN;
     let eth = hdr::<14>(ctx, l2)?;
     let mut proto = be16(eth[12], eth[13]);
@@ -192,57 +229,87 @@ fn parse_at(ctx: &TcContext, l2: usize) -> Result<Packet, u32> {
         off += 4;
         tags += 1;
     }
+    // Zero, one or two tags: one state from here on.
+    let off = opaque(&mut w.tmp, off);
+    if off > MAX_HDR_OFF {
+        return Err(CNT_PARSE_TRUNCATED);
+    }
     let l3_len = (ctx.len() as usize).saturating_sub(off) as u32;
-    let mut pkt = Packet::empty(l3_len);
+    w.pkt = Packet::empty(l3_len);
     let l4 = match proto {
-        ETH_P_IP => parse_ipv4(ctx, off, &mut pkt)?,
-        ETH_P_IPV6 => parse_ipv6(ctx, off, &mut pkt)?,
+        ETH_P_IP => parse_ipv4(ctx, off, &mut w.pkt)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, off, &mut w.pkt, &mut w.tmp)?,
         _ => return Err(CNT_NON_IP),
     };
     if let Some(l4) = l4 {
-        pkt.l4_off = l4;
-        pkt.hdrs_len = (l4 - off) as u32;
-        parse_l4(ctx, l4, &mut pkt)?;
+        // IHL or extension headers: one state again.
+        let l4 = opaque(&mut w.tmp, l4);
+        if l4 > MAX_HDR_OFF || l4 < off {
+            return Err(CNT_PARSE_TRUNCATED);
+        }
+        w.pkt.l4_off = l4;
+        w.pkt.hdrs_len = (l4 - off) as u32;
+        parse_l4(ctx, l4, &mut w.pkt, &mut w.tmp)?;
     }
-    Ok(pkt)
+    Ok(())
 }
 
-/// Parses a packet on the underlay NIC. Geneve (UDP 6081, options honoured) and VXLAN (UDP
-/// 4789) are opened: the flow is the inner one, with the outer side returned beside it. Any
-/// other packet (node to node, to the API server, ...) is a flow of its own.
-#[inline(always)]
-pub fn parse_underlay(ctx: &TcContext, egress: bool) -> Result<(Packet, Option<Tunnel>), u32> {
-    ensure_linear(ctx, PULL_LEN_UNDERLAY);
-    let outer = parse_at(ctx, 0)?;
+/// Parses a packet on the underlay NIC into `w`. Geneve (UDP 6081, options honoured) and VXLAN
+/// (UDP 4789) are opened: `w.pkt` is the inner flow, `w.tunnel` the outer side, and the return
+/// value's bit [`UNDERLAY_TUNNEL`] is set. Any other packet (node to node, to the API server,
+/// ...) is a flow of its own. Otherwise as [`parse_frame`].
+#[inline(never)]
+pub fn parse_underlay(ctx: &TcContext, egress: bool, w: &mut Work) -> u32 {
+    let rc = parse_frame(ctx, 0, w);
+    if rc != 0 {
+        return rc;
+    }
+    let outer = &w.pkt;
     if outer.proto != IPPROTO_UDP
         || outer.fragment
         || (outer.dport != GENEVE_PORT && outer.dport != VXLAN_PORT)
     {
-        return Ok((outer, None));
+        return 0;
     }
     let payload = outer.l4_off + UdpHdr::LEN;
-    let (kind, vni, inner_l2) = if outer.dport == GENEVE_PORT {
+    let decoded = if outer.dport == GENEVE_PORT {
         // RFC 8926: Ver(2) OptLen(6, in 4-byte words) | O C Rsvd | Protocol Type | VNI(24) Rsvd
-        let g = hdr::<8>(ctx, payload).map_err(|_| CNT_TUNNEL_BAD)?;
-        if g[0] >> 6 != 0 || be16(g[2], g[3]) != ETH_P_TEB {
-            return Err(CNT_TUNNEL_BAD);
+        match hdr::<8>(ctx, payload) {
+            Ok(g) if g[0] >> 6 == 0 && be16(g[2], g[3]) == ETH_P_TEB => {
+                let opts = ((g[0] & 0x3f) as usize) * 4;
+                Some((TUN_GENEVE, u32::from_be_bytes([0, g[4], g[5], g[6]]), payload + 8 + opts))
+            }
+            _ => None,
         }
-        let opts = ((g[0] & 0x3f) as usize) * 4;
-        (TUN_GENEVE, u32::from_be_bytes([0, g[4], g[5], g[6]]), payload + 8 + opts)
     } else {
         // RFC 7348: Flags (I = 0x08) | Reserved(24) | VNI(24) | Reserved(8)
-        let v = hdr::<8>(ctx, payload).map_err(|_| CNT_TUNNEL_BAD)?;
-        if v[0] & 0x08 == 0 {
-            return Err(CNT_TUNNEL_BAD);
+        match hdr::<8>(ctx, payload) {
+            Ok(v) if v[0] & 0x08 != 0 => {
+                Some((TUN_VXLAN, u32::from_be_bytes([0, v[4], v[5], v[6]]), payload + 8))
+            }
+            _ => None,
         }
-        (TUN_VXLAN, u32::from_be_bytes([0, v[4], v[5], v[6]]), payload + 8)
     };
-    let tunnel =
+    let Some((kind, vni, inner_l2)) = decoded else {
+        return CNT_TUNNEL_BAD + 1;
+    };
+    w.tunnel =
         Tunnel { remote: if egress { outer.dst } else { outer.src }, vni, outer_len: outer.l3_len, kind };
-    // parse_at counts the inner packet's own L3 length, as the pod veths do.
-    let inner = parse_at(ctx, inner_l2)?;
-    Ok((inner, Some(tunnel)))
+    // Where the inner frame starts depends on the outer path and the options: forgotten, then
+    // bounded, so the inner parse is walked once.
+    let inner_l2 = opaque(&mut w.tmp, inner_l2);
+    if inner_l2 > MAX_HDR_OFF {
+        return CNT_PARSE_TRUNCATED + 1;
+    }
+    // parse_frame counts the inner packet's own L3 length, as the pod veths do.
+    match parse_frame(ctx, inner_l2, w) {
+        0 => UNDERLAY_TUNNEL,
+        rc => rc,
+    }
 }
+
+/// Set in [`parse_underlay`]'s result when the packet was a tunnel's (no counter index has it).
+pub const UNDERLAY_TUNNEL: u32 = 1 << 16;
 
 /// 1 when `struct bpf_tunnel_key` has `local_ipv4/6` (Linux >= 5.19), set by the loader. A
 /// read-only global: the verifier sees the constant, so each kernel gets the one helper size it
@@ -319,7 +386,7 @@ fn parse_ipv4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<Option<us
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<Option<usize>, u32> {
+fn parse_ipv6(ctx: &TcContext, off: usize, pkt: &mut Packet, tmp: &mut u64) -> Result<Option<usize>, u32> {
     let ip = hdr::<{ Ipv6Hdr::LEN }>(ctx, off)?;
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
@@ -359,6 +426,9 @@ fn parse_ipv6(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<Option<us
                 return Ok(Some(off));
             }
         }
+        // Each kind of header moves the offset differently: forgotten, then bounded, so the
+        // walk has one state per step instead of one per sequence of header kinds.
+        off = opaque(tmp, off);
         if off > MAX_HDR_OFF {
             return Err(CNT_PARSE_TRUNCATED);
         }
@@ -368,7 +438,7 @@ fn parse_ipv6(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<Option<us
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<(), u32> {
+fn parse_l4(ctx: &TcContext, off: usize, pkt: &mut Packet, tmp: &mut u64) -> Result<(), u32> {
     match pkt.proto {
         IPPROTO_TCP => {
             let tcp = hdr::<{ TcpHdr::LEN }>(ctx, off)?;
@@ -417,7 +487,7 @@ fn parse_l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<(), u32> {
                 } else {
                     u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]])
                 };
-                pkt.too_big = quoted(ctx, off + 8, v4, mtu);
+                pkt.too_big = quoted(ctx, off + 8, v4, mtu, tmp);
                 if pkt.too_big.is_some() {
                     pkt.signal = Signal::TooBig;
                 }
@@ -445,11 +515,15 @@ fn parse_l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<(), u32> {
 /// The original packet an ICMP error quotes: its addresses and, for TCP/UDP/SCTP, its ports
 /// (for an echo request, its identifier).
 #[inline(always)]
-fn quoted(ctx: &TcContext, off: usize, v4: bool, mtu: u32) -> Option<TooBig> {
+fn quoted(ctx: &TcContext, off: usize, v4: bool, mtu: u32, tmp: &mut u64) -> Option<TooBig> {
     let mut inner = Packet::empty(0);
-    let l4 =
-        if v4 { parse_ipv4(ctx, off, &mut inner).ok()? } else { parse_ipv6(ctx, off, &mut inner).ok()? };
+    let l4 = if v4 {
+        parse_ipv4(ctx, off, &mut inner).ok()?
+    } else {
+        parse_ipv6(ctx, off, &mut inner, tmp).ok()?
+    };
     if let Some(l4) = l4 {
+        let l4 = opaque(tmp, l4);
         if matches!(inner.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
             let ports = hdr::<4>(ctx, l4).ok()?;
             inner.sport = be16(ports[0], ports[1]);

@@ -60,6 +60,8 @@ pub enum CaptureError {
     MissingMap(&'static str),
     #[error("attaching to {iface}: {source}")]
     Attach { iface: String, source: ProgramError },
+    #[error("not attaching to {iface}: {program} did not load on this kernel ({why})")]
+    Unavailable { iface: String, program: &'static str, why: String },
     #[error("flow table size {0} out of range (1024..=16777216)")]
     TableSize(u32),
 }
@@ -87,45 +89,112 @@ pub struct Capture {
     path_mtus: BTreeMap<u32, u32>,
     table_size: u32,
     drops: crate::drops::DropHook,
+    /// Optional programs the kernel refused, with the reason (see [`program_required`]).
+    unavailable: BTreeMap<&'static str, String>,
 }
 
-impl Capture {
-    /// Loads every program and map. `table_size` sizes the flow map at load time.
-    pub fn load(table_size: u32) -> Result<Self, CaptureError> {
-        if !(1024..=16_777_216).contains(&table_size) {
-            return Err(CaptureError::TableSize(table_size));
-        }
-        // bpf_ktime_get_coarse_ns exists since Linux 5.11; before, the programs fall back to
-        // the precise clock for activity times (see COARSE_CLOCK in kovn-ebpf).
+/// What the running kernel offers that the programs adapt to, passed to them as read-only
+/// globals (the verifier sees constants and drops the branches not taken, so an older kernel
+/// never sees a helper or instruction it does not know).
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct KernelFeatures {
+    /// `bpf_ktime_get_coarse_ns` (Linux >= 5.11), else the precise clock (`COARSE_CLOCK`).
+    pub coarse_clock: bool,
+    /// `bpf_tunnel_key.local_*`, the remote node of a sent packet (Linux >= 5.19;
+    /// `TUNNEL_KEY_LOCAL`).
+    pub tunnel_key_local: bool,
+    /// tcx attachment (Linux >= 6.6); before, clsact + cls_bpf.
+    pub tcx: bool,
+}
+
+impl KernelFeatures {
+    pub fn current() -> Self {
+        // An unreadable version (odd vendor strings) is taken as new: the load then says what
+        // is missing instead of silently degrading.
         let at_least = |major, minor| {
-            KernelVersion::current().map_or(1, |v| u8::from(v >= KernelVersion::new(major, minor, 0)))
+            KernelVersion::current().map_or(true, |v| v >= KernelVersion::new(major, minor, 0))
         };
-        let coarse: u8 = at_least(5, 11);
-        // `bpf_tunnel_key.local_*` (the remote node of a sent packet) since Linux 5.19; see
-        // TUNNEL_KEY_LOCAL in kovn-ebpf.
-        let tunnel_key_local: u8 = at_least(5, 19);
-        // Drops (kfree_skb): offsets and names from the kernel's BTF, or why not (logged once).
-        let drop_cfg = crate::drops::DropConfig::resolve();
+        Self { coarse_clock: at_least(5, 11), tunnel_key_local: at_least(5, 19), tcx: at_least(6, 6) }
+    }
+}
+
+/// The loader-set constants as the byte globals the programs read.
+struct Globals {
+    coarse: u8,
+    tunnel_key_local: u8,
+}
+
+impl Globals {
+    fn of(f: &KernelFeatures) -> Self {
+        Self { coarse: u8::from(f.coarse_clock), tunnel_key_local: u8::from(f.tunnel_key_local) }
+    }
+
+    /// A loader with the maps sized and every constant set (the daemon and `check` load alike).
+    fn loader(&self, table_size: u32) -> EbpfLoader<'_> {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(FLOW_MAP, table_size)
             .map_max_entries(crate::drops::DROP_MAP, (table_size / 4).clamp(1024, 65536))
-            .override_global("COARSE_CLOCK", &coarse, true)
-            .override_global("TUNNEL_KEY_LOCAL", &tunnel_key_local, true);
+            .override_global("COARSE_CLOCK", &self.coarse, true)
+            .override_global("TUNNEL_KEY_LOCAL", &self.tunnel_key_local, true);
+        loader
+    }
+}
+
+/// Whether the daemon can run without a program: the pod classifiers are what kovn is for; the
+/// others watch optional interfaces (host, underlay NIC, tunnel device) and are skipped, with
+/// the reason in `/healthz`, where the kernel refuses them.
+pub fn program_required(name: &str) -> bool {
+    name.starts_with("kovn_pod_")
+}
+
+impl Capture {
+    /// Loads every program and map. `table_size` sizes the flow map at load time. An optional
+    /// classifier the kernel refuses is skipped (one log line, [`Capture::hooks_unavailable`]);
+    /// a pod classifier that does not load is an error.
+    pub fn load(table_size: u32) -> Result<Self, CaptureError> {
+        if !(1024..=16_777_216).contains(&table_size) {
+            return Err(CaptureError::TableSize(table_size));
+        }
+        let globals = Globals::of(&KernelFeatures::current());
+        // Drops (kfree_skb): offsets and names from the kernel's BTF, or why not (logged once).
+        let drop_cfg = crate::drops::DropConfig::resolve();
+        let mut loader = globals.loader(table_size);
         if let Ok(c) = &drop_cfg {
             c.apply(&mut loader);
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
+        let mut unavailable = BTreeMap::new();
         for name in ALL_PROGRAMS {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(CaptureError::MissingProgram(name))?
                 .try_into()
                 .map_err(|source| CaptureError::Program { name, source })?;
-            prog.load().map_err(|source| CaptureError::Program { name, source })?;
+            match prog.load() {
+                Ok(()) => {}
+                Err(source) if !program_required(name) => {
+                    let why = load_failure_summary(&source);
+                    log::warn!("eBPF program {name} skipped: the kernel refused it ({why})");
+                    unavailable.insert(name, why);
+                }
+                Err(source) => return Err(CaptureError::Program { name, source }),
+            }
         }
         let drops = crate::drops::DropHook::start(&mut ebpf, drop_cfg);
-        Ok(Self { ebpf, attached: BTreeMap::new(), path_mtus: BTreeMap::new(), table_size, drops })
+        Ok(Self {
+            ebpf,
+            attached: BTreeMap::new(),
+            path_mtus: BTreeMap::new(),
+            table_size,
+            drops,
+            unavailable,
+        })
+    }
+
+    /// Optional classifiers the kernel refused at load, with why (for `/healthz`).
+    pub fn hooks_unavailable(&self) -> &BTreeMap<&'static str, String> {
+        &self.unavailable
     }
 
     /// The kfree_skb drop hook: availability and reason names.
@@ -201,6 +270,15 @@ impl Capture {
             remove_stale_filters(ifindex, name);
         }
         let (ingress, egress) = programs_for(kind);
+        for p in [ingress, egress] {
+            if let Some(why) = self.unavailable.get(p) {
+                return Err(CaptureError::Unavailable {
+                    iface: name.to_string(),
+                    program: p,
+                    why: why.clone(),
+                });
+            }
+        }
         let mut links = Vec::with_capacity(2);
         for (prog_name, hook) in [(ingress, TcAttachType::Ingress), (egress, TcAttachType::Egress)] {
             let attached = self.program_mut(prog_name).and_then(|p| {
@@ -334,6 +412,341 @@ impl Drop for Capture {
         // tcx links die with their file descriptors anyway; netlink (pre-6.6) filters do not,
         // so detach explicitly in every case.
         self.detach_all();
+    }
+}
+
+/// The verifier's limit on processed instructions per program (`BPF_COMPLEXITY_LIMIT_INSNS`,
+/// Linux >= 5.2).
+pub const VERIFIER_INSN_LIMIT: u32 = 1_000_000;
+
+/// A verifier failure in one line: the syscall's error and the verifier's last words.
+pub fn load_failure_summary(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            let tail = verifier_tail(&log, 2).join(" | ");
+            if tail.is_empty() { io_error.to_string() } else { format!("{io_error}: {tail}") }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The last `n` non-empty lines of a verifier log.
+fn verifier_tail(log: &str, n: usize) -> Vec<String> {
+    let lines: Vec<&str> = log.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
+}
+
+/// "processed 12345 insns" (Linux >= 4.15 prints it with log level stats) from a verifier log.
+pub fn processed_insns(log: &str) -> Option<u32> {
+    log.lines().rev().find_map(|l| {
+        let rest = &l[l.find("processed ")? + "processed ".len()..];
+        let num: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        num.parse().ok()
+    })
+}
+
+/// The raw fd of one of the object's maps (the kinds kovn's object has).
+fn map_raw_fd(m: &aya::maps::Map) -> Option<std::os::fd::RawFd> {
+    use aya::maps::Map;
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    match m {
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::PerCpuHashMap(d)
+        | Map::LruHashMap(d) => Some(d.fd().as_fd().as_raw_fd()),
+        _ => None,
+    }
+}
+
+/// The verifier's processed-instruction count for a classifier on kernels without
+/// `bpf_prog_info.verified_insns` (Linux < 5.16): the program is relocated once more against the
+/// maps `ebpf` created (so with the same constants) and loaded a second time with log level
+/// "stats" (which prints "processed N insns"); that second program is closed at once. aya asks
+/// for a verifier log only when a load fails, hence this.
+fn processed_from_stats_log(ebpf: &Ebpf, name: &str) -> Result<u32, String> {
+    use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_type};
+    use std::collections::HashSet;
+
+    let mut obj = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| e.to_string())?;
+    let text: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
+    let maps: Vec<(String, std::os::fd::RawFd, aya_obj::Map)> = obj
+        .maps
+        .iter()
+        .filter_map(|(n, m)| Some((n.clone(), map_raw_fd(ebpf.map(n)?)?, m.clone())))
+        .collect();
+    obj.relocate_maps(maps.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)), &text)
+        .map_err(|e| e.to_string())?;
+    obj.relocate_calls(&text).map_err(|e| e.to_string())?;
+    let prog = obj.programs.get(name).ok_or("not in the object")?;
+    let insns = &obj.functions.get(&prog.function_key()).ok_or("no function")?.instructions;
+    let license = c"GPL";
+    let mut log = vec![0u8; 1 << 16];
+    // SAFETY: an all-zero bpf_attr is the empty request; the fields below are what
+    // BPF_PROG_LOAD reads, pointing at buffers that outlive the call.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the prog-load member of the union.
+    unsafe {
+        let u = &mut attr.__bindgen_anon_3;
+        u.prog_type = bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS as u32;
+        u.insn_cnt = insns.len() as u32;
+        u.insns = insns.as_ptr() as u64;
+        u.license = license.as_ptr() as u64;
+        u.log_level = 4; // BPF_LOG_STATS
+        u.log_size = log.len() as u32;
+        u.log_buf = log.as_mut_ptr() as u64;
+    }
+    // SAFETY: a valid bpf_attr of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_PROG_LOAD as libc::c_long,
+            &mut attr,
+            std::mem::size_of::<bpf_attr>(),
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    if fd >= 0 {
+        // SAFETY: the fd the kernel just returned, owned here.
+        unsafe { libc::close(fd as i32) };
+    }
+    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+    let text = String::from_utf8_lossy(&log[..end]);
+    processed_insns(&text)
+        .ok_or_else(|| if fd < 0 { err.to_string() } else { "no statistics in the log".into() })
+}
+
+/// One program in `kovn-monitor check`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProgramCheck {
+    pub name: &'static str,
+    /// `classifier` (tc/tcx) or `tracepoint` (BTF tracepoint).
+    pub kind: &'static str,
+    /// The daemon cannot run without it (the pod classifiers); the others are skipped with a
+    /// reason where the kernel refuses them.
+    pub required: bool,
+    pub loaded: bool,
+    /// Instructions the verifier processed (`bpf_prog_info.verified_insns`, Linux >= 5.16, or
+    /// from the verifier's statistics line); `None` when neither is available.
+    pub verified_insns: Option<u32>,
+    /// Where `verified_insns` came from: `prog_info` or `verifier_log`.
+    pub verified_insns_from: Option<&'static str>,
+    /// Wall time of the load (verification included), milliseconds.
+    pub load_ms: f64,
+    /// Why it did not load (the syscall's error), and the verifier's last lines.
+    pub error: Option<String>,
+    pub verifier_tail: Vec<String>,
+}
+
+/// A kernel hook kovn can use and whether this kernel offers it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HookCheck {
+    pub name: &'static str,
+    pub available: bool,
+    /// What it needs, or why it is not there.
+    pub detail: String,
+}
+
+/// What `kovn-monitor check` prints: the kernel, its features and hooks, and every program.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CheckReport {
+    pub kernel: String,
+    /// `tcx` (Linux >= 6.6) or `clsact` (cls_bpf filters on a clsact qdisc).
+    pub attach_mode: &'static str,
+    pub features: KernelFeatures,
+    pub hooks: Vec<HookCheck>,
+    pub programs: Vec<ProgramCheck>,
+    pub verifier_insn_limit: u32,
+    /// Every classifier loaded (what `check` exits 0 on).
+    pub ok: bool,
+}
+
+/// Loads every program of the object as the daemon would (same constants and map sizes),
+/// attaching nothing, and reports per program whether the verifier accepted it and how many
+/// instructions it processed, plus the hooks this kernel offers.
+pub fn check(table_size: u32) -> Result<CheckReport, CaptureError> {
+    use aya::programs::BtfTracePoint;
+
+    if !(1024..=16_777_216).contains(&table_size) {
+        return Err(CaptureError::TableSize(table_size));
+    }
+    let features = KernelFeatures::current();
+    let globals = Globals::of(&features);
+    let drop_cfg = crate::drops::DropConfig::resolve();
+    let mut loader = globals.loader(table_size);
+    if let Ok(c) = &drop_cfg {
+        c.apply(&mut loader);
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    let mut programs = Vec::new();
+    let outcome = |name: &'static str,
+                   kind: &'static str,
+                   started: std::time::Instant,
+                   r: Result<Option<u32>, ProgramError>| {
+        let load_ms = started.elapsed().as_secs_f64() * 1e3;
+        let mut c = ProgramCheck {
+            name,
+            kind,
+            required: program_required(name),
+            loaded: r.is_ok(),
+            verified_insns: None,
+            verified_insns_from: None,
+            load_ms,
+            error: None,
+            verifier_tail: Vec::new(),
+        };
+        match r {
+            Ok(Some(n)) => {
+                c.verified_insns = Some(n);
+                c.verified_insns_from = Some("prog_info");
+            }
+            Ok(None) => {}
+            Err(ProgramError::LoadError { io_error, verifier_log }) => {
+                let log = verifier_log.to_string();
+                c.verified_insns = processed_insns(&log);
+                c.verified_insns_from = c.verified_insns.map(|_| "verifier_log");
+                c.error = Some(io_error.to_string());
+                c.verifier_tail = verifier_tail(&log, 6);
+            }
+            Err(e) => c.error = Some(e.to_string()),
+        }
+        c
+    };
+    for name in ALL_PROGRAMS.into_iter().chain(["kovn_noop"]) {
+        let started = std::time::Instant::now();
+        let r = (|| {
+            let prog: &mut SchedClassifier =
+                ebpf.program_mut(name).ok_or(ProgramError::UnexpectedProgramType)?.try_into()?;
+            prog.load()?;
+            Ok(prog.info()?.verified_instruction_count())
+        })();
+        let mut c = outcome(name, "classifier", started, r);
+        if c.loaded && c.verified_insns.is_none() {
+            match processed_from_stats_log(&ebpf, name) {
+                Ok(n) => {
+                    c.verified_insns = Some(n);
+                    c.verified_insns_from = Some("verifier_log");
+                }
+                Err(e) => log::warn!("{name}: no verifier statistics: {e}"),
+            }
+        }
+        programs.push(c);
+    }
+    let drop_name = crate::drops::DROP_PROGRAM;
+    let mut drop_hook = HookCheck { name: "kfree_skb", available: false, detail: String::new() };
+    match &drop_cfg {
+        Err(why) => drop_hook.detail = why.clone(),
+        Ok(cfg) => {
+            let started = std::time::Instant::now();
+            let r = (|| {
+                let btf = aya::Btf::from_sys_fs().map_err(|e| ProgramError::Btf(e))?;
+                let prog: &mut BtfTracePoint =
+                    ebpf.program_mut(drop_name).ok_or(ProgramError::UnexpectedProgramType)?.try_into()?;
+                prog.load("kfree_skb", &btf)?;
+                Ok(prog.info()?.verified_instruction_count())
+            })();
+            let c = outcome(drop_name, "tracepoint", started, r);
+            drop_hook.available = c.loaded;
+            drop_hook.detail = match &c.error {
+                None if cfg.has_reason != 0 => "BTF tracepoint skb:kfree_skb with the drop reason".into(),
+                None => "BTF tracepoint skb:kfree_skb without the drop reason (Linux < 5.17)".into(),
+                Some(e) => format!("{drop_name} did not load: {e}"),
+            };
+            programs.push(c);
+        }
+    }
+    let kprobe = ovs_vport_kprobe_unavailable();
+    let hooks = vec![
+        HookCheck {
+            name: "tcx",
+            available: features.tcx,
+            detail: if features.tcx {
+                "tcx links (Linux >= 6.6)".into()
+            } else {
+                "needs Linux >= 6.6".into()
+            },
+        },
+        HookCheck {
+            name: "clsact",
+            available: true,
+            detail: "cls_bpf filters on a clsact qdisc (used before Linux 6.6)".into(),
+        },
+        drop_hook,
+        HookCheck {
+            name: "btf",
+            available: std::path::Path::new(crate::drops::VMLINUX_BTF).exists(),
+            detail: crate::drops::VMLINUX_BTF.into(),
+        },
+        HookCheck { name: "ovs_vport_mtu_kprobe", available: false, detail: kprobe },
+    ];
+    let ok = programs.iter().filter(|p| p.kind == "classifier").all(|p| p.loaded);
+    Ok(CheckReport {
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        attach_mode: if features.tcx { "tcx" } else { "clsact" },
+        features,
+        hooks,
+        programs,
+        verifier_insn_limit: VERIFIER_INSN_LIMIT,
+        ok,
+    })
+}
+
+impl CheckReport {
+    /// The human-readable report (`kovn-monitor check`).
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let yn = |b: bool| if b { "yes" } else { "no" };
+        let mut out = String::new();
+        let _ = writeln!(out, "kernel {}, attach mode {}", self.kernel, self.attach_mode);
+        let _ = writeln!(
+            out,
+            "features: coarse_clock {}, tunnel_key_local {}, tcx {}",
+            yn(self.features.coarse_clock),
+            yn(self.features.tunnel_key_local),
+            yn(self.features.tcx)
+        );
+        let _ = writeln!(
+            out,
+            "{:<24} {:<10} {:<8} {:<6} {:>14} {:>7} {:>9}",
+            "PROGRAM", "KIND", "REQUIRED", "LOADED", "VERIFIED_INSNS", "%LIMIT", "LOAD_MS"
+        );
+        for p in &self.programs {
+            let (insns, pct) = match p.verified_insns {
+                Some(n) => (
+                    n.to_string(),
+                    format!("{:.1}%", f64::from(n) * 100.0 / f64::from(self.verifier_insn_limit)),
+                ),
+                None => ("-".into(), "-".into()),
+            };
+            let _ = writeln!(
+                out,
+                "{:<24} {:<10} {:<8} {:<6} {:>14} {:>7} {:>9.0}",
+                p.name,
+                p.kind,
+                yn(p.required),
+                yn(p.loaded),
+                insns,
+                pct,
+                p.load_ms
+            );
+            if let Some(e) = &p.error {
+                let _ = writeln!(out, "  error: {e}");
+                for l in &p.verifier_tail {
+                    let _ = writeln!(out, "  verifier: {l}");
+                }
+            }
+        }
+        let _ = writeln!(out, "hooks:");
+        for h in &self.hooks {
+            let _ = writeln!(out, "  {:<22} {:<4} {}", h.name, yn(h.available), h.detail);
+        }
+        let _ = writeln!(
+            out,
+            "{}",
+            if self.ok { "ok: every classifier loads" } else { "FAILED: a classifier does not load" }
+        );
+        out
     }
 }
 

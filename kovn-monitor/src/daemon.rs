@@ -193,6 +193,9 @@ impl Daemon {
                 .iter()
                 .map(|w| ("kfree_skb".to_string(), w.clone()))
                 .chain([("ovs_vport_mtu_kprobe".to_string(), self.ovs_kprobe_why.clone())])
+                // Optional classifiers the kernel refused (the interfaces they watch are not
+                // attached; see capture::program_required).
+                .chain(self.capture.hooks_unavailable().iter().map(|(p, w)| (p.to_string(), w.clone())))
                 .collect(),
         };
         // The inventory's lock is a std one: released before any await below.

@@ -37,6 +37,34 @@ enum Command {
     /// Drill into OVS and OVN for a flow, a finding or a packet: ofproto/trace, ovn-trace, both
     /// nodes of a cross-node flow, the deciding rule first.
     Trace(kovn_monitor::drilldown::cli::TraceCliArgs),
+    /// Load every eBPF program on this kernel without attaching anything: per program whether
+    /// the verifier accepts it and how many instructions it processed, and which hooks the
+    /// kernel offers. Exits 1 when a classifier does not load.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// The flow-table size to load with (as `run --flow-table-size`).
+    #[arg(long, default_value_t = 65536)]
+    flow_table_size: u32,
+    /// A table for people or JSON for scripts (the kernel matrix).
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+fn check(args: CheckArgs) -> Result<()> {
+    let report = kovn_monitor::capture::check(args.flow_table_size)?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Table => print!("{}", report.render()),
+    }
+    if !report.ok {
+        let failed: Vec<&str> =
+            report.programs.iter().filter(|p| p.kind == "classifier" && !p.loaded).map(|p| p.name).collect();
+        bail!("the kernel refused {}", failed.join(", "));
+    }
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -442,6 +470,7 @@ fn main() {
             Command::Alerts(a) => alerts(a).await,
             Command::Top(a) => top(a).await,
             Command::Trace(a) => kovn_monitor::drilldown::cli::run(a).await,
+            Command::Check(a) => check(a),
         }
     });
     if let Err(e) = result {
