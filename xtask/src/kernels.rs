@@ -74,8 +74,9 @@ impl Group {
 #[derive(Debug, clap::Args)]
 pub struct KernelsArgs {
     /// Kernels to test: `5.10`, `6.1`, `6.12` (the newest Debian image of that line in /boot),
-    /// `host` (this machine's kernel, no VM) or a path to a kernel image. Repeat or separate
-    /// with commas.
+    /// `host` (this machine's kernel, no VM) or a path to a kernel image, each optionally
+    /// followed by `:GROUP+GROUP` to run only those groups there (e.g. `6.12:verifier+kill9`).
+    /// Repeat or separate with commas.
     #[arg(long = "kernel", value_delimiter = ',', default_values_t = ["5.10".to_string(), "6.1".to_string(), "6.12".to_string(), "host".to_string()])]
     pub kernels: Vec<String>,
     /// Test groups to run (default: all).
@@ -245,6 +246,20 @@ fn resolve(kernel: &str) -> Result<Target> {
     Ok(Target::Image { label: label.unwrap_or_default(), image })
 }
 
+/// `KERNEL` or `KERNEL:GROUP+GROUP...` (that kernel runs only those groups).
+fn split_spec(spec: &str) -> Result<(&str, Option<Vec<Group>>)> {
+    let Some((kernel, list)) = spec.split_once(':') else { return Ok((spec, None)) };
+    let groups = list
+        .split('+')
+        .map(|g| {
+            <Group as clap::ValueEnum>::from_str(g, true).map_err(|_| {
+                anyhow::anyhow!("unknown test group {g:?} in {spec:?} (verifier, classifier, daemon, kill9)")
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((kernel, Some(groups)))
+}
+
 /// The `vng` to use: on PATH, or where setup.sh puts it.
 fn find_vng() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")
@@ -259,7 +274,8 @@ fn have_on_path(program: &str) -> bool {
 
 /// Checks what the VMs need before building anything: one error naming what to install.
 pub fn preflight(args: &KernelsArgs) -> Result<()> {
-    let targets: Vec<Target> = args.kernels.iter().map(|k| resolve(k)).collect::<Result<_>>()?;
+    let targets: Vec<Target> =
+        args.kernels.iter().map(|k| resolve(split_spec(k)?.0)).collect::<Result<_>>()?;
     if targets.iter().any(|t| matches!(t, Target::Image { .. })) {
         if !have_on_path("qemu-system-x86_64") {
             bail!(
@@ -280,9 +296,16 @@ pub fn preflight(args: &KernelsArgs) -> Result<()> {
 
 /// Runs the matrix; returns whether every group on every kernel passed.
 pub fn run(args: &KernelsArgs, built: &Built, xtask: &Path) -> Result<bool> {
-    let targets: Vec<(String, Target)> =
-        args.kernels.iter().map(|k| Ok((k.clone(), resolve(k)?))).collect::<Result<_>>()?;
-    let groups = if args.groups.is_empty() { Group::ALL.to_vec() } else { args.groups.clone() };
+    let all_groups = if args.groups.is_empty() { Group::ALL.to_vec() } else { args.groups.clone() };
+    let mut targets = Vec::new();
+    for spec in &args.kernels {
+        let (kernel, groups) = split_spec(spec)?;
+        targets.push((kernel.to_string(), resolve(kernel)?, groups.unwrap_or_else(|| all_groups.clone())));
+    }
+    // The table's columns: every group asked of any kernel, in the usual order.
+    let mut groups: Vec<Group> = targets.iter().flat_map(|t| t.2.iter().copied()).collect();
+    groups.sort();
+    groups.dedup();
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupted.clone();
@@ -291,7 +314,7 @@ pub fn run(args: &KernelsArgs, built: &Built, xtask: &Path) -> Result<bool> {
             .context("installing the Ctrl-C handler")?;
     }
     let mut rows = Vec::new();
-    for (asked, target) in targets {
+    for (asked, target, these) in targets {
         if interrupted.load(Ordering::SeqCst) {
             break;
         }
@@ -308,14 +331,14 @@ pub fn run(args: &KernelsArgs, built: &Built, xtask: &Path) -> Result<bool> {
             xtask,
             built,
             &out,
-            &groups,
+            &these,
             if matches!(target, Target::Host) { 1 } else { args.timeout_scale },
         );
-        let budget: Duration = groups.iter().map(|g| g.budget()).sum::<Duration>() * args.timeout_scale
+        let budget: Duration = these.iter().map(|g| g.budget()).sum::<Duration>() * args.timeout_scale
             + Duration::from_secs(300);
         eprintln!(
             "kernel matrix: {label}: {} ...",
-            groups.iter().map(|g| g.name()).collect::<Vec<_>>().join(", ")
+            these.iter().map(|g| g.name()).collect::<Vec<_>>().join(", ")
         );
         let mut cmd = match &target {
             Target::Host => {
@@ -860,6 +883,14 @@ mod tests {
         assert!(r.details[1].contains("Processed 1000001"), "{r:?}");
         assert_eq!(res.attach_mode.as_deref(), Some("clsact"));
         assert_eq!(res.programs[1].verified_insns, Some(12345));
+    }
+
+    #[test]
+    fn kernel_specs_with_groups() {
+        assert_eq!(split_spec("6.1").expect("plain").0, "6.1");
+        let (k, g) = split_spec("6.12:verifier+kill9").expect("with groups");
+        assert_eq!((k, g), ("6.12", Some(vec![Group::Verifier, Group::Kill9])));
+        assert!(split_spec("6.12:bogus").is_err());
     }
 
     #[test]
