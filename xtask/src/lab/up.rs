@@ -570,7 +570,7 @@ pub fn start_server(lab: &Lab, pod: &Pod, protocol: Protocol) -> Result<()> {
     let pidfile = dir.join(format!("{role}-{port}.pid"));
     let log = dir.join(format!("{role}-{port}.log"));
     let pid = spawn_detached(Some(&pod.netns), "socat", &args, &log, &pidfile)?;
-    let listening = sys::wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+    let listening = sys::wait_until(sys::scaled(Duration::from_secs(5)), Duration::from_millis(10), || {
         is_listening(pid as i32, protocol, port)
     });
     ensure!(
@@ -650,7 +650,7 @@ fn record_runtime(lab: &mut Lab) -> Result<()> {
     let mut ofports = HashMap::new();
     for pod in &lab.pods {
         let node = lab.node(&pod.node)?;
-        let port = sys::retry("ofport assigned", Duration::from_secs(10), POLL, || {
+        let port = sys::retry("ofport assigned", sys::scaled(Duration::from_secs(10)), POLL, || {
             let out = vsctl(node, &["get", "interface", &pod.host_veth, "ofport"])?;
             let n: i64 = out.trim().parse().context("ofport is not a number")?;
             ensure!(n > 0, "no ofport yet for {}", pod.host_veth);
@@ -686,7 +686,7 @@ fn check_connectivity(lab: &Lab) -> Result<()> {
                 // The very first packet towards a node is usually lost while OVS resolves the
                 // remote tunnel endpoint's MAC (userspace tunnelling ARPs on demand): retry soon.
                 let ping = probe::Probe::Ping { dst: target.ip, size: None, dont_fragment: false };
-                let r = probe::run(lab, &first.name, &ping, Duration::from_secs(1))?;
+                let r = probe::run(lab, &first.name, &ping, sys::scaled(Duration::from_secs(1)))?;
                 ensure!(r.ok, "{}", r.detail);
                 Ok(())
             },
