@@ -323,7 +323,7 @@ pub fn run(args: &KernelsArgs, built: &Built, xtask: &Path) -> Result<bool> {
                 let rel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
                 (format!("{} (host)", rel.trim()), built.out_root.join("host"))
             }
-            Target::Image { label, .. } => (label.clone(), built.out_root.join(&asked.replace('/', "_"))),
+            Target::Image { label, .. } => (label.clone(), built.out_root.join(asked.replace('/', "_"))),
         };
         let _ = fs::remove_dir_all(&out);
         fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
