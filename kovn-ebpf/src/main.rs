@@ -132,37 +132,62 @@ fn count(idx: u32) {
     }
 }
 
+// Every observer comes twice: with the flow slots, and `*_nocas` without them for kernels before
+// 5.12. The slots need BPF_ATOMIC compare-and-swap/exchange, and Linux 5.10 refuses those
+// instructions even in code a read-only constant makes dead ("BPF_STX uses reserved fields",
+// checked before verification), so the loader picks the variant (`SLOTS` is a const generic:
+// the `_nocas` programs do not contain the instructions at all).
 macro_rules! observer {
-    ($name:ident, $hook:expr) => {
+    ($name:ident, $nocas:ident, $hook:expr) => {
         #[classifier]
         pub fn $name(ctx: TcContext) -> i32 {
-            let _ = try_observe(&ctx, $hook);
+            let _ = try_observe::<true>(&ctx, $hook);
+            TC_ACT_UNSPEC
+        }
+        #[classifier]
+        pub fn $nocas(ctx: TcContext) -> i32 {
+            let _ = try_observe::<false>(&ctx, $hook);
             TC_ACT_UNSPEC
         }
     };
 }
 
-observer!(kovn_pod_ingress, HOOK_INGRESS | (KIND_POD << HOOK_KIND_SHIFT));
-observer!(kovn_pod_egress, HOOK_EGRESS | (KIND_POD << HOOK_KIND_SHIFT));
-observer!(kovn_host_ingress, HOOK_INGRESS | (KIND_HOST << HOOK_KIND_SHIFT));
-observer!(kovn_host_egress, HOOK_EGRESS | (KIND_HOST << HOOK_KIND_SHIFT));
+observer!(kovn_pod_ingress, kovn_pod_ingress_nocas, HOOK_INGRESS | (KIND_POD << HOOK_KIND_SHIFT));
+observer!(kovn_pod_egress, kovn_pod_egress_nocas, HOOK_EGRESS | (KIND_POD << HOOK_KIND_SHIFT));
+observer!(kovn_host_ingress, kovn_host_ingress_nocas, HOOK_INGRESS | (KIND_HOST << HOOK_KIND_SHIFT));
+observer!(kovn_host_egress, kovn_host_egress_nocas, HOOK_EGRESS | (KIND_HOST << HOOK_KIND_SHIFT));
 
 macro_rules! underlay_observer {
-    ($name:ident, $hook:expr, $egress:expr) => {
+    ($name:ident, $nocas:ident, $hook:expr, $egress:expr) => {
         #[classifier]
         pub fn $name(ctx: TcContext) -> i32 {
-            let _ = try_observe_underlay(&ctx, $hook, $egress);
+            let _ = try_observe_underlay::<true>(&ctx, $hook, $egress);
+            TC_ACT_UNSPEC
+        }
+        #[classifier]
+        pub fn $nocas(ctx: TcContext) -> i32 {
+            let _ = try_observe_underlay::<false>(&ctx, $hook, $egress);
             TC_ACT_UNSPEC
         }
     };
 }
 
 // The node's NIC: Geneve/VXLAN packets are opened and counted as the pod flow they carry.
-underlay_observer!(kovn_underlay_ingress, HOOK_INGRESS | (KIND_UNDERLAY << HOOK_KIND_SHIFT), false);
-underlay_observer!(kovn_underlay_egress, HOOK_EGRESS | (KIND_UNDERLAY << HOOK_KIND_SHIFT), true);
+underlay_observer!(
+    kovn_underlay_ingress,
+    kovn_underlay_ingress_nocas,
+    HOOK_INGRESS | (KIND_UNDERLAY << HOOK_KIND_SHIFT),
+    false
+);
+underlay_observer!(
+    kovn_underlay_egress,
+    kovn_underlay_egress_nocas,
+    HOOK_EGRESS | (KIND_UNDERLAY << HOOK_KIND_SHIFT),
+    true
+);
 
 #[inline(always)]
-fn try_observe_underlay(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), ()> {
+fn try_observe_underlay<const SLOTS: bool>(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), ()> {
     let w = work().ok_or(())?;
     parse::ensure_linear(ctx, parse::PULL_LEN_UNDERLAY);
     let rc = parse::parse_underlay(ctx, egress, w);
@@ -181,15 +206,20 @@ fn try_observe_underlay(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), (
     } else {
         0
     };
-    record(w, ifindex, hook, tunnel, over);
+    record::<SLOTS>(w, ifindex, hook, tunnel, over);
     Ok(())
 }
 
 macro_rules! tunnel_observer {
-    ($name:ident, $hook:expr, $egress:expr) => {
+    ($name:ident, $nocas:ident, $hook:expr, $egress:expr) => {
         #[classifier]
         pub fn $name(ctx: TcContext) -> i32 {
-            let _ = try_observe_tunnel(&ctx, $hook, $egress);
+            let _ = try_observe_tunnel::<true>(&ctx, $hook, $egress);
+            TC_ACT_UNSPEC
+        }
+        #[classifier]
+        pub fn $nocas(ctx: TcContext) -> i32 {
+            let _ = try_observe_tunnel::<false>(&ctx, $hook, $egress);
             TC_ACT_UNSPEC
         }
     };
@@ -197,11 +227,21 @@ macro_rules! tunnel_observer {
 
 // The tunnel device of OVS's kernel datapath (`genev_sys_6081`, `vxlan_sys_4789`): the frame is
 // the inner one, the tunnel key says which node is at the other end.
-tunnel_observer!(kovn_tunnel_ingress, HOOK_INGRESS | (KIND_TUNNEL << HOOK_KIND_SHIFT), false);
-tunnel_observer!(kovn_tunnel_egress, HOOK_EGRESS | (KIND_TUNNEL << HOOK_KIND_SHIFT), true);
+tunnel_observer!(
+    kovn_tunnel_ingress,
+    kovn_tunnel_ingress_nocas,
+    HOOK_INGRESS | (KIND_TUNNEL << HOOK_KIND_SHIFT),
+    false
+);
+tunnel_observer!(
+    kovn_tunnel_egress,
+    kovn_tunnel_egress_nocas,
+    HOOK_EGRESS | (KIND_TUNNEL << HOOK_KIND_SHIFT),
+    true
+);
 
 #[inline(always)]
-fn try_observe_tunnel(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), ()> {
+fn try_observe_tunnel<const SLOTS: bool>(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), ()> {
     let w = work().ok_or(())?;
     parse::ensure_linear(ctx, parse::PULL_LEN);
     let rc = parse::parse_frame(ctx, 0, w);
@@ -218,7 +258,7 @@ fn try_observe_tunnel(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), ()>
     };
     // No MTU check here: these devices have a 65000-byte MTU in OVS; what must fit is judged on
     // the pod veth (overlay MTU) and on the underlay NIC (the outer packet).
-    record(w, parse::ifindex(ctx), hook, tunnel, 0);
+    record::<SLOTS>(w, parse::ifindex(ctx), hook, tunnel, 0);
     Ok(())
 }
 
@@ -230,7 +270,7 @@ pub fn kovn_noop(_ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn try_observe(ctx: &TcContext, hook: u8) -> Result<(), ()> {
+fn try_observe<const SLOTS: bool>(ctx: &TcContext, hook: u8) -> Result<(), ()> {
     let w = work().ok_or(())?;
     parse::ensure_linear(ctx, parse::PULL_LEN);
     let rc = parse::parse_frame(ctx, 0, w);
@@ -240,7 +280,7 @@ fn try_observe(ctx: &TcContext, hook: u8) -> Result<(), ()> {
     }
     let ifindex = parse::ifindex(ctx);
     let over = if w.pkt.no_frag { oversized(ctx, &w.pkt, ifindex, w.pkt.l3_len) } else { 0 };
-    record(w, ifindex, hook, false, over);
+    record::<SLOTS>(w, ifindex, hook, false, over);
     if w.pkt.too_big.is_some() {
         record_too_big(w);
     }
@@ -324,11 +364,11 @@ fn record_too_big(w: &mut Work) {
 /// Updates (or creates) the packet's flow record. A BPF-to-BPF call: reached with one verifier
 /// state whatever way the parser took (see `parse::Work`).
 #[inline(never)]
-fn record(w: &mut Work, ifindex: u32, hook: u8, tunnel: bool, oversize: u32) {
+fn record<const SLOTS: bool>(w: &mut Work, ifindex: u32, hook: u8, tunnel: bool, oversize: u32) {
     let p = &w.pkt;
     let (key, sender) = FlowKey::canonical(p.src, p.dst, p.sport, p.dport, p.proto);
     let now = activity_now();
-    let Some(stats) = flow_record(w, &key, sender, now) else { return };
+    let Some(stats) = flow_record::<SLOTS>(w, &key, sender, now) else { return };
     let pkt = &w.pkt;
     // SAFETY: a pointer into a slot or a preallocated hash map value, valid for this run.
     // Concurrent writers are other CPUs on the same flow: counters use atomic adds, the rest
@@ -387,13 +427,18 @@ fn existing_record(key: &FlowKey) -> (Option<*mut FlowStats>, *mut FlowSlot) {
 /// The flow's record: its slot, its `FLOWS` entry, or a new one (in the free slot of its key,
 /// else in `FLOWS`). None when it cannot be recorded (counted).
 #[inline(always)]
-fn flow_record(w: &mut Work, key: &FlowKey, sender: u8, now: u64) -> Option<*mut FlowStats> {
+fn flow_record<const SLOTS: bool>(
+    w: &mut Work,
+    key: &FlowKey,
+    sender: u8,
+    now: u64,
+) -> Option<*mut FlowStats> {
     let (found, slot) = existing_record(key);
     if found.is_some() {
         return found;
     }
     // A new flow (or one another CPU is creating right now).
-    if !slot.is_null() {
+    if SLOTS && !slot.is_null() {
         // SAFETY: as above.
         match unsafe { claim_slot(slot, key, w, sender, now) } {
             Claim::Mine(s) => return Some(s),

@@ -49,6 +49,28 @@ pub const ALL_PROGRAMS: [&str; 8] = [
     "kovn_tunnel_egress",
 ];
 
+/// The same programs without the flow slots (no BPF_ATOMIC compare-and-swap instructions), in
+/// the order of [`ALL_PROGRAMS`]: what kernels before 5.12 load (see kovn-ebpf's `observer!`).
+pub const ALL_PROGRAMS_NOCAS: [&str; 8] = [
+    "kovn_pod_ingress_nocas",
+    "kovn_pod_egress_nocas",
+    "kovn_host_ingress_nocas",
+    "kovn_host_egress_nocas",
+    "kovn_underlay_ingress_nocas",
+    "kovn_underlay_egress_nocas",
+    "kovn_tunnel_ingress_nocas",
+    "kovn_tunnel_egress_nocas",
+];
+
+/// The object's program that plays `name` (one of [`ALL_PROGRAMS`]) for the layout: itself with
+/// the flow slots, its `_nocas` twin without. Other names are returned as they are.
+pub fn program_variant(name: &'static str, slots: bool) -> &'static str {
+    match ALL_PROGRAMS.iter().position(|&p| p == name) {
+        Some(i) if !slots => ALL_PROGRAMS_NOCAS[i],
+        _ => name,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error("loading the eBPF object failed: {0}")]
@@ -322,7 +344,9 @@ impl Capture {
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
         let mut unavailable = BTreeMap::new();
-        for name in ALL_PROGRAMS {
+        let slots_on = globals.slots_mask != 0;
+        for logical in ALL_PROGRAMS {
+            let name = program_variant(logical, slots_on);
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(CaptureError::MissingProgram(name))?
@@ -333,7 +357,7 @@ impl Capture {
                 Err(source) if !program_required(name) => {
                     let why = load_failure_summary(&source);
                     log::warn!("eBPF program {name} skipped: the kernel refused it ({why})");
-                    unavailable.insert(name, why);
+                    unavailable.insert(logical, why);
                 }
                 Err(source) => return Err(CaptureError::Program { name, source }),
             }
@@ -423,11 +447,23 @@ impl Capture {
     pub fn programs(&self) -> Vec<LoadedProgram> {
         ALL_PROGRAMS
             .iter()
-            .filter_map(|&name| {
+            .filter_map(|&logical| {
+                let name = program_variant(logical, self.slots.is_some());
                 let prog: &SchedClassifier = self.ebpf.program(name)?.try_into().ok()?;
                 Some(LoadedProgram { name, id: prog.info().ok()?.id() })
             })
             .collect()
+    }
+
+    /// A loaded program's run time and run count from the kernel's BPF statistics (zero unless
+    /// `kernel.bpf_stats_enabled` is 1); None when the program is not loaded.
+    pub fn program_run_stats(&self, name: &str) -> Option<(std::time::Duration, u64)> {
+        let info = match self.ebpf.program(name)? {
+            aya::programs::Program::SchedClassifier(p) => p.info().ok()?,
+            aya::programs::Program::BtfTracePoint(p) => p.info().ok()?,
+            _ => return None,
+        };
+        Some((info.run_time(), info.run_count()))
     }
 
     /// Loads a program of the object that the daemon does not use (the benchmarks' baseline
@@ -437,7 +473,9 @@ impl Capture {
     }
 
     /// Direct access to a loaded program (the BPF_PROG_TEST_RUN tests and benchmarks use it).
+    /// A classifier of [`ALL_PROGRAMS`] is the variant loaded for this layout (`_nocas` without slots).
     pub fn program_mut(&mut self, name: &'static str) -> Result<&mut SchedClassifier, CaptureError> {
+        let name = program_variant(name, self.slots.is_some());
         self.ebpf
             .program_mut(name)
             .ok_or(CaptureError::MissingProgram(name))?
@@ -832,7 +870,8 @@ pub fn check(table_size: u32) -> Result<CheckReport, CaptureError> {
         }
         c
     };
-    for name in ALL_PROGRAMS.into_iter().chain(["kovn_noop"]) {
+    for logical in ALL_PROGRAMS.into_iter().chain(["kovn_noop"]) {
+        let name = program_variant(logical, globals.slots_mask != 0);
         let started = std::time::Instant::now();
         let r = (|| {
             let prog: &mut SchedClassifier =
