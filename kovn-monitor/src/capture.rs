@@ -967,7 +967,7 @@ impl CheckReport {
         );
         let _ = writeln!(
             out,
-            "{:<24} {:<10} {:<8} {:<6} {:>14} {:>7} {:>9}",
+            "{:<28} {:<10} {:<8} {:<6} {:>14} {:>7} {:>9}",
             "PROGRAM", "KIND", "REQUIRED", "LOADED", "VERIFIED_INSNS", "%LIMIT", "LOAD_MS"
         );
         for p in &self.programs {
@@ -980,7 +980,7 @@ impl CheckReport {
             };
             let _ = writeln!(
                 out,
-                "{:<24} {:<10} {:<8} {:<6} {:>14} {:>7} {:>9.0}",
+                "{:<28} {:<10} {:<8} {:<6} {:>14} {:>7} {:>9.0}",
                 p.name,
                 p.kind,
                 yn(p.required),
