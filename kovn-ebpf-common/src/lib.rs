@@ -229,6 +229,42 @@ pub struct FlowStats {
     pub mtu: MtuInfo,
 }
 
+/// One slot of the direct-mapped flow table (`FLOW_SLOTS`, a `BPF_F_MMAPABLE` array): the flow's
+/// full key, the slot's state and the flow's record. A flow lives in the slot its key hashes to
+/// ([`slot_index`]) or, when that slot holds another flow, in the `FLOWS` hash map, for its whole
+/// life: every counter has exactly one place, which userspace reads (merged by key) and frees.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    pub key: FlowKey,
+    /// `SLOT_FREE`, `SLOT_BUSY` (being filled by a program or freed by userspace) or
+    /// `SLOT_LIVE`. Changed only with compare-and-swap / exchange (Linux >= 5.12).
+    pub state: u64,
+    pub stats: FlowStats,
+}
+
+pub const SLOT_FREE: u64 = 0;
+pub const SLOT_BUSY: u64 = 1;
+pub const SLOT_LIVE: u64 = 2;
+
+/// The slot of `key` in a table of `mask + 1` slots (a power of two). A multiply-xorshift over
+/// the key's five 64-bit words: a few cycles in the program, the same result in userspace.
+#[inline(always)]
+pub fn slot_index(key: &FlowKey, mask: u32) -> u32 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let w = |a: u32, b: u32| u64::from(a) | (u64::from(b) << 32);
+    let mut h = w(key.addr_a[0], key.addr_a[1]).wrapping_mul(K);
+    h = (h ^ w(key.addr_a[2], key.addr_a[3])).wrapping_mul(K);
+    h = (h ^ w(key.addr_b[0], key.addr_b[1])).wrapping_mul(K);
+    h = (h ^ w(key.addr_b[2], key.addr_b[3])).wrapping_mul(K);
+    h = (h ^ w(u32::from(key.port_a) | (u32::from(key.port_b) << 16), u32::from(key.proto))).wrapping_mul(K);
+    ((h >> 32) as u32 ^ h as u32) & mask
+}
+
+const _: () = assert!(core::mem::size_of::<FlowSlot>() == 272 && core::mem::align_of::<FlowSlot>() == 8);
+const _: () =
+    assert!(core::mem::offset_of!(FlowSlot, state) == 40 && core::mem::offset_of!(FlowSlot, stats) == 48);
+
 /// `PATH_MTU_MIN[0]`: the smallest path MTU of the watched interfaces (0: no check). Packets
 /// not larger than it skip the per-interface lookup in `IFACE_MTU` (ifindex -> path MTU).
 pub const PATH_MTU_MIN_IDX: u32 = 0;
@@ -243,7 +279,10 @@ pub const CNT_OBS_OVERFLOW: u32 = 5;
 pub const CNT_PULL_FAILED: u32 = 6;
 /// A UDP packet to the Geneve/VXLAN port whose tunnel header is not one kovn can decode.
 pub const CNT_TUNNEL_BAD: u32 = 7;
-pub const CNT_MAX: u32 = 8;
+/// A new flow's slot stayed busy (another CPU filling it, or userspace freeing it) past the
+/// bounded wait: the packet is not recorded, rather than recorded in a second place.
+pub const CNT_SLOT_BUSY: u32 = 8;
+pub const CNT_MAX: u32 = 9;
 
 /// Names of the counters above, for logs and metrics (index = counter).
 pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
@@ -255,6 +294,7 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
     "obs_overflow",
     "pull_failed",
     "tunnel_bad",
+    "slot_busy",
 ];
 
 #[cfg(feature = "user")]
@@ -265,6 +305,7 @@ mod user {
     unsafe impl aya::Pod for super::ObsPoint {}
     unsafe impl aya::Pod for super::TunnelInfo {}
     unsafe impl aya::Pod for super::MtuInfo {}
+    unsafe impl aya::Pod for super::FlowSlot {}
 }
 
 #[cfg(test)]

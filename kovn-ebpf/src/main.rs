@@ -13,6 +13,9 @@
 // not offered; the intrinsic lowers to BPF_ATOMIC | BPF_ADD (XADD), which every kernel with
 // eBPF supports when the result is unused.
 #![feature(core_intrinsics)]
+// Compare-and-swap and exchange are written as BPF assembly: rustc's LLVM emits the atomic
+// instructions' bitcode in a form the bpf-linker's LLVM refuses ("Invalid record").
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 // aya's #[classifier] expands to `pub extern "C" fn(ctx: *mut __sk_buff)`, which this lint
 // flags; the kernel is the only caller and always passes a valid context.
@@ -30,10 +33,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use kovn_ebpf_common::{
-    CNT_MAP_FULL, CNT_MAX, CNT_OBS_OVERFLOW, DIR_FWD, DIR_REV, FLOW_F_FRAGMENT, FLOW_F_INITIATOR_GUESSED,
-    FlowKey, FlowStats, HOOK_EGRESS, HOOK_INGRESS, HOOK_KIND_SHIFT, KIND_HOST, KIND_POD, KIND_TUNNEL,
-    KIND_UNDERLAY, MAX_OBS, ObsPoint, RR_ECHO, RR_NONE, RR_SCTP, RR_TCP, RR_UDP, SIDE_A, SIDE_B, TUN_DEVICE,
-    TUN_NONE,
+    CNT_MAP_FULL, CNT_MAX, CNT_OBS_OVERFLOW, CNT_SLOT_BUSY, DIR_FWD, DIR_REV, FLOW_F_FRAGMENT,
+    FLOW_F_INITIATOR_GUESSED, FlowKey, FlowSlot, FlowStats, HOOK_EGRESS, HOOK_INGRESS, HOOK_KIND_SHIFT,
+    KIND_HOST, KIND_POD, KIND_TUNNEL, KIND_UNDERLAY, MAX_OBS, ObsPoint, RR_ECHO, RR_NONE, RR_SCTP, RR_TCP,
+    RR_UDP, SIDE_A, SIDE_B, SLOT_BUSY, SLOT_FREE, SLOT_LIVE, TUN_DEVICE, TUN_NONE,
 };
 use parse::{Packet, Signal, Tunnel, Work};
 
@@ -49,6 +52,23 @@ const BPF_NOEXIST: u64 = 1;
 /// flows itself.
 #[map]
 static FLOWS: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(65536, 0);
+
+/// The direct-mapped flow table: most flows live here, found by one array index computed from
+/// their key (the verifier inlines the array lookup: no helper call, no hash-bucket walk), the
+/// full key compared. A flow whose slot holds another flow lives in `FLOWS` for its whole life.
+/// Sized by the loader (a power of two); `BPF_F_MMAPABLE` so userspace reads it without a
+/// syscall per entry.
+#[map]
+static FLOW_SLOTS: Array<FlowSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// `BPF_F_MMAPABLE` (Linux >= 5.5).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Slot count minus one, set by the loader; 0 turns the slot table off (every flow in `FLOWS`):
+/// on kernels without BPF_ATOMIC compare-and-swap (Linux < 5.12; the verifier then never sees
+/// the instruction) and for the benchmarks' hash-only variant.
+#[unsafe(no_mangle)]
+static FLOW_SLOTS_MASK: u32 = 0;
 
 /// The path MTU of each watched interface (ifindex -> bytes), written by the loader: the
 /// interface MTU, or for pod veths the overlay's (underlay MTU minus the tunnel overhead).
@@ -112,37 +132,62 @@ fn count(idx: u32) {
     }
 }
 
+// Every observer comes twice: with the flow slots, and `*_nocas` without them for kernels before
+// 5.12. The slots need BPF_ATOMIC compare-and-swap/exchange, and Linux 5.10 refuses those
+// instructions even in code a read-only constant makes dead ("BPF_STX uses reserved fields",
+// checked before verification), so the loader picks the variant (`SLOTS` is a const generic:
+// the `_nocas` programs do not contain the instructions at all).
 macro_rules! observer {
-    ($name:ident, $hook:expr) => {
+    ($name:ident, $nocas:ident, $hook:expr) => {
         #[classifier]
         pub fn $name(ctx: TcContext) -> i32 {
-            let _ = try_observe(&ctx, $hook);
+            let _ = try_observe::<true>(&ctx, $hook);
+            TC_ACT_UNSPEC
+        }
+        #[classifier]
+        pub fn $nocas(ctx: TcContext) -> i32 {
+            let _ = try_observe::<false>(&ctx, $hook);
             TC_ACT_UNSPEC
         }
     };
 }
 
-observer!(kovn_pod_ingress, HOOK_INGRESS | (KIND_POD << HOOK_KIND_SHIFT));
-observer!(kovn_pod_egress, HOOK_EGRESS | (KIND_POD << HOOK_KIND_SHIFT));
-observer!(kovn_host_ingress, HOOK_INGRESS | (KIND_HOST << HOOK_KIND_SHIFT));
-observer!(kovn_host_egress, HOOK_EGRESS | (KIND_HOST << HOOK_KIND_SHIFT));
+observer!(kovn_pod_ingress, kovn_pod_ingress_nocas, HOOK_INGRESS | (KIND_POD << HOOK_KIND_SHIFT));
+observer!(kovn_pod_egress, kovn_pod_egress_nocas, HOOK_EGRESS | (KIND_POD << HOOK_KIND_SHIFT));
+observer!(kovn_host_ingress, kovn_host_ingress_nocas, HOOK_INGRESS | (KIND_HOST << HOOK_KIND_SHIFT));
+observer!(kovn_host_egress, kovn_host_egress_nocas, HOOK_EGRESS | (KIND_HOST << HOOK_KIND_SHIFT));
 
 macro_rules! underlay_observer {
-    ($name:ident, $hook:expr, $egress:expr) => {
+    ($name:ident, $nocas:ident, $hook:expr, $egress:expr) => {
         #[classifier]
         pub fn $name(ctx: TcContext) -> i32 {
-            let _ = try_observe_underlay(&ctx, $hook, $egress);
+            let _ = try_observe_underlay::<true>(&ctx, $hook, $egress);
+            TC_ACT_UNSPEC
+        }
+        #[classifier]
+        pub fn $nocas(ctx: TcContext) -> i32 {
+            let _ = try_observe_underlay::<false>(&ctx, $hook, $egress);
             TC_ACT_UNSPEC
         }
     };
 }
 
 // The node's NIC: Geneve/VXLAN packets are opened and counted as the pod flow they carry.
-underlay_observer!(kovn_underlay_ingress, HOOK_INGRESS | (KIND_UNDERLAY << HOOK_KIND_SHIFT), false);
-underlay_observer!(kovn_underlay_egress, HOOK_EGRESS | (KIND_UNDERLAY << HOOK_KIND_SHIFT), true);
+underlay_observer!(
+    kovn_underlay_ingress,
+    kovn_underlay_ingress_nocas,
+    HOOK_INGRESS | (KIND_UNDERLAY << HOOK_KIND_SHIFT),
+    false
+);
+underlay_observer!(
+    kovn_underlay_egress,
+    kovn_underlay_egress_nocas,
+    HOOK_EGRESS | (KIND_UNDERLAY << HOOK_KIND_SHIFT),
+    true
+);
 
 #[inline(always)]
-fn try_observe_underlay(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), ()> {
+fn try_observe_underlay<const SLOTS: bool>(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), ()> {
     let w = work().ok_or(())?;
     parse::ensure_linear(ctx, parse::PULL_LEN_UNDERLAY);
     let rc = parse::parse_underlay(ctx, egress, w);
@@ -161,15 +206,20 @@ fn try_observe_underlay(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), (
     } else {
         0
     };
-    record(w, ifindex, hook, tunnel, over);
+    record::<SLOTS>(w, ifindex, hook, tunnel, over);
     Ok(())
 }
 
 macro_rules! tunnel_observer {
-    ($name:ident, $hook:expr, $egress:expr) => {
+    ($name:ident, $nocas:ident, $hook:expr, $egress:expr) => {
         #[classifier]
         pub fn $name(ctx: TcContext) -> i32 {
-            let _ = try_observe_tunnel(&ctx, $hook, $egress);
+            let _ = try_observe_tunnel::<true>(&ctx, $hook, $egress);
+            TC_ACT_UNSPEC
+        }
+        #[classifier]
+        pub fn $nocas(ctx: TcContext) -> i32 {
+            let _ = try_observe_tunnel::<false>(&ctx, $hook, $egress);
             TC_ACT_UNSPEC
         }
     };
@@ -177,11 +227,21 @@ macro_rules! tunnel_observer {
 
 // The tunnel device of OVS's kernel datapath (`genev_sys_6081`, `vxlan_sys_4789`): the frame is
 // the inner one, the tunnel key says which node is at the other end.
-tunnel_observer!(kovn_tunnel_ingress, HOOK_INGRESS | (KIND_TUNNEL << HOOK_KIND_SHIFT), false);
-tunnel_observer!(kovn_tunnel_egress, HOOK_EGRESS | (KIND_TUNNEL << HOOK_KIND_SHIFT), true);
+tunnel_observer!(
+    kovn_tunnel_ingress,
+    kovn_tunnel_ingress_nocas,
+    HOOK_INGRESS | (KIND_TUNNEL << HOOK_KIND_SHIFT),
+    false
+);
+tunnel_observer!(
+    kovn_tunnel_egress,
+    kovn_tunnel_egress_nocas,
+    HOOK_EGRESS | (KIND_TUNNEL << HOOK_KIND_SHIFT),
+    true
+);
 
 #[inline(always)]
-fn try_observe_tunnel(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), ()> {
+fn try_observe_tunnel<const SLOTS: bool>(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), ()> {
     let w = work().ok_or(())?;
     parse::ensure_linear(ctx, parse::PULL_LEN);
     let rc = parse::parse_frame(ctx, 0, w);
@@ -198,7 +258,7 @@ fn try_observe_tunnel(ctx: &TcContext, hook: u8, egress: bool) -> Result<(), ()>
     };
     // No MTU check here: these devices have a 65000-byte MTU in OVS; what must fit is judged on
     // the pod veth (overlay MTU) and on the underlay NIC (the outer packet).
-    record(w, parse::ifindex(ctx), hook, tunnel, 0);
+    record::<SLOTS>(w, parse::ifindex(ctx), hook, tunnel, 0);
     Ok(())
 }
 
@@ -210,7 +270,7 @@ pub fn kovn_noop(_ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn try_observe(ctx: &TcContext, hook: u8) -> Result<(), ()> {
+fn try_observe<const SLOTS: bool>(ctx: &TcContext, hook: u8) -> Result<(), ()> {
     let w = work().ok_or(())?;
     parse::ensure_linear(ctx, parse::PULL_LEN);
     let rc = parse::parse_frame(ctx, 0, w);
@@ -220,7 +280,7 @@ fn try_observe(ctx: &TcContext, hook: u8) -> Result<(), ()> {
     }
     let ifindex = parse::ifindex(ctx);
     let over = if w.pkt.no_frag { oversized(ctx, &w.pkt, ifindex, w.pkt.l3_len) } else { 0 };
-    record(w, ifindex, hook, false, over);
+    record::<SLOTS>(w, ifindex, hook, false, over);
     if w.pkt.too_big.is_some() {
         record_too_big(w);
     }
@@ -293,7 +353,7 @@ fn oversized(ctx: &TcContext, pkt: &Packet, ifindex: u32, l3_len: u32) -> u32 {
 fn record_too_big(w: &mut Work) {
     let Some(tb) = &w.pkt.too_big else { return };
     let (key, _) = FlowKey::canonical(tb.src, tb.dst, tb.sport, tb.dport, tb.proto);
-    if let Some(s) = FLOWS.get_ptr_mut(&key) {
+    if let (Some(s), _) = existing_record(&key) {
         // SAFETY: a pointer into a preallocated map value; rare packets, plain stores.
         let m = unsafe { &mut (*s).mtu };
         m.too_big_msgs += 1;
@@ -304,45 +364,13 @@ fn record_too_big(w: &mut Work) {
 /// Updates (or creates) the packet's flow record. A BPF-to-BPF call: reached with one verifier
 /// state whatever way the parser took (see `parse::Work`).
 #[inline(never)]
-fn record(w: &mut Work, ifindex: u32, hook: u8, tunnel: bool, oversize: u32) {
-    let pkt = &w.pkt;
-    let (key, sender) = FlowKey::canonical(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto);
+fn record<const SLOTS: bool>(w: &mut Work, ifindex: u32, hook: u8, tunnel: bool, oversize: u32) {
+    let p = &w.pkt;
+    let (key, sender) = FlowKey::canonical(p.src, p.dst, p.sport, p.dport, p.proto);
     let now = activity_now();
-    let stats = match FLOWS.get_ptr_mut(&key) {
-        Some(s) => s,
-        None => {
-            let (initiator, guessed) = initiator_of(pkt, sender);
-            let mut flags = 0;
-            if guessed {
-                flags |= FLOW_F_INITIATOR_GUESSED;
-            }
-            if pkt.fragment {
-                flags |= FLOW_F_FRAGMENT;
-            }
-            // The new record is built in this CPU's work area.
-            let fresh = &mut w.fresh;
-            // SAFETY: FlowStats is plain old data; all zeros is its empty value.
-            unsafe { core::ptr::write_bytes(fresh as *mut FlowStats, 0, 1) };
-            fresh.first_seen_ns = now;
-            fresh.initiator = initiator;
-            fresh.rr_kind = if pkt.fragment { RR_NONE } else { rr_kind(pkt.proto) };
-            fresh.flags = flags;
-            // Another CPU may have created it meanwhile (EEXIST): fine, use theirs.
-            if FLOWS.insert(&key, fresh, BPF_NOEXIST).is_err() && FLOWS.get_ptr(&key).is_none() {
-                count(CNT_MAP_FULL);
-                return;
-            }
-            match FLOWS.get_ptr_mut(&key) {
-                Some(s) => s,
-                None => {
-                    // Deleted by userspace expiry between insert and lookup: not worth a retry.
-                    count(CNT_MAP_FULL);
-                    return;
-                }
-            }
-        }
-    };
-    // SAFETY: a pointer into a preallocated hash map value, valid for this program run.
+    let Some(stats) = flow_record::<SLOTS>(w, &key, sender, now) else { return };
+    let pkt = &w.pkt;
+    // SAFETY: a pointer into a slot or a preallocated hash map value, valid for this run.
     // Concurrent writers are other CPUs on the same flow: counters use atomic adds, the rest
     // are single stores whose races are benign (a timestamp or a flag bit seen a packet late).
     let s = unsafe { &mut *stats };
@@ -371,6 +399,175 @@ fn record(w: &mut Work, ifindex: u32, hook: u8, tunnel: bool, oversize: u32) {
     if pkt.signal != Signal::None || s.rr_kind == RR_UDP {
         request_reply(s, pkt, dir);
     }
+}
+
+/// The record of an existing flow (its slot, else its `FLOWS` entry), and the slot its key maps
+/// to (null when the slot table is off).
+#[inline(always)]
+fn existing_record(key: &FlowKey) -> (Option<*mut FlowStats>, *mut FlowSlot) {
+    // SAFETY: a read-only global.
+    let mask = unsafe { core::ptr::read_volatile(&FLOW_SLOTS_MASK) };
+    let mut slot: *mut FlowSlot = core::ptr::null_mut();
+    if mask != 0
+        && let Some(p) = FLOW_SLOTS.get_ptr_mut(kovn_ebpf_common::slot_index(key, mask))
+    {
+        slot = p;
+        // SAFETY: a pointer into an array map value. A LIVE state read before the key means
+        // the key was complete when published (the exchange that published it is a full
+        // barrier).
+        unsafe {
+            if core::ptr::read_volatile(&(*p).state) == SLOT_LIVE && (*p).key == *key {
+                return (Some(&raw mut (*p).stats), slot);
+            }
+        }
+    }
+    (FLOWS.get_ptr_mut(key), slot)
+}
+
+/// The flow's record: its slot, its `FLOWS` entry, or a new one (in the free slot of its key,
+/// else in `FLOWS`). None when it cannot be recorded (counted).
+#[inline(always)]
+fn flow_record<const SLOTS: bool>(
+    w: &mut Work,
+    key: &FlowKey,
+    sender: u8,
+    now: u64,
+) -> Option<*mut FlowStats> {
+    let (found, slot) = existing_record(key);
+    if found.is_some() {
+        return found;
+    }
+    // A new flow (or one another CPU is creating right now).
+    if SLOTS && !slot.is_null() {
+        // SAFETY: as above.
+        match unsafe { claim_slot(slot, key, w, sender, now) } {
+            Claim::Mine(s) => return Some(s),
+            Claim::Busy => {
+                count(CNT_SLOT_BUSY);
+                return None;
+            }
+            Claim::Taken => {}
+        }
+    }
+    new_record(&mut w.fresh, &w.pkt, sender, now);
+    // Another CPU may have created it meanwhile (EEXIST): fine, use theirs.
+    if FLOWS.insert(key, &w.fresh, BPF_NOEXIST).is_err() && FLOWS.get_ptr(key).is_none() {
+        count(CNT_MAP_FULL);
+        return None;
+    }
+    match FLOWS.get_ptr_mut(key) {
+        Some(s) => Some(s),
+        None => {
+            // Deleted by userspace expiry between insert and lookup: not worth a retry.
+            count(CNT_MAP_FULL);
+            None
+        }
+    }
+}
+
+enum Claim {
+    /// The flow's slot (claimed here, or filled with this flow by another CPU meanwhile).
+    Mine(*mut FlowStats),
+    /// The slot holds another flow: the flow goes to `FLOWS`.
+    Taken,
+    /// Still being filled or freed after the bounded wait.
+    Busy,
+}
+
+/// How many times a program re-reads a slot another CPU is filling (a few hundred
+/// instructions at most; the filler does not block).
+const CLAIM_WAIT: u32 = 16;
+
+/// Claims a free slot for a new flow with compare-and-swap, fills it and publishes it. A CPU that
+/// loses the race waits (bounded) for the winner: if the winner filled it with this same flow,
+/// the flow is counted there, never in a second place.
+///
+/// # Safety
+/// `slot` points into `FLOW_SLOTS`.
+#[inline(always)]
+unsafe fn claim_slot(slot: *mut FlowSlot, key: &FlowKey, w: &Work, sender: u8, now: u64) -> Claim {
+    // SAFETY: the caller's; the state is an aligned u64 (layout asserted in kovn-ebpf-common).
+    unsafe {
+        let state = &raw mut (*slot).state;
+        let seen = cmpxchg(state, SLOT_FREE, SLOT_BUSY);
+        if seen == SLOT_FREE {
+            (*slot).key = *key;
+            new_record(&mut (*slot).stats, &w.pkt, sender, now);
+            // Publish: an exchange is a full barrier, the key and record are visible first.
+            xchg(state, SLOT_LIVE);
+            return Claim::Mine(&mut (*slot).stats);
+        }
+        let mut st = seen;
+        let mut i = 0;
+        while st == SLOT_BUSY && i < CLAIM_WAIT {
+            st = core::ptr::read_volatile(state);
+            i += 1;
+        }
+        if st == SLOT_BUSY {
+            Claim::Busy
+        } else if st == SLOT_LIVE && (*slot).key == *key {
+            Claim::Mine(&mut (*slot).stats)
+        } else {
+            Claim::Taken
+        }
+    }
+}
+
+/// BPF_ATOMIC | BPF_CMPXCHG (Linux >= 5.12): stores `new` at `p` if it holds `old`; returns what
+/// it held. Fully ordered.
+///
+/// # Safety
+/// `p` is an aligned u64 in map memory.
+#[inline(always)]
+unsafe fn cmpxchg(p: *mut u64, old: u64, new: u64) -> u64 {
+    let prev: u64;
+    // SAFETY: the caller's.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({p} + 0, r0, {new})",
+            p = in(reg) p,
+            new = in(reg) new,
+            inout("r0") old => prev,
+            options(nostack),
+        );
+    }
+    prev
+}
+
+/// BPF_ATOMIC | BPF_XCHG (Linux >= 5.12): stores `v` at `p`, fully ordered.
+///
+/// # Safety
+/// `p` is an aligned u64 in map memory.
+#[inline(always)]
+unsafe fn xchg(p: *mut u64, v: u64) {
+    // SAFETY: the caller's.
+    unsafe {
+        core::arch::asm!(
+            "{v} = xchg_64({p} + 0, {v})",
+            p = in(reg) p,
+            v = inout(reg) v => _,
+            options(nostack),
+        );
+    }
+}
+
+/// A new flow's record: zero counters, first seen now, the initiator judged from this packet.
+#[inline(always)]
+fn new_record(fresh: &mut FlowStats, pkt: &Packet, sender: u8, now: u64) {
+    let (initiator, guessed) = initiator_of(pkt, sender);
+    let mut flags = 0;
+    if guessed {
+        flags |= FLOW_F_INITIATOR_GUESSED;
+    }
+    if pkt.fragment {
+        flags |= FLOW_F_FRAGMENT;
+    }
+    // SAFETY: FlowStats is plain old data; all zeros is its empty value.
+    unsafe { core::ptr::write_bytes(fresh as *mut FlowStats, 0, 1) };
+    fresh.first_seen_ns = now;
+    fresh.initiator = initiator;
+    fresh.rr_kind = if pkt.fragment { RR_NONE } else { rr_kind(pkt.proto) };
+    fresh.flags = flags;
 }
 
 /// Counts the packet at its observation point and, if that point owns this direction (it was

@@ -13,7 +13,9 @@ use aya::{
     },
     util::KernelVersion,
 };
-use kovn_ebpf_common::{CNT_MAX, COUNTER_NAMES, FlowKey, FlowStats};
+use kovn_ebpf_common::{
+    CNT_MAX, COUNTER_NAMES, FlowKey, FlowSlot, FlowStats, SLOT_BUSY, SLOT_FREE, SLOT_LIVE,
+};
 
 use crate::interfaces::IfaceKind;
 
@@ -21,6 +23,7 @@ use crate::interfaces::IfaceKind;
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kovn"));
 
 pub const FLOW_MAP: &str = "FLOWS";
+pub const FLOW_SLOTS_MAP: &str = "FLOW_SLOTS";
 pub const IFACE_MTU_MAP: &str = "IFACE_MTU";
 pub const PATH_MTU_MIN_MAP: &str = "PATH_MTU_MIN";
 pub const COUNTER_MAP: &str = "COUNTERS";
@@ -46,6 +49,28 @@ pub const ALL_PROGRAMS: [&str; 8] = [
     "kovn_tunnel_egress",
 ];
 
+/// The same programs without the flow slots (no BPF_ATOMIC compare-and-swap instructions), in
+/// the order of [`ALL_PROGRAMS`]: what kernels before 5.12 load (see kovn-ebpf's `observer!`).
+pub const ALL_PROGRAMS_NOCAS: [&str; 8] = [
+    "kovn_pod_ingress_nocas",
+    "kovn_pod_egress_nocas",
+    "kovn_host_ingress_nocas",
+    "kovn_host_egress_nocas",
+    "kovn_underlay_ingress_nocas",
+    "kovn_underlay_egress_nocas",
+    "kovn_tunnel_ingress_nocas",
+    "kovn_tunnel_egress_nocas",
+];
+
+/// The object's program that plays `name` (one of [`ALL_PROGRAMS`]) for the layout: itself with
+/// the flow slots, its `_nocas` twin without. Other names are returned as they are.
+pub fn program_variant(name: &'static str, slots: bool) -> &'static str {
+    match ALL_PROGRAMS.iter().position(|&p| p == name) {
+        Some(i) if !slots => ALL_PROGRAMS_NOCAS[i],
+        _ => name,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error("loading the eBPF object failed: {0}")]
@@ -62,6 +87,8 @@ pub enum CaptureError {
     Attach { iface: String, source: ProgramError },
     #[error("not attaching to {iface}: {program} did not load on this kernel ({why})")]
     Unavailable { iface: String, program: &'static str, why: String },
+    #[error("mapping the flow slots: {0}")]
+    Mmap(std::io::Error),
     #[error("flow table size {0} out of range (1024..=16777216)")]
     TableSize(u32),
 }
@@ -91,6 +118,9 @@ pub struct Capture {
     drops: crate::drops::DropHook,
     /// Optional programs the kernel refused, with the reason (see [`program_required`]).
     unavailable: BTreeMap<&'static str, String>,
+    /// The direct-mapped slots (None: every flow in the hash map).
+    slots: Option<SlotTable>,
+    slots_mask: u32,
 }
 
 /// What the running kernel offers that the programs adapt to, passed to them as read-only
@@ -105,6 +135,9 @@ pub struct KernelFeatures {
     pub tunnel_key_local: bool,
     /// tcx attachment (Linux >= 6.6); before, clsact + cls_bpf.
     pub tcx: bool,
+    /// BPF_ATOMIC compare-and-swap and exchange (Linux >= 5.12): the direct-mapped flow slots
+    /// need them to claim a slot; without, every flow lives in the hash map (`FLOW_SLOTS_MASK` 0).
+    pub atomic_cmpxchg: bool,
 }
 
 impl KernelFeatures {
@@ -114,31 +147,172 @@ impl KernelFeatures {
         let at_least = |major, minor| {
             KernelVersion::current().map_or(true, |v| v >= KernelVersion::new(major, minor, 0))
         };
-        Self { coarse_clock: at_least(5, 11), tunnel_key_local: at_least(5, 19), tcx: at_least(6, 6) }
+        Self {
+            coarse_clock: at_least(5, 11),
+            tunnel_key_local: at_least(5, 19),
+            tcx: at_least(6, 6),
+            atomic_cmpxchg: at_least(5, 12),
+        }
     }
 }
 
-/// The loader-set constants as the byte globals the programs read.
+/// How the kernel's flow table is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum FlowTableKind {
+    /// Direct-mapped slots (the largest power of two <= the table size) with the hash map
+    /// (half the table size, at least 1,024) for flows whose slot is taken. The default where
+    /// the kernel has BPF_ATOMIC compare-and-swap (Linux >= 5.12).
+    Slots,
+    /// Every flow in the hash map (table size entries): kernels before 5.12, and the
+    /// benchmarks' comparison.
+    Hash,
+}
+
+/// The loader-set constants as the globals the programs read.
 struct Globals {
     coarse: u8,
     tunnel_key_local: u8,
+    slots_mask: u32,
 }
 
 impl Globals {
-    fn of(f: &KernelFeatures) -> Self {
-        Self { coarse: u8::from(f.coarse_clock), tunnel_key_local: u8::from(f.tunnel_key_local) }
+    fn of(f: &KernelFeatures, table_size: u32, kind: FlowTableKind) -> Self {
+        let slots = if kind == FlowTableKind::Slots && f.atomic_cmpxchg { slot_count(table_size) } else { 0 };
+        Self {
+            coarse: u8::from(f.coarse_clock),
+            tunnel_key_local: u8::from(f.tunnel_key_local),
+            slots_mask: slots.saturating_sub(1),
+        }
     }
 
     /// A loader with the maps sized and every constant set (the daemon and `check` load alike).
     fn loader(&self, table_size: u32) -> EbpfLoader<'_> {
         let mut loader = EbpfLoader::new();
+        let (hash, slots) = if self.slots_mask != 0 {
+            ((table_size / 2).max(1024), self.slots_mask + 1)
+        } else {
+            (table_size, 1)
+        };
         loader
-            .map_max_entries(FLOW_MAP, table_size)
+            .map_max_entries(FLOW_MAP, hash)
+            .map_max_entries(FLOW_SLOTS_MAP, slots)
             .map_max_entries(crate::drops::DROP_MAP, (table_size / 4).clamp(1024, 65536))
             .override_global("COARSE_CLOCK", &self.coarse, true)
-            .override_global("TUNNEL_KEY_LOCAL", &self.tunnel_key_local, true);
+            .override_global("TUNNEL_KEY_LOCAL", &self.tunnel_key_local, true)
+            .override_global("FLOW_SLOTS_MASK", &self.slots_mask, true);
         loader
     }
+}
+
+/// The slot count for a table size: the largest power of two not above it.
+pub fn slot_count(table_size: u32) -> u32 {
+    if table_size == 0 { 0 } else { 1 << (31 - table_size.leading_zeros()) }
+}
+
+/// The slot array mapped into this process (`BPF_F_MMAPABLE`): read and freed without syscalls.
+struct SlotTable {
+    ptr: *mut FlowSlot,
+    entries: usize,
+    bytes: usize,
+}
+
+// SAFETY: the mapping is owned by the SlotTable and only accessed through &self/&mut self of
+// the Capture; concurrent writers are the eBPF programs, which use atomics on `state`.
+unsafe impl Send for SlotTable {}
+unsafe impl Sync for SlotTable {}
+
+impl SlotTable {
+    fn map(ebpf: &Ebpf, entries: u32) -> Result<Self, CaptureError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let map = ebpf.map(FLOW_SLOTS_MAP).ok_or(CaptureError::MissingMap(FLOW_SLOTS_MAP))?;
+        let aya::maps::Map::Array(data) = map else { return Err(CaptureError::MissingMap(FLOW_SLOTS_MAP)) };
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let bytes = (entries as usize * std::mem::size_of::<FlowSlot>()).div_ceil(page) * page;
+        // SAFETY: mapping the array's fd shared, read-write, at offset 0, as BPF_F_MMAPABLE allows.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(CaptureError::Mmap(std::io::Error::last_os_error()));
+        }
+        Ok(Self { ptr: ptr.cast(), entries: entries as usize, bytes })
+    }
+
+    fn state(&self, i: usize) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: i < entries; `state` is an aligned u64 inside the mapping, shared with the
+        // programs, which change it only atomically.
+        unsafe { std::sync::atomic::AtomicU64::from_ptr(&raw mut (*self.ptr.add(i)).state) }
+    }
+
+    /// Slot `i` when it holds a flow.
+    fn read(&self, i: usize) -> Option<FlowSlot> {
+        use std::sync::atomic::Ordering;
+        if self.state(i).load(Ordering::Acquire) != SLOT_LIVE {
+            return None;
+        }
+        // SAFETY: inside the mapping; a LIVE slot's key does not change until this process
+        // frees it, its counters change under us (each aligned u64 is read whole).
+        Some(unsafe { std::ptr::read_volatile(self.ptr.add(i)) })
+    }
+
+    /// Frees slot `i` if it holds `key`: LIVE -> BUSY (programs then leave it alone or wait),
+    /// cleared, -> FREE.
+    fn free(&self, i: usize, key: &FlowKey) -> bool {
+        use std::sync::atomic::Ordering;
+        let st = self.state(i);
+        // SAFETY: inside the mapping; the key of a LIVE slot is stable (see read).
+        if st.load(Ordering::Acquire) != SLOT_LIVE || unsafe { (*self.ptr.add(i)).key } != *key {
+            return false;
+        }
+        if st.compare_exchange(SLOT_LIVE, SLOT_BUSY, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return false;
+        }
+        // SAFETY: BUSY: no program writes the key or starts a new record here until FREE.
+        unsafe {
+            std::ptr::write_volatile(&raw mut (*self.ptr.add(i)).key, FlowKey::default());
+            std::ptr::write_volatile(&raw mut (*self.ptr.add(i)).stats, FlowStats::default());
+        }
+        st.store(SLOT_FREE, Ordering::Release);
+        true
+    }
+}
+
+impl Drop for SlotTable {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
+    }
+}
+
+/// The kernel's flow table as stored: flows in their slots (with the slot index) and flows in
+/// the hash map (collisions, or every flow without slots).
+#[derive(Clone, Debug, Default)]
+pub struct FlowTableContents {
+    pub slots: Vec<(u32, FlowKey, FlowStats)>,
+    pub hash: Vec<(FlowKey, FlowStats)>,
+}
+
+/// Adds `b`'s counts to `a` (the same flow found in a slot and in the hash map, which only a
+/// slot freed and reclaimed in the same instant can cause).
+pub fn merge_flow(a: &mut FlowStats, b: &FlowStats) {
+    for d in 0..2 {
+        a.packets[d] += b.packets[d];
+        a.bytes[d] += b.bytes[d];
+        a.rst[d] += b.rst[d];
+        a.tcp_flags[d] |= b.tcp_flags[d];
+    }
+    a.requests += b.requests;
+    a.replies += b.replies;
+    a.first_seen_ns = a.first_seen_ns.min(b.first_seen_ns);
+    a.last_seen_ns = a.last_seen_ns.max(b.last_seen_ns);
 }
 
 /// Whether the daemon can run without a program: the pod classifiers are what kovn is for; the
@@ -153,10 +327,15 @@ impl Capture {
     /// classifier the kernel refuses is skipped (one log line, [`Capture::hooks_unavailable`]);
     /// a pod classifier that does not load is an error.
     pub fn load(table_size: u32) -> Result<Self, CaptureError> {
+        Self::load_with(table_size, FlowTableKind::Slots)
+    }
+
+    /// [`Capture::load`] with a chosen flow-table layout (the benchmarks compare both).
+    pub fn load_with(table_size: u32, kind: FlowTableKind) -> Result<Self, CaptureError> {
         if !(1024..=16_777_216).contains(&table_size) {
             return Err(CaptureError::TableSize(table_size));
         }
-        let globals = Globals::of(&KernelFeatures::current());
+        let globals = Globals::of(&KernelFeatures::current(), table_size, kind);
         // Drops (kfree_skb): offsets and names from the kernel's BTF, or why not (logged once).
         let drop_cfg = crate::drops::DropConfig::resolve();
         let mut loader = globals.loader(table_size);
@@ -165,7 +344,9 @@ impl Capture {
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
         let mut unavailable = BTreeMap::new();
-        for name in ALL_PROGRAMS {
+        let slots_on = globals.slots_mask != 0;
+        for logical in ALL_PROGRAMS {
+            let name = program_variant(logical, slots_on);
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(CaptureError::MissingProgram(name))?
@@ -176,12 +357,16 @@ impl Capture {
                 Err(source) if !program_required(name) => {
                     let why = load_failure_summary(&source);
                     log::warn!("eBPF program {name} skipped: the kernel refused it ({why})");
-                    unavailable.insert(name, why);
+                    unavailable.insert(logical, why);
                 }
                 Err(source) => return Err(CaptureError::Program { name, source }),
             }
         }
         let drops = crate::drops::DropHook::start(&mut ebpf, drop_cfg);
+        let slots = match globals.slots_mask {
+            0 => None,
+            m => Some(SlotTable::map(&ebpf, m + 1)?),
+        };
         Ok(Self {
             ebpf,
             attached: BTreeMap::new(),
@@ -189,7 +374,43 @@ impl Capture {
             table_size,
             drops,
             unavailable,
+            slots,
+            slots_mask: globals.slots_mask,
         })
+    }
+
+    /// The layout in use and, with slots, their count.
+    pub fn flow_table_kind(&self) -> (FlowTableKind, u32) {
+        match &self.slots {
+            Some(t) => (FlowTableKind::Slots, t.entries as u32),
+            None => (FlowTableKind::Hash, 0),
+        }
+    }
+
+    /// The slot a key maps to (None without slots).
+    pub fn slot_of(&self, key: &FlowKey) -> Option<u32> {
+        self.slots.as_ref().map(|_| kovn_ebpf_common::slot_index(key, self.slots_mask))
+    }
+
+    /// The flow table as stored (slots and hash map apart), for tests and diagnostics.
+    pub fn read_flow_table(&self) -> Result<FlowTableContents, CaptureError> {
+        let mut out = FlowTableContents::default();
+        if let Some(t) = &self.slots {
+            for i in 0..t.entries {
+                if let Some(slot) = t.read(i) {
+                    out.slots.push((i as u32, slot.key, slot.stats));
+                }
+            }
+        }
+        let map = self.flow_map()?;
+        for item in map.iter() {
+            match item {
+                Ok(kv) => out.hash.push(kv),
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => return Err(CaptureError::Map { name: FLOW_MAP, source }),
+            }
+        }
+        Ok(out)
     }
 
     /// Optional classifiers the kernel refused at load, with why (for `/healthz`).
@@ -226,11 +447,23 @@ impl Capture {
     pub fn programs(&self) -> Vec<LoadedProgram> {
         ALL_PROGRAMS
             .iter()
-            .filter_map(|&name| {
+            .filter_map(|&logical| {
+                let name = program_variant(logical, self.slots.is_some());
                 let prog: &SchedClassifier = self.ebpf.program(name)?.try_into().ok()?;
                 Some(LoadedProgram { name, id: prog.info().ok()?.id() })
             })
             .collect()
+    }
+
+    /// A loaded program's run time and run count from the kernel's BPF statistics (zero unless
+    /// `kernel.bpf_stats_enabled` is 1); None when the program is not loaded.
+    pub fn program_run_stats(&self, name: &str) -> Option<(std::time::Duration, u64)> {
+        let info = match self.ebpf.program(name)? {
+            aya::programs::Program::SchedClassifier(p) => p.info().ok()?,
+            aya::programs::Program::BtfTracePoint(p) => p.info().ok()?,
+            _ => return None,
+        };
+        Some((info.run_time(), info.run_count()))
     }
 
     /// Loads a program of the object that the daemon does not use (the benchmarks' baseline
@@ -240,7 +473,9 @@ impl Capture {
     }
 
     /// Direct access to a loaded program (the BPF_PROG_TEST_RUN tests and benchmarks use it).
+    /// A classifier of [`ALL_PROGRAMS`] is the variant loaded for this layout (`_nocas` without slots).
     pub fn program_mut(&mut self, name: &'static str) -> Result<&mut SchedClassifier, CaptureError> {
+        let name = program_variant(name, self.slots.is_some());
         self.ebpf
             .program_mut(name)
             .ok_or(CaptureError::MissingProgram(name))?
@@ -363,30 +598,53 @@ impl Capture {
         BpfHashMap::try_from(map).map_err(|source| CaptureError::Map { name: FLOW_MAP, source })
     }
 
-    /// Every flow in the kernel map. Entries deleted while iterating are skipped.
+    /// Every flow in the kernel's table (slots and hash map, merged by key). Entries deleted
+    /// while iterating are skipped.
     pub fn read_flows(&self) -> Result<Vec<(FlowKey, FlowStats)>, CaptureError> {
-        let map = self.flow_map()?;
-        let mut out = Vec::new();
-        for item in map.iter() {
-            match item {
-                Ok(kv) => out.push(kv),
-                Err(MapError::KeyNotFound) => continue,
-                Err(source) => return Err(CaptureError::Map { name: FLOW_MAP, source }),
+        let t = self.read_flow_table()?;
+        let mut out: Vec<(FlowKey, FlowStats)> = t.slots.into_iter().map(|(_, k, s)| (k, s)).collect();
+        if out.is_empty() {
+            return Ok(t.hash);
+        }
+        let mut at: std::collections::HashMap<FlowKey, usize> =
+            out.iter().enumerate().map(|(i, (k, _))| (*k, i)).collect();
+        for (k, s) in t.hash {
+            match at.get(&k) {
+                Some(&i) => merge_flow(&mut out[i].1, &s),
+                None => {
+                    at.insert(k, out.len());
+                    out.push((k, s));
+                }
             }
         }
         Ok(out)
     }
 
-    /// Removes flows from the kernel map (expired by userspace).
+    /// Removes flows from the kernel's table (expired by userspace): their slot is freed for
+    /// new flows, or their hash entry deleted.
     pub fn remove_flows(&mut self, keys: &[FlowKey]) -> Result<usize, CaptureError> {
+        let mut removed = 0;
+        let mut rest = Vec::with_capacity(keys.len());
+        for k in keys {
+            let freed = self
+                .slots
+                .as_ref()
+                .is_some_and(|t| t.free(kovn_ebpf_common::slot_index(k, self.slots_mask) as usize, k));
+            if freed {
+                removed += 1;
+            } else {
+                rest.push(k);
+            }
+        }
         let map = self.ebpf.map_mut(FLOW_MAP).ok_or(CaptureError::MissingMap(FLOW_MAP))?;
         let mut map: BpfHashMap<&mut MapData, FlowKey, FlowStats> =
             BpfHashMap::try_from(map).map_err(|source| CaptureError::Map { name: FLOW_MAP, source })?;
-        let mut removed = 0;
-        for k in keys {
+        for k in rest {
             match map.remove(k) {
                 Ok(()) => removed += 1,
                 Err(MapError::KeyNotFound) => {}
+                // The delete syscall says ENOENT for a key that is not there (expired twice).
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(source) => return Err(CaptureError::Map { name: FLOW_MAP, source }),
             }
         }
@@ -572,7 +830,7 @@ pub fn check(table_size: u32) -> Result<CheckReport, CaptureError> {
         return Err(CaptureError::TableSize(table_size));
     }
     let features = KernelFeatures::current();
-    let globals = Globals::of(&features);
+    let globals = Globals::of(&features, table_size, FlowTableKind::Slots);
     let drop_cfg = crate::drops::DropConfig::resolve();
     let mut loader = globals.loader(table_size);
     if let Ok(c) = &drop_cfg {
@@ -613,7 +871,8 @@ pub fn check(table_size: u32) -> Result<CheckReport, CaptureError> {
         }
         c
     };
-    for name in ALL_PROGRAMS.into_iter().chain(["kovn_noop"]) {
+    for logical in ALL_PROGRAMS.into_iter().chain(["kovn_noop"]) {
+        let name = program_variant(logical, globals.slots_mask != 0);
         let started = std::time::Instant::now();
         let r = (|| {
             let prog: &mut SchedClassifier =
@@ -701,14 +960,15 @@ impl CheckReport {
         let _ = writeln!(out, "kernel {}, attach mode {}", self.kernel, self.attach_mode);
         let _ = writeln!(
             out,
-            "features: coarse_clock {}, tunnel_key_local {}, tcx {}",
+            "features: coarse_clock {}, tunnel_key_local {}, tcx {}, atomic_cmpxchg {} (flow slots)",
             yn(self.features.coarse_clock),
             yn(self.features.tunnel_key_local),
-            yn(self.features.tcx)
+            yn(self.features.tcx),
+            yn(self.features.atomic_cmpxchg)
         );
         let _ = writeln!(
             out,
-            "{:<24} {:<10} {:<8} {:<6} {:>14} {:>7} {:>9}",
+            "{:<28} {:<10} {:<8} {:<6} {:>14} {:>7} {:>9}",
             "PROGRAM", "KIND", "REQUIRED", "LOADED", "VERIFIED_INSNS", "%LIMIT", "LOAD_MS"
         );
         for p in &self.programs {
@@ -721,7 +981,7 @@ impl CheckReport {
             };
             let _ = writeln!(
                 out,
-                "{:<24} {:<10} {:<8} {:<6} {:>14} {:>7} {:>9.0}",
+                "{:<28} {:<10} {:<8} {:<6} {:>14} {:>7} {:>9.0}",
                 p.name,
                 p.kind,
                 yn(p.required),

@@ -4,10 +4,10 @@
 
 use aya::{TestRun as _, TestRunOptions};
 use kovn_ebpf_common::{
-    DIR_FWD, DIR_REV, FLOW_F_FRAGMENT, FlowKey, FlowStats, HOOK_EGRESS, HOOK_INGRESS, RR_ECHO, RR_SCTP,
-    RR_TCP, RR_UDP, ipv4_mapped, ipv6_words,
+    DIR_FWD, FLOW_F_FRAGMENT, FlowKey, FlowStats, HOOK_EGRESS, HOOK_INGRESS, RR_ECHO, RR_SCTP, RR_TCP,
+    RR_UDP, ipv4_mapped, ipv6_words,
 };
-use kovn_monitor::capture::Capture;
+use kovn_monitor::capture::{Capture, FlowTableKind};
 use kovn_tests::frames::*;
 use kovn_tests::require_root;
 
@@ -306,20 +306,133 @@ fn malformed_frames_pass_uncounted_as_flows_but_counted_as_errors() {
     assert_eq!(counter(&cap, "map_full"), 0);
 }
 
+/// The kernel table's layout on this kernel: slots (Linux >= 5.12) or the hash map alone.
+fn slots_on(cap: &Capture) -> bool {
+    cap.flow_table_kind().0 == FlowTableKind::Slots
+}
+
+/// Where each flow is stored: slot index (None: the hash map).
+fn places(cap: &Capture) -> std::collections::BTreeMap<FlowKey, Option<u32>> {
+    let t = cap.read_flow_table().expect("read the flow table");
+    let mut out = std::collections::BTreeMap::new();
+    for (i, k, _) in &t.slots {
+        assert!(out.insert(*k, Some(*i)).is_none(), "{k:?} twice in the slots");
+        assert_eq!(cap.slot_of(k), Some(*i), "{k:?} stored in slot {i}, not its own");
+    }
+    for (k, _) in &t.hash {
+        assert!(out.insert(*k, None).is_none(), "{k:?} in a slot and in the hash map: counted in two places");
+    }
+    out
+}
+
 #[test]
 fn a_full_flow_map_counts_what_it_cannot_record() {
     require_root();
     let mut cap = Capture::load(1024).expect("load with the smallest table");
-    for i in 0..1030u16 {
+    let (kind, slots) = cap.flow_table_kind();
+    // Where each new flow must go, computed independently of the program: its slot if free,
+    // else the hash map while it has room (1,024 entries either way), else counted as lost.
+    let hash_cap = 1024;
+    let n = 2300u16;
+    let mut want = std::collections::BTreeMap::new();
+    let mut used = std::collections::BTreeSet::new();
+    let (mut in_hash, mut lost) = (0, 0u64);
+    for i in 0..n {
+        let k = key4(A4, B4, 10000 + i, 80, 6).0;
         run(&mut cap, INGRESS, &tcp4(A4, B4, 10000 + i, 80, TCP_SYN));
+        match cap.slot_of(&k) {
+            Some(s) if used.insert(s) => {
+                want.insert(k, Some(s));
+            }
+            _ if in_hash < hash_cap => {
+                in_hash += 1;
+                want.insert(k, None);
+            }
+            _ => lost += 1,
+        }
     }
-    assert_eq!(flows(&cap).len(), 1024);
-    assert_eq!(counter(&cap, "map_full"), 6);
-    // Existing flows still update in place when the map is full.
-    run(&mut cap, EGRESS, &tcp4(B4, A4, 80, 10000, TCP_SYN | TCP_ACK));
-    let (_, s) = flows(&cap).into_iter().find(|(k, _)| *k == key4(A4, B4, 10000, 80, 6).0).expect("flow");
-    assert_eq!((s.replies, s.packets[DIR_REV]), (1, 1));
-    assert_eq!(counter(&cap, "map_full"), 6);
+    assert_eq!(places(&cap), want, "{kind:?} with {slots} slots: exact table contents");
+    assert_eq!(counter(&cap, "map_full"), lost);
+    assert_eq!(counter(&cap, "slot_busy"), 0);
+    if kind == FlowTableKind::Hash {
+        assert_eq!((want.len(), lost), (1024, u64::from(n) - 1024), "the hash map alone holds 1,024");
+    } else {
+        assert!(
+            in_hash == hash_cap && lost > 0,
+            "the test must fill both parts: {in_hash} in the hash, {lost} lost"
+        );
+    }
+    // Existing flows still update in place when the table is full, wherever they live.
+    for (k, place) in want.iter().take(3).chain(want.iter().filter(|(_, p)| p.is_none()).take(3)) {
+        let before = flows(&cap).into_iter().find(|(f, _)| f == k).expect("flow").1;
+        run(&mut cap, EGRESS, &tcp4(B4, A4, 80, k.port_a.max(k.port_b), TCP_SYN | TCP_ACK));
+        let (_, s) = flows(&cap).into_iter().find(|(f, _)| f == k).expect("flow");
+        assert_eq!((s.replies, s.packets), (1, [1, 1]), "{k:?} ({place:?}) before {before:?}");
+    }
+    assert_eq!(counter(&cap, "map_full"), lost, "updates of existing flows are never lost");
+}
+
+/// Flows of `A4 -> B4:80` from source ports from `from`, whose key maps to `slot`.
+fn colliding(cap: &Capture, slot: u32, from: u16, n: usize) -> Vec<u16> {
+    (from..u16::MAX).filter(|&p| cap.slot_of(&key4(A4, B4, p, 80, 6).0) == Some(slot)).take(n).collect()
+}
+
+#[test]
+fn a_colliding_flow_lives_in_the_hash_map_for_its_whole_life() {
+    let mut cap = load();
+    if !slots_on(&cap) {
+        eprintln!("no flow slots on this kernel (Linux < 5.12): nothing to collide");
+        return;
+    }
+    let first = 40000;
+    let slot = cap.slot_of(&key4(A4, B4, first, 80, 6).0).expect("slot");
+    let others = colliding(&cap, slot, first + 1, 2);
+    let (second, third) = (others[0], others[1]);
+    let (k1, k2, k3) =
+        (key4(A4, B4, first, 80, 6).0, key4(A4, B4, second, 80, 6).0, key4(A4, B4, third, 80, 6).0);
+    run(&mut cap, INGRESS, &tcp4(A4, B4, first, 80, TCP_SYN));
+    run(&mut cap, INGRESS, &tcp4(A4, B4, second, 80, TCP_SYN));
+    run(&mut cap, EGRESS, &tcp4(B4, A4, 80, second, TCP_SYN | TCP_ACK));
+    run(&mut cap, EGRESS, &tcp4(B4, A4, 80, first, TCP_SYN | TCP_ACK));
+    assert_eq!(places(&cap), [(k1, Some(slot)), (k2, None)].into(), "the second flow collides");
+    for k in [k1, k2] {
+        let (_, s) = flows(&cap).into_iter().find(|(f, _)| *f == k).expect("flow");
+        assert_eq!((s.packets, s.requests, s.replies), ([1, 1], 1, 1), "{k:?}");
+    }
+    // Idle expiry frees the slot. The colliding flow stays where it is; a new flow of the same
+    // slot takes it.
+    assert_eq!(cap.remove_flows(&[k1]).expect("remove"), 1);
+    assert_eq!(places(&cap), [(k2, None)].into());
+    run(&mut cap, INGRESS, &tcp4(A4, B4, second, 80, TCP_ACK));
+    run(&mut cap, INGRESS, &tcp4(A4, B4, third, 80, TCP_SYN));
+    assert_eq!(places(&cap), [(k2, None), (k3, Some(slot))].into(), "no flow moves, the free slot is reused");
+    let f = flows(&cap);
+    let s2 = f.iter().find(|(k, _)| *k == k2).expect("second").1;
+    let s3 = f.iter().find(|(k, _)| *k == k3).expect("third").1;
+    assert_eq!(s2.packets, [2, 1], "the colliding flow kept every count");
+    assert_eq!((s3.packets, s3.requests, s3.replies), ([1, 0], 1, 0), "the reused slot starts from zero");
+    // The first flow comes back after its expiry: a new record (in the hash map: its slot is
+    // the third's now).
+    run(&mut cap, INGRESS, &tcp4(A4, B4, first, 80, TCP_ACK));
+    assert_eq!(places(&cap), [(k1, None), (k2, None), (k3, Some(slot))].into());
+    let s1 = flows(&cap).into_iter().find(|(k, _)| *k == k1).expect("first").1;
+    assert_eq!(s1.packets, [1, 0]);
+    // Expiring a hash-map flow and a slot flow together.
+    assert_eq!(cap.remove_flows(&[k2, k3]).expect("remove"), 2);
+    assert_eq!(places(&cap), [(k1, None)].into());
+    assert_no_errors(&cap);
+}
+
+#[test]
+fn the_hash_only_layout_keeps_every_flow_in_the_hash_map() {
+    require_root();
+    let mut cap = Capture::load_with(4096, FlowTableKind::Hash).expect("load");
+    for p in 0..50 {
+        run(&mut cap, INGRESS, &tcp4(A4, B4, 20000 + p, 80, TCP_SYN));
+    }
+    let t = cap.read_flow_table().expect("table");
+    assert_eq!((t.slots.len(), t.hash.len()), (0, 50));
+    assert_eq!(cap.slot_of(&key4(A4, B4, 20000, 80, 6).0), None);
 }
 
 #[test]
