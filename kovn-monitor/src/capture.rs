@@ -1044,7 +1044,8 @@ fn ovs_vport_kprobe_reason(root: &std::path::Path) -> String {
 /// of this.
 fn remove_stale_filters(ifindex: u32, iface: &str) {
     for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
-        for prog in ALL_PROGRAMS {
+        // Either variant may have been attached by the earlier run (`_nocas` before Linux 5.12).
+        for prog in ALL_PROGRAMS.into_iter().chain(ALL_PROGRAMS_NOCAS) {
             match tc::qdisc_detach_program(ifindex, hook.into(), prog) {
                 Ok(()) => {
                     log::info!("{iface}: replaced a leftover {prog} filter ({hook:?}) of an earlier run")

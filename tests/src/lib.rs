@@ -433,7 +433,7 @@ pub fn kovn_hooks(ns: &Netns, iface: &str, tcx_progs: &[(u64, String)]) -> Vec<H
     for l in v.as_array().into_iter().flatten() {
         let prog_id = l["prog_id"].as_u64().unwrap_or(0);
         if let Some((_, name)) = tcx_progs.iter().find(|(id, _)| *id == prog_id) {
-            let direction = if name.ends_with("egress") { "egress" } else { "ingress" };
+            let direction = if name.contains("egress") { "egress" } else { "ingress" };
             hooks.push(Hooked { mode: "tcx", direction, prog_id });
         }
     }
