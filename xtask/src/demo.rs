@@ -42,15 +42,39 @@ pub struct DemoArgs {
     /// Seconds of healthy traffic before the first fault (and between faults).
     #[arg(long, default_value_t = 20)]
     pub fault_after: u64,
+    /// The faults of the rotation, in order (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = DemoFault::ALL)]
+    pub faults: Vec<DemoFault>,
     /// The table snapshots even on a terminal, instead of `kovn-monitor top`.
     #[arg(long)]
     pub no_top: bool,
+    /// Use this kovn-monitor binary instead of building this tree's (tests, CI).
+    #[arg(long, value_name = "PATH")]
+    pub bin: Option<PathBuf>,
     /// Show the eBPF build's output even when it succeeds.
     #[arg(short, long)]
     pub verbose: bool,
     /// Leave the lab and the monitors running on exit (then: `cargo xtask lab down`).
     #[arg(long)]
     pub keep: bool,
+}
+
+/// The faults the demo injects, one per step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoFault {
+    /// nftables in the server pod drops its replies.
+    ReplyDrop,
+    /// An OpenFlow drop rule on the destination node's br-int.
+    OvsDrop,
+    /// An OVN ACL tagged like a NetworkPolicy denies the pair.
+    AclDeny,
+    /// The client pod's MTU above what the overlay carries.
+    Mtu,
+}
+
+impl DemoFault {
+    pub const ALL: [DemoFault; 4] =
+        [DemoFault::ReplyDrop, DemoFault::OvsDrop, DemoFault::AclDeny, DemoFault::Mtu];
 }
 
 /// How long the story waits for each thing the monitors should show before it says it did not.
@@ -185,7 +209,7 @@ struct Step {
 
 /// The rotation: reply-drop, an OpenFlow drop on the destination node, an OVN ACL deny, the
 /// MTU fault. Each on its own cross-node pair, so one step's resolved finding is not the next's.
-fn rotation(lab: &Lab) -> Result<Vec<Step>> {
+fn rotation(lab: &Lab, faults: &[DemoFault]) -> Result<Vec<Step>> {
     let first = lab.nodes.first().context("the lab has no node")?.name.clone();
     let clients: Vec<Pod> = lab.pods_on(&first).cloned().collect();
     let servers: Vec<Pod> = lab.pods.iter().filter(|p| p.node != first).cloned().collect();
@@ -254,7 +278,16 @@ fn rotation(lab: &Lab) -> Result<Vec<Step>> {
         server: s,
         kind: "mtu",
     });
-    Ok(steps)
+    // In the order asked for; the pairs stay those of the full rotation.
+    let order = [DemoFault::ReplyDrop, DemoFault::OvsDrop, DemoFault::AclDeny, DemoFault::Mtu];
+    let mut steps: Vec<Option<Step>> = steps.into_iter().map(Some).collect();
+    let chosen: Vec<Step> = faults
+        .iter()
+        .filter_map(|f| order.iter().position(|o| o == f))
+        .filter_map(|i| steps[i].take())
+        .collect();
+    anyhow::ensure!(!chosen.is_empty(), "no fault to inject (--faults)");
+    Ok(chosen)
 }
 
 fn show(
@@ -270,7 +303,7 @@ fn show(
     let extra = ["--alertmanager-url".to_string(), sink.url.clone()];
     monitors::start_with(lab, monitor_bin, &extra)?;
     let urls: Vec<String> = lab.nodes.iter().map(|n| monitors::monitor_url(lab, &n.name)).collect();
-    let steps = rotation(lab)?;
+    let steps = rotation(lab, &args.faults)?;
     let canary: Arc<Mutex<Option<(String, Vec<Probe>)>>> = Arc::new(Mutex::new(None));
     let mut threads = vec![traffic_thread(lab, stop), canary_thread(lab, stop, &canary)];
     let bin = monitor_bin.to_str().context("monitor path is not UTF-8")?.to_string();
@@ -493,12 +526,12 @@ impl Ctx<'_> {
         };
         let id = finding["id"].as_str().unwrap_or_default().to_string();
         self.story.say(&format!(
-            "finding ({}s after the fault) on {}: {} {src} -> {dst} ({} {}), hop {}: {}",
+            "finding ({}s after the fault) on {}: {} {src} -> {dst} ({}{}), hop {}: {}",
             injected.elapsed().as_secs(),
             finding["node"].as_str().unwrap_or("?"),
             finding["kind"].as_str().unwrap_or("?"),
             finding["protocol"].as_str().unwrap_or("?"),
-            finding["dst_port"].as_u64().map(|p| p.to_string()).unwrap_or_default(),
+            finding["dst_port"].as_u64().map(|p| format!(" {p}")).unwrap_or_default(),
             finding["verdict"]["hop"].as_str().unwrap_or("?"),
             finding["verdict"]["summary"].as_str().or(finding["summary"].as_str()).unwrap_or("")
         ));
@@ -584,15 +617,11 @@ fn describe_postable(a: &Value) -> String {
         let (ns, pod) = (get(&format!("{p}_namespace")), get(&format!("{p}_pod")));
         if pod.is_empty() { get(&format!("{p}_ip")) } else { format!("{ns}/{pod}") }
     };
-    format!(
-        "{} severity={} node={} {} -> {}: {}",
-        get("alertname"),
-        get("severity"),
-        get("node"),
-        end("src"),
-        end("dst"),
-        a["annotations"]["summary"].as_str().unwrap_or("")
-    )
+    let summary = a["annotations"]["summary"].as_str().unwrap_or("");
+    // The summary names the pair already, as a rule.
+    let pair = format!("{} -> {}", end("src"), end("dst"));
+    let pair = if summary.contains(&pair) { String::new() } else { format!(" {pair}") };
+    format!("{} severity={} node={}{pair}: {summary}", get("alertname"), get("severity"), get("node"))
 }
 
 /// A minimal Alertmanager stand-in: accepts `POST /api/v2/alerts` on the lab's root-netns
@@ -685,6 +714,12 @@ mod tests {
         assert_eq!(
             describe_postable(&a),
             "KovnRequestWithoutReply severity=critical node=node1 default/web-1 -> 10.96.0.10: 3 requests unanswered"
+        );
+        let mut b = a.clone();
+        b["annotations"]["summary"] = "default/web-1 -> 10.96.0.10: 3 unanswered".into();
+        assert_eq!(
+            describe_postable(&b),
+            "KovnRequestWithoutReply severity=critical node=node1: default/web-1 -> 10.96.0.10: 3 unanswered"
         );
     }
 
