@@ -699,9 +699,9 @@ mod tests {
 
     #[test]
     fn tables_are_cut_to_the_rows_asked_for() {
-        let table = "flows 3\nnodes 2/2\n\n  SRC DST\n! a b\n  c d\n  e f\n";
+        let table = "flows 3\nnodes 2/2\n\n  SRC DST\n! a b\n  c d\n  x9 y9\n";
         let cut = cut_table(table, 2);
-        assert!(cut.contains("! a b\n  c d\n") && !cut.contains("e f"), "{cut}");
+        assert!(cut.contains("! a b\n  c d\n") && !cut.contains("x9 y9"), "{cut}");
         assert!(cut.contains("1 more flows"), "{cut}");
         assert!(!cut_table(table, 5).contains("more flows"));
     }
