@@ -304,7 +304,7 @@ fn show(
     monitors::start_with(lab, monitor_bin, &extra)?;
     let urls: Vec<String> = lab.nodes.iter().map(|n| monitors::monitor_url(lab, &n.name)).collect();
     let steps = rotation(lab, &args.faults)?;
-    let canary: Arc<Mutex<Option<(String, Vec<Probe>)>>> = Arc::new(Mutex::new(None));
+    let canary: Canary = Arc::new(Mutex::new(None));
     let mut threads = vec![traffic_thread(lab, stop), canary_thread(lab, stop, &canary)];
     let bin = monitor_bin.to_str().context("monitor path is not UTF-8")?.to_string();
     story.ready();
@@ -420,6 +420,9 @@ fn cut_table(table: &str, rows: usize) -> String {
     out
 }
 
+/// The current step's client pod and what it sends (None between steps).
+type Canary = Arc<Mutex<Option<(String, Vec<Probe>)>>>;
+
 /// The traffic mix, over and over, with a new seed each round (new peers).
 fn traffic_thread(lab: &Lab, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     let (lab, stop) = (lab.clone(), stop.clone());
@@ -441,11 +444,7 @@ fn traffic_thread(lab: &Lab, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<
 
 /// The current step's probes from its client, every second: its flows exist before the fault,
 /// fail during it, and are answered again after the heal (which resolves the finding).
-fn canary_thread(
-    lab: &Lab,
-    stop: &Arc<AtomicBool>,
-    canary: &Arc<Mutex<Option<(String, Vec<Probe>)>>>,
-) -> std::thread::JoinHandle<()> {
+fn canary_thread(lab: &Lab, stop: &Arc<AtomicBool>, canary: &Canary) -> std::thread::JoinHandle<()> {
     let (lab, stop, canary) = (lab.clone(), stop.clone(), canary.clone());
     std::thread::spawn(move || {
         while !stop.load(Ordering::SeqCst) {
