@@ -307,17 +307,6 @@ enum Msg {
     HungUp,
 }
 
-/// What [`Tty::wait`] saw.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TtyState {
-    /// Bytes to read.
-    Input,
-    /// Nothing within the timeout.
-    Idle,
-    /// Hung up or unusable (POLLHUP/POLLERR/POLLNVAL, or tcgetattr fails).
-    HungUp,
-}
-
 /// The terminal crossterm reads keys from: stdin when it is a terminal, else /dev/tty (as
 /// crossterm chooses).
 pub struct Tty {
@@ -342,26 +331,24 @@ impl Tty {
         Self { fd, _file: None }
     }
 
-    /// Waits up to `timeout` for input or a hang-up.
-    pub fn wait(&self, timeout: Duration) -> TtyState {
-        let mut p = libc::pollfd { fd: self.fd, events: libc::POLLIN, revents: 0 };
+    /// Waits up to `timeout` for a hang-up; true once the terminal hung up (POLLHUP, POLLERR,
+    /// POLLNVAL, or tcgetattr failing). Input is left alone (no POLLIN asked for): it is
+    /// crossterm's to read.
+    pub fn hung_up(&self, timeout: Duration) -> bool {
+        let mut p = libc::pollfd { fd: self.fd, events: 0, revents: 0 };
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: one valid pollfd for the duration of the call.
         let n = unsafe { libc::poll(&mut p, 1, ms) };
         if n < 0 {
-            let interrupted = std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
-            return if interrupted { TtyState::Idle } else { TtyState::HungUp };
+            return std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted;
         }
         if p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
-            return TtyState::HungUp;
+            return true;
         }
         // A terminal whose other end is gone fails this (EIO) even when poll says nothing.
         let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
         // SAFETY: tcgetattr writes into the termios it is given, nothing else.
-        if unsafe { libc::tcgetattr(self.fd, termios.as_mut_ptr()) } != 0 {
-            return TtyState::HungUp;
-        }
-        if n > 0 && p.revents & libc::POLLIN != 0 { TtyState::Input } else { TtyState::Idle }
+        unsafe { libc::tcgetattr(self.fd, termios.as_mut_ptr()) != 0 }
     }
 }
 
@@ -425,47 +412,48 @@ async fn live(opts: &TopOptions, color: bool) -> Result<()> {
     ))
     .context("cannot set up the terminal")?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let tty = Tty::open().context("cannot open the terminal")?;
     let input = {
         let (tx, stop) = (tx.clone(), stop.clone());
-        // A thread of its own, so the screen keeps refreshing while it waits. It waits on the
-        // terminal itself and only asks crossterm to read when there is input: crossterm 0.29's
-        // reader loops for ever on a terminal that hung up (its read returns 0 or EIO and it
-        // retries), so a view whose tmux server was killed spun at 60-90% CPU, and the main
-        // loop, waiting for this thread, then never ended, not even on SIGTERM.
+        // crossterm's reads block: a thread of their own, polling so it notices the end.
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match tty.wait(Duration::from_millis(100)) {
-                    TtyState::Idle => continue,
-                    TtyState::HungUp => {
-                        let _ = tx.blocking_send(Msg::HungUp);
-                        break;
-                    }
-                    TtyState::Input => {}
-                }
-                // Everything crossterm can parse now (one read may hold several keys).
-                loop {
-                    let msg = match event::poll(Duration::ZERO) {
-                        Ok(false) => break,
-                        Ok(true) => match event::read() {
-                            Ok(Event::Key(k)) if k.kind != KeyEventKind::Release => {
-                                let Some(key) = key_of(k.code, k.modifiers) else { continue };
-                                Msg::Key(key)
-                            }
-                            Ok(Event::Resize(..)) => Msg::Resize,
-                            Ok(_) => continue,
-                            Err(e) => Msg::InputFailed(e.to_string()),
-                        },
+                let msg = match event::poll(Duration::from_millis(100)) {
+                    Ok(false) => continue,
+                    Ok(true) => match event::read() {
+                        Ok(Event::Key(k)) if k.kind != KeyEventKind::Release => {
+                            let Some(key) = key_of(k.code, k.modifiers) else { continue };
+                            Msg::Key(key)
+                        }
+                        Ok(Event::Resize(..)) => Msg::Resize,
+                        Ok(_) => continue,
                         Err(e) => Msg::InputFailed(e.to_string()),
-                    };
-                    let failed = matches!(msg, Msg::InputFailed(_));
-                    if tx.blocking_send(msg).is_err() || failed {
-                        return;
-                    }
+                    },
+                    Err(e) => Msg::InputFailed(e.to_string()),
+                };
+                let failed = matches!(msg, Msg::InputFailed(_));
+                if tx.blocking_send(msg).is_err() || failed {
+                    break;
                 }
             }
         })
     };
+    // crossterm 0.29's reader loops for ever on a terminal that hung up (its read returns 0 or
+    // EIO and it retries without returning), so a view whose tmux server was killed spun at
+    // 60-90% CPU in the thread above, and the main loop, joining that thread on its way out,
+    // never ended, not even on SIGTERM. This watchdog sees the hang-up on the terminal itself
+    // and ends the view without waiting for the reader.
+    let tty = Tty::open().context("cannot open the terminal")?;
+    {
+        let (tx, stop) = (tx.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if tty.hung_up(Duration::from_millis(100)) {
+                    let _ = tx.blocking_send(Msg::HungUp);
+                    break;
+                }
+            }
+        });
+    }
     let mut app = App::new(&opts.endpoints, color, opts.interval);
     let result: Result<()> = async {
         loop {
@@ -507,7 +495,7 @@ async fn live(opts: &TopOptions, color: bool) -> Result<()> {
                     app.traces.insert(flow, t);
                 }
                 Some(Msg::InputFailed(e)) => bail!("reading the terminal: {e}"),
-                Some(Msg::HungUp) => return Ok(()),
+                Some(Msg::HungUp) => return Err(HungUp.into()),
             }
         }
     }
@@ -518,10 +506,19 @@ async fn live(opts: &TopOptions, color: bool) -> Result<()> {
     }
     // A full channel would keep the input thread waiting in its send: closing it ends that.
     drop(rx);
-    let _ = input.join();
+    // After a hang-up the reader may be stuck in crossterm for good: it ends with the process.
+    let hung_up = result.as_ref().is_err_and(|e| e.is::<HungUp>());
+    if !hung_up {
+        let _ = input.join();
+    }
     drop(terminal);
-    result
+    if hung_up { Ok(()) } else { result }
 }
+
+/// The view's terminal hung up.
+#[derive(Debug, thiserror::Error)]
+#[error("the terminal hung up")]
+struct HungUp;
 
 #[cfg(test)]
 mod tests {
@@ -623,15 +620,16 @@ mod tests {
         use std::os::fd::AsRawFd as _;
         let (master, slave) = pty();
         let tty = Tty::from_fd(slave.as_raw_fd());
-        assert_eq!(tty.wait(Duration::from_millis(10)), TtyState::Idle);
+        assert!(!tty.hung_up(Duration::from_millis(10)));
+        // Pending input is not a hang-up (and is left for crossterm).
         // SAFETY: writing two bytes from a valid buffer to an open descriptor.
         let n = unsafe { libc::write(master.as_raw_fd(), b"q\n".as_ptr().cast(), 2) };
         assert_eq!(n, 2);
-        assert_eq!(tty.wait(Duration::from_millis(500)), TtyState::Input);
+        assert!(!tty.hung_up(Duration::from_millis(10)));
         // The other end goes (a tmux server killed): a hang-up, at once, not a timeout.
         drop(master);
         let t = std::time::Instant::now();
-        assert_eq!(tty.wait(Duration::from_secs(5)), TtyState::HungUp);
+        assert!(tty.hung_up(Duration::from_secs(5)));
         assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
     }
 
