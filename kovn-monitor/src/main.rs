@@ -99,6 +99,10 @@ struct TopArgs {
     /// for scripts.
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
+    /// Show the last line of this file under the header, re-read every refresh (the demo's
+    /// narration: what it injected, what was found, what it healed).
+    #[arg(long, value_name = "PATH")]
+    status_file: Option<std::path::PathBuf>,
 }
 
 async fn top(args: TopArgs) -> Result<()> {
@@ -132,6 +136,7 @@ async fn top(args: TopArgs) -> Result<()> {
         interval: args.interval,
         once: args.once,
         output,
+        status_file: args.status_file,
     })
     .await
 }

@@ -853,6 +853,19 @@ fn t09_down_leaves_nothing() {
     assert!(left_links.is_empty(), "links left: {left_links:?}");
     let alive: Vec<&(String, i32)> = pids.iter().filter(|(_, p)| is_running(*p)).collect();
     assert!(alive.is_empty(), "processes left: {alive:?}");
+    // Not even exited-but-unreaped: `ps` and `pgrep` list those (zombies) too, and `down` used
+    // to return while they did.
+    let listed: Vec<String> = pids
+        .iter()
+        .filter_map(|(what, p)| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            Some(format!(
+                "{what} pid {p}: {}",
+                stat.split(") ").nth(1).unwrap_or("").chars().take(1).collect::<String>()
+            ))
+        })
+        .collect();
+    assert!(listed.is_empty(), "processes still listed right after down: {listed:?}");
     // Nothing anywhere still refers to the lab's files (ovs/ovn/socat/kovn-monitor command lines).
     let dir = lab.state_dir.to_string_lossy().into_owned();
     let mut referring = Vec::new();

@@ -156,13 +156,20 @@ impl Tmux {
         self.run(&["display-message", "-p", "-t", "top", "#{alternate_on}"]).trim() == "1"
     }
 
-    /// Polls the screen until `ok` holds; panics with the last screen after `timeout`.
+    /// Polls the screen until `ok` holds on a settled screen: two captures 150 ms apart that
+    /// are the same. One capture can land in the middle of a redraw (the top half of the new
+    /// frame over the bottom of the last: the flaky "SRC descending" of t2, whose rows were
+    /// sorted on every refresh); panics with the last screen after `timeout`.
     fn wait(&self, what: &str, timeout: Duration, ok: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.screen();
             if ok(&s) {
-                return s;
+                std::thread::sleep(Duration::from_millis(150));
+                if self.screen() == s {
+                    return s;
+                }
+                continue;
             }
             assert!(
                 Instant::now() < deadline,
@@ -191,6 +198,49 @@ impl Drop for Tmux {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// The pids of `comm` whose command line contains `needle`.
+fn pids_of(comm: &str, needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
+/// Its terminal going away (the tmux server killed, no `q`) ends the view: it used to spin at
+/// 60-90% CPU inside crossterm's reader and then ignore SIGTERM. No lab needed.
+#[test]
+fn t0_top_exits_when_its_terminal_hangs_up() {
+    // An endpoint nobody else uses, to find this very process.
+    let endpoint = format!("http://127.0.0.1:{}", 1 + std::process::id() % 60000);
+    let tmux = Tmux::new(120, 30);
+    tmux.wait("the shell prompt", Duration::from_secs(5), |s| s.contains(PROMPT.trim_end()));
+    tmux.start(&[], &monitor_bin(), &["top".into(), "--endpoint".into(), endpoint.clone()]);
+    tmux.wait("the view", Duration::from_secs(10), |s| s.contains("disconnected"));
+    let pids = pids_of("kovn-monitor", &endpoint);
+    assert_eq!(pids.len(), 1, "one top process: {pids:?}");
+    drop(tmux);
+    let gone = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .map_or(true, |s| s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')))
+    };
+    let t = Instant::now();
+    while !gone(pids[0]) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = !gone(pids[0]);
+    if left {
+        // SAFETY: SIGKILL to the process this test started, so it does not outlive the test.
+        unsafe { libc::kill(pids[0], libc::SIGKILL) };
+    }
+    assert!(!left, "top still runs 5 s after its terminal hung up");
 }
 
 /// The table's lines: between the column titles and the footer (or the detail pane).

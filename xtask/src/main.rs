@@ -62,6 +62,17 @@ fn dispatch(task: Task) -> Result<()> {
         Task::Lab(cmd) => xtask::lab::run(cmd),
         Task::Demo(args) => {
             require_root("the demo")?;
+            if let Some(bin) = &args.bin {
+                return xtask::demo::run(&args, bin);
+            }
+            println!(
+                "==> building kovn-monitor and its eBPF programs (the first build takes a few minutes; \
+                 the eBPF build's own output shows only if it fails, or with -v)"
+            );
+            if args.verbose {
+                // SAFETY: set before any thread is started.
+                unsafe { std::env::set_var("KOVN_EBPF_BUILD_VERBOSE", "1") };
+            }
             let bin = build_monitor()?;
             xtask::demo::run(&args, &bin)
         }

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+use ratatui::crossterm::queue;
+use ratatui::crossterm::terminal::{BeginSynchronizedUpdate, EndSynchronizedUpdate};
 use tokio::sync::mpsc;
 
 use crate::client;
@@ -46,6 +48,29 @@ pub struct TopOptions {
     /// Print one snapshot instead of the live view (also when stdout is not a terminal).
     pub once: bool,
     pub output: OnceOutput,
+    /// A file whose last line is shown under the header, re-read every refresh (`--status-file`).
+    pub status_file: Option<std::path::PathBuf>,
+}
+
+/// Bytes buffered per frame before they go to the terminal (a full 300x100 screen with
+/// colours is well under this).
+const FRAME_BUFFER: usize = 512 * 1024;
+
+/// Bound of what is read of `--status-file`: its last line must end within this many bytes.
+const STATUS_FILE_TAIL: u64 = 4096;
+
+/// The last non-empty line of `path` (within its last [`STATUS_FILE_TAIL`] bytes), control
+/// characters replaced so it cannot move the cursor; None when it cannot be read.
+pub fn status_line(path: &std::path::Path) -> Option<String> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(STATUS_FILE_TAIL))).ok()?;
+    let mut buf = Vec::new();
+    f.take(STATUS_FILE_TAIL).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    Some(line.chars().map(|c| if c.is_control() { ' ' } else { c }).collect())
 }
 
 /// The monitors' URLs of a lab (`--lab NAME`), from its state file.
@@ -278,6 +303,53 @@ enum Msg {
     Fetched(usize, Result<NodeSnapshot, String>),
     Traced(String, Trace),
     InputFailed(String),
+    /// The terminal is gone (its tmux server or ssh session ended): nothing to draw on.
+    HungUp,
+}
+
+/// The terminal crossterm reads keys from: stdin when it is a terminal, else /dev/tty (as
+/// crossterm chooses).
+pub struct Tty {
+    fd: std::os::fd::RawFd,
+    /// Keeps /dev/tty open when that is the one.
+    _file: Option<std::fs::File>,
+}
+
+impl Tty {
+    pub fn open() -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd as _;
+        if std::io::stdin().is_terminal() {
+            return Ok(Self { fd: libc::STDIN_FILENO, _file: None });
+        }
+        let file = std::fs::File::open("/dev/tty")?;
+        Ok(Self { fd: file.as_raw_fd(), _file: Some(file) })
+    }
+
+    /// A terminal given by its descriptor (tests: one end of a pty pair). The caller keeps
+    /// it open.
+    pub fn from_fd(fd: std::os::fd::RawFd) -> Self {
+        Self { fd, _file: None }
+    }
+
+    /// Waits up to `timeout` for a hang-up; true once the terminal hung up (POLLHUP, POLLERR,
+    /// POLLNVAL, or tcgetattr failing). Input is left alone (no POLLIN asked for): it is
+    /// crossterm's to read.
+    pub fn hung_up(&self, timeout: Duration) -> bool {
+        let mut p = libc::pollfd { fd: self.fd, events: 0, revents: 0 };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        if n < 0 {
+            return std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted;
+        }
+        if p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            return true;
+        }
+        // A terminal whose other end is gone fails this (EIO) even when poll says nothing.
+        let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+        // SAFETY: tcgetattr writes into the termios it is given, nothing else.
+        unsafe { libc::tcgetattr(self.fd, termios.as_mut_ptr()) != 0 }
+    }
 }
 
 fn key_of(code: KeyCode, mods: KeyModifiers) -> Option<Key> {
@@ -333,7 +405,12 @@ async fn live(opts: &TopOptions, color: bool) -> Result<()> {
     // Before the set-up, which may fail half-way (raw mode on, no alternate screen).
     let _restore = RestoreTerminal;
     // ratatui::try_init enters raw mode and the alternate screen and hooks panics to restore.
-    let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
+    ratatui::try_init().context("cannot set up the terminal")?;
+    // Drawn through a buffer that holds a whole frame (flushed once per frame, see the loop).
+    let mut terminal = ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(
+        std::io::BufWriter::with_capacity(FRAME_BUFFER, std::io::stdout()),
+    ))
+    .context("cannot set up the terminal")?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let input = {
         let (tx, stop) = (tx.clone(), stop.clone());
@@ -360,10 +437,34 @@ async fn live(opts: &TopOptions, color: bool) -> Result<()> {
             }
         })
     };
+    // crossterm 0.29's reader loops for ever on a terminal that hung up (its read returns 0 or
+    // EIO and it retries without returning), so a view whose tmux server was killed spun at
+    // 60-90% CPU in the thread above, and the main loop, joining that thread on its way out,
+    // never ended, not even on SIGTERM. This watchdog sees the hang-up on the terminal itself
+    // and ends the view without waiting for the reader.
+    let tty = Tty::open().context("cannot open the terminal")?;
+    {
+        let (tx, stop) = (tx.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if tty.hung_up(Duration::from_millis(100)) {
+                    let _ = tx.blocking_send(Msg::HungUp);
+                    break;
+                }
+            }
+        });
+    }
     let mut app = App::new(&opts.endpoints, color, opts.interval);
     let result: Result<()> = async {
         loop {
+            // One synchronized update per frame (DEC mode 2026), written in one go: a terminal
+            // (or `tmux capture-pane`) never shows half of one frame over the last. std's stdout
+            // is line-buffered and ratatui writes no newlines, so a 40-row frame used to leave
+            // in ~1 KiB pieces.
+            queue!(terminal.backend_mut(), BeginSynchronizedUpdate).context("drawing")?;
             terminal.draw(|f| render::draw(f, &mut app)).context("drawing")?;
+            queue!(terminal.backend_mut(), EndSynchronizedUpdate).context("drawing")?;
+            std::io::Write::flush(terminal.backend_mut()).context("drawing")?;
             let msg = tokio::select! {
                 m = rx.recv() => m,
                 _ = sigterm.recv() => return Ok(()),
@@ -384,11 +485,17 @@ async fn live(opts: &TopOptions, color: bool) -> Result<()> {
                     }
                 },
                 Some(Msg::Resize) => {}
-                Some(Msg::Fetched(i, r)) => app.update(i, r),
+                Some(Msg::Fetched(i, r)) => {
+                    app.update(i, r);
+                    if let Some(path) = &opts.status_file {
+                        app.status = status_line(path);
+                    }
+                }
                 Some(Msg::Traced(flow, t)) => {
                     app.traces.insert(flow, t);
                 }
                 Some(Msg::InputFailed(e)) => bail!("reading the terminal: {e}"),
+                Some(Msg::HungUp) => return Err(HungUp.into()),
             }
         }
     }
@@ -399,10 +506,19 @@ async fn live(opts: &TopOptions, color: bool) -> Result<()> {
     }
     // A full channel would keep the input thread waiting in its send: closing it ends that.
     drop(rx);
-    let _ = input.join();
+    // After a hang-up the reader may be stuck in crossterm for good: it ends with the process.
+    let hung_up = result.as_ref().is_err_and(|e| e.is::<HungUp>());
+    if !hung_up {
+        let _ = input.join();
+    }
     drop(terminal);
-    result
+    if hung_up { Ok(()) } else { result }
 }
+
+/// The view's terminal hung up.
+#[derive(Debug, thiserror::Error)]
+#[error("the terminal hung up")]
+struct HungUp;
 
 #[cfg(test)]
 mod tests {
@@ -480,6 +596,51 @@ mod tests {
             }
         }
         task.abort();
+    }
+
+    /// A pty pair: (master, slave), both owned.
+    fn pty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: plain libc pty calls on descriptors this test owns; ptsname's buffer is
+        // copied before the next call.
+        unsafe {
+            let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+            assert!(master >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+            assert_eq!(libc::grantpt(master), 0);
+            assert_eq!(libc::unlockpt(master), 0);
+            let name = std::ffi::CStr::from_ptr(libc::ptsname(master)).to_owned();
+            let slave = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+            assert!(slave >= 0, "open {name:?}: {}", std::io::Error::last_os_error());
+            (std::os::fd::OwnedFd::from_raw_fd(master), std::os::fd::OwnedFd::from_raw_fd(slave))
+        }
+    }
+
+    #[test]
+    fn a_terminal_that_hangs_up_is_seen_as_hung_up() {
+        use std::os::fd::AsRawFd as _;
+        let (master, slave) = pty();
+        let tty = Tty::from_fd(slave.as_raw_fd());
+        assert!(!tty.hung_up(Duration::from_millis(10)));
+        // Pending input is not a hang-up (and is left for crossterm).
+        // SAFETY: writing two bytes from a valid buffer to an open descriptor.
+        let n = unsafe { libc::write(master.as_raw_fd(), b"q\n".as_ptr().cast(), 2) };
+        assert_eq!(n, 2);
+        assert!(!tty.hung_up(Duration::from_millis(10)));
+        // The other end goes (a tmux server killed): a hang-up, at once, not a timeout.
+        drop(master);
+        let t = std::time::Instant::now();
+        assert!(tty.hung_up(Duration::from_secs(5)));
+        assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
+    }
+
+    #[test]
+    fn the_status_file_shows_its_last_line_without_control_characters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("status");
+        assert_eq!(status_line(&path), None);
+        let long = "x".repeat(10_000);
+        std::fs::write(&path, format!("{long}\nfirst\n\x1b[2Jsecond step\n\n")).expect("write");
+        assert_eq!(status_line(&path).as_deref(), Some(" [2Jsecond step"));
     }
 
     #[test]

@@ -104,6 +104,10 @@ fn header(app: &App) -> Vec<Line<'static>> {
         ));
     }
     out.push(Line::from(lines[2].clone()));
+    // `--status-file`: what whoever runs the view says is going on (the demo's narration).
+    if let Some(status) = app.status.as_deref().filter(|s| !s.is_empty()) {
+        out.push(Line::styled(status.to_string(), Style::default().add_modifier(Modifier::BOLD)));
+    }
     out
 }
 

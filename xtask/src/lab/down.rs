@@ -130,6 +130,7 @@ pub fn down(name_or_state_dir: &str) -> Result<DownOutcome> {
 /// `state_dir`), namespaces, root links, files. Verifies nothing is left.
 pub fn teardown(name: &str, state_dir: &Path, lab: Option<&Lab>) -> Result<()> {
     validate_name(name)?;
+    let ours = lab_pids(name, state_dir, lab);
     if let Some(lab) = lab {
         // Monitors first, with SIGINT, so they detach from the interfaces while those exist.
         let survivors = monitors::stop_processes(lab);
@@ -168,7 +169,51 @@ pub fn teardown(name: &str, state_dir: &Path, lab: Option<&Lab>) -> Result<()> {
     if owned {
         remove_files(name, state_dir)?;
     }
-    verify_gone(name, state_dir)
+    verify_gone(name, state_dir)?;
+    wait_reaped(&ours);
+    Ok(())
+}
+
+/// Every process of the lab before it is torn down: daemons and monitors by pidfile, whatever
+/// runs in its namespaces, lab programs pointing at its state directory.
+fn lab_pids(name: &str, state_dir: &Path, lab: Option<&Lab>) -> Vec<i32> {
+    let mut pids: Vec<i32> = Vec::new();
+    if let Some(lab) = lab {
+        pids.extend(lab.daemons().iter().filter_map(|d| sys::live_pid(&d.pidfile, d.comm)));
+        pids.extend(monitors::running(lab).into_iter().filter_map(|(_, pid)| pid));
+    }
+    if is_lab_state_dir(state_dir) {
+        pids.extend(
+            pidfiles_under(state_dir)
+                .iter()
+                .filter_map(|p| sys::read_pidfile(p))
+                .filter(|&pid| sys::is_alive(pid) && sys::comm(pid).is_some_and(|c| sys::is_lab_program(&c))),
+        );
+        pids.extend(sys::pids_referencing(state_dir));
+    }
+    for ns in lab_netns(name) {
+        pids.extend(sys::netns_pids(&ns));
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// How long `down` waits for the lab's exited processes to be reaped.
+const REAP_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until every one of `pids` is gone from /proc, not only dead: the daemons are
+/// daemonised, so whoever is PID 1 reaps them, and until it does `ps` and `pgrep` still list
+/// them (as zombies). Without this, `lab down` said "removed" while `pgrep ovs-vswitchd`
+/// still found them for 1-2 s. A PID 1 that never reaps is reported, not waited for forever.
+fn wait_reaped(pids: &[i32]) {
+    let present = |pid: &i32| Path::new(&format!("/proc/{pid}")).exists();
+    if !sys::wait_until(REAP_WAIT, Duration::from_millis(20), || !pids.iter().any(present)) {
+        let left: Vec<i32> = pids.iter().copied().filter(present).collect();
+        eprintln!(
+            "note: processes {left:?} of the lab have exited but PID 1 has not reaped them after {REAP_WAIT:?}"
+        );
+    }
 }
 
 fn pidfiles_under(dir: &Path) -> Vec<PathBuf> {
