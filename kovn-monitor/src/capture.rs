@@ -141,6 +141,28 @@ impl Capture {
             .map_err(|source| CaptureError::Map { name: crate::drops::DROP_MAP, source })
     }
 
+    /// Removes drop records idle for `ttl` (see [`crate::drops::age_map`]).
+    pub fn age_drops(
+        &mut self,
+        entries: &[(kovn_ebpf_common::DropKey, kovn_ebpf_common::DropStats)],
+        now_ns: u64,
+        ttl: std::time::Duration,
+    ) -> Result<usize, CaptureError> {
+        crate::drops::age_map(&mut self.ebpf, entries, now_ns, ttl)
+            .map_err(|source| CaptureError::Map { name: crate::drops::DROP_MAP, source })
+    }
+
+    /// Records drops inside the pod network namespace `inode` as the pod behind `host_ifindex`.
+    pub fn watch_pod_netns(&mut self, inode: u32, host_ifindex: u32) -> Result<(), CaptureError> {
+        crate::drops::watch_pod_netns(&mut self.ebpf, inode, host_ifindex)
+            .map_err(|source| CaptureError::Map { name: kovn_ebpf_common::DROP_POD_NETNS, source })
+    }
+
+    pub fn unwatch_pod_netns(&mut self, inode: u32) -> Result<(), CaptureError> {
+        crate::drops::unwatch_pod_netns(&mut self.ebpf, inode)
+            .map_err(|source| CaptureError::Map { name: kovn_ebpf_common::DROP_POD_NETNS, source })
+    }
+
     /// The drop program's counters (map full, drops in this netns, failed reads).
     pub fn drop_counters(&self) -> BTreeMap<&'static str, u64> {
         if self.drops.available { crate::drops::read_counters(&self.ebpf) } else { BTreeMap::new() }

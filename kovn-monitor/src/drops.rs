@@ -15,10 +15,10 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
     programs::BtfTracePoint,
 };
-use kovn_ebpf_common::{DCNT_MAX, DROP_COUNTER_NAMES, DropKey, DropStats};
+use kovn_ebpf_common::{DCNT_MAX, DROP_COUNTER_NAMES, DROP_POD_NETNS, DropKey, DropStats, SIDE_A};
 use serde::{Deserialize, Serialize};
 
-use crate::flows::{Clock, flow_id, ip_of, protocol_name};
+use crate::flows::{Clock, Flow, flow_id, ip_of, protocol_name};
 
 pub const DROP_MAP: &str = "DROPS";
 pub const DROP_COUNTER_MAP: &str = "DROP_COUNTERS";
@@ -470,6 +470,58 @@ pub fn read_map(ebpf: &Ebpf) -> Result<Vec<(DropKey, DropStats)>, MapError> {
     Ok(out)
 }
 
+/// Removes the records of `entries` that saw no drop for `ttl` (`--drop-record-ttl`), so the
+/// map holds what is current and `drops_map_full` counts only drops that found no room. Each
+/// record is looked up again just before it goes: one that rose since `entries` was read stays.
+/// (A drop between that look-up and the delete is lost; the window is one syscall.) Returns how
+/// many went.
+pub fn age_map(
+    ebpf: &mut Ebpf,
+    entries: &[(DropKey, DropStats)],
+    now_ns: u64,
+    ttl: std::time::Duration,
+) -> Result<usize, MapError> {
+    let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+    let stale: Vec<&(DropKey, DropStats)> =
+        entries.iter().filter(|(_, s)| now_ns.saturating_sub(s.last_ns) >= ttl_ns).collect();
+    if stale.is_empty() {
+        return Ok(0);
+    }
+    let Some(map) = ebpf.map_mut(DROP_MAP) else { return Ok(0) };
+    let mut map: BpfHashMap<&mut MapData, DropKey, DropStats> = BpfHashMap::try_from(map)?;
+    let mut removed = 0;
+    for (k, seen) in stale {
+        match map.get(k, 0) {
+            Ok(now) if now.count == seen.count => {}
+            Ok(_) | Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e),
+        }
+        match map.remove(k) {
+            Ok(()) => removed += 1,
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
+}
+
+/// Watches a pod's network namespace: drops there are recorded as the pod's (its host veth).
+pub fn watch_pod_netns(ebpf: &mut Ebpf, inode: u32, host_ifindex: u32) -> Result<(), MapError> {
+    let Some(map) = ebpf.map_mut(DROP_POD_NETNS) else { return Ok(()) };
+    let mut map: BpfHashMap<&mut MapData, u32, u32> = BpfHashMap::try_from(map)?;
+    map.insert(&inode, &host_ifindex, 0)
+}
+
+/// Stops watching a pod's network namespace (its veth is gone or moved).
+pub fn unwatch_pod_netns(ebpf: &mut Ebpf, inode: u32) -> Result<(), MapError> {
+    let Some(map) = ebpf.map_mut(DROP_POD_NETNS) else { return Ok(()) };
+    let mut map: BpfHashMap<&mut MapData, u32, u32> = BpfHashMap::try_from(map)?;
+    match map.remove(&inode) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The drop counters summed over CPUs, by name.
 pub fn read_counters(ebpf: &Ebpf) -> BTreeMap<&'static str, u64> {
     let mut out = BTreeMap::new();
@@ -486,6 +538,42 @@ pub fn read_counters(ebpf: &Ebpf) -> BTreeMap<&'static str, u64> {
 // ---------------------------------------------------------------------------------------------
 // API model.
 
+/// Where the kernel dropped a packet.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum DropLocation {
+    /// In the node's network namespace (the monitor's), on `interface`.
+    #[default]
+    Node,
+    /// Inside the network namespace of one of this node's pods (its firewall, its sockets);
+    /// `interface` is the pod's host-side veth.
+    Pod,
+}
+
+impl DropLocation {
+    pub fn is_node(&self) -> bool {
+        *self == Self::Node
+    }
+}
+
+/// Which way the dropped packets went, relative to their flow (its initiator is `src`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum DropDirection {
+    /// From the flow's source to its destination.
+    Request,
+    /// From the destination back to the source.
+    Reply,
+    /// Both ways.
+    Both,
+}
+
+impl DropDirection {
+    fn merge(self, other: Self) -> Self {
+        if self == other { self } else { Self::Both }
+    }
+}
+
 /// One line of `GET /api/v1/drops`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct DropRecord {
@@ -500,19 +588,69 @@ pub struct DropRecord {
     /// The kernel's `enum skb_drop_reason` name without `SKB_DROP_REASON_`, e.g. `NETFILTER_DROP`.
     pub reason: String,
     pub reason_code: u32,
+    /// `node`: in the node's namespace, on `interface`; `pod`: inside the pod's own namespace
+    /// (`interface` is then the pod's host veth).
+    #[serde(default)]
+    pub location: DropLocation,
     pub interface: String,
     pub ifindex: u32,
+    /// For `location: pod`: the pod (`namespace/name`) when the inventory knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// For `location: pod`: the inode of the pod's network namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_inode: Option<u32>,
+    /// For `location: pod`: the namespace's name under `/run/netns`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// Which way the dropped packets went relative to `src`/`dst` (as the flow is oriented;
+    /// without a flow, the lower port is taken for the server's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<DropDirection>,
     pub count: u64,
     pub bytes: u64,
     /// RFC 3339.
     pub last_seen: String,
 }
 
-/// A flow's drops, in the flow JSON (`drops: [{reason, count}]`).
+/// A flow's drops, in the flow JSON (`drops: [{reason, count, ...}]`): what a peer monitor
+/// also returns for its view of a cross-node flow.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FlowDrop {
     pub reason: String,
     pub count: u64,
+    /// `pod` when the drops happened inside a pod's own namespace (absent: the node's).
+    #[serde(default, skip_serializing_if = "DropLocation::is_node")]
+    pub location: DropLocation,
+    /// The pod they happened in (`namespace/name`), for `location: pod`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The pod's host veth, for `location: pod`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// The pod's namespace name under `/run/netns`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<DropDirection>,
+}
+
+impl FlowDrop {
+    /// One line for `top`'s detail pane: `NETFILTER_DROP 3` or, inside a pod,
+    /// `NETFILTER_DROP 3 inside pod default/web (request)`.
+    pub fn describe(&self) -> String {
+        if self.location != DropLocation::Pod {
+            return format!("{} {}", self.reason, self.count);
+        }
+        let pod = self.pod.as_deref().or(self.interface.as_deref()).unwrap_or("?");
+        let dir = match self.direction {
+            Some(DropDirection::Request) => " (request)",
+            Some(DropDirection::Reply) => " (reply)",
+            Some(DropDirection::Both) => " (both ways)",
+            None => "",
+        };
+        format!("{} {} inside pod {pod}{dir}", self.reason, self.count)
+    }
 }
 
 fn iface_name(ifindex: u32) -> String {
@@ -527,7 +665,9 @@ fn iface_name(ifindex: u32) -> String {
 }
 
 /// The drop records, oriented like their flow when `flows` has it (id → (src ip, src port)),
-/// otherwise client → server by port (the lower port is the server's).
+/// otherwise client → server by port (the lower port is the server's). Kernel records that
+/// differ only in what userspace does not show (the device inside a pod, the direction) are
+/// summed into one record per (flow, reason, location, interface).
 pub fn records(
     entries: &[(DropKey, DropStats)],
     hook: &DropHook,
@@ -535,50 +675,214 @@ pub fn records(
     flows: &HashMap<String, (IpAddr, u16)>,
 ) -> Vec<DropRecord> {
     let mut names: HashMap<u32, String> = HashMap::new();
-    let mut out: Vec<DropRecord> = entries
-        .iter()
-        .map(|(k, s)| {
-            let f = &k.flow;
-            let ip = f.proto != 0 || f.addr_a != [0; 4] || f.addr_b != [0; 4];
-            let id = if ip { flow_id(f) } else { String::new() };
-            let (a, b) = ((ip_of(f.addr_a), f.port_a), (ip_of(f.addr_b), f.port_b));
-            let (src, dst) = match flows.get(&id) {
-                Some(&(sip, sport)) if (sip, sport) == b => (b, a),
-                Some(_) => (a, b),
-                None if a.1 != 0 && b.1 != 0 && a.1 < b.1 => (b, a),
-                None => (a, b),
-            };
-            DropRecord {
-                flow_id: id,
-                src_ip: ip.then_some(src.0),
-                dst_ip: ip.then_some(dst.0),
-                src_port: src.1,
-                dst_port: dst.1,
-                protocol: if ip { protocol_name(f.proto).into() } else { "non_ip".into() },
-                ip_proto: f.proto,
-                reason: hook.reason_name(k.reason),
-                reason_code: k.reason,
-                interface: names.entry(k.ifindex).or_insert_with(|| iface_name(k.ifindex)).clone(),
-                ifindex: k.ifindex,
-                count: s.count,
-                bytes: s.bytes,
-                last_seen: clock.rfc3339(s.last_ns),
-            }
-        })
-        .collect();
+    let mut netns_names: HashMap<u32, Option<String>> = HashMap::new();
+    let mut merged: BTreeMap<(String, u32, DropLocation, u32), DropRecord> = BTreeMap::new();
+    let mut last_ns: HashMap<(String, u32, DropLocation, u32), u64> = HashMap::new();
+    for (k, s) in entries {
+        let f = &k.flow;
+        let ip = f.proto != 0 || f.addr_a != [0; 4] || f.addr_b != [0; 4];
+        let id = if ip { flow_id(f) } else { String::new() };
+        let (a, b) = ((ip_of(f.addr_a), f.port_a), (ip_of(f.addr_b), f.port_b));
+        let (src, dst) = match flows.get(&id) {
+            Some(&(sip, sport)) if (sip, sport) == b => (b, a),
+            Some(_) => (a, b),
+            None if a.1 != 0 && b.1 != 0 && a.1 < b.1 => (b, a),
+            None => (a, b),
+        };
+        let sender = if k.sender == u32::from(SIDE_A) { a } else { b };
+        let direction =
+            ip.then_some(if sender == src && src != dst { DropDirection::Request } else { DropDirection::Reply });
+        let (location, ifindex) =
+            if k.netns == 0 { (DropLocation::Node, k.ifindex) } else { (DropLocation::Pod, k.pod_ifindex) };
+        let mkey = (id.clone(), k.reason, location, ifindex);
+        let last = last_ns.entry(mkey.clone()).or_default();
+        *last = (*last).max(s.last_ns);
+        let last = *last;
+        let r = merged.entry(mkey).or_insert_with(|| DropRecord {
+            flow_id: id,
+            src_ip: ip.then_some(src.0),
+            dst_ip: ip.then_some(dst.0),
+            src_port: src.1,
+            dst_port: dst.1,
+            protocol: if ip { protocol_name(f.proto).into() } else { "non_ip".into() },
+            ip_proto: f.proto,
+            reason: hook.reason_name(k.reason),
+            reason_code: k.reason,
+            location,
+            interface: names.entry(ifindex).or_insert_with(|| iface_name(ifindex)).clone(),
+            ifindex,
+            pod: None,
+            netns_inode: (k.netns != 0).then_some(k.netns),
+            netns: if k.netns == 0 {
+                None
+            } else {
+                netns_names.entry(k.netns).or_insert_with(|| crate::netns::name_of_inode(k.netns)).clone()
+            },
+            direction,
+            count: 0,
+            bytes: 0,
+            last_seen: String::new(),
+        });
+        r.count += s.count;
+        r.bytes += s.bytes;
+        r.last_seen = clock.rfc3339(last);
+        r.direction = match (r.direction, direction) {
+            (Some(x), Some(y)) => Some(x.merge(y)),
+            (x, y) => x.or(y),
+        };
+    }
+    let mut out: Vec<DropRecord> = merged.into_values().collect();
     out.sort_by(|x, y| y.count.cmp(&x.count).then_with(|| x.flow_id.cmp(&y.flow_id)));
     out
 }
 
-/// Per-flow drops by flow id, summed over interfaces.
+/// Names the pod of each `location: pod` record: the pod whose host veth is the record's
+/// interface (`pod_of_veth`, from the inventory), else the end of its flow that is a pod of
+/// `node`, the receiving end first (drops inside a pod are mostly of packets it receives).
+pub fn name_pods(
+    records: &mut [DropRecord],
+    flows: &[Flow],
+    node: &str,
+    pod_of_veth: impl Fn(&str) -> Option<String>,
+) {
+    let by_id: HashMap<&str, &Flow> = flows.iter().map(|f| (f.id.as_str(), f)).collect();
+    for r in records.iter_mut().filter(|r| r.location == DropLocation::Pod) {
+        r.pod = pod_of_veth(&r.interface).or_else(|| {
+            let f = by_id.get(r.flow_id.as_str())?;
+            let ends = match r.direction {
+                Some(DropDirection::Reply) => [&f.src, &f.dst],
+                _ => [&f.dst, &f.src],
+            };
+            ends.into_iter().flatten().find_map(|e| {
+                if e.kind != "pod" || e.node.as_deref().is_some_and(|n| n != node) {
+                    return None;
+                }
+                Some(format!("{}/{}", e.namespace.as_deref()?, e.pod.as_deref()?))
+            })
+        });
+    }
+}
+
+/// Per-flow drops by flow id, summed over the node's interfaces; drops inside pods per pod.
 pub fn by_flow(records: &[DropRecord]) -> HashMap<String, Vec<FlowDrop>> {
-    let mut acc: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
+    type Where = (String, DropLocation, Option<String>, Option<String>, Option<String>);
+    let mut acc: HashMap<String, BTreeMap<Where, (u64, Option<DropDirection>)>> = HashMap::new();
     for r in records.iter().filter(|r| !r.flow_id.is_empty()) {
-        *acc.entry(r.flow_id.clone()).or_default().entry(r.reason.clone()).or_default() += r.count;
+        let pod_side = r.location == DropLocation::Pod;
+        let at = (
+            r.reason.clone(),
+            r.location,
+            r.pod.clone().filter(|_| pod_side),
+            pod_side.then(|| r.interface.clone()),
+            r.netns.clone(),
+        );
+        let e = acc.entry(r.flow_id.clone()).or_default().entry(at).or_insert((0, r.direction));
+        e.0 += r.count;
+        e.1 = match (e.1, r.direction) {
+            (Some(x), Some(y)) => Some(x.merge(y)),
+            (x, y) => x.or(y),
+        };
     }
     acc.into_iter()
-        .map(|(id, m)| (id, m.into_iter().map(|(reason, count)| FlowDrop { reason, count }).collect()))
+        .map(|(id, m)| {
+            let drops = m
+                .into_iter()
+                .map(|((reason, location, pod, interface, netns), (count, direction))| FlowDrop {
+                    reason,
+                    count,
+                    location,
+                    pod,
+                    interface,
+                    netns,
+                    direction: direction.filter(|_| location == DropLocation::Pod),
+                })
+                .collect();
+            (id, drops)
+        })
         .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verdicts from drops inside pods (small functions the detection code calls; wording only).
+
+/// Where a flow's packets died inside a pod, and what to run next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodDropVerdict {
+    /// `dropped_in_destination_pod` or `dropped_in_source_pod`.
+    pub hop: String,
+    pub summary: String,
+    pub next_commands: Vec<String>,
+}
+
+fn endpoint_name(e: Option<&crate::inventory::Endpoint>, ip: IpAddr) -> String {
+    match e {
+        Some(crate::inventory::Endpoint { namespace: Some(ns), pod: Some(p), .. }) => format!("{ns}/{p}"),
+        _ => ip.to_string(),
+    }
+}
+
+/// How to run `cmd` inside the pod of `d`: `ip netns exec <name>` where its namespace has a
+/// name (the lab, a CNI-named netns on the node), else `kubectl exec` into the pod.
+pub fn in_pod_command(d: &FlowDrop, cmd: &str) -> String {
+    match (&d.netns, d.pod.as_deref().and_then(|p| p.split_once('/'))) {
+        (Some(ns), _) => format!("ip netns exec {ns} {cmd}"),
+        (None, Some((ns, name))) => format!("kubectl exec -n {ns} {name} -- {cmd}"),
+        (None, None) => format!("nsenter --net=<the netns of the pod behind {}> {cmd}", d.interface.as_deref().unwrap_or("?")),
+    }
+}
+
+/// The verdict a flow's drops inside a pod give, from this node's view of the flow and the
+/// peer node's (a cross-node flow's destination pod is on the peer): the pod drop with the
+/// most packets decides. None when no pod dropped any of the flow's packets.
+pub fn pod_drop_verdict(f: &Flow, peer: Option<&Flow>) -> Option<PodDropVerdict> {
+    let d = f
+        .drops
+        .iter()
+        .chain(peer.map(|p| p.drops.as_slice()).unwrap_or_default())
+        .filter(|d| d.location == DropLocation::Pod)
+        .max_by_key(|d| d.count)?;
+    let reply = d.direction == Some(DropDirection::Reply);
+    let (side, hop) =
+        if reply { ("source", "dropped_in_source_pod") } else { ("destination", "dropped_in_destination_pod") };
+    let pod = d.pod.clone().unwrap_or_else(|| {
+        if reply { endpoint_name(f.src.as_ref(), f.src_ip) } else { endpoint_name(f.dst.as_ref(), f.dst_ip) }
+    });
+    let (what, reached) = if reply {
+        ("reply", endpoint_name(f.src.as_ref(), f.src_ip))
+    } else {
+        ("request", endpoint_name(f.dst.as_ref(), f.dst_ip))
+    };
+    let n = d.count;
+    let proto = f.protocol.as_str();
+    let (summary, commands) = match d.reason.as_str() {
+        "NETFILTER_DROP" => (
+            format!(
+                "the {what} reached {reached} and was dropped inside the {side} pod {pod} by its firewall (NETFILTER_DROP, {n} packet(s))"
+            ),
+            vec![in_pod_command(d, "nft list ruleset"), in_pod_command(d, "iptables-save")],
+        ),
+        "NO_SOCKET" if !reply => (
+            format!(
+                "nothing listens on {proto} port {} in the destination pod {pod}: the kernel dropped the request (NO_SOCKET, {n} packet(s))",
+                f.dst_port
+            ),
+            vec![
+                in_pod_command(d, if proto == "udp" { "ss -lunp" } else { "ss -ltnp" }),
+                in_pod_command(d, "nstat -az UdpNoPorts"),
+            ],
+        ),
+        "SOCKET_RCVBUFF" => (
+            format!(
+                "the application in {pod} does not read its socket fast enough: its receive buffer is full and the kernel drops what arrives (SOCKET_RCVBUFF, {n} packet(s))"
+            ),
+            vec![in_pod_command(d, "ss -uamn"), in_pod_command(d, "nstat -az UdpRcvbufErrors")],
+        ),
+        r => (
+            format!("the {what} was dropped by the kernel inside the {side} pod {pod} with reason {r} ({n} packet(s))"),
+            vec![in_pod_command(d, "nstat -az"), in_pod_command(d, "nft list ruleset")],
+        ),
+    };
+    Some(PodDropVerdict { hop: hop.into(), summary, next_commands: commands })
 }
 
 /// A drop record as the kernel map yields it, for other modules' tests: a TCP flow
@@ -595,8 +899,13 @@ pub(crate) fn test_record(flow_id: &str, reason: &str, interface: &str, count: u
         ip_proto: 6,
         reason: reason.into(),
         reason_code: 0,
+        location: DropLocation::Node,
         interface: interface.into(),
         ifindex: interface.bytes().map(u32::from).sum(),
+        pod: None,
+        netns_inode: None,
+        netns: None,
+        direction: None,
         count,
         bytes: 0,
         last_seen: String::new(),
@@ -655,6 +964,10 @@ mod tests {
         assert!(own_netns_inum().unwrap() > 0);
     }
 
+    fn key(flow: kovn_ebpf_common::FlowKey, ifindex: u32) -> DropKey {
+        DropKey { flow, reason: 6, ifindex, ..Default::default() }
+    }
+
     #[test]
     fn records_orient_by_port_and_group_by_flow() {
         use kovn_ebpf_common::{FlowKey, ipv4_mapped};
@@ -666,14 +979,15 @@ mod tests {
             ..Default::default()
         };
         let e = [
-            (DropKey { flow, reason: 6, ifindex: 1 }, DropStats { count: 3, last_ns: 0, bytes: 180 }),
-            (DropKey { flow, reason: 6, ifindex: 2 }, DropStats { count: 1, last_ns: 0, bytes: 60 }),
+            (key(flow, 1), DropStats { count: 3, last_ns: 0, bytes: 180 }),
+            (key(flow, 2), DropStats { count: 1, last_ns: 0, bytes: 60 }),
         ];
         let r = records(&e, &hook, &Clock::fixed(0, 0), &HashMap::new());
         assert_eq!(r[0].dst_port, 80);
         assert_eq!(r[0].src_port, 40000);
         assert_eq!(r[0].reason, "NETFILTER_DROP");
         let f = by_flow(&r);
-        assert_eq!(f[&flow_id(&flow)], vec![FlowDrop { reason: "NETFILTER_DROP".into(), count: 4 }]);
+        assert_eq!(f[&flow_id(&flow)].len(), 1);
+        assert_eq!((f[&flow_id(&flow)][0].reason.as_str(), f[&flow_id(&flow)][0].count), ("NETFILTER_DROP", 4));
     }
 }
