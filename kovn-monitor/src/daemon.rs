@@ -356,6 +356,15 @@ impl Daemon {
                         *c = format!("ip netns exec {ns} {c}");
                     }
                 }
+                // Drops inside a pod: named by the pod's own reason, its commands first.
+                let flow = a.flows.first().and_then(|id| snap.flows.iter().find(|f| &f.id == id));
+                if let (Some(pv), Some(v)) =
+                    (flow.and_then(|f| crate::drops::pod_drop_verdict(f, None)), a.verdict.as_mut())
+                {
+                    v.hop = pv.hop;
+                    v.summary = pv.summary;
+                    v.next_commands.splice(0..0, pv.next_commands);
+                }
                 continue;
             }
             let fresh = self.verdict_at.get(&a.id).is_some_and(|t| t.elapsed() < REFRESH);

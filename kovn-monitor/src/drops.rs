@@ -690,8 +690,11 @@ pub fn records(
             None => (a, b),
         };
         let sender = if k.sender == u32::from(SIDE_A) { a } else { b };
-        let direction =
-            ip.then_some(if sender == src && src != dst { DropDirection::Request } else { DropDirection::Reply });
+        let direction = ip.then_some(if sender == src && src != dst {
+            DropDirection::Request
+        } else {
+            DropDirection::Reply
+        });
         let (location, ifindex) =
             if k.netns == 0 { (DropLocation::Node, k.ifindex) } else { (DropLocation::Pod, k.pod_ifindex) };
         let mkey = (id.clone(), k.reason, location, ifindex);
@@ -827,7 +830,10 @@ pub fn in_pod_command(d: &FlowDrop, cmd: &str) -> String {
     match (&d.netns, d.pod.as_deref().and_then(|p| p.split_once('/'))) {
         (Some(ns), _) => format!("ip netns exec {ns} {cmd}"),
         (None, Some((ns, name))) => format!("kubectl exec -n {ns} {name} -- {cmd}"),
-        (None, None) => format!("nsenter --net=<the netns of the pod behind {}> {cmd}", d.interface.as_deref().unwrap_or("?")),
+        (None, None) => format!(
+            "nsenter --net=<the netns of the pod behind {}> {cmd}",
+            d.interface.as_deref().unwrap_or("?")
+        ),
     }
 }
 
@@ -842,8 +848,11 @@ pub fn pod_drop_verdict(f: &Flow, peer: Option<&Flow>) -> Option<PodDropVerdict>
         .filter(|d| d.location == DropLocation::Pod)
         .max_by_key(|d| d.count)?;
     let reply = d.direction == Some(DropDirection::Reply);
-    let (side, hop) =
-        if reply { ("source", "dropped_in_source_pod") } else { ("destination", "dropped_in_destination_pod") };
+    let (side, hop) = if reply {
+        ("source", "dropped_in_source_pod")
+    } else {
+        ("destination", "dropped_in_destination_pod")
+    };
     let pod = d.pod.clone().unwrap_or_else(|| {
         if reply { endpoint_name(f.src.as_ref(), f.src_ip) } else { endpoint_name(f.dst.as_ref(), f.dst_ip) }
     });
@@ -878,7 +887,9 @@ pub fn pod_drop_verdict(f: &Flow, peer: Option<&Flow>) -> Option<PodDropVerdict>
             vec![in_pod_command(d, "ss -uamn"), in_pod_command(d, "nstat -az UdpRcvbufErrors")],
         ),
         r => (
-            format!("the {what} was dropped by the kernel inside the {side} pod {pod} with reason {r} ({n} packet(s))"),
+            format!(
+                "the {what} was dropped by the kernel inside the {side} pod {pod} with reason {r} ({n} packet(s))"
+            ),
             vec![in_pod_command(d, "nstat -az"), in_pod_command(d, "nft list ruleset")],
         ),
     };
@@ -988,6 +999,9 @@ mod tests {
         assert_eq!(r[0].reason, "NETFILTER_DROP");
         let f = by_flow(&r);
         assert_eq!(f[&flow_id(&flow)].len(), 1);
-        assert_eq!((f[&flow_id(&flow)][0].reason.as_str(), f[&flow_id(&flow)][0].count), ("NETFILTER_DROP", 4));
+        assert_eq!(
+            (f[&flow_id(&flow)][0].reason.as_str(), f[&flow_id(&flow)][0].count),
+            ("NETFILTER_DROP", 4)
+        );
     }
 }

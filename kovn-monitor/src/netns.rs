@@ -41,7 +41,9 @@ struct NsidSocket(OwnedFd);
 impl NsidSocket {
     fn open() -> Result<Self, NetnsError> {
         // SAFETY: plain socket(2); the descriptor is owned at once.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        let fd = unsafe {
+            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
+        };
         if fd < 0 {
             return Err(NetnsError::Socket(std::io::Error::last_os_error()));
         }
@@ -147,7 +149,8 @@ impl NetnsResolver {
         let own = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).unwrap_or(0);
         let mut tried = std::collections::HashSet::new();
         tried.insert(own);
-        let named = NAMED_DIRS.iter().filter_map(|d| std::fs::read_dir(d).ok()).flatten().flatten().map(|e| e.path());
+        let named =
+            NAMED_DIRS.iter().filter_map(|d| std::fs::read_dir(d).ok()).flatten().flatten().map(|e| e.path());
         let procs = std::fs::read_dir("/proc")
             .into_iter()
             .flatten()

@@ -157,7 +157,9 @@ impl Daemon {
             .spawn()
             .expect("spawn kovn-monitor");
         let mut d = Self { child, ns: ns.name.clone(), port, log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Loading and verifying the programs takes seconds, and much longer on a machine
+        // loaded by parallel builds.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = d.child.try_wait().expect("wait") {
                 panic!("kovn-monitor exited early ({status}):\n{}", d.log_text());
@@ -168,7 +170,7 @@ impl Daemon {
             {
                 return d;
             }
-            assert!(Instant::now() < deadline, "kovn-monitor not ready in 20 s:\n{}", d.log_text());
+            assert!(Instant::now() < deadline, "kovn-monitor not ready in 60 s:\n{}", d.log_text());
             std::thread::sleep(Duration::from_millis(100));
         }
     }
