@@ -344,11 +344,30 @@ pub struct DropStats {
     pub bytes: u64,
 }
 
-/// The network namespaces of this node's pods (inode → the pod's host veth ifindex), kept by
-/// userspace from the pods' veths. Drops there are recorded as well as the node's own.
+/// The network namespaces of this node's pods, kept by userspace from the pods' veths; drops
+/// there are recorded as well as the node's own. A namespace is found in one step on the path
+/// every kfree_skb call takes: slot `inode % DROP_POD_NETNS_SLOT_COUNT` of the array
+/// [`DROP_POD_NETNS_SLOT_MAP`] holds one namespace; the others whose inode falls on an occupied
+/// slot (rare: namespace inodes are allocated densely) are in the hash map [`DROP_POD_NETNS`]
+/// (inode → host veth ifindex), looked up only when the slot says it has such `overflow`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodNetnsSlot {
+    /// The namespace's inode (0: the slot is free).
+    pub inode: u32,
+    /// The ifindex of the pod's host-side veth in the monitor's namespace.
+    pub host_ifindex: u32,
+    /// How many other watched namespaces fall on this slot (they are in [`DROP_POD_NETNS`]).
+    pub overflow: u32,
+}
+
+pub const DROP_POD_NETNS_SLOT_MAP: &str = "DROP_POD_NETNS_SLOTS";
+/// Slots of [`DROP_POD_NETNS_SLOT_MAP`] (a power of two).
+pub const DROP_POD_NETNS_SLOT_COUNT: u32 = 4096;
 pub const DROP_POD_NETNS: &str = "DROP_POD_NETNS";
-/// Bound of [`DROP_POD_NETNS`]: kubelet's default is 110 pods per node and its documented
-/// maximum 250 to 500; a pod veth beyond this is logged and its drops are not watched.
+/// Bound of the watched namespaces (slots and overflow together): kubelet's default is 110
+/// pods per node and its documented maximum 250 to 500; a pod veth beyond this is logged and
+/// its drops are not watched.
 pub const DROP_POD_NETNS_MAX: u32 = 4096;
 
 /// Indices of `DROP_COUNTERS` (per CPU).
@@ -370,6 +389,8 @@ mod drops_user {
     // SAFETY: plain-old-data, repr(C), no implicit padding (the flow key + 5 × u32; 3 × u64).
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::DropStats {}
+    // SAFETY: plain-old-data, repr(C), 3 × u32.
+    unsafe impl aya::Pod for super::PodNetnsSlot {}
 }
 
 const _: () = assert!(

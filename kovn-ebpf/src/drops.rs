@@ -15,12 +15,12 @@ use crate::parse::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
 use kovn_ebpf_common::{
     DCNT_IN_NETNS, DCNT_IN_POD_NETNS, DCNT_MAP_FULL, DCNT_MAX, DCNT_READ_FAILED, DCNT_SKIPPED_NETNS,
-    DROP_POD_NETNS_MAX, DropKey, DropStats, FlowKey, ipv4_mapped,
+    DROP_POD_NETNS_MAX, DROP_POD_NETNS_SLOT_COUNT, DropKey, DropStats, FlowKey, PodNetnsSlot, ipv4_mapped,
 };
 
 /// Offsets (bytes) from the running kernel's BTF, set by the loader.
@@ -55,8 +55,12 @@ static DROPS_HAS_REASON: u8 = 0;
 #[map]
 static DROPS: HashMap<DropKey, DropStats> = HashMap::with_max_entries(4096, 0);
 
-/// Pod network namespaces whose drops are recorded: netns inode → the pod's host veth
-/// ifindex. Written by userspace only (see `DROP_POD_NETNS_MAX` for the bound).
+/// Pod network namespaces whose drops are recorded, by `inode % DROP_POD_NETNS_SLOT_COUNT` (an array
+/// lookup the verifier inlines: the early exit stays a few loads). Written by userspace only.
+#[map]
+static DROP_POD_NETNS_SLOTS: Array<PodNetnsSlot> = Array::with_max_entries(DROP_POD_NETNS_SLOT_COUNT, 0);
+
+/// The watched namespaces whose slot is taken by another: inode → the pod's host veth ifindex.
 #[map]
 static DROP_POD_NETNS: HashMap<u32, u32> = HashMap::with_max_entries(DROP_POD_NETNS_MAX, 0);
 
@@ -122,9 +126,8 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), ()> {
         dcount(DCNT_IN_NETNS);
         (0, 0)
     } else {
-        // SAFETY: a plain lookup; the value is copied out at once.
-        match unsafe { DROP_POD_NETNS.get(&inum) } {
-            Some(&host_ifindex) => {
+        match pod_netns(inum) {
+            Some(host_ifindex) => {
                 dcount(DCNT_IN_POD_NETNS);
                 (inum, host_ifindex)
             }
@@ -170,6 +173,20 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), ()> {
         (*stats).last_ns = now;
     }
     Ok(())
+}
+
+/// The host veth ifindex of the pod whose network namespace is `inum`, if it is watched.
+#[inline(always)]
+fn pod_netns(inum: u32) -> Option<u32> {
+    let slot = DROP_POD_NETNS_SLOTS.get(inum & (DROP_POD_NETNS_SLOT_COUNT - 1))?;
+    if slot.inode == inum && inum != 0 {
+        return Some(slot.host_ifindex);
+    }
+    if slot.overflow == 0 {
+        return None;
+    }
+    // SAFETY: a plain lookup; the value is copied out at once.
+    unsafe { DROP_POD_NETNS.get(&inum) }.copied()
 }
 
 /// The canonical 5-tuple from the skb's headers (skb->head + network_header/transport_header)

@@ -152,14 +152,10 @@ impl Capture {
             .map_err(|source| CaptureError::Map { name: crate::drops::DROP_MAP, source })
     }
 
-    /// Records drops inside the pod network namespace `inode` as the pod behind `host_ifindex`.
-    pub fn watch_pod_netns(&mut self, inode: u32, host_ifindex: u32) -> Result<(), CaptureError> {
-        crate::drops::watch_pod_netns(&mut self.ebpf, inode, host_ifindex)
-            .map_err(|source| CaptureError::Map { name: kovn_ebpf_common::DROP_POD_NETNS, source })
-    }
-
-    pub fn unwatch_pod_netns(&mut self, inode: u32) -> Result<(), CaptureError> {
-        crate::drops::unwatch_pod_netns(&mut self.ebpf, inode)
+    /// Brings the drop program's pod namespaces in line with `watched` (inode → the pod's host
+    /// veth ifindex) where `changed` is concerned (see [`crate::drops::sync_pod_netns`]).
+    pub fn sync_pod_netns(&mut self, watched: &BTreeMap<u32, u32>, changed: u32) -> Result<(), CaptureError> {
+        crate::drops::sync_pod_netns(&mut self.ebpf, watched, changed)
             .map_err(|source| CaptureError::Map { name: kovn_ebpf_common::DROP_POD_NETNS, source })
     }
 

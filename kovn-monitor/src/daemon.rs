@@ -188,25 +188,32 @@ impl Daemon {
             );
             return;
         }
-        match self.capture.watch_pod_netns(inode, link.index) {
+        self.pod_netns.insert(link.index, inode);
+        match self.capture.sync_pod_netns(&self.watched_netns(), inode) {
             Ok(()) => {
-                self.pod_netns.insert(link.index, inode);
-                log::info!("drops inside the pod behind {} (netns inode {inode}) are watched", link.name);
+                log::info!("drops inside the pod behind {} (netns inode {inode}) are watched", link.name)
             }
-            Err(e) => log::warn!("{}: watching its pod's network namespace: {e}", link.name),
+            Err(e) => {
+                self.pod_netns.remove(&link.index);
+                log::warn!("{}: watching its pod's network namespace: {e}", link.name)
+            }
         }
     }
 
+    /// The watched pod namespaces: inode → host veth ifindex (the lowest of a pod's veths).
+    fn watched_netns(&self) -> std::collections::BTreeMap<u32, u32> {
+        let mut out = std::collections::BTreeMap::new();
+        for (&ifindex, &inode) in &self.pod_netns {
+            out.entry(inode).or_insert(ifindex);
+        }
+        out
+    }
+
     fn unwatch_pod_netns(&mut self, index: u32) {
-        if let Some(inode) = self.pod_netns.remove(&index) {
-            // Another veth into the same namespace (a pod with two interfaces) keeps it.
-            if let Some((&other, _)) = self.pod_netns.iter().find(|(_, i)| **i == inode) {
-                if let Err(e) = self.capture.watch_pod_netns(inode, other) {
-                    log::warn!("netns inode {inode}: {e}");
-                }
-            } else if let Err(e) = self.capture.unwatch_pod_netns(inode) {
-                log::warn!("netns inode {inode}: {e}");
-            }
+        if let Some(inode) = self.pod_netns.remove(&index)
+            && let Err(e) = self.capture.sync_pod_netns(&self.watched_netns(), inode)
+        {
+            log::warn!("netns inode {inode}: {e}");
         }
     }
 

@@ -15,7 +15,10 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
     programs::BtfTracePoint,
 };
-use kovn_ebpf_common::{DCNT_MAX, DROP_COUNTER_NAMES, DROP_POD_NETNS, DropKey, DropStats, SIDE_A};
+use kovn_ebpf_common::{
+    DCNT_MAX, DROP_COUNTER_NAMES, DROP_POD_NETNS, DROP_POD_NETNS_SLOT_COUNT, DROP_POD_NETNS_SLOT_MAP,
+    DropKey, DropStats, PodNetnsSlot, SIDE_A,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::flows::{Clock, Flow, flow_id, ip_of, protocol_name};
@@ -505,21 +508,45 @@ pub fn age_map(
     Ok(removed)
 }
 
-/// Watches a pod's network namespace: drops there are recorded as the pod's (its host veth).
-pub fn watch_pod_netns(ebpf: &mut Ebpf, inode: u32, host_ifindex: u32) -> Result<(), MapError> {
-    let Some(map) = ebpf.map_mut(DROP_POD_NETNS) else { return Ok(()) };
-    let mut map: BpfHashMap<&mut MapData, u32, u32> = BpfHashMap::try_from(map)?;
-    map.insert(&inode, &host_ifindex, 0)
+/// Where each watched pod namespace goes in the kernel: for slot `inode % SLOTS`, the
+/// namespace with the lowest inode sits in the array, the others in the overflow hash.
+/// `watched` is inode → host veth ifindex.
+pub fn slot_layout(watched: &BTreeMap<u32, u32>, slot: u32) -> (PodNetnsSlot, Vec<(u32, u32)>) {
+    let mut members =
+        watched.iter().filter(|(i, _)| **i % DROP_POD_NETNS_SLOT_COUNT == slot).map(|(i, h)| (*i, *h));
+    match members.next() {
+        None => (PodNetnsSlot::default(), Vec::new()),
+        Some((inode, host_ifindex)) => {
+            let rest: Vec<(u32, u32)> = members.collect();
+            (PodNetnsSlot { inode, host_ifindex, overflow: rest.len() as u32 }, rest)
+        }
+    }
 }
 
-/// Stops watching a pod's network namespace (its veth is gone or moved).
-pub fn unwatch_pod_netns(ebpf: &mut Ebpf, inode: u32) -> Result<(), MapError> {
-    let Some(map) = ebpf.map_mut(DROP_POD_NETNS) else { return Ok(()) };
-    let mut map: BpfHashMap<&mut MapData, u32, u32> = BpfHashMap::try_from(map)?;
-    match map.remove(&inode) {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(e) => Err(e),
+/// Brings the kernel's record of `changed`'s slot in line with `watched` (inode → host veth
+/// ifindex, every pod namespace now watched): the slot, its overflow entries, and `changed`
+/// out of the overflow hash when it is no longer there.
+pub fn sync_pod_netns(ebpf: &mut Ebpf, watched: &BTreeMap<u32, u32>, changed: u32) -> Result<(), MapError> {
+    let slot = changed % DROP_POD_NETNS_SLOT_COUNT;
+    let (head, rest) = slot_layout(watched, slot);
+    {
+        let Some(map) = ebpf.map_mut(DROP_POD_NETNS) else { return Ok(()) };
+        let mut hash: BpfHashMap<&mut MapData, u32, u32> = BpfHashMap::try_from(map)?;
+        for (inode, host) in &rest {
+            hash.insert(inode, host, 0)?;
+        }
+        for gone in [changed, head.inode] {
+            if gone != 0 && !rest.iter().any(|(i, _)| *i == gone) {
+                match hash.remove(&gone) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
     }
+    let Some(map) = ebpf.map_mut(DROP_POD_NETNS_SLOT_MAP) else { return Ok(()) };
+    let mut slots: aya::maps::Array<&mut MapData, PodNetnsSlot> = aya::maps::Array::try_from(map)?;
+    slots.set(slot, &head, 0)
 }
 
 /// The drop counters summed over CPUs, by name.
@@ -968,6 +995,17 @@ mod tests {
         assert_eq!(nd.offset, net.offset, "possible_net_t holds only the pointer");
         assert!(btf.member_offset("sk_buff", &["no_such_member"]).is_err());
         assert!(btf.tracepoint_args("kfree_skb").unwrap() >= 3);
+    }
+
+    #[test]
+    fn colliding_pod_namespaces_share_a_slot_through_the_overflow() {
+        let s = DROP_POD_NETNS_SLOT_COUNT;
+        let watched: BTreeMap<u32, u32> = [(5 * s + 7, 10), (9 * s + 7, 11), (3 * s + 7, 12), (8, 13)].into();
+        let (head, rest) = slot_layout(&watched, 7);
+        assert_eq!(head, PodNetnsSlot { inode: 3 * s + 7, host_ifindex: 12, overflow: 2 });
+        assert_eq!(rest, vec![(5 * s + 7, 10), (9 * s + 7, 11)]);
+        assert_eq!(slot_layout(&watched, 8).0, PodNetnsSlot { inode: 8, host_ifindex: 13, overflow: 0 });
+        assert_eq!(slot_layout(&watched, 9), (PodNetnsSlot::default(), vec![]));
     }
 
     #[test]
