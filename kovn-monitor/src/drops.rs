@@ -536,11 +536,9 @@ pub fn sync_pod_netns(ebpf: &mut Ebpf, watched: &BTreeMap<u32, u32>, changed: u3
             hash.insert(inode, host, 0)?;
         }
         for gone in [changed, head.inode] {
-            if gone != 0 && !rest.iter().any(|(i, _)| *i == gone) {
-                match hash.remove(&gone) {
-                    Ok(()) | Err(MapError::KeyNotFound) => {}
-                    Err(e) => return Err(e),
-                }
+            // Only what is there: aya reports a delete of a missing key as a syscall error.
+            if gone != 0 && !rest.iter().any(|(i, _)| *i == gone) && hash.get(&gone, 0).is_ok() {
+                hash.remove(&gone)?;
             }
         }
     }
