@@ -873,29 +873,43 @@ pub fn pod_drop_verdict(f: &Flow, peer: Option<&Flow>) -> Option<PodDropVerdict>
         .filter(|d| d.location == DropLocation::Pod)
         .max_by_key(|d| d.count)?;
     let reply = d.direction == Some(DropDirection::Reply);
-    let (side, hop) = if reply {
-        ("source", "dropped_in_source_pod")
-    } else {
-        ("destination", "dropped_in_destination_pod")
+    let (src, dst) = (endpoint_name(f.src.as_ref(), f.src_ip), endpoint_name(f.dst.as_ref(), f.dst_ip));
+    // Which end's pod: by name when the drop's pod is known, else by the packet's way (a pod
+    // drops mostly what it receives).
+    let in_source = match d.pod.as_deref() {
+        Some(p) if p == dst => false,
+        Some(p) if p == src => true,
+        _ => reply,
     };
-    let pod = d.pod.clone().unwrap_or_else(|| {
-        if reply { endpoint_name(f.src.as_ref(), f.src_ip) } else { endpoint_name(f.dst.as_ref(), f.dst_ip) }
-    });
-    let (what, reached) = if reply {
-        ("reply", endpoint_name(f.src.as_ref(), f.src_ip))
+    let (hop, pod) = if in_source {
+        ("dropped_in_source_pod", d.pod.clone().unwrap_or_else(|| src.clone()))
     } else {
-        ("request", endpoint_name(f.dst.as_ref(), f.dst_ip))
+        ("dropped_in_destination_pod", d.pod.clone().unwrap_or_else(|| dst.clone()))
     };
     let n = d.count;
     let proto = f.protocol.as_str();
-    let (summary, commands) = match d.reason.as_str() {
-        "NETFILTER_DROP" => (
+    let by = |why: &str| match (in_source, reply) {
+        (false, false) => {
+            format!("the request reached {dst} and was dropped inside the destination pod {pod} {why}")
+        }
+        (false, true) => {
             format!(
-                "the {what} reached {reached} and was dropped inside the {side} pod {pod} by its firewall (NETFILTER_DROP, {n} packet(s))"
-            ),
-            vec![in_pod_command(d, "nft list ruleset"), in_pod_command(d, "iptables-save")],
-        ),
-        "NO_SOCKET" if !reply => (
+                "the request reached {dst}, but its reply was dropped inside the destination pod {pod} {why}"
+            )
+        }
+        (true, true) => format!("the reply reached {src} and was dropped inside the source pod {pod} {why}"),
+        (true, false) => format!("the request was dropped inside the source pod {pod} {why} before it left"),
+    };
+    let (summary, commands) = match d.reason.as_str() {
+        "NETFILTER_DROP" => {
+            let mut c = vec![in_pod_command(d, "nft list ruleset")];
+            // iptables-save where the pod is reached with kubectl (its image may use either).
+            if d.netns.is_none() {
+                c.push(in_pod_command(d, "iptables-save"));
+            }
+            (by(&format!("by its firewall (NETFILTER_DROP, {n} packet(s))")), c)
+        }
+        "NO_SOCKET" if !reply && !in_source => (
             format!(
                 "nothing listens on {proto} port {} in the destination pod {pod}: the kernel dropped the request (NO_SOCKET, {n} packet(s))",
                 f.dst_port
@@ -912,9 +926,7 @@ pub fn pod_drop_verdict(f: &Flow, peer: Option<&Flow>) -> Option<PodDropVerdict>
             vec![in_pod_command(d, "ss -uamn"), in_pod_command(d, "nstat -az UdpRcvbufErrors")],
         ),
         r => (
-            format!(
-                "the {what} was dropped by the kernel inside the {side} pod {pod} with reason {r} ({n} packet(s))"
-            ),
+            by(&format!("by the kernel with reason {r} ({n} packet(s))")),
             vec![in_pod_command(d, "nstat -az"), in_pod_command(d, "nft list ruleset")],
         ),
     };
