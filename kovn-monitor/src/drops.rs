@@ -1018,6 +1018,118 @@ mod tests {
         assert_eq!(slot_layout(&watched, 9), (PodNetnsSlot::default(), vec![]));
     }
 
+    /// A cross-node flow default/web-1 -> shop/web-2:8080 (udp or tcp) with `drops`.
+    fn flow_with(proto: &str, drops: serde_json::Value) -> Flow {
+        serde_json::from_value(serde_json::json!({
+            "id": "f1", "src_ip": "10.16.0.2", "dst_ip": "10.16.0.5", "src_port": 40000, "dst_port": 8080,
+            "protocol": proto, "ip_proto": 17, "packets_fwd": 3, "bytes_fwd": 180, "packets_rev": 0,
+            "bytes_rev": 0, "first_seen": "", "last_seen": "", "state": "unanswered", "requests": 3,
+            "replies": 0, "requests_unanswered": 3, "rst_fwd": 0, "rst_rev": 0, "tcp_flags_fwd": "",
+            "tcp_flags_rev": "", "initiator_guessed": false, "fragment": false, "interfaces": [],
+            "scenario": "pod_to_pod_cross_node",
+            "src": {"kind": "pod", "namespace": "default", "pod": "web-1", "node": "node1"},
+            "dst": {"kind": "pod", "namespace": "shop", "pod": "web-2", "node": "node2"},
+            "drops": drops,
+        }))
+        .expect("valid flow")
+    }
+
+    #[test]
+    fn pod_drops_decide_the_verdict_from_here_or_the_peer() {
+        use serde_json::json;
+        let local = flow_with("tcp", json!([{"reason": "NETFILTER_DROP", "count": 9}]));
+        assert_eq!(pod_drop_verdict(&local, None), None, "node drops are not a pod's");
+        // The destination node's view (the peer) has the pod's own firewall drop.
+        let peer = flow_with(
+            "tcp",
+            json!([{"reason": "NETFILTER_DROP", "count": 3, "location": "pod", "pod": "shop/web-2",
+                    "interface": "abc_h", "netns": "lab-web-2", "direction": "request"}]),
+        );
+        let v = pod_drop_verdict(&local, Some(&peer)).expect("a pod verdict");
+        assert_eq!(v.hop, "dropped_in_destination_pod");
+        assert_eq!(
+            v.summary,
+            "the request reached shop/web-2 and was dropped inside the destination pod shop/web-2 by its firewall (NETFILTER_DROP, 3 packet(s))"
+        );
+        assert_eq!(v.next_commands, vec!["ip netns exec lab-web-2 nft list ruleset".to_string()]);
+        // A reply dropped on its way out of the destination pod is still the destination's.
+        let out = flow_with(
+            "tcp",
+            json!([{"reason": "NETFILTER_DROP", "count": 2, "location": "pod", "pod": "shop/web-2", "direction": "reply"}]),
+        );
+        let v = pod_drop_verdict(&out, None).expect("verdict");
+        assert_eq!(v.hop, "dropped_in_destination_pod");
+        assert!(
+            v.summary.starts_with("the request reached shop/web-2, but its reply was dropped inside"),
+            "{}",
+            v.summary
+        );
+        assert_eq!(
+            v.next_commands,
+            vec![
+                "kubectl exec -n shop web-2 -- nft list ruleset".to_string(),
+                "kubectl exec -n shop web-2 -- iptables-save".to_string()
+            ]
+        );
+        // Replies dropped by the requester's own firewall.
+        let src = flow_with(
+            "tcp",
+            json!([{"reason": "NETFILTER_DROP", "count": 2, "location": "pod", "pod": "default/web-1", "direction": "reply"}]),
+        );
+        let v = pod_drop_verdict(&src, None).expect("verdict");
+        assert_eq!(v.hop, "dropped_in_source_pod");
+        assert!(
+            v.summary.contains(
+                "the reply reached default/web-1 and was dropped inside the source pod default/web-1"
+            )
+        );
+        let ns = flow_with(
+            "udp",
+            json!([{"reason": "NO_SOCKET", "count": 4, "location": "pod", "direction": "request"}]),
+        );
+        let v = pod_drop_verdict(&ns, None).expect("verdict");
+        assert!(
+            v.summary.starts_with("nothing listens on udp port 8080 in the destination pod shop/web-2"),
+            "{}",
+            v.summary
+        );
+        let rb = flow_with(
+            "udp",
+            json!([{"reason": "SOCKET_RCVBUFF", "count": 4, "location": "pod", "pod": "shop/web-2"}]),
+        );
+        let v = pod_drop_verdict(&rb, None).expect("verdict");
+        assert!(v.summary.contains("does not read its socket fast enough"), "{}", v.summary);
+    }
+
+    #[test]
+    fn pod_records_name_the_host_veth_and_merge_the_devices_inside() {
+        use kovn_ebpf_common::{FlowKey, SIDE_B, ipv4_mapped};
+        let (flow, side) =
+            FlowKey::canonical(ipv4_mapped([10, 0, 0, 2]), ipv4_mapped([10, 0, 0, 1]), 40000, 80, 6);
+        let hook = DropHook {
+            available: true,
+            reasons: [(6, "NETFILTER_DROP".to_string())].into(),
+            ..Default::default()
+        };
+        let pod =
+            |ifindex, sender| DropKey { flow, reason: 6, ifindex, netns: 4026532999, pod_ifindex: 1, sender };
+        let e = [
+            (pod(2, u32::from(side)), DropStats { count: 3, last_ns: 0, bytes: 180 }),
+            (pod(1, u32::from(side)), DropStats { count: 1, last_ns: 0, bytes: 60 }),
+        ];
+        let r = records(&e, &hook, &Clock::fixed(0, 0), &HashMap::new());
+        assert_eq!(r.len(), 1, "devices inside the pod merge: {r:?}");
+        assert_eq!((r[0].location, r[0].count, r[0].ifindex), (DropLocation::Pod, 4, 1));
+        assert_eq!(r[0].netns_inode, Some(4026532999));
+        // Sent by 10.0.0.2:40000 (the client by port): a request.
+        assert_eq!(r[0].direction, Some(DropDirection::Request));
+        let other = if side == SIDE_B { 0 } else { 1 };
+        let both = [e[0], (pod(2, other), DropStats { count: 1, last_ns: 0, bytes: 60 })];
+        let r = records(&both, &hook, &Clock::fixed(0, 0), &HashMap::new());
+        assert_eq!(r[0].direction, Some(DropDirection::Both));
+        assert_eq!(by_flow(&r)[&r[0].flow_id][0].location, DropLocation::Pod);
+    }
+
     #[test]
     fn own_netns_has_an_inode() {
         assert!(own_netns_inum().unwrap() > 0);
