@@ -41,6 +41,12 @@ static DEV_IFINDEX_OFF: u32 = 0;
 /// `net_device.nd_net.net`.
 #[unsafe(no_mangle)]
 static DEV_NET_OFF: u32 = 0;
+/// `sk_buff.sk` and `sock.__sk_common.skc_net.net`: the namespace of a locally sent skb that
+/// has no device yet (dropped at the OUTPUT hook, e.g. a pod's firewall dropping its replies).
+#[unsafe(no_mangle)]
+static SKB_SK_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static SK_NET_OFF: u32 = 0;
 /// `net.ns.inum`.
 #[unsafe(no_mangle)]
 static NET_INUM_OFF: u32 = 0;
@@ -113,10 +119,16 @@ pub fn kovn_kfree_skb(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let skb: u64 = ctx.arg(0);
-    // Netns filter first: skb->dev->nd_net.net->ns.inum. An skb without a device (freed on a
-    // socket's queue after its dev field was reused) has no namespace to tell: skipped.
+    // Netns filter first: skb->dev->nd_net.net->ns.inum, or skb->sk's namespace for a locally
+    // sent skb without a device; an skb with neither has no namespace to tell: skipped.
     let dev: u64 = ld(skb + g32(&SKB_DEV_OFF));
-    let net: u64 = if dev == 0 { 0 } else { ld(dev + g32(&DEV_NET_OFF)) };
+    let net: u64 = if dev != 0 {
+        ld(dev + g32(&DEV_NET_OFF))
+    } else {
+        // No device yet: a locally sent packet, whose socket tells the namespace.
+        let sk: u64 = ld(skb + g32(&SKB_SK_OFF));
+        if sk == 0 { 0 } else { ld(sk + g32(&SK_NET_OFF)) }
+    };
     if net == 0 {
         dcount(DCNT_SKIPPED_NETNS);
         return Ok(());
@@ -144,7 +156,7 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), ()> {
     } else {
         0
     };
-    let ifindex: u32 = ld(dev + g32(&DEV_IFINDEX_OFF));
+    let ifindex: u32 = if dev == 0 { 0 } else { ld(dev + g32(&DEV_IFINDEX_OFF)) };
     let len: u32 = ld(skb + g32(&SKB_LEN_OFF));
     let (flow, sender) = flow_of(skb).unwrap_or_default();
     let key = DropKey { flow, reason, ifindex, netns, pod_ifindex, sender: u32::from(sender) };

@@ -307,6 +307,9 @@ pub struct DropConfig {
     pub dev_ifindex: u32,
     pub dev_net: u32,
     pub net_inum: u32,
+    /// `sk_buff.sk` and `sock.__sk_common.skc_net.net` (locally sent skbs without a device).
+    pub skb_sk: u32,
+    pub sk_net: u32,
     pub netns_inum: u32,
     pub has_reason: u8,
     /// `enum skb_drop_reason` (and subsystem enums) value → name without the prefix.
@@ -366,6 +369,12 @@ impl DropConfig {
                 "net_device.nd_net.net",
             )?,
             net_inum: expect_size(btf.member_offset("net", &["ns", "inum"])?, 4, "net.ns.inum")?,
+            skb_sk: expect_size(skb(&["sk"])?, 8, "sk_buff.sk")?,
+            sk_net: expect_size(
+                btf.member_offset("sock", &["__sk_common", "skc_net", "net"])?,
+                8,
+                "sock.__sk_common.skc_net.net",
+            )?,
             netns_inum,
             has_reason: u8::from(args >= 3),
             reasons: reason_names(btf),
@@ -389,6 +398,8 @@ impl DropConfig {
             ("DEV_IFINDEX_OFF", &self.dev_ifindex),
             ("DEV_NET_OFF", &self.dev_net),
             ("NET_INUM_OFF", &self.net_inum),
+            ("SKB_SK_OFF", &self.skb_sk),
+            ("SK_NET_OFF", &self.sk_net),
             ("NETNS_INUM", &self.netns_inum),
         ] {
             loader.override_global(name, v, true);
@@ -985,6 +996,7 @@ mod tests {
         assert_eq!(cfg.skb_network_header, cfg.skb_transport_header + 2, "{cfg:?}");
         assert!(cfg.skb_head > cfg.skb_len, "{cfg:?}");
         assert!(cfg.dev_ifindex > 0 && cfg.dev_net > 0 && cfg.net_inum > 0, "{cfg:?}");
+        assert!(cfg.skb_sk > cfg.skb_dev, "{cfg:?}");
         assert_eq!(cfg.has_reason, 1, "6.x kernels pass the reason");
     }
 
