@@ -47,6 +47,10 @@ static DEV_NET_OFF: u32 = 0;
 static SKB_SK_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static SK_NET_OFF: u32 = 0;
+/// `SKB_DROP_REASON_NETFILTER_DROP` on this kernel (0: none): the only reason recorded for an
+/// skb without a device (the others there are socket teardown, e.g. QUEUE_PURGE).
+#[unsafe(no_mangle)]
+static REASON_NETFILTER_DROP: u32 = 0;
 /// `net.ns.inum`.
 #[unsafe(no_mangle)]
 static NET_INUM_OFF: u32 = 0;
@@ -125,9 +129,17 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let net: u64 = if dev != 0 {
         ld(dev + g32(&DEV_NET_OFF))
     } else {
-        // No device yet: a locally sent packet, whose socket tells the namespace.
+        // No device yet: a locally sent packet, whose socket tells the namespace. Recorded
+        // only when a firewall dropped it, and only inside pods (below).
         let sk: u64 = ld(skb + g32(&SKB_SK_OFF));
-        if sk == 0 { 0 } else { ld(sk + g32(&SK_NET_OFF)) }
+        let nf = g32(&REASON_NETFILTER_DROP);
+        // SAFETY: a read-only global, as below.
+        let has_reason = unsafe { core::ptr::read_volatile(&DROPS_HAS_REASON) } != 0;
+        if sk == 0 || nf == 0 || !has_reason || ctx.arg::<u64>(2) as u32 as u64 != nf {
+            0
+        } else {
+            ld(sk + g32(&SK_NET_OFF))
+        }
     };
     if net == 0 {
         dcount(DCNT_SKIPPED_NETNS);
@@ -135,6 +147,11 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), ()> {
     }
     let inum: u32 = ld(net + g32(&NET_INUM_OFF));
     let (netns, pod_ifindex) = if u64::from(inum) == g32(&NETNS_INUM) {
+        if dev == 0 {
+            // The node's own sockets (the monitor's among them): not what kovn watches.
+            dcount(DCNT_SKIPPED_NETNS);
+            return Ok(());
+        }
         dcount(DCNT_IN_NETNS);
         (0, 0)
     } else {

@@ -310,6 +310,8 @@ pub struct DropConfig {
     /// `sk_buff.sk` and `sock.__sk_common.skc_net.net` (locally sent skbs without a device).
     pub skb_sk: u32,
     pub sk_net: u32,
+    /// The value of `SKB_DROP_REASON_NETFILTER_DROP` (0 when the kernel has none).
+    pub reason_netfilter_drop: u32,
     pub netns_inum: u32,
     pub has_reason: u8,
     /// `enum skb_drop_reason` (and subsystem enums) value → name without the prefix.
@@ -375,6 +377,13 @@ impl DropConfig {
                 8,
                 "sock.__sk_common.skc_net.net",
             )?,
+            reason_netfilter_drop: btf
+                .enum_values("skb_drop_reason")
+                .unwrap_or_default()
+                .into_iter()
+                .find(|(n, _)| n == "SKB_DROP_REASON_NETFILTER_DROP")
+                .and_then(|(_, v)| u32::try_from(v).ok())
+                .unwrap_or(0),
             netns_inum,
             has_reason: u8::from(args >= 3),
             reasons: reason_names(btf),
@@ -400,6 +409,7 @@ impl DropConfig {
             ("NET_INUM_OFF", &self.net_inum),
             ("SKB_SK_OFF", &self.skb_sk),
             ("SK_NET_OFF", &self.sk_net),
+            ("REASON_NETFILTER_DROP", &self.reason_netfilter_drop),
             ("NETNS_INUM", &self.netns_inum),
         ] {
             loader.override_global(name, v, true);
@@ -997,6 +1007,7 @@ mod tests {
         assert!(cfg.skb_head > cfg.skb_len, "{cfg:?}");
         assert!(cfg.dev_ifindex > 0 && cfg.dev_net > 0 && cfg.net_inum > 0, "{cfg:?}");
         assert!(cfg.skb_sk > cfg.skb_dev, "{cfg:?}");
+        assert!(cfg.reason_netfilter_drop > 0, "{cfg:?}");
         assert_eq!(cfg.has_reason, 1, "6.x kernels pass the reason");
     }
 
