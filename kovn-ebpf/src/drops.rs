@@ -1,9 +1,11 @@
 //! Drops with the kernel's reason: a BTF tracepoint on `kfree_skb` (args: skb, location,
-//! reason[, rx_sk]) that records each drop in the monitor's network namespace by flow, reason
-//! and interface.
+//! reason[, rx_sk]) that records each drop in the monitor's network namespace and in the
+//! namespaces of this node's pods (`DROP_POD_NETNS`, kept by userspace from the pods' veths)
+//! by flow, reason, interface, namespace and direction.
 //!
 //! It runs for every skb the kernel frees with kfree_skb, in every namespace, so the first
-//! thing it does is the netns filter (three kernel reads). Structure offsets come from the
+//! thing it does is the netns filter (three kernel reads, and one hash lookup when the
+//! namespace is not the monitor's own); anything else is counted as skipped and left. Structure offsets come from the
 //! running kernel's BTF, resolved by userspace and passed as read-only globals: the verifier
 //! sees them as constants. Nothing is hard-coded here.
 
@@ -13,11 +15,12 @@ use crate::parse::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
 use kovn_ebpf_common::{
-    DCNT_IN_NETNS, DCNT_MAP_FULL, DCNT_MAX, DCNT_READ_FAILED, DropKey, DropStats, FlowKey, ipv4_mapped,
+    DCNT_IN_NETNS, DCNT_IN_POD_NETNS, DCNT_MAP_FULL, DCNT_MAX, DCNT_READ_FAILED, DCNT_SKIPPED_NETNS,
+    DROP_POD_NETNS_MAX, DROP_POD_NETNS_SLOT_COUNT, DropKey, DropStats, FlowKey, PodNetnsSlot, ipv4_mapped,
 };
 
 /// Offsets (bytes) from the running kernel's BTF, set by the loader.
@@ -38,6 +41,16 @@ static DEV_IFINDEX_OFF: u32 = 0;
 /// `net_device.nd_net.net`.
 #[unsafe(no_mangle)]
 static DEV_NET_OFF: u32 = 0;
+/// `sk_buff.sk` and `sock.__sk_common.skc_net.net`: the namespace of a locally sent skb that
+/// has no device yet (dropped at the OUTPUT hook, e.g. a pod's firewall dropping its replies).
+#[unsafe(no_mangle)]
+static SKB_SK_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static SK_NET_OFF: u32 = 0;
+/// `SKB_DROP_REASON_NETFILTER_DROP` on this kernel (0: none): the only reason recorded for an
+/// skb without a device (the others there are socket teardown, e.g. QUEUE_PURGE).
+#[unsafe(no_mangle)]
+static REASON_NETFILTER_DROP: u32 = 0;
 /// `net.ns.inum`.
 #[unsafe(no_mangle)]
 static NET_INUM_OFF: u32 = 0;
@@ -51,6 +64,15 @@ static DROPS_HAS_REASON: u8 = 0;
 /// Drops by (flow, reason, interface). Sized by the loader.
 #[map]
 static DROPS: HashMap<DropKey, DropStats> = HashMap::with_max_entries(4096, 0);
+
+/// Pod network namespaces whose drops are recorded, by `inode % DROP_POD_NETNS_SLOT_COUNT` (an array
+/// lookup the verifier inlines: the early exit stays a few loads). Written by userspace only.
+#[map]
+static DROP_POD_NETNS_SLOTS: Array<PodNetnsSlot> = Array::with_max_entries(DROP_POD_NETNS_SLOT_COUNT, 0);
+
+/// The watched namespaces whose slot is taken by another: inode → the pod's host veth ifindex.
+#[map]
+static DROP_POD_NETNS: HashMap<u32, u32> = HashMap::with_max_entries(DROP_POD_NETNS_MAX, 0);
 
 #[map]
 static DROP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DCNT_MAX, 0);
@@ -101,20 +123,49 @@ pub fn kovn_kfree_skb(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let skb: u64 = ctx.arg(0);
-    // Netns filter first: skb->dev->nd_net.net->ns.inum.
+    // Netns filter first: skb->dev->nd_net.net->ns.inum, or skb->sk's namespace for a locally
+    // sent skb without a device; an skb with neither has no namespace to tell: skipped.
     let dev: u64 = ld(skb + g32(&SKB_DEV_OFF));
-    if dev == 0 {
-        return Ok(());
-    }
-    let net: u64 = ld(dev + g32(&DEV_NET_OFF));
+    let net: u64 = if dev != 0 {
+        ld(dev + g32(&DEV_NET_OFF))
+    } else {
+        // No device yet: a locally sent packet, whose socket tells the namespace. Recorded
+        // only when a firewall dropped it, and only inside pods (below).
+        let sk: u64 = ld(skb + g32(&SKB_SK_OFF));
+        let nf = g32(&REASON_NETFILTER_DROP);
+        // SAFETY: a read-only global, as below.
+        let has_reason = unsafe { core::ptr::read_volatile(&DROPS_HAS_REASON) } != 0;
+        if sk == 0 || nf == 0 || !has_reason || ctx.arg::<u64>(2) as u32 as u64 != nf {
+            0
+        } else {
+            ld(sk + g32(&SK_NET_OFF))
+        }
+    };
     if net == 0 {
+        dcount(DCNT_SKIPPED_NETNS);
         return Ok(());
     }
     let inum: u32 = ld(net + g32(&NET_INUM_OFF));
-    if u64::from(inum) != g32(&NETNS_INUM) {
-        return Ok(());
-    }
-    dcount(DCNT_IN_NETNS);
+    let (netns, pod_ifindex) = if u64::from(inum) == g32(&NETNS_INUM) {
+        if dev == 0 {
+            // The node's own sockets (the monitor's among them): not what kovn watches.
+            dcount(DCNT_SKIPPED_NETNS);
+            return Ok(());
+        }
+        dcount(DCNT_IN_NETNS);
+        (0, 0)
+    } else {
+        match pod_netns(inum) {
+            Some(host_ifindex) => {
+                dcount(DCNT_IN_POD_NETNS);
+                (inum, host_ifindex)
+            }
+            None => {
+                dcount(DCNT_SKIPPED_NETNS);
+                return Ok(());
+            }
+        }
+    };
     // SAFETY: a read-only global; the verifier drops the branch not taken, so a kernel
     // without the argument never sees the access to it.
     let reason: u32 = if unsafe { core::ptr::read_volatile(&DROPS_HAS_REASON) } != 0 {
@@ -122,10 +173,10 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), ()> {
     } else {
         0
     };
-    let ifindex: u32 = ld(dev + g32(&DEV_IFINDEX_OFF));
+    let ifindex: u32 = if dev == 0 { 0 } else { ld(dev + g32(&DEV_IFINDEX_OFF)) };
     let len: u32 = ld(skb + g32(&SKB_LEN_OFF));
-    let flow = flow_of(skb).unwrap_or_default();
-    let key = DropKey { flow, reason, ifindex };
+    let (flow, sender) = flow_of(skb).unwrap_or_default();
+    let key = DropKey { flow, reason, ifindex, netns, pod_ifindex, sender: u32::from(sender) };
     let now = unsafe { bpf_ktime_get_ns() };
     let stats = match DROPS.get_ptr_mut(&key) {
         Some(s) => s,
@@ -153,9 +204,24 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), ()> {
     Ok(())
 }
 
-/// The canonical 5-tuple from the skb's headers (skb->head + network_header/transport_header).
+/// The host veth ifindex of the pod whose network namespace is `inum`, if it is watched.
 #[inline(always)]
-fn flow_of(skb: u64) -> Result<FlowKey, ()> {
+fn pod_netns(inum: u32) -> Option<u32> {
+    let slot = DROP_POD_NETNS_SLOTS.get(inum & (DROP_POD_NETNS_SLOT_COUNT - 1))?;
+    if slot.inode == inum && inum != 0 {
+        return Some(slot.host_ifindex);
+    }
+    if slot.overflow == 0 {
+        return None;
+    }
+    // SAFETY: a plain lookup; the value is copied out at once.
+    unsafe { DROP_POD_NETNS.get(&inum) }.copied()
+}
+
+/// The canonical 5-tuple from the skb's headers (skb->head + network_header/transport_header)
+/// and which side of it sent the packet.
+#[inline(always)]
+fn flow_of(skb: u64) -> Result<(FlowKey, u8), ()> {
     let proto_be: u16 = rd(skb + g32(&SKB_PROTOCOL_OFF))?;
     let proto = u16::from_be(proto_be);
     let head: u64 = rd(skb + g32(&SKB_HEAD_OFF))?;
@@ -202,5 +268,5 @@ fn flow_of(skb: u64) -> Result<FlowKey, ()> {
         sport = u16::from_be_bytes([p[0], p[1]]);
         dport = u16::from_be_bytes([p[2], p[3]]);
     }
-    Ok(FlowKey::canonical(src, dst, sport, dport, l4proto).0)
+    Ok(FlowKey::canonical(src, dst, sport, dport, l4proto))
 }

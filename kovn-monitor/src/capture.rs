@@ -431,6 +431,24 @@ impl Capture {
             .map_err(|source| CaptureError::Map { name: crate::drops::DROP_MAP, source })
     }
 
+    /// Removes drop records idle for `ttl` (see [`crate::drops::age_map`]).
+    pub fn age_drops(
+        &mut self,
+        entries: &[(kovn_ebpf_common::DropKey, kovn_ebpf_common::DropStats)],
+        now_ns: u64,
+        ttl: std::time::Duration,
+    ) -> Result<usize, CaptureError> {
+        crate::drops::age_map(&mut self.ebpf, entries, now_ns, ttl)
+            .map_err(|source| CaptureError::Map { name: crate::drops::DROP_MAP, source })
+    }
+
+    /// Brings the drop program's pod namespaces in line with `watched` (inode → the pod's host
+    /// veth ifindex) where `changed` is concerned (see [`crate::drops::sync_pod_netns`]).
+    pub fn sync_pod_netns(&mut self, watched: &BTreeMap<u32, u32>, changed: u32) -> Result<(), CaptureError> {
+        crate::drops::sync_pod_netns(&mut self.ebpf, watched, changed)
+            .map_err(|source| CaptureError::Map { name: kovn_ebpf_common::DROP_POD_NETNS, source })
+    }
+
     /// The drop program's counters (map full, drops in this netns, failed reads).
     pub fn drop_counters(&self) -> BTreeMap<&'static str, u64> {
         if self.drops.available { crate::drops::read_counters(&self.ebpf) } else { BTreeMap::new() }

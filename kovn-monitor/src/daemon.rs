@@ -31,6 +31,8 @@ pub struct RunConfig {
     /// The path MTU of pod traffic (the overlay's); None: each pod veth's own MTU.
     pub overlay_mtu: Option<u32>,
     pub poll_interval: Duration,
+    /// Drop records idle this long leave the kernel map (`--drop-record-ttl`).
+    pub drop_record_ttl: Duration,
     pub flow_idle_timeout: Duration,
     pub flow_retention: Duration,
     pub flow_table_size: u32,
@@ -86,13 +88,19 @@ struct Daemon {
     ovs_kprobe_why: String,
     /// The findings for the Alertmanager pusher (`--alertmanager-url`), when on.
     alerts_tx: Option<watch::Sender<Vec<detection::Alert>>>,
+    /// The pod veths whose peer's network namespace the drop program watches: host veth
+    /// ifindex → netns inode (bounded like the kernel map, `DROP_POD_NETNS_MAX`).
+    pod_netns: std::collections::BTreeMap<u32, u32>,
+    netns: crate::netns::NetnsResolver,
 }
 
 impl Daemon {
     fn on_link(&mut self, ev: LinkEvent) {
         match ev {
             LinkEvent::Present(link) => {
-                let Some(kind) = self.selector.classify(&link.name) else {
+                let kind = self.selector.classify(&link.name);
+                self.follow_pod_netns(&link, kind);
+                let Some(kind) = kind else {
                     // A watched index renamed to something we do not watch.
                     if self.capture.attachments().contains_key(&link.index) {
                         self.capture.detach(link.index);
@@ -117,10 +125,95 @@ impl Daemon {
                 }
             }
             LinkEvent::Gone(index) => {
+                self.unwatch_pod_netns(index);
                 if let Some(a) = self.capture.detach(index) {
                     log::info!("{} is gone; detached", a.name);
                 }
             }
+            LinkEvent::Listed(present) => {
+                // A full list: whatever we hold that is not in it went while events were lost.
+                let present: std::collections::HashSet<u32> = present.into_iter().collect();
+                let gone: Vec<u32> = self
+                    .capture
+                    .attachments()
+                    .keys()
+                    .chain(self.pod_netns.keys())
+                    .copied()
+                    .filter(|i| !present.contains(i))
+                    .collect();
+                for index in gone {
+                    self.unwatch_pod_netns(index);
+                    if let Some(a) = self.capture.detach(index) {
+                        log::info!("{} is gone (found by listing the links again); detached", a.name);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps the drop program's set of pod namespaces in step with the pod veths: a pod
+    /// veth's peer namespace (`IFLA_LINK_NETNSID`, resolved to its inode) is watched while the
+    /// veth exists; CNI moves the peer after creating the pair, which arrives as a change.
+    fn follow_pod_netns(&mut self, link: &interfaces::Link, kind: Option<interfaces::IfaceKind>) {
+        if !self.capture.drop_hook().available {
+            return;
+        }
+        let inode = match (kind, link.peer_nsid) {
+            (Some(interfaces::IfaceKind::Pod), Some(nsid)) => match self.netns.inode_of(nsid) {
+                Ok(Some(inode)) => Some(inode),
+                Ok(None) => {
+                    log::warn!(
+                        "{}: its pod's network namespace (nsid {nsid}) is not among those this monitor can open (/run/netns, /proc/*/ns/net): drops inside that pod are not seen",
+                        link.name
+                    );
+                    None
+                }
+                Err(e) => {
+                    log::warn!("{}: resolving its pod's network namespace: {e}", link.name);
+                    None
+                }
+            },
+            _ => None,
+        };
+        if self.pod_netns.get(&link.index).copied() == inode {
+            return;
+        }
+        self.unwatch_pod_netns(link.index);
+        let Some(inode) = inode else { return };
+        if self.pod_netns.len() >= kovn_ebpf_common::DROP_POD_NETNS_MAX as usize {
+            log::warn!(
+                "{}: {} pod namespaces are watched already (the bound): drops inside this pod are not seen",
+                link.name,
+                kovn_ebpf_common::DROP_POD_NETNS_MAX
+            );
+            return;
+        }
+        self.pod_netns.insert(link.index, inode);
+        match self.capture.sync_pod_netns(&self.watched_netns(), inode) {
+            Ok(()) => {
+                log::info!("drops inside the pod behind {} (netns inode {inode}) are watched", link.name)
+            }
+            Err(e) => {
+                self.pod_netns.remove(&link.index);
+                log::warn!("{}: watching its pod's network namespace: {e}", link.name)
+            }
+        }
+    }
+
+    /// The watched pod namespaces: inode → host veth ifindex (the lowest of a pod's veths).
+    fn watched_netns(&self) -> std::collections::BTreeMap<u32, u32> {
+        let mut out = std::collections::BTreeMap::new();
+        for (&ifindex, &inode) in &self.pod_netns {
+            out.entry(inode).or_insert(ifindex);
+        }
+        out
+    }
+
+    fn unwatch_pod_netns(&mut self, index: u32) {
+        if let Some(inode) = self.pod_netns.remove(&index)
+            && let Err(e) = self.capture.sync_pod_netns(&self.watched_netns(), inode)
+        {
+            log::warn!("netns inode {inode}: {e}");
         }
     }
 
@@ -161,6 +254,10 @@ impl Daemon {
         } else {
             Vec::new()
         };
+        // Idle records leave the kernel map (they are still shown this once).
+        if let Err(e) = self.capture.age_drops(&drop_entries, clock.mono_now_ns(), self.cfg.drop_record_ttl) {
+            log::warn!("ageing the drop map: {e}");
+        }
         let health = Health {
             status: "ok".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -215,6 +312,17 @@ impl Daemon {
         if !drop_entries.is_empty() {
             let dirs = snap.flows.iter().map(|f| (f.id.clone(), (f.src_ip, f.src_port))).collect();
             snap.drops = crate::drops::records(&drop_entries, self.capture.drop_hook(), &clock, &dirs);
+            {
+                let inv = self.inventory.read().unwrap_or_else(|p| p.into_inner());
+                let by_veth: std::collections::HashMap<&str, String> = inv
+                    .pods()
+                    .into_iter()
+                    .filter_map(|p| Some((p.host_iface.as_deref()?, format!("{}/{}", p.namespace, p.name))))
+                    .collect();
+                crate::drops::name_pods(&mut snap.drops, &snap.flows, &self.cfg.node_name, |veth| {
+                    by_veth.get(veth).cloned()
+                });
+            }
             let mut per_flow = crate::drops::by_flow(&snap.drops);
             for f in &mut snap.flows {
                 if let Some(d) = per_flow.remove(&f.id) {
@@ -258,6 +366,15 @@ impl Daemon {
                         *c = format!("ip netns exec {ns} {c}");
                     }
                 }
+                // Drops inside a pod: named by the pod's own reason, its commands first.
+                let flow = a.flows.first().and_then(|id| snap.flows.iter().find(|f| &f.id == id));
+                if let (Some(pv), Some(v)) =
+                    (flow.and_then(|f| crate::drops::pod_drop_verdict(f, None)), a.verdict.as_mut())
+                {
+                    v.hop = pv.hop;
+                    v.summary = pv.summary;
+                    v.next_commands.splice(0..0, pv.next_commands);
+                }
                 continue;
             }
             let fresh = self.verdict_at.get(&a.id).is_some_and(|t| t.elapsed() < REFRESH);
@@ -286,11 +403,22 @@ impl Daemon {
                 };
                 (facts(f.src_ip), facts(f.dst_ip))
             };
-            let v = Verdict {
+            let mut v = Verdict {
                 hop,
                 summary,
                 next_commands: detection::next_commands(a, f, &self.commands, &src, &dst),
             };
+            // The kernel's own reason inside a pod (here or on the peer node) is more precise
+            // than where packets were last seen.
+            let peer_flow = match &peer {
+                Some(PeerView::Seen(Some(p))) => Some(p.as_ref()),
+                _ => None,
+            };
+            if let Some(pv) = crate::drops::pod_drop_verdict(f, peer_flow) {
+                v.hop = pv.hop;
+                v.summary = pv.summary;
+                v.next_commands.splice(0..0, pv.next_commands);
+            }
             self.detector.set_verdict(&a.id, v.clone());
             a.verdict = Some(v);
             self.verdict_at.insert(a.id.clone(), Instant::now());
@@ -426,7 +554,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             let _ = stop_rx.wait_for(|s| *s).await;
         }));
     let (link_tx, mut link_rx) = mpsc::channel(1024);
-    let watcher = tokio::spawn(interfaces::watch(link_tx));
+    let watcher = tokio::spawn(interfaces::watch(link_tx, interfaces::RELIST_EVERY));
     log::info!(
         "kovn-monitor {} on node {}: API on http://{}, pod interfaces {:?}, extra {:?}, underlay {:?}",
         env!("CARGO_PKG_VERSION"),
@@ -462,6 +590,8 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         drill: (!cfg.trace.no_trace_on_alert).then(|| crate::drilldown::OnAlert::new(tracer)),
         alerts_tx: None,
         ovs_kprobe_why: crate::capture::ovs_vport_kprobe_unavailable(),
+        pod_netns: std::collections::BTreeMap::new(),
+        netns: crate::netns::NetnsResolver::default(),
     };
     log::info!("OVS over-MTU kprobe unavailable: {}", d.ovs_kprobe_why);
     if let Some((url, resend)) = cfg.alertmanager.clone() {

@@ -15,10 +15,13 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
     programs::BtfTracePoint,
 };
-use kovn_ebpf_common::{DCNT_MAX, DROP_COUNTER_NAMES, DropKey, DropStats};
+use kovn_ebpf_common::{
+    DCNT_MAX, DROP_COUNTER_NAMES, DROP_POD_NETNS, DROP_POD_NETNS_SLOT_COUNT, DROP_POD_NETNS_SLOT_MAP,
+    DropKey, DropStats, PodNetnsSlot, SIDE_A,
+};
 use serde::{Deserialize, Serialize};
 
-use crate::flows::{Clock, flow_id, ip_of, protocol_name};
+use crate::flows::{Clock, Flow, flow_id, ip_of, protocol_name};
 
 pub const DROP_MAP: &str = "DROPS";
 pub const DROP_COUNTER_MAP: &str = "DROP_COUNTERS";
@@ -304,6 +307,11 @@ pub struct DropConfig {
     pub dev_ifindex: u32,
     pub dev_net: u32,
     pub net_inum: u32,
+    /// `sk_buff.sk` and `sock.__sk_common.skc_net.net` (locally sent skbs without a device).
+    pub skb_sk: u32,
+    pub sk_net: u32,
+    /// The value of `SKB_DROP_REASON_NETFILTER_DROP` (0 when the kernel has none).
+    pub reason_netfilter_drop: u32,
     pub netns_inum: u32,
     pub has_reason: u8,
     /// `enum skb_drop_reason` (and subsystem enums) value → name without the prefix.
@@ -363,6 +371,19 @@ impl DropConfig {
                 "net_device.nd_net.net",
             )?,
             net_inum: expect_size(btf.member_offset("net", &["ns", "inum"])?, 4, "net.ns.inum")?,
+            skb_sk: expect_size(skb(&["sk"])?, 8, "sk_buff.sk")?,
+            sk_net: expect_size(
+                btf.member_offset("sock", &["__sk_common", "skc_net", "net"])?,
+                8,
+                "sock.__sk_common.skc_net.net",
+            )?,
+            reason_netfilter_drop: btf
+                .enum_values("skb_drop_reason")
+                .unwrap_or_default()
+                .into_iter()
+                .find(|(n, _)| n == "SKB_DROP_REASON_NETFILTER_DROP")
+                .and_then(|(_, v)| u32::try_from(v).ok())
+                .unwrap_or(0),
             netns_inum,
             has_reason: u8::from(args >= 3),
             reasons: reason_names(btf),
@@ -386,6 +407,9 @@ impl DropConfig {
             ("DEV_IFINDEX_OFF", &self.dev_ifindex),
             ("DEV_NET_OFF", &self.dev_net),
             ("NET_INUM_OFF", &self.net_inum),
+            ("SKB_SK_OFF", &self.skb_sk),
+            ("SK_NET_OFF", &self.sk_net),
+            ("REASON_NETFILTER_DROP", &self.reason_netfilter_drop),
             ("NETNS_INUM", &self.netns_inum),
         ] {
             loader.override_global(name, v, true);
@@ -470,6 +494,80 @@ pub fn read_map(ebpf: &Ebpf) -> Result<Vec<(DropKey, DropStats)>, MapError> {
     Ok(out)
 }
 
+/// Removes the records of `entries` that saw no drop for `ttl` (`--drop-record-ttl`), so the
+/// map holds what is current and `drops_map_full` counts only drops that found no room. Each
+/// record is looked up again just before it goes: one that rose since `entries` was read stays.
+/// (A drop between that look-up and the delete is lost; the window is one syscall.) Returns how
+/// many went.
+pub fn age_map(
+    ebpf: &mut Ebpf,
+    entries: &[(DropKey, DropStats)],
+    now_ns: u64,
+    ttl: std::time::Duration,
+) -> Result<usize, MapError> {
+    let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+    let stale: Vec<&(DropKey, DropStats)> =
+        entries.iter().filter(|(_, s)| now_ns.saturating_sub(s.last_ns) >= ttl_ns).collect();
+    if stale.is_empty() {
+        return Ok(0);
+    }
+    let Some(map) = ebpf.map_mut(DROP_MAP) else { return Ok(0) };
+    let mut map: BpfHashMap<&mut MapData, DropKey, DropStats> = BpfHashMap::try_from(map)?;
+    let mut removed = 0;
+    for (k, seen) in stale {
+        match map.get(k, 0) {
+            Ok(now) if now.count == seen.count => {}
+            Ok(_) | Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e),
+        }
+        match map.remove(k) {
+            Ok(()) => removed += 1,
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
+}
+
+/// Where each watched pod namespace goes in the kernel: for slot `inode % SLOTS`, the
+/// namespace with the lowest inode sits in the array, the others in the overflow hash.
+/// `watched` is inode → host veth ifindex.
+pub fn slot_layout(watched: &BTreeMap<u32, u32>, slot: u32) -> (PodNetnsSlot, Vec<(u32, u32)>) {
+    let mut members =
+        watched.iter().filter(|(i, _)| **i % DROP_POD_NETNS_SLOT_COUNT == slot).map(|(i, h)| (*i, *h));
+    match members.next() {
+        None => (PodNetnsSlot::default(), Vec::new()),
+        Some((inode, host_ifindex)) => {
+            let rest: Vec<(u32, u32)> = members.collect();
+            (PodNetnsSlot { inode, host_ifindex, overflow: rest.len() as u32 }, rest)
+        }
+    }
+}
+
+/// Brings the kernel's record of `changed`'s slot in line with `watched` (inode → host veth
+/// ifindex, every pod namespace now watched): the slot, its overflow entries, and `changed`
+/// out of the overflow hash when it is no longer there.
+pub fn sync_pod_netns(ebpf: &mut Ebpf, watched: &BTreeMap<u32, u32>, changed: u32) -> Result<(), MapError> {
+    let slot = changed % DROP_POD_NETNS_SLOT_COUNT;
+    let (head, rest) = slot_layout(watched, slot);
+    {
+        let Some(map) = ebpf.map_mut(DROP_POD_NETNS) else { return Ok(()) };
+        let mut hash: BpfHashMap<&mut MapData, u32, u32> = BpfHashMap::try_from(map)?;
+        for (inode, host) in &rest {
+            hash.insert(inode, host, 0)?;
+        }
+        for gone in [changed, head.inode] {
+            // Only what is there: aya reports a delete of a missing key as a syscall error.
+            if gone != 0 && !rest.iter().any(|(i, _)| *i == gone) && hash.get(&gone, 0).is_ok() {
+                hash.remove(&gone)?;
+            }
+        }
+    }
+    let Some(map) = ebpf.map_mut(DROP_POD_NETNS_SLOT_MAP) else { return Ok(()) };
+    let mut slots: aya::maps::Array<&mut MapData, PodNetnsSlot> = aya::maps::Array::try_from(map)?;
+    slots.set(slot, &head, 0)
+}
+
 /// The drop counters summed over CPUs, by name.
 pub fn read_counters(ebpf: &Ebpf) -> BTreeMap<&'static str, u64> {
     let mut out = BTreeMap::new();
@@ -486,6 +584,42 @@ pub fn read_counters(ebpf: &Ebpf) -> BTreeMap<&'static str, u64> {
 // ---------------------------------------------------------------------------------------------
 // API model.
 
+/// Where the kernel dropped a packet.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum DropLocation {
+    /// In the node's network namespace (the monitor's), on `interface`.
+    #[default]
+    Node,
+    /// Inside the network namespace of one of this node's pods (its firewall, its sockets);
+    /// `interface` is the pod's host-side veth.
+    Pod,
+}
+
+impl DropLocation {
+    pub fn is_node(&self) -> bool {
+        *self == Self::Node
+    }
+}
+
+/// Which way the dropped packets went, relative to their flow (its initiator is `src`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum DropDirection {
+    /// From the flow's source to its destination.
+    Request,
+    /// From the destination back to the source.
+    Reply,
+    /// Both ways.
+    Both,
+}
+
+impl DropDirection {
+    fn merge(self, other: Self) -> Self {
+        if self == other { self } else { Self::Both }
+    }
+}
+
 /// One line of `GET /api/v1/drops`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct DropRecord {
@@ -500,19 +634,69 @@ pub struct DropRecord {
     /// The kernel's `enum skb_drop_reason` name without `SKB_DROP_REASON_`, e.g. `NETFILTER_DROP`.
     pub reason: String,
     pub reason_code: u32,
+    /// `node`: in the node's namespace, on `interface`; `pod`: inside the pod's own namespace
+    /// (`interface` is then the pod's host veth).
+    #[serde(default)]
+    pub location: DropLocation,
     pub interface: String,
     pub ifindex: u32,
+    /// For `location: pod`: the pod (`namespace/name`) when the inventory knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// For `location: pod`: the inode of the pod's network namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_inode: Option<u32>,
+    /// For `location: pod`: the namespace's name under `/run/netns`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// Which way the dropped packets went relative to `src`/`dst` (as the flow is oriented;
+    /// without a flow, the lower port is taken for the server's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<DropDirection>,
     pub count: u64,
     pub bytes: u64,
     /// RFC 3339.
     pub last_seen: String,
 }
 
-/// A flow's drops, in the flow JSON (`drops: [{reason, count}]`).
+/// A flow's drops, in the flow JSON (`drops: [{reason, count, ...}]`): what a peer monitor
+/// also returns for its view of a cross-node flow.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FlowDrop {
     pub reason: String,
     pub count: u64,
+    /// `pod` when the drops happened inside a pod's own namespace (absent: the node's).
+    #[serde(default, skip_serializing_if = "DropLocation::is_node")]
+    pub location: DropLocation,
+    /// The pod they happened in (`namespace/name`), for `location: pod`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The pod's host veth, for `location: pod`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// The pod's namespace name under `/run/netns`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<DropDirection>,
+}
+
+impl FlowDrop {
+    /// One line for `top`'s detail pane: `NETFILTER_DROP 3` or, inside a pod,
+    /// `NETFILTER_DROP 3 inside pod default/web (request)`.
+    pub fn describe(&self) -> String {
+        if self.location != DropLocation::Pod {
+            return format!("{} {}", self.reason, self.count);
+        }
+        let pod = self.pod.as_deref().or(self.interface.as_deref()).unwrap_or("?");
+        let dir = match self.direction {
+            Some(DropDirection::Request) => " (request)",
+            Some(DropDirection::Reply) => " (reply)",
+            Some(DropDirection::Both) => " (both ways)",
+            None => "",
+        };
+        format!("{} {} inside pod {pod}{dir}", self.reason, self.count)
+    }
 }
 
 fn iface_name(ifindex: u32) -> String {
@@ -527,7 +711,9 @@ fn iface_name(ifindex: u32) -> String {
 }
 
 /// The drop records, oriented like their flow when `flows` has it (id → (src ip, src port)),
-/// otherwise client → server by port (the lower port is the server's).
+/// otherwise client → server by port (the lower port is the server's). Kernel records that
+/// differ only in what userspace does not show (the device inside a pod, the direction) are
+/// summed into one record per (flow, reason, location, interface).
 pub fn records(
     entries: &[(DropKey, DropStats)],
     hook: &DropHook,
@@ -535,50 +721,237 @@ pub fn records(
     flows: &HashMap<String, (IpAddr, u16)>,
 ) -> Vec<DropRecord> {
     let mut names: HashMap<u32, String> = HashMap::new();
-    let mut out: Vec<DropRecord> = entries
-        .iter()
-        .map(|(k, s)| {
-            let f = &k.flow;
-            let ip = f.proto != 0 || f.addr_a != [0; 4] || f.addr_b != [0; 4];
-            let id = if ip { flow_id(f) } else { String::new() };
-            let (a, b) = ((ip_of(f.addr_a), f.port_a), (ip_of(f.addr_b), f.port_b));
-            let (src, dst) = match flows.get(&id) {
-                Some(&(sip, sport)) if (sip, sport) == b => (b, a),
-                Some(_) => (a, b),
-                None if a.1 != 0 && b.1 != 0 && a.1 < b.1 => (b, a),
-                None => (a, b),
-            };
-            DropRecord {
-                flow_id: id,
-                src_ip: ip.then_some(src.0),
-                dst_ip: ip.then_some(dst.0),
-                src_port: src.1,
-                dst_port: dst.1,
-                protocol: if ip { protocol_name(f.proto).into() } else { "non_ip".into() },
-                ip_proto: f.proto,
-                reason: hook.reason_name(k.reason),
-                reason_code: k.reason,
-                interface: names.entry(k.ifindex).or_insert_with(|| iface_name(k.ifindex)).clone(),
-                ifindex: k.ifindex,
-                count: s.count,
-                bytes: s.bytes,
-                last_seen: clock.rfc3339(s.last_ns),
-            }
-        })
-        .collect();
+    let mut netns_names: HashMap<u32, Option<String>> = HashMap::new();
+    let mut merged: BTreeMap<(String, u32, DropLocation, u32), DropRecord> = BTreeMap::new();
+    let mut last_ns: HashMap<(String, u32, DropLocation, u32), u64> = HashMap::new();
+    for (k, s) in entries {
+        let f = &k.flow;
+        let ip = f.proto != 0 || f.addr_a != [0; 4] || f.addr_b != [0; 4];
+        let id = if ip { flow_id(f) } else { String::new() };
+        let (a, b) = ((ip_of(f.addr_a), f.port_a), (ip_of(f.addr_b), f.port_b));
+        let (src, dst) = match flows.get(&id) {
+            Some(&(sip, sport)) if (sip, sport) == b => (b, a),
+            Some(_) => (a, b),
+            None if a.1 != 0 && b.1 != 0 && a.1 < b.1 => (b, a),
+            None => (a, b),
+        };
+        let sender = if k.sender == u32::from(SIDE_A) { a } else { b };
+        let direction = ip.then_some(if sender == src && src != dst {
+            DropDirection::Request
+        } else {
+            DropDirection::Reply
+        });
+        let (location, ifindex) =
+            if k.netns == 0 { (DropLocation::Node, k.ifindex) } else { (DropLocation::Pod, k.pod_ifindex) };
+        let mkey = (id.clone(), k.reason, location, ifindex);
+        let last = last_ns.entry(mkey.clone()).or_default();
+        *last = (*last).max(s.last_ns);
+        let last = *last;
+        let r = merged.entry(mkey).or_insert_with(|| DropRecord {
+            flow_id: id,
+            src_ip: ip.then_some(src.0),
+            dst_ip: ip.then_some(dst.0),
+            src_port: src.1,
+            dst_port: dst.1,
+            protocol: if ip { protocol_name(f.proto).into() } else { "non_ip".into() },
+            ip_proto: f.proto,
+            reason: hook.reason_name(k.reason),
+            reason_code: k.reason,
+            location,
+            interface: names.entry(ifindex).or_insert_with(|| iface_name(ifindex)).clone(),
+            ifindex,
+            pod: None,
+            netns_inode: (k.netns != 0).then_some(k.netns),
+            netns: if k.netns == 0 {
+                None
+            } else {
+                netns_names.entry(k.netns).or_insert_with(|| crate::netns::name_of_inode(k.netns)).clone()
+            },
+            direction,
+            count: 0,
+            bytes: 0,
+            last_seen: String::new(),
+        });
+        r.count += s.count;
+        r.bytes += s.bytes;
+        r.last_seen = clock.rfc3339(last);
+        r.direction = match (r.direction, direction) {
+            (Some(x), Some(y)) => Some(x.merge(y)),
+            (x, y) => x.or(y),
+        };
+    }
+    let mut out: Vec<DropRecord> = merged.into_values().collect();
     out.sort_by(|x, y| y.count.cmp(&x.count).then_with(|| x.flow_id.cmp(&y.flow_id)));
     out
 }
 
-/// Per-flow drops by flow id, summed over interfaces.
+/// Names the pod of each `location: pod` record: the pod whose host veth is the record's
+/// interface (`pod_of_veth`, from the inventory), else the end of its flow that is a pod of
+/// `node`, the receiving end first (drops inside a pod are mostly of packets it receives).
+pub fn name_pods(
+    records: &mut [DropRecord],
+    flows: &[Flow],
+    node: &str,
+    pod_of_veth: impl Fn(&str) -> Option<String>,
+) {
+    let by_id: HashMap<&str, &Flow> = flows.iter().map(|f| (f.id.as_str(), f)).collect();
+    for r in records.iter_mut().filter(|r| r.location == DropLocation::Pod) {
+        r.pod = pod_of_veth(&r.interface).or_else(|| {
+            let f = by_id.get(r.flow_id.as_str())?;
+            let ends = match r.direction {
+                Some(DropDirection::Reply) => [&f.src, &f.dst],
+                _ => [&f.dst, &f.src],
+            };
+            ends.into_iter().flatten().find_map(|e| {
+                if e.kind != "pod" || e.node.as_deref().is_some_and(|n| n != node) {
+                    return None;
+                }
+                Some(format!("{}/{}", e.namespace.as_deref()?, e.pod.as_deref()?))
+            })
+        });
+    }
+}
+
+/// Per-flow drops by flow id, summed over the node's interfaces; drops inside pods per pod.
 pub fn by_flow(records: &[DropRecord]) -> HashMap<String, Vec<FlowDrop>> {
-    let mut acc: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
+    type Where = (String, DropLocation, Option<String>, Option<String>, Option<String>);
+    let mut acc: HashMap<String, BTreeMap<Where, (u64, Option<DropDirection>)>> = HashMap::new();
     for r in records.iter().filter(|r| !r.flow_id.is_empty()) {
-        *acc.entry(r.flow_id.clone()).or_default().entry(r.reason.clone()).or_default() += r.count;
+        let pod_side = r.location == DropLocation::Pod;
+        let at = (
+            r.reason.clone(),
+            r.location,
+            r.pod.clone().filter(|_| pod_side),
+            pod_side.then(|| r.interface.clone()),
+            r.netns.clone(),
+        );
+        let e = acc.entry(r.flow_id.clone()).or_default().entry(at).or_insert((0, r.direction));
+        e.0 += r.count;
+        e.1 = match (e.1, r.direction) {
+            (Some(x), Some(y)) => Some(x.merge(y)),
+            (x, y) => x.or(y),
+        };
     }
     acc.into_iter()
-        .map(|(id, m)| (id, m.into_iter().map(|(reason, count)| FlowDrop { reason, count }).collect()))
+        .map(|(id, m)| {
+            let drops = m
+                .into_iter()
+                .map(|((reason, location, pod, interface, netns), (count, direction))| FlowDrop {
+                    reason,
+                    count,
+                    location,
+                    pod,
+                    interface,
+                    netns,
+                    direction: direction.filter(|_| location == DropLocation::Pod),
+                })
+                .collect();
+            (id, drops)
+        })
         .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verdicts from drops inside pods (small functions the detection code calls; wording only).
+
+/// Where a flow's packets died inside a pod, and what to run next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodDropVerdict {
+    /// `dropped_in_destination_pod` or `dropped_in_source_pod`.
+    pub hop: String,
+    pub summary: String,
+    pub next_commands: Vec<String>,
+}
+
+fn endpoint_name(e: Option<&crate::inventory::Endpoint>, ip: IpAddr) -> String {
+    match e {
+        Some(crate::inventory::Endpoint { namespace: Some(ns), pod: Some(p), .. }) => format!("{ns}/{p}"),
+        _ => ip.to_string(),
+    }
+}
+
+/// How to run `cmd` inside the pod of `d`: `ip netns exec <name>` where its namespace has a
+/// name (the lab, a CNI-named netns on the node), else `kubectl exec` into the pod.
+pub fn in_pod_command(d: &FlowDrop, cmd: &str) -> String {
+    match (&d.netns, d.pod.as_deref().and_then(|p| p.split_once('/'))) {
+        (Some(ns), _) => format!("ip netns exec {ns} {cmd}"),
+        (None, Some((ns, name))) => format!("kubectl exec -n {ns} {name} -- {cmd}"),
+        (None, None) => format!(
+            "nsenter --net=<the netns of the pod behind {}> {cmd}",
+            d.interface.as_deref().unwrap_or("?")
+        ),
+    }
+}
+
+/// The verdict a flow's drops inside a pod give, from this node's view of the flow and the
+/// peer node's (a cross-node flow's destination pod is on the peer): the pod drop with the
+/// most packets decides. None when no pod dropped any of the flow's packets.
+pub fn pod_drop_verdict(f: &Flow, peer: Option<&Flow>) -> Option<PodDropVerdict> {
+    let d = f
+        .drops
+        .iter()
+        .chain(peer.map(|p| p.drops.as_slice()).unwrap_or_default())
+        .filter(|d| d.location == DropLocation::Pod)
+        .max_by_key(|d| d.count)?;
+    let reply = d.direction == Some(DropDirection::Reply);
+    let (src, dst) = (endpoint_name(f.src.as_ref(), f.src_ip), endpoint_name(f.dst.as_ref(), f.dst_ip));
+    // Which end's pod: by name when the drop's pod is known, else by the packet's way (a pod
+    // drops mostly what it receives).
+    let in_source = match d.pod.as_deref() {
+        Some(p) if p == dst => false,
+        Some(p) if p == src => true,
+        _ => reply,
+    };
+    let (hop, pod) = if in_source {
+        ("dropped_in_source_pod", d.pod.clone().unwrap_or_else(|| src.clone()))
+    } else {
+        ("dropped_in_destination_pod", d.pod.clone().unwrap_or_else(|| dst.clone()))
+    };
+    let n = d.count;
+    let proto = f.protocol.as_str();
+    let by = |why: &str| match (in_source, reply) {
+        (false, false) => {
+            format!("the request reached {dst} and was dropped inside the destination pod {pod} {why}")
+        }
+        (false, true) => {
+            format!(
+                "the request reached {dst}, but its reply was dropped inside the destination pod {pod} {why}"
+            )
+        }
+        (true, true) => format!("the reply reached {src} and was dropped inside the source pod {pod} {why}"),
+        (true, false) => format!("the request was dropped inside the source pod {pod} {why} before it left"),
+    };
+    let (summary, commands) = match d.reason.as_str() {
+        "NETFILTER_DROP" => {
+            let mut c = vec![in_pod_command(d, "nft list ruleset")];
+            // iptables-save where the pod is reached with kubectl (its image may use either).
+            if d.netns.is_none() {
+                c.push(in_pod_command(d, "iptables-save"));
+            }
+            (by(&format!("by its firewall (NETFILTER_DROP, {n} packet(s))")), c)
+        }
+        "NO_SOCKET" if !reply && !in_source => (
+            format!(
+                "nothing listens on {proto} port {} in the destination pod {pod}: the kernel dropped the request (NO_SOCKET, {n} packet(s))",
+                f.dst_port
+            ),
+            vec![
+                in_pod_command(d, if proto == "udp" { "ss -lunp" } else { "ss -ltnp" }),
+                in_pod_command(d, "nstat -az UdpNoPorts"),
+            ],
+        ),
+        "SOCKET_RCVBUFF" => (
+            format!(
+                "the application in {pod} does not read its socket fast enough: its receive buffer is full and the kernel drops what arrives (SOCKET_RCVBUFF, {n} packet(s))"
+            ),
+            vec![in_pod_command(d, "ss -uamn"), in_pod_command(d, "nstat -az UdpRcvbufErrors")],
+        ),
+        r => (
+            by(&format!("by the kernel with reason {r} ({n} packet(s))")),
+            vec![in_pod_command(d, "nstat -az"), in_pod_command(d, "nft list ruleset")],
+        ),
+    };
+    Some(PodDropVerdict { hop: hop.into(), summary, next_commands: commands })
 }
 
 /// A drop record as the kernel map yields it, for other modules' tests: a TCP flow
@@ -595,8 +968,13 @@ pub(crate) fn test_record(flow_id: &str, reason: &str, interface: &str, count: u
         ip_proto: 6,
         reason: reason.into(),
         reason_code: 0,
+        location: DropLocation::Node,
         interface: interface.into(),
         ifindex: interface.bytes().map(u32::from).sum(),
+        pod: None,
+        netns_inode: None,
+        netns: None,
+        direction: None,
         count,
         bytes: 0,
         last_seen: String::new(),
@@ -628,6 +1006,8 @@ mod tests {
         assert_eq!(cfg.skb_network_header, cfg.skb_transport_header + 2, "{cfg:?}");
         assert!(cfg.skb_head > cfg.skb_len, "{cfg:?}");
         assert!(cfg.dev_ifindex > 0 && cfg.dev_net > 0 && cfg.net_inum > 0, "{cfg:?}");
+        assert!(cfg.skb_sk > cfg.skb_dev, "{cfg:?}");
+        assert!(cfg.reason_netfilter_drop > 0, "{cfg:?}");
         assert_eq!(cfg.has_reason, 1, "6.x kernels pass the reason");
     }
 
@@ -651,8 +1031,135 @@ mod tests {
     }
 
     #[test]
+    fn colliding_pod_namespaces_share_a_slot_through_the_overflow() {
+        let s = DROP_POD_NETNS_SLOT_COUNT;
+        let watched: BTreeMap<u32, u32> = [(5 * s + 7, 10), (9 * s + 7, 11), (3 * s + 7, 12), (8, 13)].into();
+        let (head, rest) = slot_layout(&watched, 7);
+        assert_eq!(head, PodNetnsSlot { inode: 3 * s + 7, host_ifindex: 12, overflow: 2 });
+        assert_eq!(rest, vec![(5 * s + 7, 10), (9 * s + 7, 11)]);
+        assert_eq!(slot_layout(&watched, 8).0, PodNetnsSlot { inode: 8, host_ifindex: 13, overflow: 0 });
+        assert_eq!(slot_layout(&watched, 9), (PodNetnsSlot::default(), vec![]));
+    }
+
+    /// A cross-node flow default/web-1 -> shop/web-2:8080 (udp or tcp) with `drops`.
+    fn flow_with(proto: &str, drops: serde_json::Value) -> Flow {
+        serde_json::from_value(serde_json::json!({
+            "id": "f1", "src_ip": "10.16.0.2", "dst_ip": "10.16.0.5", "src_port": 40000, "dst_port": 8080,
+            "protocol": proto, "ip_proto": 17, "packets_fwd": 3, "bytes_fwd": 180, "packets_rev": 0,
+            "bytes_rev": 0, "first_seen": "", "last_seen": "", "state": "unanswered", "requests": 3,
+            "replies": 0, "requests_unanswered": 3, "rst_fwd": 0, "rst_rev": 0, "tcp_flags_fwd": "",
+            "tcp_flags_rev": "", "initiator_guessed": false, "fragment": false, "interfaces": [],
+            "scenario": "pod_to_pod_cross_node",
+            "src": {"kind": "pod", "namespace": "default", "pod": "web-1", "node": "node1"},
+            "dst": {"kind": "pod", "namespace": "shop", "pod": "web-2", "node": "node2"},
+            "drops": drops,
+        }))
+        .expect("valid flow")
+    }
+
+    #[test]
+    fn pod_drops_decide_the_verdict_from_here_or_the_peer() {
+        use serde_json::json;
+        let local = flow_with("tcp", json!([{"reason": "NETFILTER_DROP", "count": 9}]));
+        assert_eq!(pod_drop_verdict(&local, None), None, "node drops are not a pod's");
+        // The destination node's view (the peer) has the pod's own firewall drop.
+        let peer = flow_with(
+            "tcp",
+            json!([{"reason": "NETFILTER_DROP", "count": 3, "location": "pod", "pod": "shop/web-2",
+                    "interface": "abc_h", "netns": "lab-web-2", "direction": "request"}]),
+        );
+        let v = pod_drop_verdict(&local, Some(&peer)).expect("a pod verdict");
+        assert_eq!(v.hop, "dropped_in_destination_pod");
+        assert_eq!(
+            v.summary,
+            "the request reached shop/web-2 and was dropped inside the destination pod shop/web-2 by its firewall (NETFILTER_DROP, 3 packet(s))"
+        );
+        assert_eq!(v.next_commands, vec!["ip netns exec lab-web-2 nft list ruleset".to_string()]);
+        // A reply dropped on its way out of the destination pod is still the destination's.
+        let out = flow_with(
+            "tcp",
+            json!([{"reason": "NETFILTER_DROP", "count": 2, "location": "pod", "pod": "shop/web-2", "direction": "reply"}]),
+        );
+        let v = pod_drop_verdict(&out, None).expect("verdict");
+        assert_eq!(v.hop, "dropped_in_destination_pod");
+        assert!(
+            v.summary.starts_with("the request reached shop/web-2, but its reply was dropped inside"),
+            "{}",
+            v.summary
+        );
+        assert_eq!(
+            v.next_commands,
+            vec![
+                "kubectl exec -n shop web-2 -- nft list ruleset".to_string(),
+                "kubectl exec -n shop web-2 -- iptables-save".to_string()
+            ]
+        );
+        // Replies dropped by the requester's own firewall.
+        let src = flow_with(
+            "tcp",
+            json!([{"reason": "NETFILTER_DROP", "count": 2, "location": "pod", "pod": "default/web-1", "direction": "reply"}]),
+        );
+        let v = pod_drop_verdict(&src, None).expect("verdict");
+        assert_eq!(v.hop, "dropped_in_source_pod");
+        assert!(
+            v.summary.contains(
+                "the reply reached default/web-1 and was dropped inside the source pod default/web-1"
+            )
+        );
+        let ns = flow_with(
+            "udp",
+            json!([{"reason": "NO_SOCKET", "count": 4, "location": "pod", "direction": "request"}]),
+        );
+        let v = pod_drop_verdict(&ns, None).expect("verdict");
+        assert!(
+            v.summary.starts_with("nothing listens on udp port 8080 in the destination pod shop/web-2"),
+            "{}",
+            v.summary
+        );
+        let rb = flow_with(
+            "udp",
+            json!([{"reason": "SOCKET_RCVBUFF", "count": 4, "location": "pod", "pod": "shop/web-2"}]),
+        );
+        let v = pod_drop_verdict(&rb, None).expect("verdict");
+        assert!(v.summary.contains("does not read its socket fast enough"), "{}", v.summary);
+    }
+
+    #[test]
+    fn pod_records_name_the_host_veth_and_merge_the_devices_inside() {
+        use kovn_ebpf_common::{FlowKey, SIDE_B, ipv4_mapped};
+        let (flow, side) =
+            FlowKey::canonical(ipv4_mapped([10, 0, 0, 2]), ipv4_mapped([10, 0, 0, 1]), 40000, 80, 6);
+        let hook = DropHook {
+            available: true,
+            reasons: [(6, "NETFILTER_DROP".to_string())].into(),
+            ..Default::default()
+        };
+        let pod =
+            |ifindex, sender| DropKey { flow, reason: 6, ifindex, netns: 4026532999, pod_ifindex: 1, sender };
+        let e = [
+            (pod(2, u32::from(side)), DropStats { count: 3, last_ns: 0, bytes: 180 }),
+            (pod(1, u32::from(side)), DropStats { count: 1, last_ns: 0, bytes: 60 }),
+        ];
+        let r = records(&e, &hook, &Clock::fixed(0, 0), &HashMap::new());
+        assert_eq!(r.len(), 1, "devices inside the pod merge: {r:?}");
+        assert_eq!((r[0].location, r[0].count, r[0].ifindex), (DropLocation::Pod, 4, 1));
+        assert_eq!(r[0].netns_inode, Some(4026532999));
+        // Sent by 10.0.0.2:40000 (the client by port): a request.
+        assert_eq!(r[0].direction, Some(DropDirection::Request));
+        let other = if side == SIDE_B { 0 } else { 1 };
+        let both = [e[0], (pod(2, other), DropStats { count: 1, last_ns: 0, bytes: 60 })];
+        let r = records(&both, &hook, &Clock::fixed(0, 0), &HashMap::new());
+        assert_eq!(r[0].direction, Some(DropDirection::Both));
+        assert_eq!(by_flow(&r)[&r[0].flow_id][0].location, DropLocation::Pod);
+    }
+
+    #[test]
     fn own_netns_has_an_inode() {
         assert!(own_netns_inum().unwrap() > 0);
+    }
+
+    fn key(flow: kovn_ebpf_common::FlowKey, ifindex: u32) -> DropKey {
+        DropKey { flow, reason: 6, ifindex, ..Default::default() }
     }
 
     #[test]
@@ -666,14 +1173,18 @@ mod tests {
             ..Default::default()
         };
         let e = [
-            (DropKey { flow, reason: 6, ifindex: 1 }, DropStats { count: 3, last_ns: 0, bytes: 180 }),
-            (DropKey { flow, reason: 6, ifindex: 2 }, DropStats { count: 1, last_ns: 0, bytes: 60 }),
+            (key(flow, 1), DropStats { count: 3, last_ns: 0, bytes: 180 }),
+            (key(flow, 2), DropStats { count: 1, last_ns: 0, bytes: 60 }),
         ];
         let r = records(&e, &hook, &Clock::fixed(0, 0), &HashMap::new());
         assert_eq!(r[0].dst_port, 80);
         assert_eq!(r[0].src_port, 40000);
         assert_eq!(r[0].reason, "NETFILTER_DROP");
         let f = by_flow(&r);
-        assert_eq!(f[&flow_id(&flow)], vec![FlowDrop { reason: "NETFILTER_DROP".into(), count: 4 }]);
+        assert_eq!(f[&flow_id(&flow)].len(), 1);
+        assert_eq!(
+            (f[&flow_id(&flow)][0].reason.as_str(), f[&flow_id(&flow)][0].count),
+            ("NETFILTER_DROP", 4)
+        );
     }
 }

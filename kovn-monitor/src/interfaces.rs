@@ -118,58 +118,88 @@ pub struct Link {
     pub index: u32,
     pub name: String,
     pub mtu: u32,
+    /// `IFLA_LINK_NETNSID`: the nsid of the namespace a veth's peer is in, when not ours (a
+    /// pod veth's: the pod's network namespace, see `crate::netns`).
+    pub peer_nsid: Option<i32>,
 }
 
 #[derive(Debug)]
 pub enum LinkEvent {
-    /// A link exists (from the initial dump or RTM_NEWLINK, which also reports changes).
+    /// A link exists (from a dump or RTM_NEWLINK, which also reports changes).
     Present(Link),
     /// RTM_DELLINK: the link is gone (deleted or moved to another namespace).
     Gone(u32),
+    /// A full dump ended: these are every link there is now (after the `Present` of each).
+    /// Anything else the receiver holds is gone, its RTM_DELLINK possibly lost in an overflow.
+    Listed(Vec<u32>),
 }
 
 fn link_of(msg: &LinkMessage) -> Option<Link> {
     let mut name = None;
     let mut mtu = 0;
+    let mut peer_nsid = None;
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => name = Some(n.clone()),
             LinkAttribute::Mtu(m) => mtu = *m,
+            LinkAttribute::LinkNetNsId(id) => peer_nsid = Some(*id),
             _ => {}
         }
     }
-    Some(Link { index: msg.header.index, name: name?, mtu })
+    Some(Link { index: msg.header.index, name: name?, mtu, peer_nsid })
 }
+
+/// How often the link list is dumped again although no overflow was reported (an overflow
+/// the socket did not report, a bug anywhere on the way): `kovn-monitor run` uses 5 minutes.
+pub const RELIST_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Subscribes to link events first, then dumps the current links, so no link that appears
 /// in between is missed (a duplicate `Present` is harmless: attaching is idempotent).
+/// The subscription's socket buffer can overflow when links come and go faster than they are
+/// read (the kernel then drops events and reports ENOBUFS, an `Overrun`): the links are dumped
+/// again then, and every `relist_every` in any case; each dump ends with [`LinkEvent::Listed`].
 /// Runs until the receiver is dropped.
-pub async fn watch(tx: mpsc::Sender<LinkEvent>) -> std::io::Result<()> {
+pub async fn watch(tx: mpsc::Sender<LinkEvent>, relist_every: std::time::Duration) -> std::io::Result<()> {
     let (conn, handle, mut messages) = new_multicast_connection(&[MulticastGroup::Link])?;
     tokio::spawn(conn);
-    let mut dump = handle.link().get().execute();
+    let mut relist = tokio::time::interval(relist_every);
+    relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    relist.reset();
+    let mut overruns = 0u64;
+    if !dump(&handle, &tx).await? {
+        return Ok(());
+    }
     loop {
-        match dump.try_next().await {
-            Ok(Some(msg)) => {
-                if let Some(link) = link_of(&msg)
-                    && tx.send(LinkEvent::Present(link)).await.is_err()
-                {
+        let event = tokio::select! {
+            m = messages.next() => match m {
+                Some((msg, _)) => match msg.payload {
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
+                        link_of(&m).map(LinkEvent::Present)
+                    }
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
+                        Some(LinkEvent::Gone(m.header.index))
+                    }
+                    NetlinkPayload::Overrun(_) => {
+                        overruns += 1;
+                        log::warn!(
+                            "link events were lost (netlink buffer overflow #{overruns}): listing the links again"
+                        );
+                        if !dump(&handle, &tx).await? {
+                            return Ok(());
+                        }
+                        relist.reset();
+                        None
+                    }
+                    _ => None,
+                },
+                None => return Err(std::io::Error::other("netlink link subscription ended")),
+            },
+            _ = relist.tick() => {
+                if !dump(&handle, &tx).await? {
                     return Ok(());
                 }
+                None
             }
-            Ok(None) => break,
-            Err(e) => return Err(std::io::Error::other(format!("link dump failed: {e}"))),
-        }
-    }
-    while let Some((msg, _)) = messages.next().await {
-        let event = match msg.payload {
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
-                link_of(&m).map(LinkEvent::Present)
-            }
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
-                Some(LinkEvent::Gone(m.header.index))
-            }
-            _ => None,
         };
         if let Some(e) = event
             && tx.send(e).await.is_err()
@@ -177,7 +207,27 @@ pub async fn watch(tx: mpsc::Sender<LinkEvent>) -> std::io::Result<()> {
             return Ok(());
         }
     }
-    Err(std::io::Error::other("netlink link subscription ended"))
+}
+
+/// Dumps every link as `Present`, then `Listed`. False when the receiver is gone.
+async fn dump(handle: &rtnetlink::Handle, tx: &mpsc::Sender<LinkEvent>) -> std::io::Result<bool> {
+    let mut links = handle.link().get().execute();
+    let mut seen = Vec::new();
+    loop {
+        match links.try_next().await {
+            Ok(Some(msg)) => {
+                if let Some(link) = link_of(&msg) {
+                    seen.push(link.index);
+                    if tx.send(LinkEvent::Present(link)).await.is_err() {
+                        return Ok(false);
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return Err(std::io::Error::other(format!("link dump failed: {e}"))),
+        }
+    }
+    Ok(tx.send(LinkEvent::Listed(seen)).await.is_ok())
 }
 
 #[cfg(test)]

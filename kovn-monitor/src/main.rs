@@ -257,6 +257,11 @@ struct RunArgs {
     /// /metrics and /api/v1/drops). `--drop-ignore-reason ''` ignores none.
     #[arg(long = "drop-ignore-reason", value_name = "REASON", default_values_t = kovn_monitor::detection::DEFAULT_DROP_IGNORE.map(String::from))]
     drop_ignore_reason: Vec<String>,
+    /// A kernel drop record (flow, reason, place) with no new drop for this long is removed
+    /// from the kernel map and from /api/v1/drops, so the map (sized --flow-table-size / 4)
+    /// holds current drops and `drops_map_full` counts only real losses.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    drop_record_ttl: Duration,
     /// The pod MTU of the overlay (e.g. 1400 for Geneve on a 1500 underlay), used by the MTU
     /// black-hole detector. Default: judged from the sizes seen.
     #[arg(long)]
@@ -421,6 +426,7 @@ async fn run(args: RunArgs) -> Result<()> {
         underlay_ifaces: args.underlay_iface,
         tunnel_ifaces: args.tunnel_iface.into_iter().filter(|n| !n.is_empty()).collect(),
         poll_interval: args.poll_interval,
+        drop_record_ttl: args.drop_record_ttl,
         flow_idle_timeout: args.flow_idle_timeout,
         flow_retention: args.flow_retention,
         flow_table_size: args.flow_table_size,

@@ -157,7 +157,9 @@ impl Daemon {
             .spawn()
             .expect("spawn kovn-monitor");
         let mut d = Self { child, ns: ns.name.clone(), port, log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20) * timeout_scale();
+        // Loading and verifying the programs takes seconds, and much longer on a machine
+        // loaded by parallel builds.
+        let deadline = Instant::now() + Duration::from_secs(60) * timeout_scale();
         loop {
             if let Some(status) = d.child.try_wait().expect("wait") {
                 panic!("kovn-monitor exited early ({status}):\n{}", d.log_text());
@@ -171,7 +173,7 @@ impl Daemon {
             assert!(
                 Instant::now() < deadline,
                 "kovn-monitor not ready in {} s:\n{}",
-                20 * timeout_scale(),
+                60 * timeout_scale(),
                 d.log_text()
             );
             std::thread::sleep(Duration::from_millis(100));

@@ -520,7 +520,23 @@ fn t03_fault_reply_drop() {
         "the requests reach {} on node2, nothing comes back: {on2}",
         b.host_veth
     );
-    let finding = expect_finding(&lab, "node1", "request_without_reply", &a, &b, "no_reply_from_destination");
+    // node2's monitor sees the SYN-ACKs die inside b's namespace (kfree_skb, NETFILTER_DROP)
+    // and node1's verdict takes it from there: the pod and its own firewall are named.
+    let finding =
+        expect_finding(&lab, "node1", "request_without_reply", &a, &b, "dropped_in_destination_pod");
+    let summary = finding["verdict"]["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains(&format!(
+            "its reply was dropped inside the destination pod {}/{} by its firewall (NETFILTER_DROP",
+            b.namespace, b.name
+        )),
+        "{finding:#}"
+    );
+    assert_eq!(
+        finding["verdict"]["next_commands"][0],
+        format!("ip netns exec {} nft list ruleset", b.netns),
+        "{finding:#}"
+    );
     heal(&mut lab);
     let probe = tcp(&a, addr(&b), 41002);
     assert!(probe.ok, "healed: {}", probe.detail);
@@ -779,7 +795,8 @@ fn t08b_next_commands_run_as_printed() {
     let _heal = HealOnDrop(lab.clone());
     let probe = tcp(&a, addr(&b), 41051);
     assert!(!probe.ok, "replies are dropped, yet: {}", probe.detail);
-    let finding = expect_finding(&lab, "node1", "request_without_reply", &a, &b, "no_reply_from_destination");
+    let finding =
+        expect_finding(&lab, "node1", "request_without_reply", &a, &b, "dropped_in_destination_pod");
     let cmds: Vec<String> = finding["verdict"]["next_commands"]
         .as_array()
         .unwrap_or_else(|| panic!("no next commands: {finding:#}"))

@@ -268,7 +268,7 @@ pub fn detail_lines(r: &Row, trace: Option<&Trace>) -> Vec<String> {
             ));
         }
         if !f.drops.is_empty() {
-            let d: Vec<String> = f.drops.iter().map(|d| format!("{} {}", d.reason, d.count)).collect();
+            let d: Vec<String> = f.drops.iter().map(crate::drops::FlowDrop::describe).collect();
             out.push(format!("drops: {}", d.join(", ")));
         }
     }
