@@ -20,6 +20,11 @@ struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info", env = "KOVN_LOG_LEVEL")]
     log_level: log::LevelFilter,
+    /// The bearer token sent to monitors (CLI, `top`, `trace`, and a daemon's questions to its
+    /// peers): a file holding it, re-read for each client. Default: the pod's service account
+    /// token when there is one, else the kubeconfig's current user's token, else none.
+    #[arg(long, global = true, value_name = "PATH", env = "KOVN_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -258,6 +263,25 @@ struct RunArgs {
     kubeconfig: Option<std::path::PathBuf>,
     #[command(flatten)]
     trace: kovn_monitor::drilldown::TraceArgs,
+    /// Who may read the API: `none` (anyone who reaches --listen; labs), or `kubernetes`
+    /// (a bearer token checked by TokenReview, each path authorised by SubjectAccessReview:
+    /// verb `get`, `create` for /api/v1/trace; /healthz and /readyz stay open).
+    #[arg(long, value_enum, default_value = "none", env = "KOVN_AUTH")]
+    auth: kovn_monitor::auth::AuthMode,
+    /// Serve the API over TLS with this PEM certificate chain (with --tls-private-key-file);
+    /// both files are re-read when they change.
+    #[arg(long, value_name = "PATH", requires = "tls_private_key_file")]
+    tls_cert_file: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert-file.
+    #[arg(long, value_name = "PATH", requires = "tls_cert_file")]
+    tls_private_key_file: Option<std::path::PathBuf>,
+    /// API connections served at once (1..); more wait in the kernel's accept queue.
+    #[arg(long, default_value_t = kovn_monitor::server::MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// A request's headers must arrive within this; an idle keep-alive connection is closed
+    /// after it.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
 }
 
 fn parse_alertmanager_url(s: &str) -> Result<reqwest::Url, String> {
@@ -364,7 +388,28 @@ async fn run(args: RunArgs) -> Result<()> {
     if args.flow_retention < args.poll_interval {
         bail!("--flow-retention must be at least --poll-interval");
     }
+    let tls = match (args.tls_cert_file, args.tls_private_key_file) {
+        (Some(cert), Some(key)) => Some(kovn_monitor::server::TlsReloader::start(
+            kovn_monitor::server::TlsFiles { cert, key },
+            kovn_monitor::server::TLS_RELOAD_CHECK,
+        )?),
+        _ => None,
+    };
+    let reviewer = match args.auth {
+        kovn_monitor::auth::AuthMode::None => None,
+        kovn_monitor::auth::AuthMode::Kubernetes => Some(std::sync::Arc::new(
+            kovn_monitor::auth::Reviewer::connect(args.kubeconfig.as_deref()).await?,
+        )),
+    };
+    let server = kovn_monitor::server::ServerOptions {
+        max_connections: args.max_connections as usize,
+        header_timeout: args.header_timeout,
+        tls,
+        reviewer,
+        probe: kovn_monitor::health::Probe::new(args.poll_interval),
+    };
     daemon::run(daemon::RunConfig {
+        server,
         listen: args.listen,
         detector: kovn_monitor::detection::DetectorConfig {
             reply_timeout: args.reply_timeout,
@@ -435,6 +480,7 @@ fn main() {
             std::process::exit(1);
         }
     };
+    kovn_monitor::auth::set_token_file(cli.token_file);
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(a) => run(*a).await,

@@ -853,7 +853,7 @@ impl Tracer {
                 q.push((k, v.clone()));
             }
         }
-        let resp = reqwest::Client::new()
+        let resp = crate::auth::client()
             .get(&url)
             .query(&q)
             .timeout(self.cfg.timeout * 3)
