@@ -202,3 +202,225 @@ pub async fn serve(
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    fn opts(
+        max_connections: usize,
+        header_timeout: Duration,
+        tls: Option<Arc<TlsReloader>>,
+    ) -> ServerOptions {
+        ServerOptions {
+            max_connections,
+            header_timeout,
+            tls,
+            reviewer: None,
+            probe: crate::health::Probe::new(Duration::from_secs(1)),
+        }
+    }
+
+    async fn start(
+        o: ServerOptions,
+    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>)
+    {
+        let app = axum::Router::new().route("/x", axum::routing::get(|| async { "ok" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let h = tokio::spawn(async move {
+            serve(listener, app, &o, async move {
+                let _ = rx.await;
+            })
+            .await
+        });
+        (addr, tx, h)
+    }
+
+    /// Reads until the server closes the connection; returns how long that took.
+    async fn until_closed(s: &mut tokio::net::TcpStream, limit: Duration) -> Duration {
+        let t = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(limit.saturating_sub(t.elapsed()), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return t.elapsed(),
+                Ok(Ok(_)) => continue,
+                Err(_) => panic!("connection still open after {limit:?}"),
+            }
+        }
+    }
+
+    /// A client that sends half a request and stops (slowloris), and one that stays idle after
+    /// its request: both are closed after the header timeout; with axum::serve neither was.
+    #[tokio::test]
+    async fn slow_and_idle_clients_are_closed_after_the_header_timeout() {
+        let (addr, _stop, _) = start(opts(8, Duration::from_millis(500), None)).await;
+        let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n").await.expect("write");
+        let took = until_closed(&mut slow, Duration::from_secs(5)).await;
+        assert!(took >= Duration::from_millis(400), "closed too early: {took:?}");
+
+        let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        idle.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
+        let mut buf = [0u8; 1024];
+        let n = idle.read(&mut buf).await.expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "answered first");
+        until_closed(&mut idle, Duration::from_secs(5)).await;
+    }
+
+    /// At the limit, another client is not served until a connection ends.
+    #[tokio::test]
+    async fn connections_beyond_the_limit_wait() {
+        let (addr, _stop, _) = start(opts(2, Duration::from_millis(1500), None)).await;
+        let _a = tokio::net::TcpStream::connect(addr).await.expect("a");
+        let _b = tokio::net::TcpStream::connect(addr).await.expect("b");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = Instant::now();
+        let mut c = tokio::net::TcpStream::connect(addr).await.expect("c");
+        c.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .expect("answered")
+            .expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        // Served only once the idle two were closed by the header timeout.
+        assert!(t.elapsed() >= Duration::from_millis(1200), "served at once: {:?}", t.elapsed());
+    }
+
+    /// Idle clients do not hold up shutdown.
+    #[tokio::test]
+    async fn shutdown_is_not_held_by_idle_clients() {
+        let (addr, stop, h) = start(opts(8, Duration::from_secs(60), None)).await;
+        let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        idle.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
+        let mut buf = [0u8; 1024];
+        let _ = idle.read(&mut buf).await.expect("read");
+        let t = Instant::now();
+        stop.send(()).expect("stop");
+        tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), h)
+            .await
+            .expect("stopped")
+            .expect("join")
+            .expect("ok");
+        assert!(t.elapsed() < Duration::from_secs(2), "shutdown took {:?}", t.elapsed());
+    }
+
+    /// A CA (`ca.crt`, made once per directory) and a server certificate for 127.0.0.1 that it
+    /// signs, made with openssl.
+    fn make_cert(dir: &std::path::Path, name: &str) -> TlsFiles {
+        let run = |args: &[&str]| {
+            let out =
+                std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"];
+        if !dir.join("ca.crt").exists() {
+            run(&[
+                &["req", "-x509"][..],
+                &ec,
+                &["-subj", "/CN=kovn-test-ca", "-keyout", "ca.key", "-out", "ca.crt"],
+            ]
+            .concat());
+        }
+        let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
+        run(&[
+            &["req", "-x509", "-CA", "ca.crt", "-CAkey", "ca.key"][..],
+            &ec,
+            &["-subj", &format!("/CN={name}"), "-addext", "subjectAltName=IP:127.0.0.1"],
+            &["-addext", "basicConstraints=critical,CA:FALSE", "-keyout", &key, "-out", &crt],
+        ]
+        .concat());
+        TlsFiles { cert: dir.join(crt), key: dir.join(key) }
+    }
+
+    /// GET /x over TLS trusting `ca`; returns the body and the server certificate's DER.
+    async fn tls_get(addr: std::net::SocketAddr, ca: &std::path::Path) -> Result<(String, Vec<u8>), String> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca).expect("ca") {
+            roots.add(c.expect("cert")).expect("add");
+        }
+        let config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let mut s = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+        let der =
+            s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        Ok((String::from_utf8_lossy(&out).into_owned(), der))
+    }
+
+    #[tokio::test]
+    async fn tls_serves_and_reloads_a_renewed_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = make_cert(dir.path(), "first");
+        let live = TlsFiles { cert: dir.path().join("tls.crt"), key: dir.path().join("tls.key") };
+        std::fs::copy(&first.cert, &live.cert).expect("cp");
+        std::fs::copy(&first.key, &live.key).expect("cp");
+        let reloader = TlsReloader::start(live.clone(), Duration::from_millis(100)).expect("loads");
+        let (addr, _stop, _) = start(opts(8, Duration::from_secs(5), Some(reloader))).await;
+        let ca = dir.path().join("ca.crt");
+        let (body, der1) = tls_get(addr, &ca).await.expect("TLS with the first certificate");
+        assert!(body.starts_with("HTTP/1.1 200") && body.ends_with("ok"), "{body}");
+
+        // Renewal: new files in place; new connections get the new certificate.
+        let second = make_cert(dir.path(), "second");
+        std::fs::copy(&second.key, &live.key).expect("cp");
+        std::fs::copy(&second.cert, &live.cert).expect("cp");
+        let t = Instant::now();
+        loop {
+            if let Ok((_, der)) = tls_get(addr, &ca).await
+                && der != der1
+            {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "not reloaded");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (_, der2) = tls_get(addr, &ca).await.expect("TLS with the second certificate");
+        assert_ne!(der1, der2, "new connections get the renewed certificate");
+        // A plain-text client gets no answer.
+        let mut plain = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        plain.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
+        let mut buf = [0u8; 64];
+        let n = plain.read(&mut buf).await.unwrap_or(0);
+        assert!(!String::from_utf8_lossy(&buf[..n]).contains("200"));
+    }
+
+    #[test]
+    fn unreadable_tls_files_are_one_clear_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = TlsFiles { cert: dir.path().join("nope.crt"), key: dir.path().join("nope.key") };
+        let e = load_tls(&missing).expect_err("missing").to_string();
+        assert!(
+            e.starts_with("cannot read TLS certificate") && e.contains("nope.crt") && !e.contains('\n'),
+            "{e}"
+        );
+        let good = make_cert(dir.path(), "good");
+        std::fs::write(dir.path().join("garbage.key"), "not a key\n").expect("write");
+        let e = load_tls(&TlsFiles { cert: good.cert.clone(), key: dir.path().join("garbage.key") })
+            .expect_err("bad key")
+            .to_string();
+        assert!(e.starts_with("cannot read TLS private key"), "{e}");
+        let other = make_cert(dir.path(), "other");
+        let e = load_tls(&TlsFiles { cert: good.cert, key: other.key }).expect_err("mismatch").to_string();
+        assert!(e.contains("do not make a server configuration"), "{e}");
+    }
+}
