@@ -201,7 +201,7 @@ struct RunArgs {
     #[arg(long, env = "KOVN_NODE_NAME")]
     node_name: Option<String>,
     /// The node's Open_vSwitch database, where Kube-OVN records each pod's identity
-    /// (`unix:PATH` or `tcp:HOST:PORT`; `none` to disable).
+    /// (`unix:PATH`, `tcp:HOST:PORT` or `ssl:HOST:PORT`; `none` to disable).
     #[arg(long, default_value = "unix:/var/run/openvswitch/db.sock", value_parser = parse_ovsdb)]
     ovsdb: OvsdbArg,
     /// A request (TCP SYN, ICMP echo, UDP request) unanswered this long is a finding.
@@ -238,9 +238,20 @@ struct RunArgs {
     #[arg(long)]
     peer_port: Option<u16>,
     /// The OVN southbound database, to name pods of other nodes, chassis and service VIPs
-    /// (`unix:PATH` or `tcp:HOST:PORT`). Off unless given.
+    /// (`unix:PATH`, `tcp:HOST:PORT` or `ssl:HOST:PORT` with --ovn-ssl-*). Off unless given.
     #[arg(long, value_parser = parse_ovsdb)]
     ovn_sb: Option<OvsdbArg>,
+    /// The client private key (PEM) for `ssl:` OVSDB addresses (Kube-OVN with ENABLE_SSL
+    /// mounts it as /var/run/tls/key).
+    #[arg(long, value_name = "PATH")]
+    ovn_ssl_key: Option<std::path::PathBuf>,
+    /// The client certificate (PEM) for `ssl:` OVSDB addresses (/var/run/tls/cert).
+    #[arg(long, value_name = "PATH")]
+    ovn_ssl_cert: Option<std::path::PathBuf>,
+    /// The CA (PEM) the OVSDB server's certificate must chain to (/var/run/tls/cacert); its
+    /// name is not checked, as OVS does not.
+    #[arg(long, value_name = "PATH")]
+    ovn_ssl_ca: Option<std::path::PathBuf>,
     /// The Kubernetes API source (pod workloads, service names, node addresses, Kube-OVN
     /// subnets): `auto` uses the in-cluster service account or a kubeconfig when there is one,
     /// else stays off; `off` never talks to the API.
@@ -387,6 +398,19 @@ async fn flows(args: FlowsArgs) -> Result<()> {
 async fn run(args: RunArgs) -> Result<()> {
     if args.flow_retention < args.poll_interval {
         bail!("--flow-retention must be at least --poll-interval");
+    }
+    let ssl_needed = [args.ovsdb.0.as_ref(), args.ovn_sb.as_ref().and_then(|a| a.0.as_ref())]
+        .into_iter()
+        .flatten()
+        .find(|a| matches!(a, ovsdb::Address::Ssl(_)));
+    match (args.ovn_ssl_key, args.ovn_ssl_cert, args.ovn_ssl_ca) {
+        (Some(key), Some(cert), Some(ca)) => ovsdb::set_ssl_files(&ovsdb::SslFiles { key, cert, ca })?,
+        (None, None, None) => {
+            if let Some(a) = ssl_needed {
+                bail!("{a} needs --ovn-ssl-key, --ovn-ssl-cert and --ovn-ssl-ca");
+            }
+        }
+        _ => bail!("--ovn-ssl-key, --ovn-ssl-cert and --ovn-ssl-ca go together"),
     }
     let tls = match (args.tls_cert_file, args.tls_private_key_file) {
         (Some(cert), Some(key)) => Some(kovn_monitor::server::TlsReloader::start(
