@@ -17,6 +17,30 @@ use axum::routing::get;
 
 use crate::api::Shared;
 
+/// The capabilities the daemon needs (kernel ≥ 5.8): loading BPF programs and maps (BPF),
+/// the `kfree_skb` tracepoint (PERFMON), tc/tcx attachment and netlink (NET_ADMIN).
+pub const NEEDED_CAPS: [(u32, &str); 3] = [(39, "CAP_BPF"), (12, "CAP_NET_ADMIN"), (38, "CAP_PERFMON")];
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// The needed capabilities missing from this process's effective set (none with
+/// CAP_SYS_ADMIN, which covers BPF and PERFMON on every kernel, plus NET_ADMIN's check).
+pub fn missing_capabilities() -> Vec<&'static str> {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return Vec::new() };
+    let Some(eff) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+    else {
+        return Vec::new();
+    };
+    let has = |c: u32| eff & (1u64 << c) != 0;
+    NEEDED_CAPS
+        .iter()
+        .filter(|(c, _)| !(has(*c) || (has(CAP_SYS_ADMIN) && *c != 12)))
+        .map(|(_, n)| *n)
+        .collect()
+}
+
 /// A poll older than this many intervals fails liveness.
 pub const LIVENESS_POLLS: u32 = 10;
 /// ... but never sooner than this (short intervals on a loaded node).

@@ -425,6 +425,15 @@ async fn run(args: RunArgs) -> Result<()> {
             kovn_monitor::auth::Reviewer::connect(args.kubeconfig.as_deref()).await?,
         )),
     };
+    // One line naming what is missing, before eBPF's EPERM would (the image runs as root with
+    // only these capabilities).
+    let missing = kovn_monitor::health::missing_capabilities();
+    if !missing.is_empty() {
+        bail!(
+            "missing capability {} (kovn-monitor run needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)",
+            missing.join(", ")
+        );
+    }
     let server = kovn_monitor::server::ServerOptions {
         max_connections: args.max_connections as usize,
         header_timeout: args.header_timeout,
