@@ -3,4 +3,5 @@
 
 pub mod cmd;
 pub mod demo;
+pub mod image;
 pub mod lab;
