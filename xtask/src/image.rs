@@ -19,7 +19,8 @@ pub const SUITE: &str = "bookworm";
 pub const MIRROR: &str = "http://deb.debian.org/debian";
 /// ovs-appctl, ovs-ofctl (openvswitch-common); ovn-trace, ovn-sbctl, ovn-nbctl (ovn-common).
 pub const PACKAGES: [&str; 2] = ["openvswitch-common", "ovn-common"];
-const EXCLUDES: [&str; 4] = ["/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*"];
+const EXCLUDES: [&str; 4] =
+    ["/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*"];
 /// Where the binary goes in the image.
 pub const BINARY_PATH: &str = "/usr/local/bin/kovn-monitor";
 
@@ -120,7 +121,10 @@ pub fn build(root: &Path, target_dir: &Path, binary: &Path, output: Option<PathB
     cmd::run("cp", &["-a", &base.display().to_string(), &layout.display().to_string()])?;
     let l = layout.display().to_string();
     let tag = version.to_string();
-    cmd::run("umoci", &["insert", "--image", &format!("{l}:base"), &binary.display().to_string(), BINARY_PATH])?;
+    cmd::run(
+        "umoci",
+        &["insert", "--image", &format!("{l}:base"), &binary.display().to_string(), BINARY_PATH],
+    )?;
     let labels = [
         ("org.opencontainers.image.title", "kovn-monitor".to_string()),
         ("org.opencontainers.image.version", version.to_string()),
