@@ -320,7 +320,7 @@ pub fn client_builder() -> reqwest::ClientBuilder {
 mod tests {
     //! `--auth kubernetes` against an in-process Kubernetes API server that speaks the real
     //! protocol (POST of TokenReview / SubjectAccessReview objects, JSON answers as the API
-    //! server gives them) with recorded answers: the kube client, the middleware and the
+    //! server gives them) with prepared answers: the kube client, the middleware and the
     //! server's accept loop are the daemon's own.
 
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -340,8 +340,7 @@ mod tests {
         access_reviews: AtomicUsize,
     }
 
-    /// What an API server answers to a TokenReview (recorded from kube-apiserver 1.32, names
-    /// changed).
+    /// What an API server answers to a TokenReview, in its JSON form.
     async fn token_review(
         State(api): State<Arc<FakeApi>>,
         axum::Json(req): axum::Json<Value>,
