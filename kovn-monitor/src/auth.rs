@@ -77,10 +77,13 @@ pub enum AuthError {
     Config(String),
 }
 
+/// (token, path, verb).
+type CacheKey = (String, String, &'static str);
+
 /// The reviewer: a Kubernetes client and the decision cache.
 pub struct Reviewer {
     client: kube::Client,
-    cache: Mutex<HashMap<(String, String, &'static str), (Decision, Instant)>>,
+    cache: Mutex<HashMap<CacheKey, (Decision, Instant)>>,
 }
 
 impl Reviewer {
@@ -105,12 +108,12 @@ impl Reviewer {
         Self { client, cache: Mutex::new(HashMap::new()) }
     }
 
-    fn cached(&self, key: &(String, String, &'static str)) -> Option<Decision> {
+    fn cached(&self, key: &CacheKey) -> Option<Decision> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.get(key).filter(|(_, until)| *until > Instant::now()).map(|(d, _)| d.clone())
     }
 
-    fn remember(&self, key: (String, String, &'static str), d: Decision) {
+    fn remember(&self, key: CacheKey, d: Decision) {
         let ttl = if matches!(d, Decision::Allowed { .. }) { ALLOW_TTL } else { DENY_TTL };
         let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
