@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         .find(|p| p.name.as_str() == "kovn-ebpf")
         .ok_or_else(|| anyhow!("kovn-ebpf package not found"))?;
     let root = ebpf.manifest_path.parent().ok_or_else(|| anyhow!("no parent for manifest"))?;
+    git_revision();
     // The build-dependency on kovn-ebpf's library covers its dependencies; this covers its
     // binaries (as aya-build does).
     println!("cargo::rerun-if-changed={root}");
@@ -144,4 +145,24 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("copying {} to {}", binary.display(), dst.display()))?;
     }
     Ok(())
+}
+
+/// KOVN_GIT_REVISION for `kovn_build_info` and the image labels: the environment's (an image
+/// build from a tarball), else `git rev-parse HEAD`, else `unknown`.
+fn git_revision() {
+    println!("cargo:rerun-if-env-changed=KOVN_GIT_REVISION");
+    let rev = std::env::var("KOVN_GIT_REVISION").ok().filter(|r| !r.is_empty()).or_else(|| {
+        let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
+        let rev = String::from_utf8(out.stdout).ok()?.trim().to_string();
+        (out.status.success() && !rev.is_empty()).then_some(rev)
+    });
+    // HEAD moves with every commit: rebuild then (the worktree's own HEAD file, or the main one's).
+    if let Ok(out) = std::process::Command::new("git").args(["rev-parse", "--git-dir"]).output()
+        && out.status.success()
+    {
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        println!("cargo:rerun-if-changed={dir}/HEAD");
+        println!("cargo:rerun-if-changed={dir}/refs/heads");
+    }
+    println!("cargo:rustc-env=KOVN_GIT_REVISION={}", rev.unwrap_or_else(|| "unknown".into()));
 }

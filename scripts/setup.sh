@@ -20,6 +20,7 @@ APT_PACKAGES=(
   iproute2 curl nftables tcpdump iperf3 ethtool iputils-ping netcat-openbsd socat bpftool tmux
   openvswitch-switch ovn-central ovn-host
   prometheus prometheus-alertmanager
+  mmdebstrap umoci runc
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

@@ -1,5 +1,6 @@
-//! The daemon's HTTP API (axum): `/healthz`, `/api/v1/flows`, `/api/v1/pods`, `/api/v1/drops` and `/metrics`
-//! (`/api/v1/trace` is the drill-down's router, merged in by `serve`).
+//! The daemon's HTTP API (axum): `/api/v1/flows`, `/api/v1/pods`, `/api/v1/drops` and `/metrics`
+//! (`/api/v1/trace` is the drill-down's router, `/healthz` and `/readyz` the health module's,
+//! merged in by `serve`, which also puts the `--auth` check in front of all but the probes).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -277,14 +278,8 @@ async fn drops(State(shared): State<Shared>) -> Response {
         .into_response()
 }
 
-async fn healthz(State(shared): State<Shared>) -> Response {
-    let snap = shared.read().unwrap_or_else(|p| p.into_inner());
-    Json(&snap.health).into_response()
-}
-
 pub fn router(shared: Shared) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/pods", get(pods))
         .route("/api/v1/alerts", get(alerts))
@@ -319,17 +314,21 @@ pub fn metrics_router(m: Arc<crate::export::Metrics>) -> Router {
     Router::new().route("/metrics", get(metrics)).with_state(m)
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves (limits, TLS and auth from `opts`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Shared,
     metrics: Arc<crate::export::Metrics>,
     extra: Router,
+    opts: crate::server::ServerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shared).merge(metrics_router(metrics)).merge(extra))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = crate::auth::protect(
+        router(shared.clone()).merge(metrics_router(metrics)).merge(extra),
+        opts.reviewer.clone(),
+    )
+    .merge(crate::health::router(opts.probe.clone(), shared));
+    crate::server::serve(listener, app, &opts, shutdown).await
 }
 
 pub fn local_addr(l: &tokio::net::TcpListener) -> Option<SocketAddr> {

@@ -75,7 +75,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     path: &str,
     query: &[(&str, String)],
 ) -> Result<T> {
-    get_json_with(&reqwest::Client::new(), endpoint, path, query).await
+    get_json_with(&crate::auth::client(), endpoint, path, query).await
 }
 
 /// GET `path` as JSON with the caller's client: `top` keeps one per monitor, so its requests

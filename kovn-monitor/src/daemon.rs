@@ -52,6 +52,8 @@ pub struct RunConfig {
     pub inventory_file: Option<std::path::PathBuf>,
     /// Push findings to this Alertmanager (its v2 alerts endpoint), re-sent every interval.
     pub alertmanager: Option<(reqwest::Url, Duration)>,
+    /// How the API is served: limits, TLS, `--auth`, and the health probe the loops report to.
+    pub server: crate::server::ServerOptions,
 }
 
 fn ifindex_of(name: &str) -> Option<u32> {
@@ -350,6 +352,7 @@ impl Daemon {
             tx.send_replace(snap.alerts.clone());
         }
         *self.shared.write().unwrap_or_else(|p| p.into_inner()) = snap;
+        self.cfg.server.probe.polled(self.capture.programs().len());
     }
 }
 
@@ -451,7 +454,7 @@ fn link_flows_to_alerts(snap: &mut Snapshot) {
 /// Asks the monitor of the flow's other node for its view of the same flow.
 async fn ask_peer(ip: std::net::IpAddr, port: u16, f: &crate::flows::Flow) -> PeerView {
     let url = format!("http://{}/api/v1/flows", std::net::SocketAddr::new(ip, port));
-    let resp = reqwest::Client::new()
+    let resp = crate::auth::client()
         .get(&url)
         .query(&[("ip", f.src_ip.to_string()), ("protocol", f.protocol.clone())])
         .timeout(Duration::from_millis(800))
@@ -501,11 +504,14 @@ fn command_context(cfg: &RunConfig) -> CommandContext {
 /// Watches the configured OVSDB sources and applies their changes to the inventory.
 fn spawn_inventory(cfg: &RunConfig, inventory: Arc<RwLock<Inventory>>) {
     let (tx, mut rx) = mpsc::channel::<ovsdb::Updates>(64);
+    let probe = cfg.server.probe.clone();
     if let Some(addr) = cfg.ovsdb.clone() {
-        tokio::spawn(ovsdb::watch(addr, "Open_vSwitch", inventory::OVS_TABLES, tx.clone()));
+        let tx = crate::health::follow_source(&probe, "ovsdb", tx.clone());
+        tokio::spawn(ovsdb::watch(addr, "Open_vSwitch", inventory::OVS_TABLES, tx));
     }
     if let Some(addr) = cfg.ovn_sb.clone() {
-        tokio::spawn(ovsdb::watch(addr, "OVN_Southbound", inventory::SB_TABLES, tx.clone()));
+        let tx = crate::health::follow_source(&probe, "ovn_sb", tx.clone());
+        tokio::spawn(ovsdb::watch(addr, "OVN_Southbound", inventory::SB_TABLES, tx));
     }
     drop(tx);
     tokio::spawn(async move {
@@ -549,10 +555,16 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         inventory.clone(),
     ));
     let trace_routes = crate::drilldown::router(tracer.clone());
-    let server =
-        tokio::spawn(api::serve(listener, shared.clone(), exporter.metrics(), trace_routes, async move {
+    let server = tokio::spawn(api::serve(
+        listener,
+        shared.clone(),
+        exporter.metrics(),
+        trace_routes,
+        cfg.server.clone(),
+        async move {
             let _ = stop_rx.wait_for(|s| *s).await;
-        }));
+        },
+    ));
     let (link_tx, mut link_rx) = mpsc::channel(1024);
     let watcher = tokio::spawn(interfaces::watch(link_tx, interfaces::RELIST_EVERY));
     log::info!(

@@ -183,7 +183,10 @@ impl Metrics {
         registry.register(
             "kovn_build",
             "The kovn-monitor build",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]),
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ("revision", env!("KOVN_GIT_REVISION").to_string()),
+            ]),
         );
         registry.register(
             "kovn_attached_interfaces",
@@ -1214,7 +1217,8 @@ mod tests {
         e.update(&health_snap(7), t0);
         let t = text(&e);
         let version = env!("CARGO_PKG_VERSION");
-        assert_eq!(sample(&t, "kovn_build_info", &[("version", version)]), Some(1.0));
+        let revision = env!("KOVN_GIT_REVISION");
+        assert_eq!(sample(&t, "kovn_build_info", &[("version", version), ("revision", revision)]), Some(1.0));
         assert_eq!(sample(&t, "kovn_attached_interfaces", &[("kind", "pod")]), Some(2.0));
         assert_eq!(sample(&t, "kovn_attached_interfaces", &[("kind", "host")]), Some(0.0));
         assert_eq!(sample(&t, "kovn_attached_interfaces", &[("kind", "underlay")]), Some(1.0));

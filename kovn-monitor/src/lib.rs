@@ -11,6 +11,7 @@
 
 pub mod alertmanager;
 pub mod api;
+pub mod auth;
 pub mod capture;
 pub mod client;
 pub mod daemon;
@@ -19,10 +20,12 @@ pub mod drilldown;
 pub mod drops;
 pub mod export;
 pub mod flows;
+pub mod health;
 pub mod interfaces;
 pub mod inventory;
 pub mod inventory_file;
 pub mod kube;
 pub mod netns;
 pub mod ovsdb;
+pub mod server;
 pub mod ui;

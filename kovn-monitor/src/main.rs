@@ -20,6 +20,11 @@ struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info", env = "KOVN_LOG_LEVEL")]
     log_level: log::LevelFilter,
+    /// The bearer token sent to monitors (CLI, `top`, `trace`, and a daemon's questions to its
+    /// peers): a file holding it, re-read for each client. Default: the pod's service account
+    /// token when there is one, else the kubeconfig's current user's token, else none.
+    #[arg(long, global = true, value_name = "PATH", env = "KOVN_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -229,7 +234,7 @@ struct RunArgs {
     #[arg(long, env = "KOVN_NODE_NAME")]
     node_name: Option<String>,
     /// The node's Open_vSwitch database, where Kube-OVN records each pod's identity
-    /// (`unix:PATH` or `tcp:HOST:PORT`; `none` to disable).
+    /// (`unix:PATH`, `tcp:HOST:PORT` or `ssl:HOST:PORT`; `none` to disable).
     #[arg(long, default_value = "unix:/var/run/openvswitch/db.sock", value_parser = parse_ovsdb)]
     ovsdb: OvsdbArg,
     /// A request (TCP SYN, ICMP echo, UDP request) unanswered this long is a finding.
@@ -271,9 +276,20 @@ struct RunArgs {
     #[arg(long)]
     peer_port: Option<u16>,
     /// The OVN southbound database, to name pods of other nodes, chassis and service VIPs
-    /// (`unix:PATH` or `tcp:HOST:PORT`). Off unless given.
+    /// (`unix:PATH`, `tcp:HOST:PORT` or `ssl:HOST:PORT` with --ovn-ssl-*). Off unless given.
     #[arg(long, value_parser = parse_ovsdb)]
     ovn_sb: Option<OvsdbArg>,
+    /// The client private key (PEM) for `ssl:` OVSDB addresses (Kube-OVN with ENABLE_SSL
+    /// mounts it as /var/run/tls/key).
+    #[arg(long, value_name = "PATH")]
+    ovn_ssl_key: Option<std::path::PathBuf>,
+    /// The client certificate (PEM) for `ssl:` OVSDB addresses (/var/run/tls/cert).
+    #[arg(long, value_name = "PATH")]
+    ovn_ssl_cert: Option<std::path::PathBuf>,
+    /// The CA (PEM) the OVSDB server's certificate must chain to (/var/run/tls/cacert); its
+    /// name is not checked, as OVS does not.
+    #[arg(long, value_name = "PATH")]
+    ovn_ssl_ca: Option<std::path::PathBuf>,
     /// The Kubernetes API source (pod workloads, service names, node addresses, Kube-OVN
     /// subnets): `auto` uses the in-cluster service account or a kubeconfig when there is one,
     /// else stays off; `off` never talks to the API.
@@ -296,6 +312,25 @@ struct RunArgs {
     kubeconfig: Option<std::path::PathBuf>,
     #[command(flatten)]
     trace: kovn_monitor::drilldown::TraceArgs,
+    /// Who may read the API: `none` (anyone who reaches --listen; labs), or `kubernetes`
+    /// (a bearer token checked by TokenReview, each path authorised by SubjectAccessReview:
+    /// verb `get`, `create` for /api/v1/trace; /healthz and /readyz stay open).
+    #[arg(long, value_enum, default_value = "none", env = "KOVN_AUTH")]
+    auth: kovn_monitor::auth::AuthMode,
+    /// Serve the API over TLS with this PEM certificate chain (with --tls-private-key-file);
+    /// both files are re-read when they change.
+    #[arg(long, value_name = "PATH", requires = "tls_private_key_file")]
+    tls_cert_file: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert-file.
+    #[arg(long, value_name = "PATH", requires = "tls_cert_file")]
+    tls_private_key_file: Option<std::path::PathBuf>,
+    /// API connections served at once (1..); more wait in the kernel's accept queue.
+    #[arg(long, default_value_t = kovn_monitor::server::MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// A request's headers must arrive within this; an idle keep-alive connection is closed
+    /// after it.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
 }
 
 fn parse_alertmanager_url(s: &str) -> Result<reqwest::Url, String> {
@@ -402,7 +437,50 @@ async fn run(args: RunArgs) -> Result<()> {
     if args.flow_retention < args.poll_interval {
         bail!("--flow-retention must be at least --poll-interval");
     }
+    let ssl_needed = [args.ovsdb.0.as_ref(), args.ovn_sb.as_ref().and_then(|a| a.0.as_ref())]
+        .into_iter()
+        .flatten()
+        .find(|a| matches!(a, ovsdb::Address::Ssl(_)));
+    match (args.ovn_ssl_key, args.ovn_ssl_cert, args.ovn_ssl_ca) {
+        (Some(key), Some(cert), Some(ca)) => ovsdb::set_ssl_files(&ovsdb::SslFiles { key, cert, ca })?,
+        (None, None, None) => {
+            if let Some(a) = ssl_needed {
+                bail!("{a} needs --ovn-ssl-key, --ovn-ssl-cert and --ovn-ssl-ca");
+            }
+        }
+        _ => bail!("--ovn-ssl-key, --ovn-ssl-cert and --ovn-ssl-ca go together"),
+    }
+    let tls = match (args.tls_cert_file, args.tls_private_key_file) {
+        (Some(cert), Some(key)) => Some(kovn_monitor::server::TlsReloader::start(
+            kovn_monitor::server::TlsFiles { cert, key },
+            kovn_monitor::server::TLS_RELOAD_CHECK,
+        )?),
+        _ => None,
+    };
+    let reviewer = match args.auth {
+        kovn_monitor::auth::AuthMode::None => None,
+        kovn_monitor::auth::AuthMode::Kubernetes => Some(std::sync::Arc::new(
+            kovn_monitor::auth::Reviewer::connect(args.kubeconfig.as_deref()).await?,
+        )),
+    };
+    // One line naming what is missing, before eBPF's EPERM would (the image runs as root with
+    // only these capabilities).
+    let missing = kovn_monitor::health::missing_capabilities();
+    if !missing.is_empty() {
+        bail!(
+            "missing capability {} (kovn-monitor run needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)",
+            missing.join(", ")
+        );
+    }
+    let server = kovn_monitor::server::ServerOptions {
+        max_connections: args.max_connections as usize,
+        header_timeout: args.header_timeout,
+        tls,
+        reviewer,
+        probe: kovn_monitor::health::Probe::new(args.poll_interval),
+    };
     daemon::run(daemon::RunConfig {
+        server,
         listen: args.listen,
         detector: kovn_monitor::detection::DetectorConfig {
             reply_timeout: args.reply_timeout,
@@ -474,6 +552,7 @@ fn main() {
             std::process::exit(1);
         }
     };
+    kovn_monitor::auth::set_token_file(cli.token_file);
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(a) => run(*a).await,

@@ -57,7 +57,7 @@ fn rules_pass_promtool_check_and_their_unit_tests() {
 
 #[test]
 fn the_prometheus_rule_manifest_carries_the_same_rules() {
-    let manifest = yaml("kubernetes/prometheusrule.yaml");
+    let manifest = yaml("kubernetes/overlays/prometheus-operator/prometheusrule.yaml");
     assert_eq!(manifest["kind"], "PrometheusRule");
     assert_eq!(manifest["apiVersion"], "monitoring.coreos.com/v1");
     assert_eq!(manifest["spec"], yaml("prometheus/kovn-rules.yml"), "edit both files");
@@ -70,34 +70,136 @@ fn the_example_prometheus_config_is_valid() {
     assert!(out.contains("SUCCESS"), "{out}");
 }
 
-#[test]
-fn the_daemonset_runs_flags_this_binary_accepts() {
-    let text = std::fs::read_to_string(deploy("kubernetes/kovn-monitor.yaml")).expect("manifest");
+/// The overlays a cluster applies (`kubectl apply -k deploy/kubernetes/overlays/NAME`).
+const OVERLAYS: [&str; 3] = ["prometheus-operator", "plain-prometheus", "drilldown"];
+
+/// What `./x image` builds (xtask/src/image.rs): repository and tag.
+const IMAGE_REPOSITORY: &str = "ghcr.io/kovn/kovn-monitor";
+
+/// `kubectl kustomize` of an overlay (kubectl 1.32 with kustomize v5.5, scripts/setup.sh).
+fn render(overlay: &str) -> (String, Vec<serde_json::Value>) {
+    let dir = deploy("kubernetes/overlays").join(overlay);
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "kubectl kustomize {overlay}: {}", String::from_utf8_lossy(&out.stderr));
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).expect("YAML documents");
-    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("a DaemonSet");
-    let c = &ds["spec"]["template"]["spec"]["containers"][0];
-    let args: Vec<&str> =
-        c["args"].as_array().expect("args").iter().map(|a| a.as_str().expect("str")).collect();
-    assert_eq!(args.first(), Some(&"run"));
+    (text, docs)
+}
+
+fn run_help() -> String {
     let help =
         Command::new(env!("CARGO_BIN_EXE_kovn-monitor")).args(["run", "--help"]).output().expect("help");
-    let help = String::from_utf8_lossy(&help.stdout);
-    for a in &args[1..] {
-        let flag = a.split('=').next().expect("flag");
-        assert!(help.contains(&format!("{flag} ")), "the DaemonSet passes {flag}, which `run` does not know");
-    }
-    for env in c["env"].as_array().expect("env") {
-        let name = env["name"].as_str().expect("env name");
-        assert!(
-            help.contains(&format!("env: {name}")),
-            "the DaemonSet sets {name}, which `run` does not read"
+    String::from_utf8_lossy(&help.stdout).into_owned()
+}
+
+#[test]
+fn every_overlay_renders_a_hardened_daemonset_this_binary_runs() {
+    let help = run_help();
+    for overlay in OVERLAYS {
+        let (text, docs) = render(overlay);
+        // Nothing root-equivalent or listening everywhere, in any object.
+        for bad in ["SYS_ADMIN", "privileged: true", "0.0.0.0", "allowPrivilegeEscalation: true"] {
+            assert!(!text.contains(bad), "{overlay}: the rendered objects contain {bad:?}");
+        }
+        let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("a DaemonSet");
+        assert_eq!(ds["metadata"]["namespace"], "kube-system", "{overlay}");
+        let pod = &ds["spec"]["template"]["spec"];
+        assert_eq!(pod["hostNetwork"], true, "{overlay}: pod veths live in the host namespace");
+        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault", "{overlay}");
+        let c = &pod["containers"][0];
+        assert_eq!(
+            c["image"].as_str(),
+            Some(format!("{IMAGE_REPOSITORY}:{}", env!("CARGO_PKG_VERSION")).as_str()),
+            "{overlay}: the image ./x image builds"
         );
+        let sc = &c["securityContext"];
+        assert_eq!(sc["privileged"], false, "{overlay}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{overlay}");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{overlay}");
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{overlay}");
+        assert_eq!(
+            sc["capabilities"]["add"],
+            serde_json::json!(["BPF", "NET_ADMIN", "PERFMON"]),
+            "{overlay}"
+        );
+        for r in ["requests", "limits"] {
+            assert!(
+                c["resources"][r]["memory"].is_string() && c["resources"][r]["cpu"].is_string(),
+                "{overlay}: {r}"
+            );
+        }
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{overlay}");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{overlay}");
+
+        let args: Vec<&str> =
+            c["args"].as_array().expect("args").iter().map(|a| a.as_str().expect("str")).collect();
+        assert_eq!(args.first(), Some(&"run"));
+        for a in &args[1..] {
+            let flag = a.split('=').next().expect("flag");
+            let known = help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n"));
+            assert!(known, "{overlay}: passes {flag}, which `run` does not know");
+        }
+        assert!(args.contains(&"--listen=$(KOVN_HOST_IP):9474"), "{overlay}: binds to the node's address");
+        assert!(args.contains(&"--auth=kubernetes"), "{overlay}");
+        let env = c["env"].as_array().expect("env");
+        for e in env {
+            let name = e["name"].as_str().expect("env name");
+            assert!(
+                name == "KOVN_HOST_IP" || help.contains(&format!("env: {name}")),
+                "{overlay}: sets {name}, which `run` does not read"
+            );
+        }
+        let host_ip = env.iter().find(|e| e["name"] == "KOVN_HOST_IP").expect("KOVN_HOST_IP");
+        assert_eq!(host_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.hostIP", "{overlay}");
+
+        // The drill-down's OVS sockets only where asked for.
+        let ovs_mounted = pod["volumes"].as_array().expect("volumes").iter().any(|v| v["name"] == "ovs-run");
+        assert_eq!(
+            ovs_mounted,
+            overlay == "drilldown",
+            "{overlay}: the OVS run directory is an explicit opt-in"
+        );
+        assert_eq!(args.contains(&"--enable-trace-api"), overlay == "drilldown", "{overlay}");
+
+        // RBAC: the monitor reviews its callers' tokens; readers and tracers have their verbs.
+        let role = |name: &str| {
+            docs.iter()
+                .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == name)
+                .unwrap_or_else(|| panic!("{overlay}: ClusterRole {name}"))
+        };
+        let rules = role("kovn-monitor")["rules"].to_string();
+        for r in ["tokenreviews", "subjectaccessreviews"] {
+            assert!(rules.contains(r), "{overlay}: the monitor may create {r}");
+        }
+        let reader = &role("kovn-monitor-reader")["rules"][0];
+        assert_eq!(reader["verbs"], serde_json::json!(["get"]));
+        assert!(reader["nonResourceURLs"].to_string().contains("/metrics"));
+        assert!(!reader["nonResourceURLs"].to_string().contains("/api/v1/trace"), "trace has its own role");
+        assert_eq!(role("kovn-monitor-tracer")["rules"][0]["verbs"], serde_json::json!(["create"]));
     }
-    assert_eq!(ds["spec"]["template"]["spec"]["hostNetwork"], true, "pod veths live in the host namespace");
+}
+
+#[test]
+fn the_prometheus_operator_overlay_scrapes_with_a_reader_token() {
+    let (_, docs) = render("prometheus-operator");
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("a DaemonSet");
     let pm = docs.iter().find(|d| d["kind"] == "PodMonitor").expect("a PodMonitor");
     let label = pm["spec"]["jobLabel"].as_str().expect("jobLabel");
     assert_eq!(
         ds["spec"]["template"]["metadata"]["labels"][label], "kovn-monitor",
         "the rules select job=\"kovn-monitor\""
     );
+    let ep = &pm["spec"]["podMetricsEndpoints"][0];
+    let secret = ep["authorization"]["credentials"]["name"].as_str().expect("a bearer token secret");
+    assert!(docs.iter().any(|d| d["kind"] == "Secret"
+        && d["metadata"]["name"] == secret
+        && d["type"] == "kubernetes.io/service-account-token"));
+    assert!(docs.iter().any(|d| d["kind"] == "PrometheusRule"));
+    let (_, plain) = render("plain-prometheus");
+    let ds = plain.iter().find(|d| d["kind"] == "DaemonSet").expect("a DaemonSet");
+    assert_eq!(ds["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"], "true");
 }

@@ -214,3 +214,117 @@ fn pods_from_a_real_ovsdb_server_are_named_and_followed() {
     drop(s);
     drop(handle);
 }
+
+/// A CA and certificates signed by it (openssl), as `ovs-pki` or Kube-OVN's secret would hold.
+fn make_pki(dir: &Path, ca: &str, names: &[&str]) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"];
+    let openssl = |args: Vec<&str>| {
+        let out = Command::new("openssl").args(&args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (ca_crt, ca_key, ca_subj) = (format!("{ca}.crt"), format!("{ca}.key"), format!("/CN={ca}"));
+    let mut a = vec!["req", "-x509"];
+    a.extend(ec);
+    a.extend(["-subj", &ca_subj, "-keyout", &ca_key, "-out", &ca_crt]);
+    openssl(a);
+    for n in names {
+        let (crt, key, subj) = (format!("{n}.crt"), format!("{n}.key"), format!("/CN={n}"));
+        let mut a = vec!["req", "-x509", "-CA", &ca_crt, "-CAkey", &ca_key];
+        a.extend(ec);
+        a.extend([
+            "-subj",
+            &subj,
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+        ]);
+        openssl(a);
+    }
+}
+
+/// `ssl:HOST:PORT` against a real ovsdb-server listening with `pssl:` and client certificates
+/// required (as Kube-OVN's ENABLE_SSL sets it up): the pods are named over TLS; without the
+/// files, one clear line.
+#[test]
+fn pods_over_ssl_from_a_real_ovsdb_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    make_pki(d, "ca", &["server", "client"]);
+    let db = d.join("conf.db");
+    let schema = ["/usr/share/openvswitch/vswitch.ovsschema"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("schema");
+    run("ovsdb-tool", &["create", db.to_str().unwrap(), schema]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let sock = d.join("db.sock");
+    let p = |n: &str| d.join(n).display().to_string();
+    let child = Command::new("ovsdb-server")
+        .arg(&db)
+        .arg(format!("--remote=punix:{}", sock.display()))
+        .arg(format!("--remote=pssl:{port}:127.0.0.1"))
+        .arg(format!("--private-key={}", p("server.key")))
+        .arg(format!("--certificate={}", p("server.crt")))
+        .arg(format!("--ca-cert={}", p("ca.crt")))
+        .arg(format!("--unixctl={}", p("ovsdb.ctl")))
+        .arg("--no-chdir")
+        .arg(format!("--log-file={}", p("ovsdb.log")))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ovsdb-server");
+    let s = Server { child, sock: sock.clone(), dir };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "ovsdb-server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.vsctl(&["init"]);
+    s.vsctl(&["add-br", "br-int"]);
+    add_pod(&s, "0a1b2c3d4e5f_h", "default", "web-0", "10.16.0.12", "00:00:00:aa:bb:01");
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let addr: ovsdb::Address = format!("ssl:127.0.0.1:{port}").parse().expect("address");
+    rt.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<ovsdb::Updates>(64);
+        // Before the files are set: one clear error.
+        let e =
+            ovsdb::monitor(&addr, "Open_vSwitch", inventory::OVS_TABLES, &tx).await.expect_err("no files");
+        assert!(e.to_string().contains("needs --ovn-ssl-key"), "{e}");
+        ovsdb::set_ssl_files(&ovsdb::SslFiles {
+            key: s.dir.path().join("client.key"),
+            cert: s.dir.path().join("client.crt"),
+            ca: s.dir.path().join("ca.crt"),
+        })
+        .expect("files load");
+        let a = addr.clone();
+        let session =
+            tokio::spawn(async move { ovsdb::monitor(&a, "Open_vSwitch", inventory::OVS_TABLES, &tx).await });
+        let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("snapshot in time")
+            .expect("snapshot");
+        let mut inv = Inventory::new("node1");
+        inv.apply(first);
+        let web = inv.pod(ip("10.16.0.12")).expect("named over TLS");
+        assert_eq!((web.namespace.as_str(), web.name.as_str()), ("default", "web-0"));
+        session.abort();
+    });
+    // The daemon refuses an ssl: address without the files at start, in one line.
+    let out = Command::new(env!("CARGO_BIN_EXE_kovn-monitor"))
+        .args(["run", "--ovsdb", &format!("ssl:127.0.0.1:{port}"), "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("kovn-monitor");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.trim()
+            == format!("error: ssl:127.0.0.1:{port} needs --ovn-ssl-key, --ovn-ssl-cert and --ovn-ssl-ca"),
+        "{err}"
+    );
+    drop(s);
+}

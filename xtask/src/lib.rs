@@ -3,5 +3,6 @@
 
 pub mod cmd;
 pub mod demo;
+pub mod image;
 pub mod kernels;
 pub mod lab;

@@ -25,6 +25,9 @@ enum Task {
     Demo(xtask::demo::DemoArgs),
     /// The classifier benchmark (BPF_PROG_TEST_RUN; needs root). See BENCHMARKS.md.
     Bench,
+    /// The kovn-monitor OCI image from Debian packages (mmdebstrap, umoci): writes an OCI
+    /// archive under target/image and prints its digest.
+    Image(xtask::image::ImageArgs),
     /// Formatting and clippy (warnings are errors), as CI runs them.
     Lint,
     /// The kernel matrix: the verifier, classifier, daemon and kill -9 test groups on Debian's
@@ -83,6 +86,7 @@ fn dispatch(task: Task) -> Result<()> {
             run(&mut bench)
         }
         Task::Lint => lint(),
+        Task::Image(args) => image(args),
         Task::TestKernels(args) => {
             if !test_kernels(&args)? {
                 bail!("the kernel matrix has failures (table above)");
@@ -132,6 +136,33 @@ fn build_monitor() -> Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
     Ok(target.join("debug").join("kovn-monitor"))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn image(args: xtask::image::ImageArgs) -> Result<()> {
+    require_root("building the image (mmdebstrap, umoci unpack)")?;
+    let binary = match args.binary {
+        Some(b) => b,
+        None => {
+            let mut build = cargo();
+            build.args(["build", "--release", "--package", "kovn-monitor", "--bins"]);
+            run(&mut build)?;
+            target_dir().join("release").join("kovn-monitor")
+        }
+    };
+    let b = xtask::image::build(&workspace_root(), &target_dir(), &binary, args.output)?;
+    println!(
+        "{}:{} {} ({:.1} MiB) -> {}",
+        xtask::image::IMAGE_REPOSITORY,
+        b.tag,
+        b.digest,
+        b.size as f64 / (1 << 20) as f64,
+        b.archive.display()
+    );
+    Ok(())
 }
 
 fn lint() -> Result<()> {

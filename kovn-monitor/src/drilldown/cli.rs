@@ -76,7 +76,7 @@ pub async fn run(args: TraceCliArgs) -> Result<()> {
         }
     }
     let url = crate::client::endpoint_url(&args.endpoint, "/api/v1/trace")?;
-    let resp = reqwest::Client::new()
+    let resp = crate::auth::client()
         .get(url.clone())
         .query(&q)
         .timeout(std::time::Duration::from_secs(90))

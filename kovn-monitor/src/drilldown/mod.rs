@@ -48,6 +48,9 @@ pub enum TraceError {
     /// A command failed or timed out (HTTP 502).
     #[error("{0}")]
     Failed(String),
+    /// The trace queue is full (HTTP 429 with Retry-After).
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// Where this node's OVS and OVN are, and what the drill-down may do (run flags).
@@ -360,8 +363,45 @@ pub struct MtuCheck {
     pub fits: bool,
 }
 
-/// Runs one read-only command: argument list, no shell, stdin closed, killed at `timeout`.
+/// The most stdout a command may give (a `dump-flows` of a big br-int is a few MiB): more is
+/// an error, and what is read is bounded to it (the rest is read and discarded).
+pub const COMMAND_OUTPUT_MAX: usize = 16 << 20;
+/// The most stderr kept (only its first line is shown).
+const COMMAND_STDERR_MAX: usize = 64 << 10;
+
+/// Reads `r` to its end, keeping at most `limit` bytes; true when there was more.
+async fn read_bounded(
+    r: Option<impl tokio::io::AsyncRead + Unpin>,
+    limit: usize,
+) -> std::io::Result<(Vec<u8>, bool)> {
+    use tokio::io::AsyncReadExt as _;
+    let Some(mut r) = r else { return Ok((Vec::new(), false)) };
+    let mut kept = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut over = false;
+    loop {
+        let n = r.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok((kept, over));
+        }
+        let room = limit.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..n.min(room)]);
+        over |= n > room;
+    }
+}
+
+/// Runs one read-only command: argument list, no shell, stdin closed, killed at `timeout`,
+/// stdout bounded by [`COMMAND_OUTPUT_MAX`].
 pub async fn run_command(program: &str, args: &[String], timeout: Duration) -> Result<String, TraceError> {
+    run_command_bounded(program, args, timeout, COMMAND_OUTPUT_MAX).await
+}
+
+pub async fn run_command_bounded(
+    program: &str,
+    args: &[String],
+    timeout: Duration,
+    limit: usize,
+) -> Result<String, TraceError> {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .stdin(std::process::Stdio::null())
@@ -369,22 +409,34 @@ pub async fn run_command(program: &str, args: &[String], timeout: Duration) -> R
         .stderr(std::process::Stdio::piped())
         .env("LC_ALL", "C")
         .kill_on_drop(true);
-    let out = match tokio::time::timeout(timeout, cmd.output()).await {
-        Err(_) => return Err(TraceError::Failed(format!("{program} timed out after {timeout:?}"))),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(TraceError::Unavailable(format!(
                 "{program} not found in PATH (install the OVS/OVN client tools: openvswitch-common, ovn-common)"
             )));
         }
-        Ok(Err(e)) => return Err(TraceError::Failed(format!("{program}: {e}"))),
-        Ok(Ok(o)) => o,
+        Err(e) => return Err(TraceError::Failed(format!("{program}: {e}"))),
     };
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let work = async {
+        let (out, err) = tokio::join!(read_bounded(stdout, limit), read_bounded(stderr, COMMAND_STDERR_MAX));
+        Ok::<_, std::io::Error>((out?, err?, child.wait().await?))
+    };
+    let ((out, over), (err, _), status) = match tokio::time::timeout(timeout, work).await {
+        Err(_) => return Err(TraceError::Failed(format!("{program} timed out after {timeout:?}"))),
+        Ok(Err(e)) => return Err(TraceError::Failed(format!("{program}: {e}"))),
+        Ok(Ok(r)) => r,
+    };
+    if !status.success() {
+        let err = String::from_utf8_lossy(&err);
         let first = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-        return Err(TraceError::Failed(format!("{program} failed ({}): {first}", out.status)));
+        return Err(TraceError::Failed(format!("{program} failed ({status}): {first}")));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    if over {
+        return Err(TraceError::Failed(format!("{program}: output larger than {limit} bytes")));
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 fn shown(program: &str, args: &[String]) -> String {
@@ -399,7 +451,13 @@ pub struct Tracer {
     inventory: Arc<RwLock<Inventory>>,
     /// One drill-down at a time per node: OVS answers traces on its main thread.
     busy: tokio::sync::Semaphore,
+    /// API requests running or waiting for `busy`: at most [`TRACE_QUEUE`], more get `429`.
+    queue: tokio::sync::Semaphore,
 }
+
+/// `/api/v1/trace` requests in the queue (the one running included); more get `429` with
+/// `Retry-After`.
+pub const TRACE_QUEUE: usize = 4;
 
 /// What the inventory says for one trace (read under the lock, used after it).
 struct Facts {
@@ -414,7 +472,14 @@ struct Facts {
 
 impl Tracer {
     pub fn new(cfg: TraceConfig, node: &str, shared: Shared, inventory: Arc<RwLock<Inventory>>) -> Self {
-        Self { cfg, node: node.to_string(), shared, inventory, busy: tokio::sync::Semaphore::new(1) }
+        Self {
+            cfg,
+            node: node.to_string(),
+            shared,
+            inventory,
+            busy: tokio::sync::Semaphore::new(1),
+            queue: tokio::sync::Semaphore::new(TRACE_QUEUE),
+        }
     }
 
     pub fn config(&self) -> &TraceConfig {
@@ -853,7 +918,7 @@ impl Tracer {
                 q.push((k, v.clone()));
             }
         }
-        let resp = reqwest::Client::new()
+        let resp = crate::auth::client()
             .get(&url)
             .query(&q)
             .timeout(self.cfg.timeout * 3)
@@ -1202,6 +1267,7 @@ impl TraceError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Failed(_) => StatusCode::BAD_GATEWAY,
+            Self::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -1225,6 +1291,17 @@ async fn trace_handler(
     let q = match query {
         Ok(axum::extract::Query(q)) => q,
         Err(e) => return error_response(TraceError::BadInput(e.body_text())),
+    };
+    let Ok(_slot) = t.queue.try_acquire() else {
+        // A trace takes up to a few command timeouts: ask to come back after one.
+        let after = t.cfg.timeout.as_secs().max(1).to_string();
+        let mut r = error_response(TraceError::Busy(format!(
+            "{TRACE_QUEUE} traces already running or waiting on this node; retry after {after}s"
+        )));
+        if let Ok(v) = axum::http::HeaderValue::from_str(&after) {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        return r;
     };
     match t.trace(&q).await {
         Ok(r) => axum::Json(r).into_response(),

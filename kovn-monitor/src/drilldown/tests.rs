@@ -441,3 +441,52 @@ fn cookies_map_to_logical_flow_uuid_prefixes() {
     assert_eq!(lflow_prefix("0x1234567890"), None, "wider than 32 bits: not ovn-controller's");
     assert_eq!(lflow_prefix("zz"), None);
 }
+
+/// A full trace queue answers 429 with Retry-After at once instead of queueing without bound
+/// (before: every request waited on the semaphore, each holding a connection and a task).
+#[tokio::test]
+async fn a_full_trace_queue_is_429_with_retry_after() {
+    let cfg = TraceConfig {
+        ovs_rundir: "/nonexistent".into(),
+        bridge: "br-int".into(),
+        ovn_sb: None,
+        ovn_nb: None,
+        timeout: Duration::from_secs(3),
+        peer_port: 9,
+        api_enabled: true,
+    };
+    let tracer = Arc::new(Tracer::new(
+        cfg,
+        "node1",
+        Default::default(),
+        Arc::new(RwLock::new(Inventory::new("node1"))),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let t = tracer.clone();
+    let server = tokio::spawn(async move { axum::serve(listener, router(t)).await });
+    let url = format!("http://{addr}/api/v1/trace?flow=abc");
+    // The queue taken by TRACE_QUEUE requests in flight.
+    let held = tracer.queue.try_acquire_many(TRACE_QUEUE as u32).expect("queue");
+    let r = reqwest::get(&url).await.expect("GET");
+    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("3"));
+    let body: serde_json::Value = r.json().await.expect("JSON");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("retry after 3s")), "{body}");
+    drop(held);
+    let r = reqwest::get(&url).await.expect("GET");
+    assert_eq!(r.status().as_u16(), 404, "served again once the queue has room");
+    server.abort();
+}
+
+/// Command output is bounded: more than the limit is an error, not a growing buffer.
+#[tokio::test]
+async fn command_output_is_bounded() {
+    let t = Duration::from_secs(10);
+    // 1 MiB of output against a 64 KiB limit.
+    let args: Vec<String> = ["-c".into(), "head -c 1048576 /dev/zero".into()].into();
+    let e = run_command_bounded("sh", &args, t, 64 << 10).await.expect_err("too large");
+    assert!(e.to_string().contains("output larger than 65536 bytes"), "{e}");
+    let ok = run_command_bounded("sh", &args, t, 2 << 20).await.expect("within the limit");
+    assert_eq!(ok.len(), 1 << 20);
+}

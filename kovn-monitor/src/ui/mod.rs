@@ -165,12 +165,8 @@ async fn fetch_trace(endpoint: &str, flow: &str) -> Trace {
         Ok(u) => u,
         Err(e) => return Trace::Unavailable(format!("{e:#}")),
     };
-    let resp = reqwest::Client::new()
-        .get(url)
-        .query(&[("flow", flow)])
-        .timeout(Duration::from_secs(15))
-        .send()
-        .await;
+    let resp =
+        crate::auth::client().get(url).query(&[("flow", flow)]).timeout(Duration::from_secs(15)).send().await;
     let resp = match resp {
         Ok(r) => r,
         Err(e) => return Trace::Unavailable(format!("cannot reach {endpoint}: {e}")),
@@ -230,7 +226,7 @@ pub async fn run(opts: TopOptions) -> Result<()> {
 /// Two samples one interval apart (rates need two daemon polls), then one print.
 async fn once(opts: &TopOptions, out: OnceOutput) -> Result<()> {
     let mut app = App::new(&opts.endpoints, false, opts.interval);
-    let http = reqwest::Client::new();
+    let http = crate::auth::client();
     for round in 0..2 {
         let results = futures::future::join_all(opts.endpoints.iter().map(|e| fetch(&http, e))).await;
         for (i, r) in results.into_iter().enumerate() {
@@ -286,7 +282,7 @@ async fn once(opts: &TopOptions, out: OnceOutput) -> Result<()> {
 /// Asks one monitor every `every` until the receiver goes; failures are sent too (the screen
 /// shows the monitor disconnected) and the next tick simply tries again.
 async fn refresh(endpoint: String, every: Duration, tx: mpsc::Sender<Result<NodeSnapshot, String>>) {
-    let http = reqwest::Client::new();
+    let http = crate::auth::client();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
