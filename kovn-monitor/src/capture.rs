@@ -917,7 +917,7 @@ pub fn check(table_size: u32) -> Result<CheckReport, CaptureError> {
         Ok(cfg) => {
             let started = std::time::Instant::now();
             let r = (|| {
-                let btf = aya::Btf::from_sys_fs().map_err(|e| ProgramError::Btf(e))?;
+                let btf = aya::Btf::from_sys_fs().map_err(ProgramError::Btf)?;
                 let prog: &mut BtfTracePoint =
                     ebpf.program_mut(drop_name).ok_or(ProgramError::UnexpectedProgramType)?.try_into()?;
                 prog.load("kfree_skb", &btf)?;

@@ -102,11 +102,13 @@ fn in_vm(image: PathBuf) {
 }
 
 #[test]
+#[ignore = "known failure: lab up on the kernel datapath stops at its service-VIP check (OVN load balancer on datapath_type=system, issue 12); run with --ignored"]
 fn cross_node_flow_learns_its_tunnel_leg_on_genev_sys_6081_linux_6_12() {
     in_vm(kernel_image("vmlinuz-6.12.", "+deb12-amd64"));
 }
 
 #[test]
+#[ignore = "known failure: lab up on the kernel datapath stops at its service-VIP check (OVN load balancer on datapath_type=system, issue 12); run with --ignored"]
 fn cross_node_flow_learns_its_tunnel_leg_on_genev_sys_6081_linux_6_1() {
     in_vm(kernel_image("vmlinuz-6.1.0-", "-amd64"));
 }

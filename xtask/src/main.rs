@@ -44,7 +44,7 @@ enum Task {
         unprivileged_only: bool,
         /// The kernel matrix's kernels after the privileged tests (comma-separated; `none` to
         /// skip it). See `test-kernels`.
-        #[arg(long, default_value = "6.1,host,6.12:verifier+kill9,5.10:verifier+kill9")]
+        #[arg(long, default_value = "host,6.1:verifier+kill9,6.12:verifier,5.10:verifier")]
         kernels: String,
         /// Extra arguments for the test harness (e.g. a test name filter).
         #[arg(last = true)]
