@@ -892,6 +892,9 @@ pub fn pod_drop_verdict(f: &Flow, peer: Option<&Flow>) -> Option<PodDropVerdict>
         .iter()
         .chain(peer.map(|p| p.drops.as_slice()).unwrap_or_default())
         .filter(|d| d.location == DropLocation::Pod)
+        // A TCP SYN to a closed port is freed as NO_SOCKET after the kernel answered it with an
+        // RST: that is a refusal (`refused_by_destination`), not a silent drop.
+        .filter(|d| !(d.reason == "NO_SOCKET" && f.protocol == "tcp"))
         .max_by_key(|d| d.count)?;
     let reply = d.direction == Some(DropDirection::Reply);
     let (src, dst) = (endpoint_name(f.src.as_ref(), f.src_ip), endpoint_name(f.dst.as_ref(), f.dst_ip));
