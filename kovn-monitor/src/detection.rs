@@ -273,7 +273,7 @@ impl Detector {
                 _ => d.count,
             };
             next.insert(key, d.count);
-            if rise == 0 || self.cfg.drop_ignore_reasons.contains(&d.reason) {
+            if rise == 0 || self.cfg.drop_ignore_reasons.contains(&d.reason) || d.is_routine() {
                 continue;
             }
             self.drop_window.push_back(DropDelta {
@@ -1064,6 +1064,35 @@ mod tests {
 
     fn pod_location(iface: &str) -> String {
         if iface.ends_with("_h") { "pod" } else { "host" }.to_string()
+    }
+
+    #[test]
+    fn icmp_without_a_ping_socket_is_routine_tcp_without_a_socket_is_not() {
+        let mut d = detector();
+        let answered = same("a", (1, 1, 3), "db-1", true);
+        let icmp = |id: &str, count| crate::drops::DropRecord {
+            protocol: "icmp".into(),
+            ip_proto: 1,
+            src_port: 0,
+            dst_port: 0,
+            ..drop_rec(id, "NO_SOCKET", "abc_h", count)
+        };
+        let icmp6 = |id: &str, count| crate::drops::DropRecord { ip_proto: 58, ..icmp(id, count) };
+        d.observe_drops(&[icmp("i", 0), icmp6("j", 0)], pod_location, at(1));
+        d.evaluate(std::slice::from_ref(&answered), at(1));
+        // Every raw-socket ping's reply: hundreds of them are no finding.
+        d.observe_drops(&[icmp("i", 400), icmp6("j", 400)], pod_location, at(3));
+        let alerts = d.evaluate(std::slice::from_ref(&answered), at(3));
+        assert!(alerts.is_empty(), "echo replies freed by ping_rcv raised: {alerts:#?}");
+        // The same reason on TCP (segments for no socket) still is one.
+        d.observe_drops(
+            &[icmp("i", 400), icmp6("j", 400), drop_rec("a", "NO_SOCKET", "abc_h", 50)],
+            pod_location,
+            at(5),
+        );
+        let alerts = d.evaluate(std::slice::from_ref(&answered), at(5));
+        assert_eq!(alerts.len(), 1, "{alerts:#?}");
+        assert_eq!(alerts[0].evidence.drops[0].reason, "NO_SOCKET");
     }
 
     #[test]

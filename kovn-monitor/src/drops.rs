@@ -659,6 +659,20 @@ pub struct DropRecord {
     pub last_seen: String,
 }
 
+impl DropRecord {
+    /// Drops that are the kernel's normal way of finishing with a packet, whatever the node:
+    /// never a finding (still in `/metrics` and `/api/v1/drops`).
+    ///
+    /// ICMP and ICMPv6 with `NO_SOCKET`: an echo reply goes to every raw socket first
+    /// (`raw_local_deliver`, `ping` and most probes use one), then to `ping_rcv`, which looks
+    /// for a datagram ICMP socket (`net.ipv4.ping_group_range`) and, finding none, frees the
+    /// skb with `SKB_DROP_REASON_NO_SOCKET` (Linux 6.0+, net/ipv4/ping.c). Every answered
+    /// raw-socket ping thus shows one such drop inside the pinging pod.
+    pub fn is_routine(&self) -> bool {
+        self.reason == "NO_SOCKET" && matches!(self.ip_proto, 1 | 58)
+    }
+}
+
 /// A flow's drops, in the flow JSON (`drops: [{reason, count, ...}]`): what a peer monitor
 /// also returns for its view of a cross-node flow.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -456,8 +456,8 @@ fn tunnel_labels(remote: &str, direction: Option<&'static str>) -> Labels {
 type SiteKey = Vec<String>;
 
 fn site_labels(k: &SiteKey) -> Labels {
-    let names: &[&'static str] = if k.len() == 4 {
-        &["reason", "location", "namespace", "workload"]
+    let names: &[&'static str] = if k.len() == 5 {
+        &["reason", "location", "protocol", "namespace", "workload"]
     } else {
         &["location", "namespace", "workload"]
     };
@@ -651,7 +651,7 @@ impl Exporter {
             snap.health.attached_interfaces.iter().map(|a| (a.name.as_str(), a.kind.as_str())).collect();
         let flows: HashMap<&str, &Flow> = snap.flows.iter().map(|f| (f.id.as_str(), f)).collect();
         let mut next = HashMap::with_capacity(snap.drops.len());
-        let mut sums: HashMap<[&str; 4], u64> = HashMap::new();
+        let mut sums: HashMap<[&str; 5], u64> = HashMap::new();
         for d in &snap.drops {
             let key = (d.flow_id.clone(), d.reason.clone(), d.ifindex);
             let added = match self.drops.get(&key) {
@@ -668,7 +668,10 @@ impl Exporter {
                 _ => "host",
             };
             let (ns, wl) = flows.get(d.flow_id.as_str()).map_or(("", "unknown"), |f| pod_end(f, pod_labels));
-            *sums.entry([d.reason.as_str(), location, ns, wl]).or_default() += added;
+            // The protocol (a known set) tells a reason's ordinary cases from its faults, e.g.
+            // `NO_SOCKET` on ICMP is every raw-socket ping's reply (`DropRecord::is_routine`).
+            let protocol = bounded_protocol(&d.protocol);
+            *sums.entry([d.reason.as_str(), location, protocol, ns, wl]).or_default() += added;
         }
         self.drops = next;
         for (site, n) in sums {
@@ -1264,16 +1267,27 @@ mod tests {
             drop_record("", "NOT_SPECIFIED", "lo", 4),
         ];
         e.update(&s, t0);
-        let nf_pod =
-            [("reason", "NETFILTER_DROP"), ("location", "pod"), ("namespace", "shop"), ("workload", "web")];
-        let nf_ul = [
+        let nf_pod = [
             ("reason", "NETFILTER_DROP"),
-            ("location", "underlay"),
+            ("location", "pod"),
+            ("protocol", "tcp"),
             ("namespace", "shop"),
             ("workload", "web"),
         ];
-        let other =
-            [("reason", "NOT_SPECIFIED"), ("location", "host"), ("namespace", ""), ("workload", "unknown")];
+        let nf_ul = [
+            ("reason", "NETFILTER_DROP"),
+            ("location", "underlay"),
+            ("protocol", "tcp"),
+            ("namespace", "shop"),
+            ("workload", "web"),
+        ];
+        let other = [
+            ("reason", "NOT_SPECIFIED"),
+            ("location", "host"),
+            ("protocol", "tcp"),
+            ("namespace", ""),
+            ("workload", "unknown"),
+        ];
         let t = text(&e);
         assert_eq!(sample(&t, "kovn_drops_total", &nf_pod), Some(3.0), "{t}");
         assert_eq!(sample(&t, "kovn_drops_total", &nf_ul), Some(2.0), "{t}");
