@@ -17,8 +17,10 @@ pub const IMAGE_REPOSITORY: &str = "ghcr.io/kovn/kovn-monitor";
 /// Debian suite of the base.
 pub const SUITE: &str = "bookworm";
 pub const MIRROR: &str = "http://deb.debian.org/debian";
-/// ovs-appctl, ovs-ofctl (openvswitch-common); ovn-trace, ovn-sbctl, ovn-nbctl (ovn-common).
-pub const PACKAGES: [&str; 2] = ["openvswitch-common", "ovn-common"];
+/// ovs-appctl, ovs-ofctl (openvswitch-common); ovn-trace, ovn-sbctl, ovn-nbctl (ovn-common);
+/// the system's CA certificates (ca-certificates: the Kubernetes client's TLS loads them, and
+/// fails to start without any, even where the service account's own CA is what is used).
+pub const PACKAGES: [&str; 3] = ["openvswitch-common", "ovn-common", "ca-certificates"];
 const EXCLUDES: [&str; 4] =
     ["/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*"];
 /// Where the binary goes in the image.
@@ -77,10 +79,28 @@ fn base_layout(cache: &Path) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(cache)?;
     let rootfs = cache.join(format!("rootfs-{key}.tar"));
-    if !rootfs.exists() {
+    // Only a regular file is a finished root filesystem (an interrupted or older build may
+    // have left something else under that name).
+    if rootfs.is_dir() {
+        std::fs::remove_dir_all(&rootfs)?;
+    }
+    if !rootfs.is_file() {
         eprintln!("image: mmdebstrap {SUITE} with {} (a few minutes, once)", PACKAGES.join(", "));
-        let tmp = cache.join(format!("rootfs-{key}.tar.tmp"));
-        let mut args = vec!["--variant=essential".to_string(), format!("--include={}", PACKAGES.join(","))];
+        // The format is given, not left to mmdebstrap's guess from the name's extension (a
+        // name ending in `.tmp` made it write a directory).
+        let tmp = cache.join(format!("rootfs-{key}.tmp.tar"));
+        for stale in [&tmp, &cache.join(format!("rootfs-{key}.tar.tmp"))] {
+            if stale.is_dir() {
+                std::fs::remove_dir_all(stale)?;
+            } else if stale.exists() {
+                std::fs::remove_file(stale)?;
+            }
+        }
+        let mut args = vec![
+            "--variant=essential".to_string(),
+            "--format=tar".to_string(),
+            format!("--include={}", PACKAGES.join(",")),
+        ];
         args.extend(EXCLUDES.iter().map(|e| format!("--dpkgopt=path-exclude={e}")));
         args.extend([SUITE.into(), tmp.display().to_string(), MIRROR.into()]);
         cmd::run("mmdebstrap", &args)?;
