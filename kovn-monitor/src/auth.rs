@@ -298,6 +298,43 @@ pub fn client_token() -> Result<Option<String>, String> {
     Ok(kubeconfig_token())
 }
 
+static CA_FILE: std::sync::OnceLock<Vec<reqwest::Certificate>> = std::sync::OnceLock::new();
+static PEER_TLS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--ca-file`: the CA certificates (PEM) that monitors' serving certificates are checked
+/// against, beside the system's roots. Read once at start: an unreadable file or one without a
+/// certificate is an error.
+pub fn set_ca_file(path: Option<&Path>) -> Result<(), String> {
+    let certs = match path {
+        None => Vec::new(),
+        Some(p) => read_ca_file(p)?,
+    };
+    let _ = CA_FILE.set(certs);
+    Ok(())
+}
+
+/// The certificates of a PEM file given as `--ca-file`.
+pub fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read --ca-file {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("--ca-file {}: not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("--ca-file {}: no certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// Whether this daemon's peers serve TLS: monitors of one DaemonSet share their settings, so a
+/// daemon serving TLS asks its peers over `https`.
+pub fn set_peer_tls(on: bool) {
+    PEER_TLS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `https` or `http`: the scheme of a peer monitor's URL (see [`set_peer_tls`]).
+pub fn peer_scheme() -> &'static str {
+    if PEER_TLS.load(std::sync::atomic::Ordering::Relaxed) { "https" } else { "http" }
+}
+
 /// An HTTP client that sends the caller's token (see [`client_token`]) with every request.
 pub fn client() -> reqwest::Client {
     client_builder().build().unwrap_or_default()
@@ -316,7 +353,15 @@ pub fn client_builder() -> reqwest::ClientBuilder {
         Ok(None) => {}
         Err(e) => log::warn!("{e}; sending no token"),
     }
-    reqwest::Client::builder().default_headers(headers)
+    trusting(reqwest::Client::builder().default_headers(headers), CA_FILE.get().map_or(&[], Vec::as_slice))
+}
+
+/// `builder` trusting `cas` beside the system's roots.
+pub fn trusting(mut builder: reqwest::ClientBuilder, cas: &[reqwest::Certificate]) -> reqwest::ClientBuilder {
+    for c in cas {
+        builder = builder.add_root_certificate(c.clone());
+    }
+    builder
 }
 
 #[cfg(test)]

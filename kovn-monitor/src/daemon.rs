@@ -453,7 +453,8 @@ fn link_flows_to_alerts(snap: &mut Snapshot) {
 
 /// Asks the monitor of the flow's other node for its view of the same flow.
 async fn ask_peer(ip: std::net::IpAddr, port: u16, f: &crate::flows::Flow) -> PeerView {
-    let url = format!("http://{}/api/v1/flows", std::net::SocketAddr::new(ip, port));
+    let url =
+        format!("{}://{}/api/v1/flows", crate::auth::peer_scheme(), std::net::SocketAddr::new(ip, port));
     let resp = crate::auth::client()
         .get(&url)
         .query(&[("ip", f.src_ip.to_string()), ("protocol", f.protocol.clone())])
@@ -609,10 +610,11 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     if let Some((url, resend)) = cfg.alertmanager.clone() {
         let (tx, rx) = watch::channel(Vec::new());
         // The API as other machines reach it: the node's name when listening on all addresses.
+        let scheme = crate::auth::peer_scheme();
         let endpoint = if cfg.listen.ip().is_unspecified() {
-            format!("http://{}:{}", cfg.node_name, cfg.listen.port())
+            format!("{scheme}://{}:{}", cfg.node_name, cfg.listen.port())
         } else {
-            format!("http://{}", cfg.listen)
+            format!("{scheme}://{}", cfg.listen)
         };
         log::info!("pushing findings to {url} every {}s while firing", resend.as_secs());
         tokio::spawn(crate::alertmanager::run(url, endpoint, resend, rx));

@@ -25,6 +25,11 @@ struct Cli {
     /// token when there is one, else the kubeconfig's current user's token, else none.
     #[arg(long, global = true, value_name = "PATH", env = "KOVN_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// CA certificates (a PEM file) to check the certificates of monitors served over TLS
+    /// (`https://` endpoints; a daemon with `--tls-cert-file` asks its peers over https), beside
+    /// the system's roots.
+    #[arg(long, global = true, value_name = "PATH", env = "KOVN_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -457,6 +462,7 @@ async fn run(args: RunArgs) -> Result<()> {
         )?),
         _ => None,
     };
+    kovn_monitor::auth::set_peer_tls(tls.is_some());
     let reviewer = match args.auth {
         kovn_monitor::auth::AuthMode::None => None,
         kovn_monitor::auth::AuthMode::Kubernetes => Some(std::sync::Arc::new(
@@ -553,6 +559,10 @@ fn main() {
         }
     };
     kovn_monitor::auth::set_token_file(cli.token_file);
+    if let Err(e) = kovn_monitor::auth::set_ca_file(cli.ca_file.as_deref()) {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(a) => run(*a).await,

@@ -404,6 +404,30 @@ mod tests {
         assert!(!String::from_utf8_lossy(&buf[..n]).contains("200"));
     }
 
+    #[tokio::test]
+    async fn the_cli_client_reaches_a_tls_monitor_with_its_ca_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = make_cert(dir.path(), "monitor");
+        let reloader = TlsReloader::start(files, Duration::from_secs(60)).expect("loads");
+        let (addr, _stop, _) = start(opts(8, Duration::from_secs(5), Some(reloader))).await;
+        let url = format!("https://{addr}/x");
+        // What `--ca-file` gives every client (CLI, top, peers, drill-down).
+        let cas = crate::auth::read_ca_file(&dir.path().join("ca.crt")).expect("the CA file");
+        let client = crate::auth::trusting(reqwest::Client::builder(), &cas).build().expect("client");
+        let r = client.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url} trusting the CA: {e:?}"));
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.expect("body"), "ok");
+        // Without it the system's roots do not know the monitor's CA: refused, not ignored.
+        let err = reqwest::Client::new().get(&url).send().await.expect_err("an unknown CA is refused");
+        assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
+        // Bad --ca-file: one clear line each.
+        let missing = crate::auth::read_ca_file(&dir.path().join("nope.pem")).expect_err("missing");
+        assert!(missing.starts_with("cannot read --ca-file ") && missing.contains("nope.pem"), "{missing}");
+        std::fs::write(dir.path().join("empty.pem"), "not a certificate\n").expect("write");
+        let empty = crate::auth::read_ca_file(&dir.path().join("empty.pem")).expect_err("no certificate");
+        assert!(empty.contains("no certificate in it"), "{empty}");
+    }
+
     #[test]
     fn unreadable_tls_files_are_one_clear_line() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -899,7 +899,11 @@ impl Tracer {
         vni: u32,
         option: Option<&str>,
     ) -> Result<TraceReport, String> {
-        let url = format!("http://{}/api/v1/trace", std::net::SocketAddr::new(remote, self.cfg.peer_port));
+        let url = format!(
+            "{}://{}/api/v1/trace",
+            crate::auth::peer_scheme(),
+            std::net::SocketAddr::new(remote, self.cfg.peer_port)
+        );
         let mut q: Vec<(&str, String)> = vec![
             ("src", p.src.to_string()),
             ("dst", p.dst.to_string()),
