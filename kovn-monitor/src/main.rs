@@ -442,7 +442,8 @@ async fn run(args: RunArgs) -> Result<()> {
     if args.flow_retention < args.poll_interval {
         bail!("--flow-retention must be at least --poll-interval");
     }
-    let ssl_needed = [args.ovsdb.0.as_ref(), args.ovn_sb.as_ref().and_then(|a| a.0.as_ref())]
+    let nb: Option<ovsdb::Address> = args.trace.ovn_nb.as_deref().and_then(|a| a.parse().ok());
+    let ssl_needed = [args.ovsdb.0.as_ref(), args.ovn_sb.as_ref().and_then(|a| a.0.as_ref()), nb.as_ref()]
         .into_iter()
         .flatten()
         .find(|a| matches!(a, ovsdb::Address::Ssl(_)));

@@ -153,12 +153,28 @@ pub struct SslFiles {
 }
 
 static SSL: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+static SSL_FILES: std::sync::OnceLock<SslFiles> = std::sync::OnceLock::new();
 
 /// Loads the files for `ssl:` connections (once, at start): an error names the file.
 pub fn set_ssl_files(files: &SslFiles) -> Result<(), OvsdbError> {
     let config = ssl_config(files)?;
     let _ = SSL.set(config);
+    let _ = SSL_FILES.set(files.clone());
     Ok(())
+}
+
+/// The options OVS's own clients (`ovn-trace`, `ovn-sbctl`, `ovn-nbctl`) need to reach `db`:
+/// for an `ssl:` address the files of [`set_ssl_files`] (`--private-key`, `--certificate`,
+/// `--ca-cert`), else none.
+pub fn ssl_args(db: &str) -> Vec<String> {
+    match SSL_FILES.get() {
+        Some(f) if db.starts_with("ssl:") => vec![
+            format!("--private-key={}", f.key.display()),
+            format!("--certificate={}", f.cert.display()),
+            format!("--ca-cert={}", f.ca.display()),
+        ],
+        _ => Vec::new(),
+    }
 }
 
 /// Like OVS itself, the server's certificate must chain to the CA; its name is not checked

@@ -326,5 +326,83 @@ fn pods_over_ssl_from_a_real_ovsdb_server() {
             == format!("error: ssl:127.0.0.1:{port} needs --ovn-ssl-key, --ovn-ssl-cert and --ovn-ssl-ca"),
         "{err}"
     );
+    // The drill-down's OVN clients over SSL: a northbound with `pssl:` (the same PKI), read by
+    // `ovn-nbctl` with the options kovn adds for an `ssl:` address; without them refused.
+    let q = |n: &str| s.dir.path().join(n).display().to_string();
+    let nb_db = s.dir.path().join("nb.db");
+    run("ovsdb-tool", &["create", nb_db.to_str().unwrap(), "/usr/share/ovn/ovn-nb.ovsschema"]);
+    let nb_port =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let nb_sock = s.dir.path().join("nb.sock");
+    let nb = Command::new("ovsdb-server")
+        .arg(&nb_db)
+        .arg(format!("--remote=punix:{}", nb_sock.display()))
+        .arg(format!("--remote=pssl:{nb_port}:127.0.0.1"))
+        .arg(format!("--private-key={}", q("server.key")))
+        .arg(format!("--certificate={}", q("server.crt")))
+        .arg(format!("--ca-cert={}", q("ca.crt")))
+        .arg(format!("--unixctl={}", q("nb.ctl")))
+        .arg("--no-chdir")
+        .arg(format!("--log-file={}", q("nb.log")))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ovsdb-server (NB)");
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _nb = Kill(nb);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !nb_sock.exists() || std::net::TcpStream::connect(("127.0.0.1", nb_port)).is_err() {
+        assert!(Instant::now() < deadline, "the NB ovsdb-server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let unix = format!("--db=unix:{}", nb_sock.display());
+    run("ovn-nbctl", &[&unix, "ls-add", "ovn-default"]);
+    run(
+        "ovn-nbctl",
+        &[&unix, "--name=np.deny-db", "acl-add", "ovn-default", "to-lport", "2002", "ip4", "drop"],
+    );
+    let ssl_db = format!("ssl:127.0.0.1:{nb_port}");
+    let nbctl = |extra: &[String]| {
+        Command::new("ovn-nbctl")
+            .args(extra)
+            .args([
+                &format!("--db={ssl_db}"),
+                "--timeout=5",
+                "--format=json",
+                "--columns=name",
+                "list",
+                "ACL",
+            ])
+            .output()
+            .expect("ovn-nbctl")
+    };
+    let out = nbctl(&ovsdb::ssl_args(&ssl_db));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("np.deny-db"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!nbctl(&[]).status.success(), "ovn-nbctl without the files reached an SSL northbound");
+    assert!(ovsdb::ssl_args("unix:/run/ovn/ovnnb_db.sock").is_empty(), "no SSL options for other addresses");
+    // And the daemon refuses `--ovn-nb ssl:` without the files, in one line.
+    let out = Command::new(env!("CARGO_BIN_EXE_kovn-monitor"))
+        .args(["run", "--ovsdb", "none", "--ovn-nb", &ssl_db, "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("kovn-monitor");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.trim(),
+        format!("error: {ssl_db} needs --ovn-ssl-key, --ovn-ssl-cert and --ovn-ssl-ca"),
+        "{err}"
+    );
     drop(s);
 }

@@ -718,6 +718,7 @@ impl Tracer {
             && let Some(src_pod) = &facts.src_pod
         {
             let mut args = vec![format!("--db={sb}")];
+            args.extend(crate::ovsdb::ssl_args(sb));
             for _ in 0..2 {
                 args.push(format!("--ct={ct}"));
             }
@@ -821,7 +822,8 @@ impl Tracer {
         if !valid_hex_id(prefix) {
             return None;
         }
-        let args = vec![
+        let mut args = crate::ovsdb::ssl_args(sb);
+        args.extend([
             format!("--db={sb}"),
             format!("--timeout={}", self.cfg.timeout.as_secs().max(1)),
             "--format=json".into(),
@@ -829,7 +831,7 @@ impl Tracer {
             "list".into(),
             "Logical_Flow".into(),
             prefix.to_string(),
-        ];
+        ]);
         commands.push(shown("ovn-sbctl", &args));
         // No such row (a rule OVN did not make) is an error exit: no logical flow.
         let text = run_command("ovn-sbctl", &args, self.cfg.timeout).await.ok()?;
@@ -850,7 +852,8 @@ impl Tracer {
             && let (Some(nb), Some(hint)) = (&self.cfg.ovn_nb, lf.stage_hint.clone())
             && valid_hex_id(&hint)
         {
-            let args = vec![
+            let mut args = crate::ovsdb::ssl_args(nb);
+            args.extend([
                 format!("--db={nb}"),
                 format!("--timeout={}", self.cfg.timeout.as_secs().max(1)),
                 "--format=json".into(),
@@ -858,7 +861,7 @@ impl Tracer {
                 "list".into(),
                 "ACL".into(),
                 hint,
-            ];
+            ]);
             commands.push(shown("ovn-nbctl", &args));
             if let Ok(text) = run_command("ovn-nbctl", &args, self.cfg.timeout).await
                 && let Some(row) = first_row(&text)
