@@ -21,6 +21,29 @@ use crate::api::Shared;
 /// the `kfree_skb` tracepoint (PERFMON), tc/tcx attachment and netlink (NET_ADMIN).
 pub const NEEDED_CAPS: [(u32, &str); 3] = [(39, "CAP_BPF"), (12, "CAP_NET_ADMIN"), (38, "CAP_PERFMON")];
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Before Linux 5.11 the kernel charges BPF maps to `RLIMIT_MEMLOCK` (5.11 moved them to the
+/// memory cgroup), whose default (64 KiB before 5.16) is far below kovn's maps: the loader
+/// raises it, which needs CAP_SYS_RESOURCE unless the hard limit is already unlimited.
+/// Measured on Debian 11's 5.10: with only the three capabilities map creation fails with
+/// EPERM; with CAP_SYS_RESOURCE added, or `ulimit -l unlimited`, every program loads.
+pub fn memlock_needs_sys_resource(release: &str, memlock_hard_unlimited: bool) -> bool {
+    let mut parts = release.split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else { return false };
+    (major, minor) < (5, 11) && !memlock_hard_unlimited
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
+}
+
+fn memlock_hard_unlimited() -> bool {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) };
+    rc == 0 && r.rlim_max == libc::RLIM_INFINITY
+}
 
 /// The needed capabilities missing from this process's effective set (none with
 /// CAP_SYS_ADMIN, which covers BPF and PERFMON on every kernel, plus NET_ADMIN's check).
@@ -34,11 +57,15 @@ pub fn missing_capabilities() -> Vec<&'static str> {
         return Vec::new();
     };
     let has = |c: u32| eff & (1u64 << c) != 0;
-    NEEDED_CAPS
+    let mut missing: Vec<&'static str> = NEEDED_CAPS
         .iter()
         .filter(|(c, _)| !(has(*c) || (has(CAP_SYS_ADMIN) && *c != 12)))
         .map(|(_, n)| *n)
-        .collect()
+        .collect();
+    if !has(CAP_SYS_RESOURCE) && memlock_needs_sys_resource(&kernel_release(), memlock_hard_unlimited()) {
+        missing.push("CAP_SYS_RESOURCE");
+    }
+    missing
 }
 
 /// A poll older than this many intervals fails liveness.
@@ -191,6 +218,27 @@ pub fn router(probe: Arc<Probe>, shared: Shared) -> axum::Router {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn memlock_accounting_needs_sys_resource_only_before_5_11() {
+        for (release, unlimited, needs) in [
+            ("5.10.0-32-amd64", false, true),
+            ("5.10.0-32-amd64", true, false),
+            ("4.19.0-27-amd64", false, true),
+            ("5.11.0", false, false),
+            ("5.15.0-91-generic", false, false),
+            ("6.1.0-50-amd64", false, false),
+            ("6.18.1", false, false),
+            ("garbage", false, false),
+        ] {
+            assert_eq!(
+                memlock_needs_sys_resource(release, unlimited),
+                needs,
+                "{release} unlimited={unlimited}"
+            );
+        }
+    }
+
     use super::*;
 
     async fn get_status(addr: std::net::SocketAddr, path: &str) -> (u16, String) {

@@ -475,7 +475,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let missing = kovn_monitor::health::missing_capabilities();
     if !missing.is_empty() {
         bail!(
-            "missing capability {} (kovn-monitor run needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)",
+            "missing capability {} (kovn-monitor run needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, and before Linux 5.11 CAP_SYS_RESOURCE or an unlimited RLIMIT_MEMLOCK)",
             missing.join(", ")
         );
     }

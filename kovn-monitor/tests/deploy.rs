@@ -71,7 +71,7 @@ fn the_example_prometheus_config_is_valid() {
 }
 
 /// The overlays a cluster applies (`kubectl apply -k deploy/kubernetes/overlays/NAME`).
-const OVERLAYS: [&str; 3] = ["prometheus-operator", "plain-prometheus", "drilldown"];
+const OVERLAYS: [&str; 4] = ["prometheus-operator", "plain-prometheus", "drilldown", "kernel-before-5.11"];
 
 /// What `./x image` builds (xtask/src/image.rs): repository and tag.
 const IMAGE_REPOSITORY: &str = "ghcr.io/kovn/kovn-monitor";
@@ -121,11 +121,14 @@ fn every_overlay_renders_a_hardened_daemonset_this_binary_runs() {
         assert_eq!(sc["allowPrivilegeEscalation"], false, "{overlay}");
         assert_eq!(sc["readOnlyRootFilesystem"], true, "{overlay}");
         assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{overlay}");
-        assert_eq!(
-            sc["capabilities"]["add"],
-            serde_json::json!(["BPF", "NET_ADMIN", "PERFMON"]),
-            "{overlay}"
-        );
+        // What the running kernel needs (`health::NEEDED_CAPS`), and on kernels before 5.11
+        // the right to raise RLIMIT_MEMLOCK (`health::memlock_needs_sys_resource`).
+        let caps = if overlay == "kernel-before-5.11" {
+            serde_json::json!(["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"])
+        } else {
+            serde_json::json!(["BPF", "NET_ADMIN", "PERFMON"])
+        };
+        assert_eq!(sc["capabilities"]["add"], caps, "{overlay}");
         for r in ["requests", "limits"] {
             assert!(
                 c["resources"][r]["memory"].is_string() && c["resources"][r]["cpu"].is_string(),
