@@ -34,6 +34,10 @@ const VNG_VENV: &str = "/opt/kovn/virtme-ng/bin/vng";
 /// The name of the kill -9 test in tests/tests/daemon.rs (its own group in the table).
 const KILL9_TEST: &str = "one_set_of_hooks_after_kill_9_and_restart";
 
+/// The inner test of tests/tests/kernel_datapath.rs (the `lab` group): the lab on OVS's kernel
+/// datapath, run where the kernel has the modules (in the VM).
+const LAB_TEST: &str = "inner_kernel_datapath_lab";
+
 /// A test group of the matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -46,10 +50,21 @@ pub enum Group {
     Daemon,
     /// `kill -9` then restart: exactly one set of kovn hooks per interface.
     Kill9,
+    /// tests/tests/kernel_datapath.rs's inner test: a two-node `lab up --datapath kernel`
+    /// (OVS's kernel datapath, `genev_sys_6081` per node, the service-VIP check) with a monitor
+    /// per node and a cross-node flow's tunnel leg learned on `genev_sys_6081`. Needs the
+    /// `openvswitch` and `geneve` modules: VMs only (the host's kernel has neither).
+    Lab,
 }
 
 impl Group {
-    pub const ALL: [Group; 4] = [Group::Verifier, Group::Classifier, Group::Daemon, Group::Kill9];
+    pub const ALL: [Group; 5] = [Group::Verifier, Group::Classifier, Group::Daemon, Group::Kill9, Group::Lab];
+
+    /// Whether the group runs on the host's kernel by default (`lab` needs OVS's kernel module,
+    /// which the host kernel has not; asked for explicitly, `host:lab` fails with that error).
+    fn on_host_by_default(self) -> bool {
+        self != Group::Lab
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -57,6 +72,7 @@ impl Group {
             Group::Classifier => "classifier",
             Group::Daemon => "daemon",
             Group::Kill9 => "kill9",
+            Group::Lab => "lab",
         }
     }
 
@@ -67,6 +83,8 @@ impl Group {
             Group::Classifier => 240,
             Group::Daemon => 240,
             Group::Kill9 => 90,
+            // lab up (~1 min on the host), monitors, a ping, the flows polled.
+            Group::Lab => 180,
         })
     }
 }
@@ -123,6 +141,9 @@ pub struct GuestArgs {
     pub classifier: PathBuf,
     #[arg(long)]
     pub daemon: PathBuf,
+    /// tests/tests/kernel_datapath.rs's executable (the `lab` group).
+    #[arg(long)]
+    pub kernel_datapath: PathBuf,
     #[arg(long)]
     pub workdir: PathBuf,
     #[arg(long = "group", value_delimiter = ',', value_enum)]
@@ -199,6 +220,7 @@ pub struct Built {
     pub monitor: PathBuf,
     pub classifier: PathBuf,
     pub daemon: PathBuf,
+    pub kernel_datapath: PathBuf,
     pub workdir: PathBuf,
     pub out_root: PathBuf,
 }
@@ -253,7 +275,9 @@ fn split_spec(spec: &str) -> Result<(&str, Option<Vec<Group>>)> {
         .split('+')
         .map(|g| {
             <Group as clap::ValueEnum>::from_str(g, true).map_err(|_| {
-                anyhow::anyhow!("unknown test group {g:?} in {spec:?} (verifier, classifier, daemon, kill9)")
+                anyhow::anyhow!(
+                    "unknown test group {g:?} in {spec:?} (verifier, classifier, daemon, kill9, lab)"
+                )
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -300,7 +324,16 @@ pub fn run(args: &KernelsArgs, built: &Built, xtask: &Path) -> Result<bool> {
     let mut targets = Vec::new();
     for spec in &args.kernels {
         let (kernel, groups) = split_spec(spec)?;
-        targets.push((kernel.to_string(), resolve(kernel)?, groups.unwrap_or_else(|| all_groups.clone())));
+        let target = resolve(kernel)?;
+        let groups = groups.unwrap_or_else(|| {
+            let mut g = all_groups.clone();
+            // Every group by default, but on the host only those its kernel can run.
+            if args.groups.is_empty() && matches!(target, Target::Host) {
+                g.retain(|g| g.on_host_by_default());
+            }
+            g
+        });
+        targets.push((kernel.to_string(), target, groups));
     }
     // The table's columns: every group asked of any kernel, in the usual order.
     let mut groups: Vec<Group> = targets.iter().flat_map(|t| t.2.iter().copied()).collect();
@@ -380,6 +413,8 @@ fn guest_argv(xtask: &Path, built: &Built, out: &Path, groups: &[Group], scale: 
         p(&built.classifier),
         "--daemon".into(),
         p(&built.daemon),
+        "--kernel-datapath".into(),
+        p(&built.kernel_datapath),
         "--workdir".into(),
         p(&built.workdir),
         "--timeout-scale".into(),
@@ -701,6 +736,10 @@ fn run_group(g: Group, args: &GuestArgs, results: &mut GuestResults) -> GroupRes
             cmd = Command::new(&args.daemon);
             cmd.args(["--test-threads=1", "--exact", KILL9_TEST, "--nocapture"]);
         }
+        Group::Lab => {
+            cmd = Command::new(&args.kernel_datapath);
+            cmd.args(["--ignored", "--exact", LAB_TEST, "--nocapture", "--test-threads=1"]);
+        }
     }
     cmd.current_dir(&args.workdir).env("KOVN_TEST_TIMEOUT_SCALE", args.timeout_scale.to_string());
     let ran = match run_bounded(cmd, &log, &stdout, budget) {
@@ -893,6 +932,9 @@ mod tests {
         assert_eq!(split_spec("6.1").expect("plain").0, "6.1");
         let (k, g) = split_spec("6.12:verifier+kill9").expect("with groups");
         assert_eq!((k, g), ("6.12", Some(vec![Group::Verifier, Group::Kill9])));
+        let (_, g) = split_spec("6.1:verifier+kill9+lab").expect("with the lab");
+        assert_eq!(g, Some(vec![Group::Verifier, Group::Kill9, Group::Lab]));
+        assert!(!Group::Lab.on_host_by_default(), "the host kernel has no OVS module");
         assert!(split_spec("6.12:bogus").is_err());
     }
 

@@ -698,7 +698,12 @@ fn check_connectivity(lab: &Lab) -> Result<()> {
             sys::scaled(READY_TIMEOUT),
             POLL,
             || {
-                let r = probe::tcp_echo(lab, &first.name, svc.vip_addr())?;
+                // Each attempt's own bound scales like the pings' above: under QEMU/TCG on a
+                // loaded machine, starting socat in the pod netns, the handshake through OVN's
+                // load balancer and the echo can take longer than the probe's 3 s, and an
+                // attempt cut short is retried with the same bound, so it would never pass.
+                let echo = probe::Probe::TcpEcho { dst: svc.vip_addr(), bytes: 64 };
+                let r = probe::run(lab, &first.name, &echo, sys::scaled(probe::PROBE_TIMEOUT))?;
                 ensure!(r.ok, "{}", r.detail);
                 Ok(())
             },
