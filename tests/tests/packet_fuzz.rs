@@ -273,12 +273,10 @@ impl Rig {
                 seen[usize::from(o.dir & 1)] += o.packets;
                 obs_packets += o.packets;
             }
-            for d in 0..2 {
+            for (d, (&counted, &observed)) in s.packets.iter().zip(&seen).enumerate() {
                 assert!(
-                    s.packets[d] <= seen[d],
-                    "{ctx}: flow {k:?} counts {} packets in direction {d} but its observation points saw {}",
-                    s.packets[d],
-                    seen[d]
+                    counted <= observed,
+                    "{ctx}: flow {k:?} counts {counted} packets in direction {d} but its observation points saw {observed}"
                 );
             }
         }

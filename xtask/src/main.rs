@@ -204,36 +204,39 @@ const FUZZ_TARGETS: [&str; 6] =
     ["ovsdb_framing", "ofproto_trace", "ovn_trace", "dump_flows", "inventory_file", "api_query"];
 
 /// Runs each cargo-fuzz target for `seconds` from its committed seed corpus (fuzz/corpus/T).
-/// What libFuzzer adds goes to a scratch corpus under fuzz/target, so the repository's stays
-/// as committed. A crash, a panic or an input slower than 10 s fails the run and leaves the
-/// input in fuzz/artifacts/T/ (`cargo fuzz run T <file>` replays it). Without sanitizers:
-/// the code is safe Rust, and the time goes to executions (debug assertions and overflow
-/// checks stay on).
+/// `cargo fuzz build` once, then the built libFuzzer binaries directly (one cargo invocation,
+/// not one per target). What libFuzzer adds goes to a scratch corpus under fuzz/target, so the
+/// repository's stays as committed. A crash, a panic or an input slower than 10 s fails the run
+/// and leaves the input in fuzz/artifacts/T/ (`cargo fuzz run T <file>` replays it). Without
+/// sanitizers: the code is safe Rust, and the time goes to executions (debug assertions and
+/// overflow checks stay on).
 fn fuzz(seconds: u64) -> Result<()> {
     if seconds == 0 {
         return Ok(());
     }
     let dir = workspace_root().join("fuzz");
-    let fuzz_cmd = |sub: &str| {
-        let mut c = Command::new("rustup");
-        c.current_dir(&dir).args(["run", EBPF_TOOLCHAIN, "cargo", "fuzz", sub, "--sanitizer", "none"]);
-        c.arg("--debug-assertions");
-        c
-    };
-    run(&mut fuzz_cmd("build"))?;
+    let mut build = Command::new("rustup");
+    build.current_dir(&dir).args(["run", EBPF_TOOLCHAIN, "cargo", "fuzz", "build", "--sanitizer", "none"]);
+    build.arg("--debug-assertions");
+    run(&mut build)?;
+    // cargo-fuzz builds for the host triple.
+    let bin_dir =
+        dir.join("target").join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH)).join("release");
     for target in FUZZ_TARGETS {
         let scratch = dir.join("target").join("scratch-corpus").join(target);
-        std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
-        let mut c = fuzz_cmd("run");
-        c.arg(target).arg(&scratch).arg(dir.join("corpus").join(target)).args([
-            "--".to_string(),
-            format!("-max_total_time={seconds}"),
-            "-timeout=10".into(),
-            "-rss_limit_mb=2048".into(),
-            "-print_final_stats=1".into(),
-        ]);
+        let artifacts = dir.join("artifacts").join(target);
+        for d in [&scratch, &artifacts] {
+            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+        }
+        let mut c = Command::new(bin_dir.join(target));
+        c.current_dir(&dir)
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
+            .arg(format!("-max_total_time={seconds}"))
+            .args(["-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"])
+            .arg(&scratch)
+            .arg(dir.join("corpus").join(target));
         run(&mut c)
-            .with_context(|| format!("fuzz target {target}: its input is in fuzz/artifacts/{target}/"))?;
+            .with_context(|| format!("fuzz target {target}: its input is in {}", artifacts.display()))?;
     }
     Ok(())
 }
