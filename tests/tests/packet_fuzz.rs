@@ -13,7 +13,7 @@
 //!   `map_full`, `obs_overflow`, ...), and no counter ever goes backwards;
 //! - every flow's per-direction totals never exceed what its observation points saw.
 //!
-//! Bounded by default (`KOVN_PACKET_FUZZ_ITERATIONS` frames, default 600: about ten seconds on a loaded 2-core machine);
+//! Bounded by default (`KOVN_PACKET_FUZZ_ITERATIONS` frames, default 600: a few seconds);
 //! `KOVN_PACKET_FUZZ_SEED` picks the RNG seed (printed, so a failure can be replayed).
 //! A frame the kernel's test runner itself refuses (shorter than an Ethernet header, or IP
 //! ethertype with a short IP header) is counted and skipped: it never reaches a program.
