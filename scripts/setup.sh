@@ -9,6 +9,8 @@ set -euo pipefail
 HOST_TOOLCHAIN=1.99.0
 EBPF_TOOLCHAIN=nightly-2026-07-15
 BPF_LINKER_VERSION=0.13.0
+# `./x test` runs the parsers' fuzz targets (fuzz/) briefly with cargo-fuzz on EBPF_TOOLCHAIN.
+CARGO_FUZZ_VERSION=0.13.2
 LLVM_MAJOR=22
 VIRTME_NG_VERSION=1.42
 # Where setup puts virtme-ng when no vng of that version is on PATH (a venv: no system pip).
@@ -92,6 +94,15 @@ install_bpf_linker() {
       --no-default-features --features "llvm-${LLVM_MAJOR}"
 }
 
+install_cargo_fuzz() {
+  if command -v cargo-fuzz >/dev/null &&
+     cargo-fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+    return 0
+  fi
+  log "installing cargo-fuzz ${CARGO_FUZZ_VERSION}"
+  cargo "+${HOST_TOOLCHAIN}" install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION"
+}
+
 # The kernel matrix and the kernel-datapath lab (`cargo xtask test-kernels`, `lab up
 # --datapath kernel`) boot Debian kernels in QEMU over the host's root filesystem with
 # virtme-ng. vng needs busybox for its initramfs and QEMU; the kernels are Debian's own
@@ -160,9 +171,9 @@ mount_fs() {
 }
 
 case "${1:-all}" in
-  all) install_apt; install_vm; install_rust; install_bpf_linker; mount_fs ;;
+  all) install_apt; install_vm; install_rust; install_bpf_linker; install_cargo_fuzz; mount_fs ;;
   apt) install_apt ;;
   vm) install_vm ;;
-  rust) install_rust; install_bpf_linker ;;
+  rust) install_rust; install_bpf_linker; install_cargo_fuzz ;;
   *) log "usage: setup.sh [all|apt|vm|rust]"; exit 2 ;;
 esac

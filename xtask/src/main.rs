@@ -47,6 +47,9 @@ enum Task {
         /// skip it). See `test-kernels`.
         #[arg(long, default_value = "host,6.1:verifier+kill9+lab,6.12:verifier+lab,5.10:verifier")]
         kernels: String,
+        /// Seconds each cargo-fuzz target (fuzz/) runs after the unit tests; 0 skips them.
+        #[arg(long, default_value_t = 20)]
+        fuzz_seconds: u64,
         /// Extra arguments for the test harness (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
@@ -95,7 +98,9 @@ fn dispatch(task: Task) -> Result<()> {
             Ok(())
         }
         Task::KernelGuest(args) => xtask::kernels::guest(&args),
-        Task::Test { unprivileged_only, kernels, args } => test(unprivileged_only, &kernels, &args),
+        Task::Test { unprivileged_only, kernels, fuzz_seconds, args } => {
+            test(unprivileged_only, &kernels, fuzz_seconds, &args)
+        }
     }
 }
 
@@ -198,6 +203,48 @@ const KERNEL_DATAPATH_VM_TESTS: &str = "cross_node_flow_learns_its_tunnel_leg_on
 
 const EBPF_TOOLCHAIN: &str = "nightly-2026-07-15";
 
+/// The cargo-fuzz targets of fuzz/ (its own workspace, built with the pinned nightly).
+const FUZZ_TARGETS: [&str; 6] =
+    ["ovsdb_framing", "ofproto_trace", "ovn_trace", "dump_flows", "inventory_file", "api_query"];
+
+/// Runs each cargo-fuzz target for `seconds` from its committed seed corpus (fuzz/corpus/T).
+/// `cargo fuzz build` once, then the built libFuzzer binaries directly (one cargo invocation,
+/// not one per target). What libFuzzer adds goes to a scratch corpus under fuzz/target, so the
+/// repository's stays as committed. A crash, a panic or an input slower than 10 s fails the run
+/// and leaves the input in fuzz/artifacts/T/ (`cargo fuzz run T <file>` replays it). Without
+/// sanitizers: the code is safe Rust, and the time goes to executions (debug assertions and
+/// overflow checks stay on).
+fn fuzz(seconds: u64) -> Result<()> {
+    if seconds == 0 {
+        return Ok(());
+    }
+    let dir = workspace_root().join("fuzz");
+    let mut build = Command::new("rustup");
+    build.current_dir(&dir).args(["run", EBPF_TOOLCHAIN, "cargo", "fuzz", "build", "--sanitizer", "none"]);
+    build.arg("--debug-assertions");
+    run(&mut build)?;
+    // cargo-fuzz builds for the host triple.
+    let bin_dir =
+        dir.join("target").join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH)).join("release");
+    for target in FUZZ_TARGETS {
+        let scratch = dir.join("target").join("scratch-corpus").join(target);
+        let artifacts = dir.join("artifacts").join(target);
+        for d in [&scratch, &artifacts] {
+            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+        }
+        let mut c = Command::new(bin_dir.join(target));
+        c.current_dir(&dir)
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
+            .arg(format!("-max_total_time={seconds}"))
+            .args(["-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"])
+            .arg(&scratch)
+            .arg(dir.join("corpus").join(target));
+        run(&mut c)
+            .with_context(|| format!("fuzz target {target}: its input is in {}", artifacts.display()))?;
+    }
+    Ok(())
+}
+
 /// Builds what the matrix runs (the monitor, the classifier and daemon test executables) and
 /// runs it; returns whether everything passed.
 fn test_kernels(args: &xtask::kernels::KernelsArgs) -> Result<bool> {
@@ -244,13 +291,17 @@ fn test_kernels(args: &xtask::kernels::KernelsArgs) -> Result<bool> {
     xtask::kernels::run(args, &built, &xtask_bin)
 }
 
-fn test(unprivileged_only: bool, kernels: &str, args: &[String]) -> Result<()> {
+fn test(unprivileged_only: bool, kernels: &str, fuzz_seconds: u64, args: &[String]) -> Result<()> {
     // Unit tests: no privileges, every crate but the privileged test crate.
     let mut unit = cargo();
     // kovn-ebpf builds only for the BPF target (nightly); its code is tested under
     // BPF_PROG_TEST_RUN by the privileged tests.
     unit.args(["test", "--workspace", "--exclude", "kovn-tests", "--exclude", "kovn-ebpf", "--"]).args(args);
     run(&mut unit)?;
+    // A test-name filter asks for those tests only.
+    if args.is_empty() {
+        fuzz(fuzz_seconds)?;
+    }
     if unprivileged_only {
         return Ok(());
     }
