@@ -181,7 +181,12 @@ struct Globals {
 }
 
 impl Globals {
-    fn of(f: &KernelFeatures, table_size: u32, kind: FlowTableKind, budget: crate::guard::FlowBudget) -> Self {
+    fn of(
+        f: &KernelFeatures,
+        table_size: u32,
+        kind: FlowTableKind,
+        budget: crate::guard::FlowBudget,
+    ) -> Self {
         let slots = if kind == FlowTableKind::Slots && f.atomic_cmpxchg { slot_count(table_size) } else { 0 };
         let (budget_cost_ns, budget_tau_ns) = budget.gcra_ns();
         Self {

@@ -146,7 +146,8 @@ impl GuardMaps {
     }
 
     fn overflow(ebpf: &mut Ebpf) -> Result<BpfHashMap<&mut MapData, u32, PodGuard>, GuardError> {
-        let map = ebpf.map_mut(POD_GUARD_OVERFLOW_MAP).ok_or(GuardError::MissingMap(POD_GUARD_OVERFLOW_MAP))?;
+        let map =
+            ebpf.map_mut(POD_GUARD_OVERFLOW_MAP).ok_or(GuardError::MissingMap(POD_GUARD_OVERFLOW_MAP))?;
         BpfHashMap::try_from(map).map_err(map_err(POD_GUARD_OVERFLOW_MAP))
     }
 
@@ -301,7 +302,8 @@ impl FloodDetector {
 
     /// Takes this poll's per-pod counts; returns every finding (firing and recently resolved).
     pub fn evaluate(&mut self, pods: &[PodGuardReport], now: OffsetDateTime) -> Vec<Alert> {
-        let fmt = |t: OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let fmt =
+            |t: OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         for p in pods {
             let who = match (&p.namespace, &p.pod) {
                 (Some(ns), Some(name)) => format!("{ns}/{name}"),
@@ -363,14 +365,16 @@ impl FloodDetector {
                 ..Endpoint::default()
             });
             a.last_seen = fmt(now);
-            a.evidence = Evidence { seen_at: vec![format!("{}/ingress", p.interface)], ..Evidence::default() };
+            a.evidence =
+                Evidence { seen_at: vec![format!("{}/ingress", p.interface)], ..Evidence::default() };
             a.evidence.requests = p.refused;
             a.summary = format!(
                 "{who} opens new flows faster than its budget: {grew} packet(s) of new flows not recorded since the last poll ({} in all); the rest of the node is still watched",
                 p.refused
             );
         }
-        let resolve_after = time::Duration::try_from(self.resolve_after).unwrap_or(time::Duration::seconds(60));
+        let resolve_after =
+            time::Duration::try_from(self.resolve_after).unwrap_or(time::Duration::seconds(60));
         let retention = time::Duration::try_from(self.retention).unwrap_or(time::Duration::minutes(15));
         self.tracked.retain(|_, (a, _, last)| a.state == "firing" || now - *last < retention + resolve_after);
         for (a, _, last) in self.tracked.values_mut() {

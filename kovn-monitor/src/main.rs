@@ -519,7 +519,8 @@ async fn run(args: RunArgs) -> Result<()> {
         flow_retention: args.flow_retention,
         flow_table_size: args.flow_table_size,
         flow_budget: {
-            let auto = kovn_monitor::guard::FlowBudget::for_table(args.flow_table_size, args.flow_idle_timeout);
+            let auto =
+                kovn_monitor::guard::FlowBudget::for_table(args.flow_table_size, args.flow_idle_timeout);
             kovn_monitor::guard::FlowBudget {
                 per_sec: args.pod_new_flow_rate.unwrap_or(auto.per_sec),
                 burst: args.pod_new_flow_burst.unwrap_or(auto.burst).max(1),

@@ -58,7 +58,10 @@ impl PodNode {
             let ip = [10, 236, octet, 2 + i as u8];
             let mac = [0x02, 0, 0, octet, 0, 2 + i as u8];
             let mac_s = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-            node.run("ip", &["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "address", &mac_s]);
+            node.run(
+                "ip",
+                &["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "address", &mac_s],
+            );
             node.run("ip", &["link", "set", "eth0", "netns", &ns.name]);
             node.run("ip", &["link", "set", &veth, "master", "br0", "up"]);
             let ip_s = std::net::Ipv4Addr::from(ip).to_string();
@@ -68,7 +71,15 @@ impl PodNode {
             for host in [99, 200] {
                 ns.run(
                     "ip",
-                    &["neigh", "replace", &format!("10.236.{octet}.{host}"), "lladdr", "02:00:00:00:ff:01", "dev", "eth0"],
+                    &[
+                        "neigh",
+                        "replace",
+                        &format!("10.236.{octet}.{host}"),
+                        "lladdr",
+                        "02:00:00:00:ff:01",
+                        "dev",
+                        "eth0",
+                    ],
                 );
             }
             yaml.push_str(&format!(
@@ -99,7 +110,14 @@ fn udp_frame(pod_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u1
     let mut f = NOBODY_MAC.to_vec();
     f.extend_from_slice(&pod_mac);
     f.extend_from_slice(&0x0800u16.to_be_bytes());
-    f.extend(kovn_tests::frames::ipv4(src, dst, 17, 0, 0x4000, &kovn_tests::frames::udp(sport, dport, b"kovn")));
+    f.extend(kovn_tests::frames::ipv4(
+        src,
+        dst,
+        17,
+        0,
+        0x4000,
+        &kovn_tests::frames::udp(sport, dport, b"kovn"),
+    ));
     f
 }
 
@@ -200,7 +218,8 @@ fn a_flooding_pod_does_not_blind_the_node() {
     let silent = n.silent(99);
     let frame = move |i: u64| {
         // A new source port per frame (an LCG over 1024..65535): one new flow each.
-        let sport = 1024 + ((i.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(3_037_000_493) >> 40) % 64_511) as u16;
+        let sport = 1024
+            + ((i.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(3_037_000_493) >> 40) % 64_511) as u16;
         let dport = 9 + (i / 64_511 % 1000) as u16;
         udp_frame(flood_mac, flood_ip, target, sport, dport)
     };
@@ -271,7 +290,11 @@ fn a_flooding_pod_does_not_blind_the_node() {
     });
     assert_eq!(rwr["src"]["pod"], "client", "{rwr:#}");
     let fa = flood_alert.unwrap_or_else(|| panic!("no flow_flood finding: {:#?}", alerts(&d)));
-    assert_eq!((fa["src"]["namespace"].as_str(), fa["src"]["pod"].as_str()), (Some("default"), Some("flood")), "{fa:#}");
+    assert_eq!(
+        (fa["src"]["namespace"].as_str(), fa["src"]["pod"].as_str()),
+        (Some("default"), Some("flood")),
+        "{fa:#}"
+    );
     assert_eq!(kernel_counter(&d, "map_full"), 0, "the table never filled: {health:#}");
     let refused = kernel_counter(&d, "source_budget");
     let flood_flows: Vec<_> =
@@ -288,7 +311,11 @@ fn a_flooding_pod_does_not_blind_the_node() {
     // The budget: burst 64 + 8/s (a little more for races between CPUs).
     let budget = 64 + 8 * (elapsed.as_secs() + 3);
     assert!(recorded <= budget + 16, "{recorded} flood flows recorded, budget {budget}");
-    let m = metric_sum(&d, "kovn_flows_refused_total", &[("reason", "source_budget"), ("namespace", "default"), ("workload", "Deployment/flood")]);
+    let m = metric_sum(
+        &d,
+        "kovn_flows_refused_total",
+        &[("reason", "source_budget"), ("namespace", "default"), ("workload", "Deployment/flood")],
+    );
     assert!(
         m as u64 >= tx - recorded_pkts,
         "kovn_flows_refused_total {m} for the flooding pod, {tx} sent, {recorded_pkts} in recorded flows"
@@ -338,7 +365,11 @@ fn spoofed_sources_are_counted_on_the_pod_and_name_nobody() {
     assert_eq!(seen_forged, 50, "tcpdump saw the forged frames on the client's veth");
     assert_eq!(kernel_counter(&d, "spoofed"), seen_forged, "{:#}", d.health().unwrap_or_default());
     assert_eq!(
-        metric_sum(&d, "kovn_spoofed_packets_total", &[("namespace", "default"), ("workload", "Deployment/client")]),
+        metric_sum(
+            &d,
+            "kovn_spoofed_packets_total",
+            &[("namespace", "default"), ("workload", "Deployment/client")]
+        ),
         seen_forged as f64
     );
     assert_eq!(metric_sum(&d, "kovn_spoofed_packets_total", &[("workload", "Deployment/server")]), 0.0);
