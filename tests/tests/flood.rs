@@ -142,7 +142,7 @@ fn blast(
             sll.sll_halen = 6;
             let started = Instant::now();
             let mut sent = 0u64;
-            while sent < count && (sent % 256 != 0 || started.elapsed() < secs) {
+            while sent < count && (!sent.is_multiple_of(256) || started.elapsed() < secs) {
                 let f = frame(sent);
                 let rc = libc::sendto(
                     fd,
