@@ -282,7 +282,13 @@ pub const CNT_TUNNEL_BAD: u32 = 7;
 /// A new flow's slot stayed busy (another CPU filling it, or userspace freeing it) past the
 /// bounded wait: the packet is not recorded, rather than recorded in a second place.
 pub const CNT_SLOT_BUSY: u32 = 8;
-pub const CNT_MAX: u32 = 9;
+/// A packet that would have opened a new flow for a pod over its new-flow budget
+/// ([`PodGuard`]): not recorded, counted on the pod ([`PodGuard::refused`]) and here.
+pub const CNT_SOURCE_BUDGET: u32 = 9;
+/// A packet on a pod veth, sent by the pod, whose source is not one of the pod's addresses
+/// ([`PodGuard::addrs`]): not recorded, counted on the pod ([`PodGuard::spoofed`]) and here.
+pub const CNT_SPOOFED: u32 = 10;
+pub const CNT_MAX: u32 = 11;
 
 /// Names of the counters above, for logs and metrics (index = counter).
 pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
@@ -295,7 +301,58 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
     "pull_failed",
     "tunnel_bad",
     "slot_busy",
+    "source_budget",
+    "spoofed",
 ];
+
+/// What the programs know of one pod of this node, by its host veth's ifindex (written by the
+/// daemon from the inventory; the kernel updates only `tat`, `refused` and `spoofed` in place):
+/// its addresses, to count packets the pod sends from another source as spoofed, and its
+/// new-flow budget, so one pod opening flows fast cannot fill the flow table for the node.
+///
+/// The budget is a GCRA (virtual scheduling) token bucket: a new flow of the pod is admitted
+/// when `tat - now <= FLOW_BUDGET_TAU_NS` and then moves `tat` on by `FLOW_BUDGET_COST_NS`
+/// (1 s / rate): one u64 in place, no division, no timer. Updates from several CPUs race
+/// (plain stores): at worst a few more flows than the budget get in, never fewer.
+///
+/// Found in one step on the packet path: slot `ifindex % POD_GUARD_SLOT_COUNT` of the array
+/// [`POD_GUARD_SLOT_MAP`] (inlined by the verifier); a pod whose slot holds another ifindex is
+/// in the hash map [`POD_GUARD_OVERFLOW_MAP`], looked up only when the slot says it has
+/// `overflow` entries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodGuard {
+    /// The host veth's ifindex (0: the slot is free).
+    pub ifindex: u32,
+    /// How many of `addrs` are set (0: addresses unknown, no spoofing check).
+    pub naddrs: u32,
+    /// How many other pods fall on this slot (they are in [`POD_GUARD_OVERFLOW_MAP`]).
+    pub overflow: u32,
+    pub _pad: u32,
+    /// The pod's addresses, encoded like flow addresses (IPv4-mapped).
+    pub addrs: [[u32; 4]; POD_GUARD_ADDRS],
+    /// GCRA theoretical arrival time (CLOCK_MONOTONIC ns) of the pod's next new flow.
+    pub tat: u64,
+    /// Packets not recorded because they would have opened a new flow over the budget.
+    pub refused: u64,
+    /// Packets the pod sent from an address not its own (not recorded).
+    pub spoofed: u64,
+}
+
+/// Addresses per pod the spoofing check knows (dual stack with a spare of each family).
+pub const POD_GUARD_ADDRS: usize = 4;
+pub const POD_GUARD_SLOT_MAP: &str = "POD_GUARD_SLOTS";
+/// Slots of [`POD_GUARD_SLOT_MAP`] (a power of two).
+pub const POD_GUARD_SLOT_COUNT: u32 = 4096;
+pub const POD_GUARD_OVERFLOW_MAP: &str = "POD_GUARD_OVERFLOW";
+/// Bound of the guarded pods (slots and overflow together), like [`DROP_POD_NETNS_MAX`].
+pub const POD_GUARD_MAX: u32 = 4096;
+/// Pod address -> host veth ifindex, for the new-flow budget at hooks that do not know the
+/// pod by their interface (tunnel, underlay, the destination pod's veth).
+pub const POD_ADDR_MAP: &str = "POD_ADDRS";
+pub const POD_ADDR_MAX: u32 = POD_GUARD_MAX * POD_GUARD_ADDRS as u32;
+
+const _: () = assert!(core::mem::size_of::<PodGuard>() == 16 + 16 * POD_GUARD_ADDRS + 24);
 
 #[cfg(feature = "user")]
 mod user {
@@ -306,6 +363,7 @@ mod user {
     unsafe impl aya::Pod for super::TunnelInfo {}
     unsafe impl aya::Pod for super::MtuInfo {}
     unsafe impl aya::Pod for super::FlowSlot {}
+    unsafe impl aya::Pod for super::PodGuard {}
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 mod drops;
+mod guard;
 mod parse;
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
@@ -279,6 +280,12 @@ fn try_observe<const SLOTS: bool>(ctx: &TcContext, hook: u8) -> Result<(), ()> {
         return Err(());
     }
     let ifindex = parse::ifindex(ctx);
+    // What a pod sends (ingress of its host veth) must come from the pod's own addresses: a
+    // forged source is counted on the pod and recorded nowhere, so it never names another
+    // workload. `hook` is a constant here: other programs do not contain the check.
+    if hook == POD_INGRESS && guard::spoofed(ifindex, &w.pkt.src) {
+        return Ok(());
+    }
     let over = if w.pkt.no_frag { oversized(ctx, &w.pkt, ifindex, w.pkt.l3_len) } else { 0 };
     record::<SLOTS>(w, ifindex, hook, false, over);
     if w.pkt.too_big.is_some() {
@@ -286,6 +293,9 @@ fn try_observe<const SLOTS: bool>(ctx: &TcContext, hook: u8) -> Result<(), ()> {
     }
     Ok(())
 }
+
+/// The hook of a pod veth that sees what the pod sends.
+const POD_INGRESS: u8 = HOOK_INGRESS | (KIND_POD << HOOK_KIND_SHIFT);
 
 /// Which side started the conversation, judged from the first packet kovn sees of it.
 /// Returns the side and whether it is a guess (the opening packet was not seen).
@@ -368,7 +378,8 @@ fn record<const SLOTS: bool>(w: &mut Work, ifindex: u32, hook: u8, tunnel: bool,
     let p = &w.pkt;
     let (key, sender) = FlowKey::canonical(p.src, p.dst, p.sport, p.dport, p.proto);
     let now = activity_now();
-    let Some(stats) = flow_record::<SLOTS>(w, &key, sender, now) else { return };
+    let pod = if hook == POD_INGRESS { Some(ifindex) } else { None };
+    let Some(stats) = flow_record::<SLOTS>(w, &key, sender, now, pod) else { return };
     let pkt = &w.pkt;
     // SAFETY: a pointer into a slot or a preallocated hash map value, valid for this run.
     // Concurrent writers are other CPUs on the same flow: counters use atomic adds, the rest
@@ -425,17 +436,23 @@ fn existing_record(key: &FlowKey) -> (Option<*mut FlowStats>, *mut FlowSlot) {
 }
 
 /// The flow's record: its slot, its `FLOWS` entry, or a new one (in the free slot of its key,
-/// else in `FLOWS`). None when it cannot be recorded (counted).
+/// else in `FLOWS`). None when it cannot be recorded (counted). `pod`: the host veth of the
+/// pod that sent the packet, when seen there.
 #[inline(always)]
 fn flow_record<const SLOTS: bool>(
     w: &mut Work,
     key: &FlowKey,
     sender: u8,
     now: u64,
+    pod: Option<u32>,
 ) -> Option<*mut FlowStats> {
     let (found, slot) = existing_record(key);
     if found.is_some() {
         return found;
+    }
+    // A new flow: within the budget of the pod it belongs to (counted when not).
+    if !guard::admit(key, sender, pod, now) {
+        return None;
     }
     // A new flow (or one another CPU is creating right now).
     if SLOTS && !slot.is_null() {

@@ -121,6 +121,8 @@ pub struct Capture {
     /// The direct-mapped slots (None: every flow in the hash map).
     slots: Option<SlotTable>,
     slots_mask: u32,
+    /// The pod guards written to the kernel.
+    guards: crate::guard::GuardMaps,
 }
 
 /// What the running kernel offers that the programs adapt to, passed to them as read-only
@@ -173,15 +175,26 @@ struct Globals {
     coarse: u8,
     tunnel_key_local: u8,
     slots_mask: u32,
+    /// The per-pod new-flow budget (`crate::guard::FlowBudget::gcra_ns`).
+    budget_cost_ns: u64,
+    budget_tau_ns: u64,
 }
 
 impl Globals {
-    fn of(f: &KernelFeatures, table_size: u32, kind: FlowTableKind) -> Self {
+    fn of(
+        f: &KernelFeatures,
+        table_size: u32,
+        kind: FlowTableKind,
+        budget: crate::guard::FlowBudget,
+    ) -> Self {
         let slots = if kind == FlowTableKind::Slots && f.atomic_cmpxchg { slot_count(table_size) } else { 0 };
+        let (budget_cost_ns, budget_tau_ns) = budget.gcra_ns();
         Self {
             coarse: u8::from(f.coarse_clock),
             tunnel_key_local: u8::from(f.tunnel_key_local),
             slots_mask: slots.saturating_sub(1),
+            budget_cost_ns,
+            budget_tau_ns,
         }
     }
 
@@ -199,7 +212,9 @@ impl Globals {
             .map_max_entries(crate::drops::DROP_MAP, (table_size / 4).clamp(1024, 65536))
             .override_global("COARSE_CLOCK", &self.coarse, true)
             .override_global("TUNNEL_KEY_LOCAL", &self.tunnel_key_local, true)
-            .override_global("FLOW_SLOTS_MASK", &self.slots_mask, true);
+            .override_global("FLOW_SLOTS_MASK", &self.slots_mask, true)
+            .override_global("FLOW_BUDGET_COST_NS", &self.budget_cost_ns, true)
+            .override_global("FLOW_BUDGET_TAU_NS", &self.budget_tau_ns, true);
         loader
     }
 }
@@ -331,11 +346,23 @@ impl Capture {
     }
 
     /// [`Capture::load`] with a chosen flow-table layout (the benchmarks compare both).
+    /// The per-pod new-flow budget is the daemon's default for the table (with the default
+    /// 60 s idle timeout), so tests and benchmarks run the code the daemon runs.
     pub fn load_with(table_size: u32, kind: FlowTableKind) -> Result<Self, CaptureError> {
+        let budget = crate::guard::FlowBudget::for_table(table_size, std::time::Duration::from_secs(60));
+        Self::load_full(table_size, kind, budget)
+    }
+
+    /// [`Capture::load_with`] with a per-pod new-flow budget (the daemon's).
+    pub fn load_full(
+        table_size: u32,
+        kind: FlowTableKind,
+        budget: crate::guard::FlowBudget,
+    ) -> Result<Self, CaptureError> {
         if !(1024..=16_777_216).contains(&table_size) {
             return Err(CaptureError::TableSize(table_size));
         }
-        let globals = Globals::of(&KernelFeatures::current(), table_size, kind);
+        let globals = Globals::of(&KernelFeatures::current(), table_size, kind, budget);
         // Drops (kfree_skb): offsets and names from the kernel's BTF, or why not (logged once).
         let drop_cfg = crate::drops::DropConfig::resolve();
         let mut loader = globals.loader(table_size);
@@ -376,7 +403,22 @@ impl Capture {
             unavailable,
             slots,
             slots_mask: globals.slots_mask,
+            guards: crate::guard::GuardMaps::default(),
         })
+    }
+
+    /// Brings the pod guards (new-flow budget, source addresses) in line with `want`: host veth
+    /// ifindex → the pod's addresses (see [`crate::guard::GuardMaps::sync`]).
+    pub fn sync_guards(
+        &mut self,
+        want: &BTreeMap<u32, Vec<std::net::IpAddr>>,
+    ) -> Result<(), crate::guard::GuardError> {
+        self.guards.sync(&mut self.ebpf, want)
+    }
+
+    /// Every guarded pod's refused and spoofed counts.
+    pub fn read_guards(&self) -> Result<Vec<crate::guard::GuardCounts>, crate::guard::GuardError> {
+        self.guards.read(&self.ebpf)
     }
 
     /// The layout in use and, with slots, their count.
@@ -848,7 +890,9 @@ pub fn check(table_size: u32) -> Result<CheckReport, CaptureError> {
         return Err(CaptureError::TableSize(table_size));
     }
     let features = KernelFeatures::current();
-    let globals = Globals::of(&features, table_size, FlowTableKind::Slots);
+    // The daemon's default budget: the verifier sees the budget path as the daemon loads it.
+    let budget = crate::guard::FlowBudget::for_table(table_size, std::time::Duration::from_secs(60));
+    let globals = Globals::of(&features, table_size, FlowTableKind::Slots, budget);
     let drop_cfg = crate::drops::DropConfig::resolve();
     let mut loader = globals.loader(table_size);
     if let Ok(c) = &drop_cfg {

@@ -36,6 +36,8 @@ pub struct RunConfig {
     pub flow_idle_timeout: Duration,
     pub flow_retention: Duration,
     pub flow_table_size: u32,
+    /// The per-pod new-flow budget (`--pod-new-flow-rate`, `--pod-new-flow-burst`).
+    pub flow_budget: crate::guard::FlowBudget,
     /// `/metrics` labelling and series TTL (`--metrics-pod-labels`, `--metrics-series-ttl`).
     pub metrics: crate::export::MetricsConfig,
     pub node_name: String,
@@ -94,6 +96,8 @@ struct Daemon {
     /// ifindex → netns inode (bounded like the kernel map, `DROP_POD_NETNS_MAX`).
     pod_netns: std::collections::BTreeMap<u32, u32>,
     netns: crate::netns::NetnsResolver,
+    /// `flow_flood` findings from the pod guards' refused counts.
+    flood: crate::guard::FloodDetector,
 }
 
 impl Daemon {
@@ -341,6 +345,9 @@ impl Daemon {
             now,
         );
         snap.alerts = self.detector.evaluate(&snap.flows, now);
+        let guards = self.pod_guards();
+        snap.alerts.extend(self.flood.evaluate(&guards, now));
+        self.exporter.update_guards(&guards, Instant::now());
         self.attach_verdicts(&mut snap).await;
         if let Some(d) = &mut self.drill {
             d.update(&mut snap.alerts, &snap.flows);
@@ -357,6 +364,48 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// Keeps the pod guards in step with the attached pod veths and the inventory (a veth's
+    /// pod, by the host interface OVSDB or the inventory file names, gives the addresses; a
+    /// veth of no known pod gets the budget without the spoofing check) and reads their counts.
+    fn pod_guards(&mut self) -> Vec<crate::guard::PodGuardReport> {
+        let inv = self.inventory.read().unwrap_or_else(|p| p.into_inner());
+        let by_veth: std::collections::HashMap<&str, &inventory::PodInfo> =
+            inv.pods().into_iter().filter_map(|p| Some((p.host_iface.as_deref()?, p))).collect();
+        let mut want = std::collections::BTreeMap::new();
+        let mut names = std::collections::HashMap::new();
+        for (&ifindex, a) in self.capture.attachments() {
+            if a.kind != interfaces::IfaceKind::Pod {
+                continue;
+            }
+            let pod = by_veth.get(a.name.as_str()).copied();
+            want.insert(ifindex, pod.map(|p| p.ips.clone()).unwrap_or_default());
+            names.insert(ifindex, (a.name.clone(), pod.cloned()));
+        }
+        drop(inv);
+        if let Err(e) = self.capture.sync_guards(&want) {
+            log::warn!("pod guards: {e}");
+        }
+        let counts = self.capture.read_guards().unwrap_or_else(|e| {
+            log::warn!("reading the pod guards: {e}");
+            Vec::new()
+        });
+        counts
+            .into_iter()
+            .filter_map(|c| {
+                let (interface, pod) = names.remove(&c.ifindex)?;
+                Some(crate::guard::PodGuardReport {
+                    interface,
+                    ifindex: c.ifindex,
+                    namespace: pod.as_ref().map(|p| p.namespace.clone()),
+                    pod: pod.as_ref().map(|p| p.name.clone()),
+                    workload: pod.and_then(|p| p.workload),
+                    refused: c.refused,
+                    spoofed: c.spoofed,
+                })
+            })
+            .collect()
+    }
+
     /// Verdicts for firing findings, refreshed at most every 10 s each; for cross-node flows
     /// the destination's monitor is asked what it saw of the same flow (same id on every node).
     async fn attach_verdicts(&mut self, snap: &mut Snapshot) {
@@ -540,7 +589,9 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             bail!("unknown interface {name:?} (not in this network namespace)");
         }
     }
-    let capture = Capture::load(cfg.flow_table_size).map_err(explain_load_error)?;
+    let capture =
+        Capture::load_full(cfg.flow_table_size, crate::capture::FlowTableKind::Slots, cfg.flow_budget)
+            .map_err(explain_load_error)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -605,6 +656,11 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         ovs_kprobe_why: crate::capture::ovs_vport_kprobe_unavailable(),
         pod_netns: std::collections::BTreeMap::new(),
         netns: crate::netns::NetnsResolver::default(),
+        flood: crate::guard::FloodDetector::new(
+            &cfg.node_name,
+            cfg.detector.resolve_after,
+            cfg.detector.retention,
+        ),
     };
     log::info!("OVS over-MTU kprobe unavailable: {}", d.ovs_kprobe_why);
     if let Some((url, resend)) = cfg.alertmanager.clone() {

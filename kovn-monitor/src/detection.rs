@@ -11,9 +11,11 @@ pub const KIND_CONNECTION_REFUSED: &str = "connection_refused";
 pub const KIND_MTU: &str = "mtu";
 pub const KIND_TUNNEL: &str = "tunnel";
 pub const KIND_DROPS: &str = "drops";
+/// A pod opening new flows faster than its budget (raised by `crate::guard::FloodDetector`).
+pub const KIND_FLOW_FLOOD: &str = "flow_flood";
 /// Every kind, for validating filters.
-pub const KINDS: [&str; 5] =
-    [KIND_REQUEST_WITHOUT_REPLY, KIND_CONNECTION_REFUSED, KIND_MTU, KIND_TUNNEL, KIND_DROPS];
+pub const KINDS: [&str; 6] =
+    [KIND_REQUEST_WITHOUT_REPLY, KIND_CONNECTION_REFUSED, KIND_MTU, KIND_TUNNEL, KIND_DROPS, KIND_FLOW_FLOOD];
 
 /// One finding. Its `id` is stable for the same kind, pair, destination port and protocol,
 /// so a problem that persists is one alert, not a flood.

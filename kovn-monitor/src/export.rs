@@ -111,6 +111,8 @@ pub struct Metrics {
     drops: Family<Labels, Counter>,
     oversized: Family<Labels, Counter>,
     frag_needed: Family<Labels, Counter>,
+    flows_refused: Family<Labels, Counter>,
+    spoofed: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -134,6 +136,8 @@ impl Metrics {
             drops: Family::default(),
             oversized: Family::default(),
             frag_needed: Family::default(),
+            flows_refused: Family::default(),
+            spoofed: Family::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters, `_info` to info metrics and the unit
@@ -187,6 +191,16 @@ impl Metrics {
                 ("version", env!("CARGO_PKG_VERSION").to_string()),
                 ("revision", env!("KOVN_GIT_REVISION").to_string()),
             ]),
+        );
+        registry.register(
+            "kovn_flows_refused",
+            "Packets of new flows not recorded, by reason (source_budget: the pod's new-flow budget was spent) and the pod's namespace and workload",
+            m.flows_refused.clone(),
+        );
+        registry.register(
+            "kovn_spoofed_packets",
+            "Packets a pod sent on its veth from a source address not its own (not recorded), by the pod's namespace and workload",
+            m.spoofed.clone(),
         );
         registry.register(
             "kovn_attached_interfaces",
@@ -525,6 +539,10 @@ pub struct Exporter {
     drops: HashMap<(String, String, u32), u64>,
     /// Last cumulative kernel counters, by reason.
     kernel: BTreeMap<String, u64>,
+    /// Last (refused, spoofed) of each guarded pod, by host veth ifindex (bounded by
+    /// `POD_GUARD_MAX`), and when each (namespace, workload) last had a guarded pod.
+    guards: HashMap<u32, (u64, u64)>,
+    guard_series: HashMap<(String, String), Instant>,
 }
 
 impl Exporter {
@@ -548,6 +566,8 @@ impl Exporter {
             sites: HashMap::new(),
             drops: HashMap::new(),
             kernel: BTreeMap::new(),
+            guards: HashMap::new(),
+            guard_series: HashMap::new(),
         }
     }
 
@@ -567,6 +587,36 @@ impl Exporter {
         self.update_paths(snap, now);
         self.update_health(snap);
         self.expire(now);
+    }
+
+    /// Applies one poll's per-pod guard counts (`kovn_flows_refused_total`,
+    /// `kovn_spoofed_packets_total`): the deltas since the last poll, per pod workload.
+    pub fn update_guards(&mut self, pods: &[crate::guard::PodGuardReport], now: Instant) {
+        let m = &self.metrics;
+        let mut next = HashMap::with_capacity(pods.len());
+        for p in pods {
+            let workload = match (&p.workload, self.cfg.pod_labels) {
+                (Some(w), _) => w.clone(),
+                (None, true) if p.pod.is_some() => p.pod.clone().unwrap_or_default(),
+                _ => "unknown".to_string(),
+            };
+            let key = (p.namespace.clone().unwrap_or_default(), workload);
+            let (lr, ls) = self.guards.get(&p.ifindex).copied().unwrap_or((0, 0));
+            // A smaller value: the guard was rewritten (veth re-created); all of it is new.
+            let d = |cur: u64, last: u64| if cur >= last { cur - last } else { cur };
+            let (dr, ds) = (d(p.refused, lr), d(p.spoofed, ls));
+            next.insert(p.ifindex, (p.refused, p.spoofed));
+            let labels = |extra: Option<(&'static str, &str)>| {
+                let mut l: Labels = extra.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+                l.push(("namespace", key.0.clone()));
+                l.push(("workload", key.1.clone()));
+                l
+            };
+            m.flows_refused.get_or_create(&labels(Some(("reason", "source_budget")))).inc_by(dr);
+            m.spoofed.get_or_create(&labels(None)).inc_by(ds);
+            self.guard_series.insert(key, now);
+        }
+        self.guards = next;
     }
 
     fn update_flows(&mut self, flows: &[Flow], now: Instant) {
@@ -781,6 +831,18 @@ impl Exporter {
                 return true;
             }
             m.path_broken.remove(&path_labels(k));
+            false
+        });
+        self.guard_series.retain(|(ns, wl), t| {
+            if !stale(t) {
+                return true;
+            }
+            m.flows_refused.remove(&vec![
+                ("reason", "source_budget".to_string()),
+                ("namespace", ns.clone()),
+                ("workload", wl.clone()),
+            ]);
+            m.spoofed.remove(&vec![("namespace", ns.clone()), ("workload", wl.clone())]);
             false
         });
         self.sites.retain(|(family, k), t| {

@@ -498,7 +498,7 @@ impl Inventory {
                     name: kp.name.clone(),
                     node: None,
                     ips: kp.ips.clone(),
-                    host_iface: None,
+                    host_iface: kp.host_iface.clone(),
                     mac: None,
                     workload: None,
                     source: "kubernetes".into(),
@@ -509,6 +509,9 @@ impl Inventory {
                     continue;
                 }
                 info.workload = Some(kp.workload.clone());
+                if info.host_iface.is_none() {
+                    info.host_iface = kp.host_iface.clone();
+                }
                 if info.source != "ovsdb" && kp.node.is_some() {
                     info.node = kp.node.clone();
                 }

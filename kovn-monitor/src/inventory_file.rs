@@ -71,6 +71,10 @@ struct Pod {
     /// `Kind/name` of the owner, as the API source reports it (`Deployment/web`).
     #[serde(default)]
     workload: Option<String>,
+    /// The pod's host-side veth on its node (what OVSDB says for Kube-OVN pods): names the
+    /// pod behind the interface (the new-flow budget and spoofing check, drops in the pod).
+    #[serde(default)]
+    host_iface: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +150,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<KubeUpdate>, FileError> {
             name: p.name,
             node: p.node,
             ips: p.ips,
+            host_iface: p.host_iface,
         })
         .collect();
     let mut services = Vec::new();

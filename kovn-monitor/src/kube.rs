@@ -67,6 +67,9 @@ pub struct KubePod {
     pub ips: Vec<IpAddr>,
     /// `Kind/name` of the owning workload (`Deployment/web`, `StatefulSet/db`, `Pod/x`).
     pub workload: String,
+    /// The pod's host-side veth on its node, when the source knows it (the inventory file;
+    /// the API does not: OVSDB names it for this node's pods).
+    pub host_iface: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -270,6 +273,7 @@ pub fn pod_record(pod: &Pod) -> KubePod {
         node: spec.and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()),
         ips,
         workload: workload_of(pod),
+        host_iface: None,
     }
 }
 

@@ -20,6 +20,7 @@ pub mod drilldown;
 pub mod drops;
 pub mod export;
 pub mod flows;
+pub mod guard;
 pub mod health;
 pub mod interfaces;
 pub mod inventory;

@@ -228,6 +228,16 @@ struct RunArgs {
     /// counted as lost (kernel counter `map_full`), never evict live ones.
     #[arg(long, default_value_t = 65536)]
     flow_table_size: u32,
+    /// New flows per second one pod may add to the kernel flow table (opened by it, or into it
+    /// from off the node); beyond its budget they are counted per pod
+    /// (`kovn_flows_refused_total`, a `flow_flood` finding) instead of recorded, so one pod
+    /// cannot fill the table for the node. Default: table size / 8 / idle timeout (136/s for
+    /// 65,536 entries and 60 s), one pod then holds at most ~1/8 of the table. 0: no budget.
+    #[arg(long)]
+    pod_new_flow_rate: Option<u32>,
+    /// New flows one pod may open at once before the rate applies. Default: table size / 64.
+    #[arg(long)]
+    pod_new_flow_burst: Option<u32>,
     /// Label /metrics by pod (`src_pod`, `dst_pod`; the pod name stands in for an unknown
     /// workload): one series per pod pair, for small clusters and debugging only.
     #[arg(long)]
@@ -515,6 +525,14 @@ async fn run(args: RunArgs) -> Result<()> {
         flow_idle_timeout: args.flow_idle_timeout,
         flow_retention: args.flow_retention,
         flow_table_size: args.flow_table_size,
+        flow_budget: {
+            let auto =
+                kovn_monitor::guard::FlowBudget::for_table(args.flow_table_size, args.flow_idle_timeout);
+            kovn_monitor::guard::FlowBudget {
+                per_sec: args.pod_new_flow_rate.unwrap_or(auto.per_sec),
+                burst: args.pod_new_flow_burst.unwrap_or(auto.burst).max(1),
+            }
+        },
         metrics: kovn_monitor::export::MetricsConfig {
             pod_labels: args.metrics_pod_labels,
             series_ttl: args.metrics_series_ttl,

@@ -44,15 +44,37 @@ fn summary(v: &[f64]) -> String {
 const OBSERVER: &str = "kovn_pod_ingress";
 const UNDERLAY: &str = "kovn_underlay_ingress";
 
-/// The flow-table variants compared in the same run (BENCHMARKS.md).
-const VARIANTS: [(FlowTableKind, &str); 2] =
-    [(FlowTableKind::Slots, "slots + hash fallback"), (FlowTableKind::Hash, "hash only")];
+/// The flow-table variants compared in the same run (BENCHMARKS.md), with or without the pod
+/// guard: a guard for the test runs' interface (lo, ifindex 1) holding the frames' source
+/// addresses, so every packet passes the source check, and a new-flow budget too large to
+/// refuse anything in the run, so new flows take the budget's admit path; without, no guard
+/// and no budget (the verifier drops the budget code; the source check is one array lookup
+/// that finds no guard).
+const VARIANTS: [(FlowTableKind, bool, &str); 3] = [
+    (FlowTableKind::Slots, true, "slots + hash fallback, pod guard"),
+    (FlowTableKind::Slots, false, "slots + hash fallback, no guard"),
+    (FlowTableKind::Hash, true, "hash only, pod guard"),
+];
+
+/// A budget that admits every new flow of the run (1 ns apart, a burst of 10^9).
+const BENCH_BUDGET: kovn_monitor::guard::FlowBudget =
+    kovn_monitor::guard::FlowBudget { per_sec: 1_000_000_000, burst: 1_000_000_000 };
 
 fn main() {
     kovn_tests::require_root();
     let size = std::env::var("KOVN_BENCH_TABLE").ok().and_then(|s| s.parse().ok()).unwrap_or(1 << 20);
-    let mut caps: Vec<Capture> =
-        VARIANTS.iter().map(|(kind, _)| Capture::load_with(size, *kind).expect("load")).collect();
+    let mut caps: Vec<Capture> = VARIANTS
+        .iter()
+        .map(|&(kind, guard, _)| {
+            let budget = if guard { BENCH_BUDGET } else { kovn_monitor::guard::FlowBudget::OFF };
+            let mut cap = Capture::load_full(size, kind, budget).expect("load");
+            if guard {
+                let addrs = vec![std::net::IpAddr::from(A4), std::net::IpAddr::from(A6)];
+                cap.sync_guards(&[(1u32, addrs)].into_iter().collect()).expect("pod guard for lo");
+            }
+            cap
+        })
+        .collect();
     caps[0].load_program("kovn_noop").expect("load the empty classifier");
     // 64-byte frames: Ethernet + IPv4 + TCP ACK with 10 bytes of payload.
     let v4 = cat(&[&eth(&[], ETH_IPV4), &ipv4(A4, B4, 6, 0, 0, &tcp(40000, 80, TCP_ACK, &[0; 10]))]);
@@ -79,14 +101,15 @@ fn main() {
         let frames: Vec<Vec<u8>> = (0..NEW_FLOWS)
             .map(|i| {
                 let sport = 1024 + i;
-                let src = [10, 17, (round as u8) + 1, (i % 250) as u8];
-                cat(&[&eth(&[], ETH_IPV4), &ipv4(src, B4, 6, 0, 0, &tcp(sport, 80, TCP_SYN, &[0; 10]))])
+                // From the guarded pod's address (A4) to distinct destinations.
+                let dst = [10, 17, (round as u8) + 1, (i % 250) as u8];
+                cat(&[&eth(&[], ETH_IPV4), &ipv4(A4, dst, 6, 0, 0, &tcp(sport, 80, TCP_SYN, &[0; 10]))])
             })
             .collect();
         let mut line = format!("round {round}:");
         // Alternate the order of the variants between rounds; the empty classifier is measured
         // before each variant's runs.
-        let order: Vec<usize> = if round % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
+        let order: Vec<usize> = if round % 2 == 0 { vec![0, 1, 2] } else { vec![2, 1, 0] };
         for &vi in &order {
             let empty = ns(per_run(&mut caps[0], "kovn_noop", &v4, REPEAT));
             let cap = &mut caps[vi];
@@ -104,13 +127,13 @@ fn main() {
             }
             line += &format!(
                 " | {}: empty {empty:.1} ns, IPv4 {r4:.2}x, IPv6 {r6:.2}x, Geneve {rg:.2}x, new {rn:.2}x",
-                VARIANTS[vi].1
+                VARIANTS[vi].2
             );
         }
         println!("{line}");
     }
     println!("ratios to the empty classifier (kovn_noop) in the same run, median of the rounds:");
-    for (vi, (_, name)) in VARIANTS.iter().enumerate() {
+    for (vi, (_, _, name)) in VARIANTS.iter().enumerate() {
         println!("  [{name}]");
         println!("    existing flow, IPv4 (goal <= 2.5x): {}", summary(&ratios[vi][0]));
         println!("    existing flow, IPv6 (goal <= 2.5x): {}", summary(&ratios[vi][1]));
