@@ -78,10 +78,13 @@ pub fn spoofed(ifindex: u32, src: &[u32; 4]) -> bool {
     true
 }
 
-/// Whether a new flow may be recorded: charged to the pod of this node it belongs to, which is
-/// the pod behind `pod_ifindex` when the packet comes from a pod veth (the pod sent it; its
-/// source was checked), else the pod whose address sent it, else the pod it is for (the reply
-/// to a refused flow, or new flows into a pod from elsewhere). Flows of no local pod pass.
+/// Whether a new flow may be recorded. It is charged to the pod of this node that sent it:
+/// the pod behind `pod_ifindex` when the packet comes from a pod veth (its source was
+/// checked), else the pod whose address sent it. New flows *into* a local pod (from another
+/// node or the outside) are never charged to it, so a busy server is not throttled by its
+/// clients; they are only refused while that pod is over its budget, which keeps the replies
+/// to a flooding pod's refused flows from being recorded as new flows elsewhere on the path.
+/// Flows of no local pod pass.
 #[inline(always)]
 pub fn admit(key: &FlowKey, sender: u8, pod_ifindex: Option<u32>, now: u64) -> bool {
     // SAFETY: read-only globals.
@@ -89,15 +92,19 @@ pub fn admit(key: &FlowKey, sender: u8, pod_ifindex: Option<u32>, now: u64) -> b
     if cost == 0 {
         return true;
     }
-    let g = match pod_ifindex {
-        Some(i) => guard_of(i),
+    let (g, charge) = match pod_ifindex {
+        Some(i) => (guard_of(i), true),
         None => {
             let (from, to) =
                 if sender == SIDE_A { (&key.addr_a, &key.addr_b) } else { (&key.addr_b, &key.addr_a) };
             // SAFETY: plain u32 values of a map the daemon writes.
-            match unsafe { POD_ADDRS.get(from).or_else(|| POD_ADDRS.get(to)) } {
-                Some(&i) => guard_of(i),
-                None => None,
+            match unsafe { POD_ADDRS.get(from) } {
+                Some(&i) => (guard_of(i), true),
+                // SAFETY: as above.
+                None => match unsafe { POD_ADDRS.get(to) } {
+                    Some(&i) => (guard_of(i), false),
+                    None => (None, false),
+                },
             }
         }
     };
@@ -111,6 +118,8 @@ pub fn admit(key: &FlowKey, sender: u8, pod_ifindex: Option<u32>, now: u64) -> b
         count(CNT_SOURCE_BUDGET);
         return false;
     }
-    g.tat = tat + cost;
+    if charge {
+        g.tat = tat + cost;
+    }
     true
 }
