@@ -263,6 +263,7 @@ mod tests {
             src: Some(pod("default", "web-1", "Deployment/web")),
             dst: Some(Endpoint { node: Some("node2".into()), ..pod("shop", "db-0", "StatefulSet/db") }),
             remote_node: Some("node2".into()),
+            backend: None,
             first_seen: "2026-01-01T00:00:00Z".into(),
             last_seen: "2026-01-01T00:00:05Z".into(),
             resolved_at: (state == "resolved").then(|| "2026-01-01T00:01:00Z".into()),
