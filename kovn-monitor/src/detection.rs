@@ -1492,6 +1492,92 @@ mod tests {
         assert_eq!(a[0].kind, "request_without_reply");
     }
 
+    /// A connection to the VIP of `shop/db` (backends db-1 on node1, db-2 on node2) from
+    /// web-1, source port `sport`, and its post-DNAT flow towards `backend` when seen.
+    fn via_service(sport: u16, (req, rep, rev): (u32, u32, u64), backend: Option<&str>) -> Vec<Flow> {
+        let svc = json!({"kind": "service", "namespace": "shop", "service": "shop/db",
+            "backends": ["shop/db-1", "shop/db-2"]});
+        let mut vip = flow(
+            &format!("vip{sport}"),
+            "tcp",
+            80,
+            (req, rep, rev),
+            "pod_to_service",
+            pod("default", "web-1", "node1"),
+            svc,
+            json!([iface("pod", "ingress", "fwd")]),
+        );
+        vip.dst_ip = "10.96.0.11".parse().unwrap();
+        vip.src_port = sport;
+        let mut out = vec![vip];
+        if let Some(b) = backend {
+            let mut post = if b == "db-2" {
+                cross("x", (req, rep, rev), b)
+            } else {
+                same("x", (req, rep, rev), b, true)
+            };
+            post.id = format!("post{sport}");
+            post.src_port = sport;
+            post.dst_ip = if b == "db-2" { "10.16.0.6" } else { "10.16.0.3" }.parse().unwrap();
+            out.push(post);
+        }
+        out
+    }
+
+    #[test]
+    fn service_flows_follow_their_backend() {
+        let mut d = detector();
+        // Two connections failing through db-2, one answered by db-1: one finding, for the
+        // backend db-2, not hidden by db-1 answering and no second (pod-to-pod) finding.
+        let mut flows = via_service(40001, (2, 0, 0), Some("db-2"));
+        flows.extend(via_service(40002, (2, 0, 0), Some("db-2")));
+        flows.extend(via_service(40003, (1, 1, 3), Some("db-1")));
+        let a = d.evaluate(&flows, at(5));
+        let firing: Vec<&Alert> = a.iter().filter(|a| a.state == "firing").collect();
+        assert_eq!(firing.len(), 1, "{a:#?}");
+        let a = firing[0].clone();
+        assert_eq!((a.kind.as_str(), a.scenario.as_str()), ("request_without_reply", "pod_to_service"));
+        let b = a.backend.clone().expect("backend named");
+        assert_eq!(
+            (b.service.as_deref(), b.pod.as_ref().and_then(|p| p.pod.as_deref()), b.ip.to_string(), b.port),
+            (Some("shop/db"), Some("db-2"), "10.16.0.6".to_string(), 8080)
+        );
+        assert_eq!(b.flow, "post40001");
+        assert_eq!(a.flows, vec!["vip40001", "vip40002", "post40001", "post40002"], "{a:#?}");
+        assert_eq!(
+            a.summary,
+            "default/web-1 -> service shop/db via backend shop/db-2: 4 request(s) without reply (tcp)"
+        );
+        // The verdict follows the post-DNAT flow: it left for node2, which saw it arrive
+        // but not reach db-2's veth.
+        let post = flows.iter().find(|f| f.id == "post40001").unwrap();
+        let mut at_peer = post.clone();
+        at_peer.interfaces =
+            vec![serde_json::from_value(iface("underlay", "ingress", "fwd")).expect("iface")];
+        let (hop, summary) = verdict(&a, post, Some(&PeerView::Seen(Some(Box::new(at_peer)))), true);
+        assert_eq!(hop, "lost_before_destination_pod");
+        assert!(summary.contains("shop/db-2 (backend of service shop/db)"), "{summary}");
+        let (hop, _) = verdict(&a, post, Some(&PeerView::Seen(None)), true);
+        assert_eq!(hop, "lost_in_tunnel");
+        // db-2 answers again: resolved.
+        let healed = via_service(40004, (1, 1, 3), Some("db-2"));
+        let r = d.evaluate(&healed, at(8));
+        assert_eq!(r.iter().find(|x| x.id == a.id).map(|x| x.state.as_str()), Some("resolved"), "{r:#?}");
+        // No post-DNAT flow seen: the service is named, the hop is not guessed.
+        let mut d = detector();
+        let lone = via_service(40005, (2, 0, 0), None);
+        let a = d.evaluate(&lone, at(5)).remove(0);
+        assert!(a.backend.is_none());
+        let (hop, summary) = verdict(&a, &lone[0], None, true);
+        assert_eq!(hop, "unknown");
+        assert!(summary.contains("service shop/db"), "{summary}");
+        // A VIP with no backends says so.
+        let mut empty = lone[0].clone();
+        empty.dst.as_mut().unwrap().backends.clear();
+        let a = detector().evaluate(std::slice::from_ref(&empty), at(5)).remove(0);
+        assert_eq!(verdict(&a, &empty, None, true).0, "no_backends");
+    }
+
     #[test]
     fn one_way_udp_ports_are_not_findings() {
         let mut d =
