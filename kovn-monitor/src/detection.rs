@@ -539,6 +539,12 @@ impl Detector {
                 round.failing.push(f);
             } else if f.replies > 0 || f.packets_rev > 0 {
                 round.answered.push(f);
+                // Failures whose backend was not seen are judged per service: any backend
+                // answering later makes them history, as for one pod.
+                if backend.is_some() {
+                    let service_pair = (who(f.src.as_ref(), f.src_ip), who(f.dst.as_ref(), f.dst_ip));
+                    pairs.entry(service_pair).or_default().answered.push(f);
+                }
             }
         }
         // A failure followed by an answered exchange of the same pair, with packets at least
@@ -1039,6 +1045,20 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
         );
     }
     if a.backend.is_none() && a.dst.as_ref().is_some_and(|d| d.kind == "service") {
+        // The load balancer's choice shows on the wire (underlay) for a backend on another
+        // node and on the backend's veth for one here: with the underlay watched, neither
+        // means the request died in this node's br-int, at or after the load balancer (an
+        // ACL/NetworkPolicy evaluated here on the DNATed packet, a flow-table drop). Which
+        // backend conntrack chose is then not visible to the kernel hooks.
+        if underlay_watched && seen(f, "pod", "ingress", "fwd") {
+            return hop(
+                "never_left_source",
+                format!(
+                    "the request from {src} to {dst} ({}:{}) never left {node}: no packet towards any of its backends went out on the wire or reached a backend's veth here; dropped in OVS br-int on {node} at or after the load balancer (ACL/NetworkPolicy, flow tables); the chosen backend is in OVS's conntrack (ovs-appctl dpctl/dump-conntrack)",
+                    a.dst_ip, f.dst_port
+                ),
+            );
+        }
         return hop(
             "unknown",
             format!(
@@ -1568,9 +1588,11 @@ mod tests {
         let lone = via_service(40005, (2, 0, 0), None);
         let a = d.evaluate(&lone, at(5)).remove(0);
         assert!(a.backend.is_none());
-        let (hop, summary) = verdict(&a, &lone[0], None, true);
+        let (hop, summary) = verdict(&a, &lone[0], None, false);
         assert_eq!(hop, "unknown");
         assert!(summary.contains("service shop/db"), "{summary}");
+        // ... unless the underlay is watched: then it never left the node.
+        assert_eq!(verdict(&a, &lone[0], None, true).0, "never_left_source");
         // A VIP with no backends says so.
         let mut empty = lone[0].clone();
         empty.dst.as_mut().unwrap().backends.clear();
