@@ -633,14 +633,9 @@ impl Detector {
                 continue;
             }
             if !round.refused.is_empty() {
-                seen_now.push(self.raise(
-                    KIND_CONNECTION_REFUSED,
-                    src,
-                    dst,
-                    &round.refused,
-                    &round.answered,
-                    now,
-                ));
+                let id = self.raise(KIND_CONNECTION_REFUSED, src, dst, &round.refused, &round.answered, now);
+                self.name_backend(&id, dst, &round.refused, &backend_of);
+                seen_now.push(id);
             }
             if round.failing.is_empty() {
                 continue;
@@ -670,27 +665,7 @@ impl Detector {
                 continue;
             }
             let id = self.raise(kind, src, dst, &round.failing, &round.answered, now);
-            // A service connection: name the backend, and carry its post-DNAT flows (their
-            // drops are evidence too).
-            let first = round.failing[0];
-            if let (Some(b), Some(t)) = (backend_of.get(first.id.as_str()), self.tracked.get_mut(&id)) {
-                let backend = service_backend(first, b);
-                t.alert.summary = t.alert.summary.replacen(
-                    &format!("-> {dst}:"),
-                    &format!(
-                        "-> service {} via backend {}:",
-                        backend.service.as_deref().unwrap_or("?"),
-                        who(backend.pod.as_ref(), backend.ip)
-                    ),
-                    1,
-                );
-                t.alert.backend = Some(backend);
-                t.alert.flows.extend(
-                    round.failing.iter().filter_map(|f| Some(backend_of.get(f.id.as_str())?.id.clone())),
-                );
-            } else if let Some(t) = self.tracked.get_mut(&id) {
-                t.alert.backend = None;
-            }
+            self.name_backend(&id, dst, &round.failing, &backend_of);
             self.supersede(src, dst, kind);
             if let (Some((big, mtu)), Some(t)) = (mtu_hole, self.tracked.get_mut(&id)) {
                 t.alert.evidence.max_request_bytes = Some(big);
@@ -899,6 +874,28 @@ impl Detector {
         a.flows = failing.iter().map(|f| f.id.clone()).collect();
         entry.last_failure = now;
         id
+    }
+
+    /// A service connection's finding: names the backend (pair key `dst`), and carries the
+    /// post-DNAT flows (their drops are evidence too). Other findings have no backend.
+    fn name_backend(&mut self, id: &str, dst: &str, flows: &[&Flow], backend_of: &HashMap<&str, &Flow>) {
+        let Some(t) = self.tracked.get_mut(id) else { return };
+        let Some((first, b)) = flows.first().and_then(|f| Some((*f, *backend_of.get(f.id.as_str())?))) else {
+            t.alert.backend = None;
+            return;
+        };
+        let backend = service_backend(first, b);
+        t.alert.summary = t.alert.summary.replacen(
+            &format!("-> {dst}:"),
+            &format!(
+                "-> service {} via backend {}:",
+                backend.service.as_deref().unwrap_or("?"),
+                who(backend.pod.as_ref(), backend.ip)
+            ),
+            1,
+        );
+        t.alert.backend = Some(backend);
+        t.alert.flows.extend(flows.iter().filter_map(|f| Some(backend_of.get(f.id.as_str())?.id.clone())));
     }
 
     /// A pair's failure seen as one kind earlier (e.g. before the small answered pings or the
