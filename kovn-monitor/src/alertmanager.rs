@@ -111,6 +111,24 @@ pub fn postable(a: &Alert, endpoint: &str, ends_at: &str) -> Postable {
             annotations.insert("next_commands".into(), v.next_commands.join("\n"));
         }
     }
+    // The backend a service connection was load-balanced to (not a label: it is not part of
+    // the finding's identity in Alertmanager, the alert id is).
+    if let Some(b) = &a.backend {
+        let pod = match &b.pod {
+            Some(crate::inventory::Endpoint { namespace: Some(ns), pod: Some(p), .. }) => {
+                format!("{ns}/{p} ")
+            }
+            _ => String::new(),
+        };
+        annotations.insert(
+            "backend".into(),
+            format!(
+                "{pod}{} of service {}",
+                std::net::SocketAddr::new(b.ip, b.port),
+                b.service.as_deref().unwrap_or("?")
+            ),
+        );
+    }
     annotations.insert(
         "drilldown".into(),
         format!("kovn-monitor alerts --endpoint {endpoint} --kind {}   (alert id {})", a.kind, a.id),

@@ -249,7 +249,13 @@ fn backend_flows(flows: &[Flow]) -> HashMap<&str, &Flow> {
     for f in flows {
         let Some(svc) = service_of(f) else { continue };
         let Some(candidates) = by_source.get(&(f.src_ip, f.src_port, f.protocol.as_str())) else { continue };
-        if let Some(b) = candidates.iter().find(|b| svc.backends.contains(&who(b.dst.as_ref(), b.dst_ip))) {
+        // The two are one connection's packets before and after OVS: they start together. An
+        // older or newer flow from the same source port (ports are reused) is another one.
+        let start = parse_time(&f.first_seen);
+        let together = |b: &Flow| matches!((start, parse_time(&b.first_seen)), (Some(x), Some(y)) if (x - y).abs() <= time::Duration::seconds(2));
+        if let Some(b) =
+            candidates.iter().find(|b| together(b) && svc.backends.contains(&who(b.dst.as_ref(), b.dst_ip)))
+        {
             out.insert(f.id.as_str(), *b);
         }
     }
