@@ -94,19 +94,12 @@ struct Daemon {
     /// ifindex → netns inode (bounded like the kernel map, `DROP_POD_NETNS_MAX`).
     pod_netns: std::collections::BTreeMap<u32, u32>,
     netns: crate::netns::NetnsResolver,
-    /// Links (by ifindex) netlink last reported down or without carrier.
-    link_down: std::collections::HashSet<u32>,
 }
 
 impl Daemon {
     fn on_link(&mut self, ev: LinkEvent) {
         match ev {
             LinkEvent::Present(link) => {
-                if link.up {
-                    self.link_down.remove(&link.index);
-                } else {
-                    self.link_down.insert(link.index);
-                }
                 let kind = self.selector.classify(&link.name);
                 self.follow_pod_netns(&link, kind);
                 let Some(kind) = kind else {
@@ -134,7 +127,6 @@ impl Daemon {
                 }
             }
             LinkEvent::Gone(index) => {
-                self.link_down.remove(&index);
                 self.unwatch_pod_netns(index);
                 if let Some(a) = self.capture.detach(index) {
                     log::info!("{} is gone; detached", a.name);
@@ -143,7 +135,6 @@ impl Daemon {
             LinkEvent::Listed(present) => {
                 // A full list: whatever we hold that is not in it went while events were lost.
                 let present: std::collections::HashSet<u32> = present.into_iter().collect();
-                self.link_down.retain(|i| present.contains(i));
                 let gone: Vec<u32> = self
                     .capture
                     .attachments()
@@ -349,14 +340,6 @@ impl Daemon {
             |iface| kinds.get(iface).cloned().unwrap_or_else(|| "host".into()),
             now,
         );
-        let down: Vec<String> = self
-            .capture
-            .attachments()
-            .iter()
-            .filter(|(i, x)| x.kind == interfaces::IfaceKind::Underlay && self.link_down.contains(i))
-            .map(|(_, x)| x.name.clone())
-            .collect();
-        self.detector.set_underlay_down(down, now);
         snap.alerts = self.detector.evaluate(&snap.flows, now);
         self.attach_verdicts(&mut snap).await;
         if let Some(d) = &mut self.drill {
@@ -379,17 +362,6 @@ impl Daemon {
     async fn attach_verdicts(&mut self, snap: &mut Snapshot) {
         const REFRESH: Duration = Duration::from_secs(10);
         for a in snap.alerts.iter_mut().filter(|a| a.state == "firing") {
-            if a.verdict.as_ref().is_some_and(|v| v.hop == detection::HOP_UNDERLAY_DOWN) {
-                // Named by the detector from netlink; only the namespace prefix is ours.
-                if let (Some(ns), Some(v)) = (&self.commands.netns, a.verdict.as_mut()) {
-                    for c in &mut v.next_commands {
-                        if !c.starts_with("journalctl") {
-                            *c = format!("ip netns exec {ns} {c}");
-                        }
-                    }
-                }
-                continue;
-            }
             if a.kind == detection::KIND_DROPS {
                 // The detector names the drop site itself; only the namespace prefix is ours.
                 if let (Some(ns), Some(v)) = (&self.commands.netns, a.verdict.as_mut()) {
@@ -642,7 +614,6 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         ovs_kprobe_why: crate::capture::ovs_vport_kprobe_unavailable(),
         pod_netns: std::collections::BTreeMap::new(),
         netns: crate::netns::NetnsResolver::default(),
-        link_down: std::collections::HashSet::new(),
     };
     log::info!("OVS over-MTU kprobe unavailable: {}", d.ovs_kprobe_why);
     if let Some((url, resend)) = cfg.alertmanager.clone() {

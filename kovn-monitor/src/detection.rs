@@ -319,14 +319,7 @@ pub struct Detector {
     drop_counts: HashMap<(String, String, u32), u64>,
     /// Drop rises within the drop window, oldest first.
     drop_window: std::collections::VecDeque<DropDelta>,
-    /// Watched underlay NICs that are down now (no `IFF_UP`/carrier), by name.
-    underlay_down: Vec<String>,
-    /// When the last underlay outage ended: cross-node failures before it are its, not news.
-    underlay_back_at: Option<OffsetDateTime>,
 }
-
-/// The verdict hop of the finding a down underlay NIC raises.
-pub const HOP_UNDERLAY_DOWN: &str = "underlay_down";
 
 impl Detector {
     pub fn new(node: &str, cfg: DetectorConfig) -> Self {
@@ -336,19 +329,7 @@ impl Detector {
             tracked: BTreeMap::new(),
             drop_counts: HashMap::new(),
             drop_window: Default::default(),
-            underlay_down: Vec::new(),
-            underlay_back_at: None,
         }
-    }
-
-    /// Takes the watched underlay NICs that are down now (from netlink) before `evaluate`.
-    pub fn set_underlay_down(&mut self, mut down: Vec<String>, now: OffsetDateTime) {
-        down.sort();
-        down.dedup();
-        if !self.underlay_down.is_empty() && down.is_empty() {
-            self.underlay_back_at = Some(now);
-        }
-        self.underlay_down = down;
     }
 
     /// Takes this poll's kernel drop records (cumulative counts) before `evaluate`.
@@ -586,13 +567,6 @@ impl Detector {
             };
             round.failing.retain(current);
             round.refused.retain(current);
-            // Cross-node requests that failed while the underlay NIC was down were explained
-            // by it (one finding then); once it is back they are history, not new findings.
-            if let Some(back) = self.underlay_back_at {
-                round.failing.retain(|f| {
-                    !(through_tunnel(path(f)) && parse_time(&f.last_seen).is_some_and(|t| t <= back))
-                });
-            }
         }
         // Cross-node pairs failing towards a node while its other pairs and same-node traffic
         // work point at the tunnel: counted per remote node.
@@ -626,18 +600,7 @@ impl Detector {
         // Tunnel findings are per node pair: every pod pair failing towards that node is one
         // problem of the tunnel, raised once below.
         let mut tunnel_failing: BTreeMap<String, Vec<&Flow>> = BTreeMap::new();
-        // The node's underlay NIC is down: every cross-node failure is that, one finding for
-        // the node (whatever same-node traffic does), the per-pair ones folded into it.
-        let mut underlay_failing: Vec<&Flow> = Vec::new();
         for ((src, dst), round) in &pairs {
-            if !self.underlay_down.is_empty()
-                && !round.failing.is_empty()
-                && round.failing.iter().all(|f| through_tunnel(path(f)))
-            {
-                self.supersede(src, dst, KIND_TUNNEL);
-                underlay_failing.extend(round.failing.iter().copied());
-                continue;
-            }
             if !round.refused.is_empty() {
                 let id = self.raise(KIND_CONNECTION_REFUSED, src, dst, &round.refused, &round.answered, now);
                 self.name_backend(&id, dst, &round.refused, &backend_of);
@@ -683,40 +646,6 @@ impl Detector {
         for (remote, failing) in &tunnel_failing {
             seen_now.push(self.raise(KIND_TUNNEL, &local, remote, failing, &[], now));
         }
-        if !underlay_failing.is_empty() {
-            let id = self.raise(KIND_TUNNEL, &local, "underlay", &underlay_failing, &[], now);
-            let nics = self.underlay_down.join(", ");
-            let pairs_n = {
-                let mut p: Vec<(String, String)> = underlay_failing
-                    .iter()
-                    .map(|f| (who(f.src.as_ref(), f.src_ip), destination(path(f))))
-                    .collect();
-                p.sort();
-                p.dedup();
-                p.len()
-            };
-            if let Some(t) = self.tracked.get_mut(&id) {
-                let a = &mut t.alert;
-                a.remote_node = None;
-                a.backend = None;
-                a.summary = format!(
-                    "{local}: underlay NIC {nics} is down; cross-node requests of {pairs_n} pod pair(s) unanswered"
-                );
-                a.verdict = Some(Verdict {
-                    hop: HOP_UNDERLAY_DOWN.into(),
-                    summary: format!(
-                        "the underlay NIC {nics} of {local} is down (no IFF_UP or no carrier, from netlink): nothing leaves {local} for other nodes; same-node traffic is unaffected"
-                    ),
-                    next_commands: self
-                        .underlay_down
-                        .iter()
-                        .flat_map(|n| [format!("ip link show {n}"), format!("ip -s link show {n}")])
-                        .chain(["journalctl -k --since -10min".to_string()])
-                        .collect(),
-                });
-            }
-            seen_now.push(id);
-        }
         for id in &seen_now {
             if let Some(t) = self.tracked.get_mut(id) {
                 t.alert.evidence.drops.clear();
@@ -730,15 +659,11 @@ impl Detector {
             if t.alert.state != "firing" || seen_now.contains(id) {
                 continue;
             }
-            // An underlay outage ends when the NIC is back.
-            let nic_back = self.underlay_down.is_empty()
-                && t.alert.verdict.as_ref().is_some_and(|v| v.hop == HOP_UNDERLAY_DOWN);
             // Drops have no answer that heals them: only quiet does.
-            let healed = nic_back
-                || t.alert.kind != KIND_DROPS
-                    && pairs
-                        .get(&(t.alert_src(), t.alert_dst()))
-                        .is_some_and(|r| !r.answered.is_empty() && r.failing.is_empty());
+            let healed = t.alert.kind != KIND_DROPS
+                && pairs
+                    .get(&(t.alert_src(), t.alert_dst()))
+                    .is_some_and(|r| !r.answered.is_empty() && r.failing.is_empty());
             if healed || now - t.last_failure >= resolve_after {
                 t.alert.state = "resolved".into();
                 t.alert.resolved_at = Some(rfc3339(now));
@@ -1676,31 +1601,6 @@ mod tests {
         empty.dst.as_mut().unwrap().backends.clear();
         let a = detector().evaluate(std::slice::from_ref(&empty), at(5)).remove(0);
         assert_eq!(verdict(&a, &empty, None, true).0, "no_backends");
-    }
-
-    #[test]
-    fn a_down_underlay_nic_is_one_finding_with_its_cause() {
-        let mut d = detector();
-        d.set_underlay_down(vec!["eth0".into()], at(4));
-        // Two pairs failing across, no same-node traffic at all: one finding, the NIC named.
-        let flows = vec![cross("a", (2, 0, 0), "db-2"), cross("b", (2, 0, 0), "cache-2")];
-        let a = d.evaluate(&flows, at(5));
-        assert_eq!(a.len(), 1, "{a:#?}");
-        let v = a[0].verdict.as_ref().expect("verdict");
-        assert_eq!((a[0].kind.as_str(), v.hop.as_str()), (KIND_TUNNEL, HOP_UNDERLAY_DOWN));
-        assert_eq!(a[0].flows.len(), 2);
-        assert!(a[0].summary.contains("underlay NIC eth0 is down"), "{}", a[0].summary);
-        assert_eq!(v.next_commands[0], "ip link show eth0");
-        // Same-node failures are not the NIC's.
-        let mut d2 = detector();
-        d2.set_underlay_down(vec!["eth0".into()], at(4));
-        let a2 = d2.evaluate(&[same("c", (2, 0, 0), "db-1", false)], at(5));
-        assert_eq!(a2[0].kind, KIND_REQUEST_WITHOUT_REPLY);
-        // The NIC back: resolved, and the failures of the outage raise nothing new.
-        d.set_underlay_down(Vec::new(), at(6));
-        let a = d.evaluate(&flows, at(6));
-        assert!(a.iter().all(|a| a.state == "resolved"), "{a:#?}");
-        assert_eq!(a.len(), 1, "{a:#?}");
     }
 
     #[test]

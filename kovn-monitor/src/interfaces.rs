@@ -121,8 +121,6 @@ pub struct Link {
     /// `IFLA_LINK_NETNSID`: the nsid of the namespace a veth's peer is in, when not ours (a
     /// pod veth's: the pod's network namespace, see `crate::netns`).
     pub peer_nsid: Option<i32>,
-    /// Administratively up with a carrier (`IFF_UP` and `IFF_LOWER_UP`).
-    pub up: bool,
 }
 
 #[derive(Debug)]
@@ -148,9 +146,7 @@ fn link_of(msg: &LinkMessage) -> Option<Link> {
             _ => {}
         }
     }
-    use netlink_packet_route::link::LinkFlags;
-    let up = msg.header.flags.contains(LinkFlags::Up | LinkFlags::LowerUp);
-    Some(Link { index: msg.header.index, name: name?, mtu, peer_nsid, up })
+    Some(Link { index: msg.header.index, name: name?, mtu, peer_nsid })
 }
 
 /// How often the link list is dumped again although no overflow was reported (an overflow

@@ -749,63 +749,6 @@ fn t07_fault_tunnel_cut() {
     note!("t07 tunnel-cut in {:.1}s", t.elapsed().as_secs_f32());
 }
 
-/// `GET path` of `node`'s monitor from inside the node's namespace (its node IP is local
-/// there): with the node's NIC down, the machine cannot reach it from outside.
-fn get_inside(lab: &Lab, node: &lab::Node, path: &str) -> Value {
-    let url = format!("{}{path}", monitor_url(lab, &node.name));
-    let out = run("ip", &["netns", "exec", &node.netns, "curl", "-sf", "--max-time", "5", &url]);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{url}: {e}: {out}"))
-}
-
-#[test]
-fn t07b_fault_underlay_down() {
-    let (_serial, mut lab) = fixture();
-    let t = Instant::now();
-    let (a, b, c) = pods(&lab);
-    let node1 = node_of(&lab, &a).clone();
-    let node2 = node_of(&lab, &b).clone();
-    inject(
-        &mut lab,
-        FaultSpec::TunnelCut { from: node1.name.clone(), to: node2.name.clone(), how: CutHow::Down },
-    );
-    let _heal = HealOnDrop(lab.clone());
-    // Independently: the kernel says the NIC is down.
-    let link = run("ip", &["-n", &node1.netns, "-o", "link", "show", &node1.underlay_iface]);
-    assert!(!link.contains("LOWER_UP") || !link.contains(",UP"), "{} still up: {link}", node1.underlay_iface);
-    // Two pairs across, and no same-node traffic at that moment (the tunnel rule needs it;
-    // the NIC's own state does not).
-    let b2 = lab.pods_on(&node2.name).find(|p| p.name != b.name).expect("a second pod on node2").clone();
-    let cross = tcp(&a, addr(&b), 41051);
-    let cross2 = tcp(&c, addr(&b2), 41052);
-    assert!(!cross.ok && !cross2.ok, "the NIC is down, yet: {} / {}", cross.detail, cross2.detail);
-    let deadline = Instant::now() + Duration::from_secs(12);
-    let finding = loop {
-        let all =
-            get_inside(&lab, &node1, "/api/v1/alerts")["alerts"].as_array().cloned().unwrap_or_default();
-        let firing: Vec<&Value> = all.iter().filter(|a| a["state"] == "firing").collect();
-        if let [f] = firing.as_slice()
-            && f["verdict"]["hop"] == "underlay_down"
-            && f["flows"].as_array().is_some_and(|fl| fl.len() >= 2)
-        {
-            assert_eq!(f["kind"], "tunnel", "{f:#}");
-            assert!(
-                f["verdict"]["summary"].as_str().unwrap_or_default().contains(&node1.underlay_iface),
-                "{f:#}"
-            );
-            break (*f).clone();
-        }
-        assert!(Instant::now() < deadline, "no single underlay_down finding on node1: {all:#?}");
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    heal(&mut lab);
-    let probe = tcp(&a, addr(&b), 41053);
-    assert!(probe.ok, "healed: {}", probe.detail);
-    let probe2 = tcp(&c, addr(&b2), 41054);
-    assert!(probe2.ok, "healed: {}", probe2.detail);
-    expect_resolved(&lab, "node1", &finding["id"]);
-    note!("t07b underlay-down in {:.1}s", t.elapsed().as_secs_f32());
-}
-
 #[test]
 fn t08_fault_acl_deny() {
     let (_serial, mut lab) = fixture();
