@@ -111,6 +111,24 @@ pub fn postable(a: &Alert, endpoint: &str, ends_at: &str) -> Postable {
             annotations.insert("next_commands".into(), v.next_commands.join("\n"));
         }
     }
+    // The backend a service connection was load-balanced to (not a label: it is not part of
+    // the finding's identity in Alertmanager, the alert id is).
+    if let Some(b) = &a.backend {
+        let pod = match &b.pod {
+            Some(crate::inventory::Endpoint { namespace: Some(ns), pod: Some(p), .. }) => {
+                format!("{ns}/{p} ")
+            }
+            _ => String::new(),
+        };
+        annotations.insert(
+            "backend".into(),
+            format!(
+                "{pod}{} of service {}",
+                std::net::SocketAddr::new(b.ip, b.port),
+                b.service.as_deref().unwrap_or("?")
+            ),
+        );
+    }
     annotations.insert(
         "drilldown".into(),
         format!("kovn-monitor alerts --endpoint {endpoint} --kind {}   (alert id {})", a.kind, a.id),
@@ -263,6 +281,7 @@ mod tests {
             src: Some(pod("default", "web-1", "Deployment/web")),
             dst: Some(Endpoint { node: Some("node2".into()), ..pod("shop", "db-0", "StatefulSet/db") }),
             remote_node: Some("node2".into()),
+            backend: None,
             first_seen: "2026-01-01T00:00:00Z".into(),
             last_seen: "2026-01-01T00:00:05Z".into(),
             resolved_at: (state == "resolved").then(|| "2026-01-01T00:01:00Z".into()),

@@ -433,9 +433,17 @@ impl Daemon {
             if fresh && a.verdict.is_some() {
                 continue;
             }
-            let Some(f) = a.flows.first().and_then(|id| snap.flows.iter().find(|f| &f.id == id)) else {
+            let Some(vip_flow) = a.flows.first().and_then(|id| snap.flows.iter().find(|f| &f.id == id))
+            else {
                 continue;
             };
+            // A service connection with a known backend: its post-DNAT flow is what is
+            // followed (and asked about on the backend's node), like a pod-to-pod flow.
+            let f = a
+                .backend
+                .as_ref()
+                .and_then(|b| snap.flows.iter().find(|f| f.id == b.flow))
+                .unwrap_or(vip_flow);
             let peer = match (f.scenario.as_str(), f.tunnel.as_ref().and_then(|t| t.remote_ip)) {
                 ("pod_to_pod_cross_node", Some(ip)) => Some(ask_peer(ip, self.cfg.peer_port, f).await),
                 ("pod_to_pod_cross_node", None) => {
@@ -458,7 +466,9 @@ impl Daemon {
             let mut v = Verdict {
                 hop,
                 summary,
-                next_commands: detection::next_commands(a, f, &self.commands, &src, &dst),
+                // Commands trace the client's own packet (to the VIP: ovn-trace follows the
+                // load balancer), then the backend's.
+                next_commands: detection::next_commands(a, vip_flow, &self.commands, &src, &dst),
             };
             // The kernel's own reason inside a pod (here or on the peer node) is more precise
             // than where packets were last seen.

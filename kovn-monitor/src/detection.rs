@@ -42,6 +42,10 @@ pub struct Alert {
     /// For tunnel findings: the remote node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_node: Option<String>,
+    /// For requests to a service VIP: the service and the backend its load balancer chose for
+    /// them (when this node saw the post-DNAT packets), whose path the verdict follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<ServiceBackend>,
     /// RFC 3339.
     pub first_seen: String,
     pub last_seen: String,
@@ -81,6 +85,24 @@ pub struct Evidence {
     pub drops: Vec<DropEvidence>,
 }
 
+/// The backend a service flow was load-balanced to: OVN's load balancer rewrites the VIP
+/// inside OVS (conntrack DNAT), so the kernel shows the same source address and port towards
+/// the backend's address and port (on the tunnel device or underlay NIC for a backend on
+/// another node, on the backend's veth for one on this node).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServiceBackend {
+    /// `namespace/name` of the service (or the load balancer's `vip -> backends`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub ip: std::net::IpAddr,
+    pub port: u16,
+    /// The backend pod (namespace, pod, node), when the inventory knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Endpoint>,
+    /// The post-DNAT flow's id (the same on every node: ask the backend's node about it).
+    pub flow: String,
+}
+
 /// Packets the kernel dropped, by reason and where.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DropEvidence {
@@ -97,7 +119,8 @@ pub struct DropEvidence {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Verdict {
     /// `never_left_source|lost_in_tunnel|lost_before_destination_pod|no_reply_from_destination|
-    /// refused_by_destination|unknown`
+    /// refused_by_destination|no_backends|dropped_in_source_pod|dropped_in_destination_pod|
+    /// dropped_at_<location>|unknown`
     pub hop: String,
     pub summary: String,
     pub next_commands: Vec<String>,
@@ -205,6 +228,60 @@ fn destination(f: &Flow) -> String {
             backends.join(",")
         }
         d => who(d.as_ref(), f.dst_ip),
+    }
+}
+
+/// The service a flow is addressed to (its VIP), if any.
+fn service_of(f: &Flow) -> Option<&Endpoint> {
+    f.dst.as_ref().filter(|d| d.kind == "service")
+}
+
+/// For every flow to a service VIP, the post-DNAT flow of the same connection seen on this
+/// node: same protocol, source address and port, towards one of the service's backends (by
+/// the pod name the inventory gives both). Keyed by the VIP flow's id. A connection has one
+/// backend (conntrack keeps its choice), so the first match is it.
+fn backend_flows(flows: &[Flow]) -> HashMap<&str, &Flow> {
+    let mut by_source: HashMap<(std::net::IpAddr, u16, &str), Vec<&Flow>> = HashMap::new();
+    for f in
+        flows.iter().filter(|f| service_of(f).is_none() && f.dst.as_ref().is_some_and(|d| d.kind == "pod"))
+    {
+        by_source.entry((f.src_ip, f.src_port, f.protocol.as_str())).or_default().push(f);
+    }
+    let mut out = HashMap::new();
+    for f in flows {
+        let Some(svc) = service_of(f) else { continue };
+        let Some(candidates) = by_source.get(&(f.src_ip, f.src_port, f.protocol.as_str())) else { continue };
+        // The two are one connection's packets before and after OVS: they start together. An
+        // older or newer flow from the same source port (ports are reused) is another one.
+        let start = parse_time(&f.first_seen);
+        let together = |b: &Flow| matches!((start, parse_time(&b.first_seen)), (Some(x), Some(y)) if (x - y).abs() <= time::Duration::seconds(2));
+        if let Some(b) =
+            candidates.iter().find(|b| together(b) && svc.backends.contains(&who(b.dst.as_ref(), b.dst_ip)))
+        {
+            out.insert(f.id.as_str(), *b);
+        }
+    }
+    out
+}
+
+/// The backend view of a service flow `f` whose post-DNAT flow is `b`.
+fn service_backend(f: &Flow, b: &Flow) -> ServiceBackend {
+    ServiceBackend {
+        service: service_of(f).and_then(|s| s.service.clone()),
+        ip: b.dst_ip,
+        port: b.dst_port,
+        pod: b.dst.clone(),
+        flow: b.id.clone(),
+    }
+}
+
+/// The destination a pair is keyed by: the service and, once known, its chosen backend (so
+/// connections to a healthy backend of the same service neither hide nor heal a failing one).
+fn pair_dst(dst: Option<&Endpoint>, dst_ip: std::net::IpAddr, backend: Option<&ServiceBackend>) -> String {
+    let d = who(dst, dst_ip);
+    match backend {
+        Some(b) => format!("{d}>{}", who(b.pod.as_ref(), b.ip)),
+        None => d,
     }
 }
 
@@ -391,6 +468,7 @@ impl Detector {
                     src: None,
                     dst: None,
                     remote_node: None,
+                    backend: None,
                     first_seen: rfc3339(now),
                     last_seen: String::new(),
                     resolved_at: None,
@@ -434,17 +512,30 @@ impl Detector {
     }
 
     /// Runs every detector over the current flows; returns the findings (firing first).
-    pub fn evaluate(&mut self, flows: &[Flow], now: OffsetDateTime) -> Vec<Alert> {
+    pub fn evaluate<'a>(&mut self, flows: &'a [Flow], now: OffsetDateTime) -> Vec<Alert> {
         let timeout = time::Duration::try_from(self.cfg.reply_timeout).unwrap_or(time::Duration::seconds(3));
         let mut pairs: HashMap<(String, String), PairRound> = HashMap::new();
         // Pod traffic only: the node's own connections on its NIC (API server, SSH, scrapes)
         // are not what kovn watches over.
         let is_pod = |e: &Option<Endpoint>| e.as_ref().is_some_and(|e| e.kind == "pod");
+        // Service connections are judged by the client's view (the VIP flow on its veth) and
+        // located by their post-DNAT flow, which is part of them, not a pair of its own.
+        let backend_of = backend_flows(flows);
+        let post_dnat: std::collections::HashSet<&str> = backend_of.values().map(|b| b.id.as_str()).collect();
+        // What locates a flow: the backend's flow for a service connection, else itself.
+        fn on_path<'a>(backend_of: &HashMap<&str, &'a Flow>, f: &'a Flow) -> &'a Flow {
+            backend_of.get(f.id.as_str()).copied().unwrap_or(f)
+        }
+        let path = |f: &'a Flow| on_path(&backend_of, f);
         for f in flows.iter().filter(|f| reported_here(f, &self.node) && (is_pod(&f.src) || is_pod(&f.dst))) {
             if f.protocol == "udp" && self.cfg.udp_oneway_ports.contains(&f.dst_port) {
                 continue;
             }
-            let key = (who(f.src.as_ref(), f.src_ip), who(f.dst.as_ref(), f.dst_ip));
+            if post_dnat.contains(f.id.as_str()) {
+                continue;
+            }
+            let backend = backend_of.get(f.id.as_str()).map(|b| service_backend(f, b));
+            let key = (who(f.src.as_ref(), f.src_ip), pair_dst(f.dst.as_ref(), f.dst_ip, backend.as_ref()));
             let round = pairs.entry(key).or_default();
             if f.state == "reset" && f.replies == 0 && f.rst_rev > 0 {
                 round.refused.push(f);
@@ -456,6 +547,12 @@ impl Detector {
                 round.failing.push(f);
             } else if f.replies > 0 || f.packets_rev > 0 {
                 round.answered.push(f);
+                // Failures whose backend was not seen are judged per service: any backend
+                // answering later makes them history, as for one pod.
+                if backend.is_some() {
+                    let service_pair = (who(f.src.as_ref(), f.src_ip), who(f.dst.as_ref(), f.dst_ip));
+                    pairs.entry(service_pair).or_default().answered.push(f);
+                }
             }
         }
         // A failure followed by an answered exchange of the same pair, with packets at least
@@ -488,12 +585,12 @@ impl Detector {
             let concurrent = |f: &&&Flow| {
                 failing_since.is_some_and(|since| parse_time(&f.last_seen).is_some_and(|t| t >= since))
             };
-            for f in round.failing.iter().filter(|f| through_tunnel(f)) {
+            for f in round.failing.iter().map(|f| path(f)).filter(|f| through_tunnel(f)) {
                 if let Some(n) = f.tunnel.as_ref().and_then(|t| t.remote_node.clone()) {
                     by_remote.entry(n).or_default().0.insert(destination(f));
                 }
             }
-            for f in round.answered.iter().filter(concurrent).filter(|f| through_tunnel(f)) {
+            for f in round.answered.iter().filter(concurrent).map(|f| path(f)).filter(|f| through_tunnel(f)) {
                 if let Some(n) = f.tunnel.as_ref().and_then(|t| t.remote_node.clone()) {
                     by_remote.entry(n).or_default().1 += 1;
                 }
@@ -507,14 +604,9 @@ impl Detector {
         let mut tunnel_failing: BTreeMap<String, Vec<&Flow>> = BTreeMap::new();
         for ((src, dst), round) in &pairs {
             if !round.refused.is_empty() {
-                seen_now.push(self.raise(
-                    KIND_CONNECTION_REFUSED,
-                    src,
-                    dst,
-                    &round.refused,
-                    &round.answered,
-                    now,
-                ));
+                let id = self.raise(KIND_CONNECTION_REFUSED, src, dst, &round.refused, &round.answered, now);
+                self.name_backend(&id, dst, &round.refused, &backend_of);
+                seen_now.push(id);
             }
             if round.failing.is_empty() {
                 continue;
@@ -522,12 +614,12 @@ impl Detector {
             let mtu_hole = self.mtu_black_hole(&round.failing, &round.answered);
             let kind = if mtu_hole.is_some() {
                 KIND_MTU
-            } else if round.failing.iter().all(|f| through_tunnel(f))
+            } else if round.failing.iter().all(|f| through_tunnel(path(f)))
                 && same_node_ok
                 && round
                     .failing
                     .iter()
-                    .filter_map(|f| f.tunnel.as_ref()?.remote_node.clone())
+                    .filter_map(|f| path(f).tunnel.as_ref()?.remote_node.clone())
                     .any(|n| by_remote.get(&n).is_some_and(|(fail, ok)| fail.len() >= 2 && *ok == 0))
             {
                 KIND_TUNNEL
@@ -537,13 +629,14 @@ impl Detector {
             if kind == KIND_TUNNEL {
                 self.supersede(src, dst, KIND_TUNNEL);
                 for f in &round.failing {
-                    if let Some(n) = f.tunnel.as_ref().and_then(|t| t.remote_node.clone()) {
+                    if let Some(n) = path(f).tunnel.as_ref().and_then(|t| t.remote_node.clone()) {
                         tunnel_failing.entry(n).or_default().push(f);
                     }
                 }
                 continue;
             }
             let id = self.raise(kind, src, dst, &round.failing, &round.answered, now);
+            self.name_backend(&id, dst, &round.failing, &backend_of);
             self.supersede(src, dst, kind);
             if let (Some((big, mtu)), Some(t)) = (mtu_hole, self.tracked.get_mut(&id)) {
                 t.alert.evidence.max_request_bytes = Some(big);
@@ -684,6 +777,7 @@ impl Detector {
                 src: first.src.clone(),
                 dst: first.dst.clone(),
                 remote_node: None,
+                backend: None,
                 first_seen: first_seen.clone(),
                 last_seen: String::new(),
                 resolved_at: None,
@@ -715,6 +809,28 @@ impl Detector {
         id
     }
 
+    /// A service connection's finding: names the backend (pair key `dst`), and carries the
+    /// post-DNAT flows (their drops are evidence too). Other findings have no backend.
+    fn name_backend(&mut self, id: &str, dst: &str, flows: &[&Flow], backend_of: &HashMap<&str, &Flow>) {
+        let Some(t) = self.tracked.get_mut(id) else { return };
+        let Some((first, b)) = flows.first().and_then(|f| Some((*f, *backend_of.get(f.id.as_str())?))) else {
+            t.alert.backend = None;
+            return;
+        };
+        let backend = service_backend(first, b);
+        t.alert.summary = t.alert.summary.replacen(
+            &format!("-> {dst}:"),
+            &format!(
+                "-> service {} via backend {}:",
+                backend.service.as_deref().unwrap_or("?"),
+                who(backend.pod.as_ref(), backend.ip)
+            ),
+            1,
+        );
+        t.alert.backend = Some(backend);
+        t.alert.flows.extend(flows.iter().filter_map(|f| Some(backend_of.get(f.id.as_str())?.id.clone())));
+    }
+
     /// A pair's failure seen as one kind earlier (e.g. before the small answered pings or the
     /// second failing pair arrived) and now understood as `kind`: the earlier finding was the
     /// same problem, so it goes rather than fire twice.
@@ -742,7 +858,7 @@ impl Tracked {
         who(self.alert.src.as_ref(), self.alert.src_ip)
     }
     fn alert_dst(&self) -> String {
-        who(self.alert.dst.as_ref(), self.alert.dst_ip)
+        pair_dst(self.alert.dst.as_ref(), self.alert.dst_ip, self.alert.backend.as_ref())
     }
 }
 
@@ -882,9 +998,20 @@ pub fn next_commands(
 /// cross-node flows, what the destination's node saw.
 /// `underlay_watched`: this node watches its NIC as the underlay, so a cross-node request
 /// that was never seen leaving through it never left the node.
+/// For a service connection whose backend is known (`a.backend`), `f` is the post-DNAT flow
+/// (towards the backend) and `peer` the backend node's view of it: the backend's path is
+/// judged exactly like a pod-to-pod one.
 pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: bool) -> (String, String) {
     let src = who(a.src.as_ref(), a.src_ip);
-    let dst = who(a.dst.as_ref(), a.dst_ip);
+    let dst = match (&a.backend, a.dst.as_ref().filter(|d| d.kind == "service")) {
+        (Some(b), _) => format!(
+            "{} (backend of service {})",
+            who(b.pod.as_ref(), b.ip),
+            b.service.as_deref().unwrap_or("?")
+        ),
+        (None, Some(svc)) => format!("service {}", svc.service.as_deref().unwrap_or("?")),
+        _ => who(a.dst.as_ref(), a.dst_ip),
+    };
     let node = &a.node;
     let remote =
         f.tunnel.as_ref().and_then(|t| t.remote_node.clone()).unwrap_or_else(|| "the other node".into());
@@ -910,6 +1037,40 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
             );
         }
         _ => {}
+    }
+    if let Some(svc) = a.dst.as_ref().filter(|d| d.kind == "service" && d.backends.is_empty()) {
+        return hop(
+            "no_backends",
+            format!(
+                "{src} sends to service {} ({}:{}), which has no backends: no ready endpoints (EndpointSlices) or an empty OVN load balancer",
+                svc.service.as_deref().unwrap_or("?"),
+                a.dst_ip,
+                f.dst_port
+            ),
+        );
+    }
+    if a.backend.is_none() && a.dst.as_ref().is_some_and(|d| d.kind == "service") {
+        // The load balancer's choice shows on the wire (underlay) for a backend on another
+        // node and on the backend's veth for one here: with the underlay watched, neither
+        // means the request died in this node's br-int, at or after the load balancer (an
+        // ACL/NetworkPolicy evaluated here on the DNATed packet, a flow-table drop). Which
+        // backend conntrack chose is then not visible to the kernel hooks.
+        if underlay_watched && seen(f, "pod", "ingress", "fwd") {
+            return hop(
+                "never_left_source",
+                format!(
+                    "the request from {src} to {dst} ({}:{}) never left {node}: no packet towards any of its backends went out on the wire or reached a backend's veth here; dropped in OVS br-int on {node} at or after the load balancer (ACL/NetworkPolicy, flow tables); the chosen backend is in OVS's conntrack (ovs-appctl dpctl/dump-conntrack)",
+                    a.dst_ip, f.dst_port
+                ),
+            );
+        }
+        return hop(
+            "unknown",
+            format!(
+                "the request left {src} for {dst} ({}:{}) on {node}; no reply came back, and no packet towards one of its backends was seen on {node}: dropped before or in the load balancer (OVS br-int), or the backend is on this node and the request never reached its veth",
+                a.dst_ip, f.dst_port
+            ),
+        );
     }
     let delivered_here = seen(f, "pod", "egress", "fwd");
     if f.scenario != "pod_to_pod_cross_node" {
@@ -1354,6 +1515,94 @@ mod tests {
         let mut d = detector();
         let a = d.evaluate(&[cross("a", (2, 0, 0), "db-2"), same("c", (1, 1, 2), "db-1", true)], at(5));
         assert_eq!(a[0].kind, "request_without_reply");
+    }
+
+    /// A connection to the VIP of `shop/db` (backends db-1 on node1, db-2 on node2) from
+    /// web-1, source port `sport`, and its post-DNAT flow towards `backend` when seen.
+    fn via_service(sport: u16, (req, rep, rev): (u32, u32, u64), backend: Option<&str>) -> Vec<Flow> {
+        let svc = json!({"kind": "service", "namespace": "shop", "service": "shop/db",
+            "backends": ["shop/db-1", "shop/db-2"]});
+        let mut vip = flow(
+            &format!("vip{sport}"),
+            "tcp",
+            80,
+            (req, rep, rev),
+            "pod_to_service",
+            pod("default", "web-1", "node1"),
+            svc,
+            json!([iface("pod", "ingress", "fwd")]),
+        );
+        vip.dst_ip = "10.96.0.11".parse().unwrap();
+        vip.src_port = sport;
+        let mut out = vec![vip];
+        if let Some(b) = backend {
+            let mut post = if b == "db-2" {
+                cross("x", (req, rep, rev), b)
+            } else {
+                same("x", (req, rep, rev), b, true)
+            };
+            post.id = format!("post{sport}");
+            post.src_port = sport;
+            post.dst_ip = if b == "db-2" { "10.16.0.6" } else { "10.16.0.3" }.parse().unwrap();
+            out.push(post);
+        }
+        out
+    }
+
+    #[test]
+    fn service_flows_follow_their_backend() {
+        let mut d = detector();
+        // Two connections failing through db-2, one answered by db-1: one finding, for the
+        // backend db-2, not hidden by db-1 answering and no second (pod-to-pod) finding.
+        let mut flows = via_service(40001, (2, 0, 0), Some("db-2"));
+        flows.extend(via_service(40002, (2, 0, 0), Some("db-2")));
+        flows.extend(via_service(40003, (1, 1, 3), Some("db-1")));
+        let a = d.evaluate(&flows, at(5));
+        let firing: Vec<&Alert> = a.iter().filter(|a| a.state == "firing").collect();
+        assert_eq!(firing.len(), 1, "{a:#?}");
+        let a = firing[0].clone();
+        assert_eq!((a.kind.as_str(), a.scenario.as_str()), ("request_without_reply", "pod_to_service"));
+        let b = a.backend.clone().expect("backend named");
+        assert_eq!(
+            (b.service.as_deref(), b.pod.as_ref().and_then(|p| p.pod.as_deref()), b.ip.to_string(), b.port),
+            (Some("shop/db"), Some("db-2"), "10.16.0.6".to_string(), 8080)
+        );
+        assert_eq!(b.flow, "post40001");
+        assert_eq!(a.flows, vec!["vip40001", "vip40002", "post40001", "post40002"], "{a:#?}");
+        assert_eq!(
+            a.summary,
+            "default/web-1 -> service shop/db via backend shop/db-2: 4 request(s) without reply (tcp)"
+        );
+        // The verdict follows the post-DNAT flow: it left for node2, which saw it arrive
+        // but not reach db-2's veth.
+        let post = flows.iter().find(|f| f.id == "post40001").unwrap();
+        let mut at_peer = post.clone();
+        at_peer.interfaces =
+            vec![serde_json::from_value(iface("underlay", "ingress", "fwd")).expect("iface")];
+        let (hop, summary) = verdict(&a, post, Some(&PeerView::Seen(Some(Box::new(at_peer)))), true);
+        assert_eq!(hop, "lost_before_destination_pod");
+        assert!(summary.contains("shop/db-2 (backend of service shop/db)"), "{summary}");
+        let (hop, _) = verdict(&a, post, Some(&PeerView::Seen(None)), true);
+        assert_eq!(hop, "lost_in_tunnel");
+        // db-2 answers again: resolved.
+        let healed = via_service(40004, (1, 1, 3), Some("db-2"));
+        let r = d.evaluate(&healed, at(8));
+        assert_eq!(r.iter().find(|x| x.id == a.id).map(|x| x.state.as_str()), Some("resolved"), "{r:#?}");
+        // No post-DNAT flow seen: the service is named, the hop is not guessed.
+        let mut d = detector();
+        let lone = via_service(40005, (2, 0, 0), None);
+        let a = d.evaluate(&lone, at(5)).remove(0);
+        assert!(a.backend.is_none());
+        let (hop, summary) = verdict(&a, &lone[0], None, false);
+        assert_eq!(hop, "unknown");
+        assert!(summary.contains("service shop/db"), "{summary}");
+        // ... unless the underlay is watched: then it never left the node.
+        assert_eq!(verdict(&a, &lone[0], None, true).0, "never_left_source");
+        // A VIP with no backends says so.
+        let mut empty = lone[0].clone();
+        empty.dst.as_mut().unwrap().backends.clear();
+        let a = detector().evaluate(std::slice::from_ref(&empty), at(5)).remove(0);
+        assert_eq!(verdict(&a, &empty, None, true).0, "no_backends");
     }
 
     #[test]

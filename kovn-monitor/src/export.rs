@@ -1209,6 +1209,7 @@ mod tests {
             src: Some(pod("shop", "web-1", Some("web"))),
             dst: Some(pod("shop", "db-0", Some("db"))),
             remote_node: None,
+            backend: None,
             first_seen: String::new(),
             last_seen: String::new(),
             resolved_at: None,
