@@ -336,6 +336,7 @@ impl FloodDetector {
                     src: None,
                     dst: None,
                     remote_node: None,
+                    backend: None,
                     first_seen: fmt(now),
                     last_seen: String::new(),
                     resolved_at: None,
