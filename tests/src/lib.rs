@@ -202,6 +202,21 @@ impl Daemon {
         self.get("/healthz")
     }
 
+    /// The sum of a metric's samples in a `/metrics` scrape whose labels include `labels`.
+    pub fn metric_sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "curl", "-sf", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:{}/metrics", self.port))
+            .output()
+            .expect("curl /metrics");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The flows via the CLI (`kovn-monitor flows -o json`), as the operator would get them.
     pub fn flows(&self) -> Vec<serde_json::Value> {
         let bin = monitor_bin();

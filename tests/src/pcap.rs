@@ -31,9 +31,10 @@ impl Packet {
     }
 }
 
-/// Reads a classic pcap file (tcpdump -w): a 24-byte global header, then per packet a
-/// 16-byte record header (ts_sec, ts_usec, incl_len, orig_len) and incl_len bytes.
-pub fn read(path: &Path) -> Vec<Packet> {
+/// The records of a classic pcap file (tcpdump -w): a 24-byte global header, then per packet a
+/// 16-byte record header (ts_sec, ts_usec, incl_len, orig_len) and incl_len bytes. Each record
+/// as (captured bytes, original length); Ethernet link type only.
+pub fn records(path: &Path) -> Vec<(Vec<u8>, u32)> {
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     assert!(data.len() >= 24, "{} is not a pcap file", path.display());
     let magic = u32::from_le_bytes(data[0..4].try_into().expect("4 bytes"));
@@ -46,7 +47,7 @@ pub fn read(path: &Path) -> Vec<Packet> {
         let b: [u8; 4] = data[o..o + 4].try_into().expect("4 bytes");
         if le { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) }
     };
-    assert_eq!(u32_at(20), 1, "link type must be Ethernet");
+    assert_eq!(u32_at(20), 1, "{}: link type must be Ethernet", path.display());
     let mut out = Vec::new();
     let mut off = 24;
     while off + 16 <= data.len() {
@@ -54,12 +55,15 @@ pub fn read(path: &Path) -> Vec<Packet> {
         let orig = u32_at(off + 12);
         let start = off + 16;
         let end = (start + incl).min(data.len());
-        if let Some(p) = parse(&data[start..end], orig) {
-            out.push(p);
-        }
+        out.push((data[start..end].to_vec(), orig));
         off = start + incl;
     }
     out
+}
+
+/// The packets of a pcap file (see [`records`]), parsed; non-IP frames are left out.
+pub fn read(path: &Path) -> Vec<Packet> {
+    records(path).iter().filter_map(|(frame, orig)| parse(frame, *orig)).collect()
 }
 
 fn parse(data: &[u8], orig_len: u32) -> Option<Packet> {

@@ -4,7 +4,6 @@
 //! a drop in another namespace of the same kernel is not reported.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use kovn_tests::{Daemon, Netns, Pair, in_netns};
@@ -247,20 +246,6 @@ fn firing_alert_for(d: &Daemon, flow_id: &serde_json::Value) -> serde_json::Valu
     }
 }
 
-fn metric_sum(d: &Daemon, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &d.ns, "curl", "-sf", "--max-time", "5"])
-        .arg(format!("http://127.0.0.1:{}/metrics", d.port))
-        .output()
-        .expect("curl /metrics");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn firewall_inside_the_destination_pod_is_named_with_the_pod_and_its_counter() {
     let n = PodNode::new(11);
@@ -311,7 +296,7 @@ fn firewall_inside_the_destination_pod_is_named_with_the_pod_and_its_counter() {
     assert_eq!(v["next_commands"][0], format!("ip netns exec {} nft list ruleset", n.server.name), "{a:#}");
 
     // In /metrics with location="pod".
-    let m = metric_sum(&d, "kovn_drops_total", &[("reason", "NETFILTER_DROP"), ("location", "pod")]);
+    let m = d.metric_sum("kovn_drops_total", &[("reason", "NETFILTER_DROP"), ("location", "pod")]);
     assert_eq!(m, syns as f64, "kovn_drops_total{{location=\"pod\"}}");
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");

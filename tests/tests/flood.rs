@@ -5,7 +5,6 @@
 //! are the independent truth.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kovn_tests::{Capture, Daemon, Netns, in_netns};
@@ -168,20 +167,6 @@ fn tx_packets(pod: &Pod) -> u64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|e| panic!("tx_packets: {e}"))
 }
 
-fn metric_sum(d: &Daemon, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &d.ns, "curl", "-sf", "--max-time", "5"])
-        .arg(format!("http://127.0.0.1:{}/metrics", d.port))
-        .output()
-        .expect("curl /metrics");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn kernel_counter(d: &Daemon, name: &str) -> u64 {
     d.health().and_then(|h| h["kernel_counters"][name].as_u64()).unwrap_or(0)
 }
@@ -311,8 +296,7 @@ fn a_flooding_pod_does_not_blind_the_node() {
     // The budget: burst 64 + 8/s (a little more for races between CPUs).
     let budget = 64 + 8 * (elapsed.as_secs() + 3);
     assert!(recorded <= budget + 16, "{recorded} flood flows recorded, budget {budget}");
-    let m = metric_sum(
-        &d,
+    let m = d.metric_sum(
         "kovn_flows_refused_total",
         &[("reason", "source_budget"), ("namespace", "default"), ("workload", "Deployment/flood")],
     );
@@ -321,7 +305,7 @@ fn a_flooding_pod_does_not_blind_the_node() {
         "kovn_flows_refused_total {m} for the flooding pod, {tx} sent, {recorded_pkts} in recorded flows"
     );
     assert_eq!(
-        metric_sum(&d, "kovn_flows_refused_total", &[("workload", "Deployment/client")]),
+        d.metric_sum("kovn_flows_refused_total", &[("workload", "Deployment/client")]),
         0.0,
         "the client was never over its budget"
     );
@@ -365,14 +349,13 @@ fn spoofed_sources_are_counted_on_the_pod_and_name_nobody() {
     assert_eq!(seen_forged, 50, "tcpdump saw the forged frames on the client's veth");
     assert_eq!(kernel_counter(&d, "spoofed"), seen_forged, "{:#}", d.health().unwrap_or_default());
     assert_eq!(
-        metric_sum(
-            &d,
+        d.metric_sum(
             "kovn_spoofed_packets_total",
             &[("namespace", "default"), ("workload", "Deployment/client")]
         ),
         seen_forged as f64
     );
-    assert_eq!(metric_sum(&d, "kovn_spoofed_packets_total", &[("workload", "Deployment/server")]), 0.0);
+    assert_eq!(d.metric_sum("kovn_spoofed_packets_total", &[("workload", "Deployment/server")]), 0.0);
     let flows = d.flows();
     let named_server: Vec<_> =
         flows.iter().filter(|f| f["src_ip"] == server.ip_str() || f["dst_ip"] == server.ip_str()).collect();

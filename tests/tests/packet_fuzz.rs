@@ -59,33 +59,6 @@ impl Rng {
     }
 }
 
-/// Raw frames of a classic pcap file (Ethernet link type), as captured.
-fn pcap_frames(path: &Path) -> Vec<Vec<u8>> {
-    let data = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    assert!(data.len() >= 24, "{} is not a pcap file", path.display());
-    let magic = u32::from_le_bytes(data[0..4].try_into().expect("4 bytes"));
-    let le = match magic {
-        0xa1b2_c3d4 | 0xa1b2_3c4d => true,
-        0xd4c3_b2a1 | 0x4d3c_b2a1 => false,
-        _ => panic!("{}: bad pcap magic {magic:#x}", path.display()),
-    };
-    let u32_at = |o: usize| {
-        let b: [u8; 4] = data[o..o + 4].try_into().expect("4 bytes");
-        if le { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) }
-    };
-    assert_eq!(u32_at(20), 1, "{}: link type must be Ethernet", path.display());
-    let mut out = Vec::new();
-    let mut off = 24;
-    while off + 16 <= data.len() {
-        let incl = u32_at(off + 8) as usize;
-        let start = off + 16;
-        let end = (start + incl).min(data.len());
-        out.push(data[start..end].to_vec());
-        off = start + incl;
-    }
-    out
-}
-
 /// The seed corpus: the lab's captures and a hand-built frame for every parse path.
 fn seeds() -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/packet_fuzz");
@@ -97,7 +70,7 @@ fn seeds() -> Vec<Vec<u8>> {
         .collect();
     files.sort();
     for f in &files {
-        out.extend(pcap_frames(f));
+        out.extend(kovn_tests::pcap::records(f).into_iter().map(|(frame, _)| frame));
     }
     let captured = out.len();
     let e4 = eth(&[], ETH_IPV4);
