@@ -8,7 +8,7 @@ pub mod model;
 pub mod render;
 
 use std::io::IsTerminal as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
@@ -502,14 +502,23 @@ async fn live(opts: &TopOptions, color: bool) -> Result<()> {
     }
     // A full channel would keep the input thread waiting in its send: closing it ends that.
     drop(rx);
-    // After a hang-up the reader may be stuck in crossterm for good: it ends with the process.
+    // The reader sees `stop` within its 100 ms poll. After a hang-up (seen by the watchdog, or
+    // as SIGHUP first, whichever wins) it may be stuck in crossterm for good: it is then left to
+    // end with the process. Waiting is bounded either way.
     let hung_up = result.as_ref().is_err_and(|e| e.is::<HungUp>());
-    if !hung_up {
+    let waited = Instant::now();
+    while !input.is_finished() && waited.elapsed() < INPUT_JOIN_WAIT {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if input.is_finished() {
         let _ = input.join();
     }
     drop(terminal);
     if hung_up { Ok(()) } else { result }
 }
+
+/// How long the view waits for its input thread on the way out (it polls every 100 ms).
+const INPUT_JOIN_WAIT: Duration = Duration::from_millis(500);
 
 /// The view's terminal hung up.
 #[derive(Debug, thiserror::Error)]
