@@ -29,8 +29,9 @@ macro_rules! note {
 /// How long the healthy mix runs while nothing may fire (KOVN_HEALTHY_SECS changes it).
 /// One minute: Debian's OVS 3.1 userspace datapath (the lab's) aborts under longer mixes with
 /// `conntrack.c:1063: assertion conn->conn_type == CT_CONN_TYPE_DEFAULT failed in
-/// conn_update_state()` (seen after 70-120 s), which takes the node off the network; that is
-/// OVS's bug, reported as such below rather than as a monitor failure.
+/// conn_update_state()` (seen after 70-120 s). The lab's `ovs-vswitchd --monitor` restarts it
+/// within seconds, but the outage may raise a finding; that is OVS's bug, reported as such below
+/// rather than as a monitor failure.
 fn healthy_for() -> Duration {
     Duration::from_secs(std::env::var("KOVN_HEALTHY_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60))
 }

@@ -334,6 +334,13 @@ fn start_node_ovs(node: &Node) -> Result<()> {
     // devices of its bridges belong there.
     let mut args = vec![node.ovsdb()];
     args.extend(daemon_flags(dir, "ovs-vswitchd"));
+    // Debian 12's OVS 3.1 userspace datapath aborts in its conntrack after a minute or two of
+    // mixed traffic through an OVN load balancer (`conntrack.c: assertion conn->conn_type ==
+    // CT_CONN_TYPE_DEFAULT failed in conn_update_state()`), which took the whole node off the
+    // network for the rest of a demo or a test. OVS's own monitor process restarts it after
+    // such a crash (SIGABRT, SIGSEGV, ...; not after SIGTERM): ovn-controller re-installs its
+    // flows and the node is back within seconds, and the crash stays in ovs-vswitchd.log.
+    args.push("--monitor".into());
     args.push(format!("--unixctl={}", node.vswitchd_ctl.display()));
     run_env("ip", &sys::in_netns(&node.netns, "ovs-vswitchd", &args), &ovs_env(dir))?;
     Ok(())
