@@ -511,11 +511,15 @@ impl Ctx<'_> {
         let fault = lab.inject(step.fault.clone())?;
         let injected = Instant::now();
         self.story.say(&format!("fault {n} injected: {}", step.what));
-        // The finding for the pair; the step's own kind when there are several.
+        // The finding for the pair: the step's own kind (a reply-drop is a request without reply
+        // on the client's node, whose drill-down follows the request) when it comes within half
+        // the wait; another kind for the pair (the server node's drops finding) only after that.
         let finding = self.wait_for(WAIT_FINDING, || {
             let firing: Vec<Value> =
                 self.alerts().into_iter().filter(|a| a["state"] == "firing" && of_pair(a)).collect();
-            firing.iter().find(|a| a["kind"] == step.kind).or(firing.first()).cloned()
+            let own = firing.iter().find(|a| a["kind"] == step.kind);
+            let other = (injected.elapsed() >= WAIT_FINDING / 2).then(|| firing.first()).flatten();
+            own.or(other).cloned()
         });
         let Some(finding) = finding else {
             if !self.stop.load(Ordering::SeqCst) {
