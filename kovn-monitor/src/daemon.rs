@@ -490,7 +490,7 @@ impl Daemon {
 }
 
 /// Marks the flows behind each firing finding with its id, kind and verdict.
-fn link_flows_to_alerts(snap: &mut Snapshot) {
+pub(crate) fn link_flows_to_alerts(snap: &mut Snapshot) {
     let mut by_flow = std::collections::HashMap::new();
     for a in snap.alerts.iter().filter(|a| a.state == "firing") {
         for id in &a.flows {

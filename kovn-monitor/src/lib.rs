@@ -20,6 +20,8 @@ pub mod drilldown;
 pub mod drops;
 pub mod export;
 pub mod flows;
+#[cfg(test)]
+mod golden_tests;
 pub mod guard;
 pub mod health;
 pub mod interfaces;
