@@ -44,7 +44,7 @@ pub fn render_alerts(alerts: &[crate::detection::Alert]) -> String {
     for a in alerts {
         out.push_str(&format!(
             "{:<8} {:<22} {:<22} {}  [{}, since {}] id={}\n",
-            a.state.to_uppercase(),
+            a.state.as_str().to_uppercase(),
             a.kind,
             a.scenario,
             a.summary,
@@ -52,7 +52,7 @@ pub fn render_alerts(alerts: &[crate::detection::Alert]) -> String {
             a.first_seen,
             a.id
         ));
-        if a.state == "firing"
+        if a.state == crate::model::AlertState::Firing
             && let Some(v) = &a.verdict
         {
             out.push_str(&format!("         where: {} ({})\n", v.summary, v.hop));
@@ -114,13 +114,18 @@ fn human_bytes(b: u64) -> String {
 }
 
 /// `namespace/pod:port` when the pod is known, else `ip:port` (no port for ICMP and others).
-fn endpoint(ip: std::net::IpAddr, port: u16, proto: &str, who: Option<&Endpoint>) -> String {
+fn endpoint(
+    ip: std::net::IpAddr,
+    port: u16,
+    proto: crate::model::Protocol,
+    who: Option<&Endpoint>,
+) -> String {
     let host = match who {
         Some(Endpoint { namespace: Some(ns), pod: Some(pod), .. }) => format!("{ns}/{pod}"),
         _ if ip.is_ipv6() => format!("[{ip}]"),
         _ => ip.to_string(),
     };
-    if proto == "icmp" || proto == "icmpv6" || proto == "other" { host } else { format!("{host}:{port}") }
+    if proto.is_icmp() || proto == crate::model::Protocol::Other { host } else { format!("{host}:{port}") }
 }
 
 /// A plain table of flows, one per line, widest columns sized to content.
@@ -143,15 +148,21 @@ pub fn render_table(flows: &[Flow]) -> String {
             let mut ifaces: Vec<String> = f
                 .interfaces
                 .iter()
-                .map(|i| format!("{}/{}", i.name, if i.direction == "ingress" { "in" } else { "out" }))
+                .map(|i| {
+                    format!(
+                        "{}/{}",
+                        i.name,
+                        if i.direction == crate::model::Direction::Ingress { "in" } else { "out" }
+                    )
+                })
                 .collect();
             ifaces.dedup();
             [
-                endpoint(f.src_ip, f.src_port, &f.protocol, f.src.as_ref()),
-                endpoint(f.dst_ip, f.dst_port, &f.protocol, f.dst.as_ref()),
-                f.protocol.clone(),
-                f.scenario.clone(),
-                f.state.clone(),
+                endpoint(f.src_ip, f.src_port, f.protocol, f.src.as_ref()),
+                endpoint(f.dst_ip, f.dst_port, f.protocol, f.dst.as_ref()),
+                f.protocol.to_string(),
+                f.scenario.to_string(),
+                f.state.to_string(),
                 format!("{}/{}", f.packets_fwd, f.packets_rev),
                 format!("{}/{}", human_bytes(f.bytes_fwd), human_bytes(f.bytes_rev)),
                 f.rtt_us.map(|r| format!("{:.3}ms", r as f64 / 1000.0)).unwrap_or_else(|| "-".into()),

@@ -21,7 +21,7 @@ use kovn_ebpf_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::flows::{Clock, Flow, flow_id, ip_of, protocol_name};
+use crate::flows::{Clock, Flow, flow_id, ip_of};
 
 pub const DROP_MAP: &str = "DROPS";
 pub const DROP_COUNTER_MAP: &str = "DROP_COUNTERS";
@@ -767,7 +767,11 @@ pub fn records(
             dst_ip: ip.then_some(dst.0),
             src_port: src.1,
             dst_port: dst.1,
-            protocol: if ip { protocol_name(f.proto).into() } else { "non_ip".into() },
+            protocol: if ip {
+                crate::model::Protocol::from_number(f.proto).as_str().into()
+            } else {
+                "non_ip".into()
+            },
             ip_proto: f.proto,
             reason: hook.reason_name(k.reason),
             reason_code: k.reason,
@@ -817,7 +821,7 @@ pub fn name_pods(
                 _ => [&f.dst, &f.src],
             };
             ends.into_iter().flatten().find_map(|e| {
-                if e.kind != "pod" || e.node.as_deref().is_some_and(|n| n != node) {
+                if e.kind != crate::model::EndpointKind::Pod || e.node.as_deref().is_some_and(|n| n != node) {
                     return None;
                 }
                 Some(format!("{}/{}", e.namespace.as_deref()?, e.pod.as_deref()?))
@@ -908,7 +912,7 @@ pub fn pod_drop_verdict(f: &Flow, peer: Option<&Flow>) -> Option<PodDropVerdict>
         .filter(|d| d.location == DropLocation::Pod)
         // A TCP SYN to a closed port is freed as NO_SOCKET after the kernel answered it with an
         // RST: that is a refusal (`refused_by_destination`), not a silent drop.
-        .filter(|d| !(d.reason == "NO_SOCKET" && f.protocol == "tcp"))
+        .filter(|d| !(d.reason == "NO_SOCKET" && f.protocol == crate::model::Protocol::Tcp))
         .max_by_key(|d| d.count)?;
     let reply = d.direction == Some(DropDirection::Reply);
     let (src, dst) = (endpoint_name(f.src.as_ref(), f.src_ip), endpoint_name(f.dst.as_ref(), f.dst_ip));

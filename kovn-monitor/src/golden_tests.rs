@@ -24,6 +24,7 @@ use crate::detection::{CommandContext, Detector, DetectorConfig, EndpointFacts, 
 use crate::drops::{DropDirection, DropLocation, DropRecord};
 use crate::flows::{Clock, Flow, IfaceNames};
 use crate::inventory::Inventory;
+use crate::model::{AlertKind, AlertState, Scenario};
 
 /// 2026-01-01T00:00:00Z at monotonic 0.
 const EPOCH_NS: i128 = 1_767_225_600 * 1_000_000_000;
@@ -279,7 +280,7 @@ fn drop_record(f: &Flow, reason: &str, location: DropLocation, iface: (&str, u32
         dst_ip: Some(f.dst_ip),
         src_port: f.src_port,
         dst_port: f.dst_port,
-        protocol: f.protocol.clone(),
+        protocol: f.protocol.to_string(),
         ip_proto: f.ip_proto,
         reason: reason.into(),
         reason_code: 6,
@@ -345,11 +346,11 @@ fn snapshot() -> Snapshot {
         logical_switch: "ovn-default".into(),
         ..Default::default()
     };
-    for a in alerts.iter_mut().filter(|a| a.state == "firing" && a.kind != crate::detection::KIND_DROPS) {
+    for a in alerts.iter_mut().filter(|a| a.state == AlertState::Firing && a.kind != AlertKind::Drops) {
         let vip_flow =
             flows.iter().find(|f| Some(&f.id) == a.flows.first()).unwrap_or_else(|| panic!("flow of {a:#?}"));
         let f = a.backend.as_ref().and_then(|b| flows.iter().find(|f| f.id == b.flow)).unwrap_or(vip_flow);
-        let peer = (f.scenario == "pod_to_pod_cross_node").then_some(PeerView::Seen(None));
+        let peer = (f.scenario == Scenario::PodToPodCrossNode).then_some(PeerView::Seen(None));
         let (hop, summary) = crate::detection::verdict(a, f, peer.as_ref(), true);
         let facts = |ip| {
             inv.pod(ip)
@@ -462,6 +463,17 @@ async fn get(app: axum::Router, uri: &str, accept: Option<&str>) -> (String, Str
 /// order, names, labels, label order and values stay as encoded; the samples of one series (a
 /// histogram's sum, count and buckets) keep their order.
 fn canonical_metrics(text: &str) -> String {
+    // The build's commit changes with every commit: not a format.
+    let text: Vec<String> = text
+        .lines()
+        .map(|line| match line.split_once("revision=\"") {
+            Some((before, after)) if line.starts_with("kovn_build_info{") => {
+                let rest = after.split_once('"').map_or("", |(_, r)| r);
+                format!("{before}revision=\"REVISION\"{rest}")
+            }
+            _ => line.to_string(),
+        })
+        .collect();
     let mut out = String::new();
     let mut block: Vec<(String, Vec<&str>)> = Vec::new();
     let flush = |block: &mut Vec<(String, Vec<&str>)>, out: &mut String| {
@@ -473,7 +485,7 @@ fn canonical_metrics(text: &str) -> String {
             }
         }
     };
-    for line in text.lines() {
+    for line in text.iter().map(String::as_str) {
         if line.starts_with('#') {
             flush(&mut block, &mut out);
             out.push_str(line);

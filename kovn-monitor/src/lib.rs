@@ -28,6 +28,7 @@ pub mod interfaces;
 pub mod inventory;
 pub mod inventory_file;
 pub mod kube;
+pub mod model;
 pub mod netns;
 pub mod ovsdb;
 pub mod server;

@@ -162,7 +162,7 @@ struct AlertsArgs {
     #[arg(long, value_parser = ["firing", "resolved"])]
     state: Option<String>,
     /// Only findings of this kind.
-    #[arg(long, value_parser = kovn_monitor::api::ALERT_KINDS)]
+    #[arg(long, value_parser = kovn_monitor::model::AlertKind::NAMES)]
     kind: Option<String>,
     /// Only findings with an end in this namespace.
     #[arg(long)]
@@ -391,7 +391,7 @@ struct FlowsArgs {
     #[arg(long)]
     pod: Option<String>,
     /// Only flows of this scenario (repeatable: any of them).
-    #[arg(long, value_parser = kovn_monitor::api::SCENARIOS)]
+    #[arg(long, value_parser = kovn_monitor::model::Scenario::NAMES)]
     scenario: Vec<String>,
     /// At most this many flows (the most recently active first).
     #[arg(long)]
