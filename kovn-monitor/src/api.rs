@@ -60,7 +60,8 @@ pub struct Health {
 pub struct AttachedInterface {
     pub name: String,
     pub ifindex: u32,
-    pub kind: String,
+    /// `pod|host|underlay|tunnel`
+    pub kind: crate::model::IfaceKind,
     pub mtu: u32,
 }
 

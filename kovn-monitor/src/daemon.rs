@@ -275,7 +275,7 @@ impl Daemon {
                 .map(|(i, a)| AttachedInterface {
                     name: a.name.clone(),
                     ifindex: *i,
-                    kind: a.kind.as_str().into(),
+                    kind: a.kind.into(),
                     mtu: a.mtu,
                 })
                 .collect(),
@@ -338,11 +338,11 @@ impl Daemon {
             }
         }
         let now = time::OffsetDateTime::now_utc();
-        let kinds: std::collections::HashMap<String, String> =
-            snap.health.attached_interfaces.iter().map(|a| (a.name.clone(), a.kind.clone())).collect();
+        let kinds: std::collections::HashMap<String, crate::model::IfaceKind> =
+            snap.health.attached_interfaces.iter().map(|a| (a.name.clone(), a.kind)).collect();
         self.detector.observe_drops(
             &snap.drops,
-            |iface| kinds.get(iface).cloned().unwrap_or_else(|| "host".into()),
+            |iface| kinds.get(iface).copied().unwrap_or(crate::model::IfaceKind::Host),
             now,
         );
         snap.alerts = self.detector.evaluate(&snap.flows, now);

@@ -101,7 +101,7 @@ pub struct DropEvidence {
     pub reason: String,
     pub interface: String,
     /// `pod|tunnel|underlay|host`
-    pub location: String,
+    pub location: IfaceKind,
     /// Drops within the window.
     pub count: u64,
 }
@@ -295,11 +295,11 @@ struct DropDelta {
     at: OffsetDateTime,
     reason: String,
     interface: String,
-    location: String,
+    location: IfaceKind,
     flow_id: String,
     src_ip: Option<std::net::IpAddr>,
     dst_ip: Option<std::net::IpAddr>,
-    protocol: String,
+    protocol: Option<Protocol>,
     dst_port: u16,
     count: u64,
 }
@@ -331,7 +331,7 @@ impl Detector {
     pub fn observe_drops(
         &mut self,
         drops: &[crate::drops::DropRecord],
-        location_of: impl Fn(&str) -> String,
+        location_of: impl Fn(&str) -> IfaceKind,
         now: OffsetDateTime,
     ) {
         let mut next = HashMap::with_capacity(drops.len());
@@ -355,7 +355,7 @@ impl Detector {
                 flow_id: d.flow_id.clone(),
                 src_ip: d.src_ip,
                 dst_ip: d.dst_ip,
-                protocol: d.protocol.clone(),
+                protocol: d.protocol,
                 dst_port: d.dst_port,
                 count: rise,
             });
@@ -392,24 +392,24 @@ impl Detector {
             .collect();
         // Drops a firing finding explains become its evidence (any number of them); the rest
         // are grouped by (reason, interface): (location, drops, drops per flow id).
-        type Sites = BTreeMap<(String, String), (String, u64, BTreeMap<String, u64>)>;
+        type Sites = BTreeMap<(String, String), (IfaceKind, u64, BTreeMap<String, u64>)>;
         let mut sites: Sites = BTreeMap::new();
-        let mut explained: BTreeMap<(String, String, String, String), u64> = BTreeMap::new();
+        let mut explained: BTreeMap<(String, String, String, IfaceKind), u64> = BTreeMap::new();
         for d in &self.drop_window {
-            let encapsulated = d.protocol == "udp" && matches!(d.dst_port, 6081 | 4789);
+            let encapsulated = d.protocol == Some(Protocol::Udp) && matches!(d.dst_port, 6081 | 4789);
             let owner = covers.iter().find(|(_, fl, remotes)| {
                 (!d.flow_id.is_empty() && fl.contains(&d.flow_id))
                     || (encapsulated && [d.src_ip, d.dst_ip].iter().flatten().any(|ip| remotes.contains(ip)))
             });
             if let Some((id, _, _)) = owner {
                 *explained
-                    .entry((id.clone(), d.reason.clone(), d.interface.clone(), d.location.clone()))
+                    .entry((id.clone(), d.reason.clone(), d.interface.clone(), d.location))
                     .or_default() += d.count;
                 continue;
             }
             let e = sites
                 .entry((d.reason.clone(), d.interface.clone()))
-                .or_insert_with(|| (d.location.clone(), 0, BTreeMap::new()));
+                .or_insert_with(|| (d.location, 0, BTreeMap::new()));
             e.1 += d.count;
             *e.2.entry(d.flow_id.clone()).or_default() += d.count;
         }
@@ -422,12 +422,8 @@ impl Detector {
             if total < self.cfg.drop_burst {
                 continue;
             }
-            let evidence = DropEvidence {
-                reason: reason.clone(),
-                interface: interface.clone(),
-                location: location.clone(),
-                count: total,
-            };
+            let evidence =
+                DropEvidence { reason: reason.clone(), interface: interface.clone(), location, count: total };
             let (top_flow, _) =
                 per_flow.iter().max_by_key(|(_, n)| **n).map(|(f, n)| (f.clone(), *n)).unwrap_or_default();
             let flow = by_id.get(top_flow.as_str()).copied();
@@ -493,7 +489,7 @@ impl Detector {
             a.summary = summary;
             a.evidence = Evidence { drops: vec![evidence], ..Default::default() };
             a.flows = per_flow.keys().filter(|f| !f.is_empty()).cloned().collect();
-            a.verdict = Some(drop_verdict(&reason, &interface, &location, &self.node));
+            a.verdict = Some(drop_verdict(&reason, &interface, location, &self.node));
             entry.last_failure = now;
             seen_now.push(id);
         }
@@ -860,7 +856,7 @@ impl Tracked {
 }
 
 /// Where a drop burst happens and what to look at, by the kernel's reason.
-fn drop_verdict(reason: &str, interface: &str, location: &str, node: &str) -> Verdict {
+fn drop_verdict(reason: &str, interface: &str, location: IfaceKind, node: &str) -> Verdict {
     let why = match reason {
         "NETFILTER_DROP" => {
             "a netfilter rule (iptables/nftables: the node's firewall, kube-proxy or a NetworkPolicy implemented there)"
@@ -1231,8 +1227,8 @@ mod tests {
 
     use crate::drops::test_record as drop_rec;
 
-    fn pod_location(iface: &str) -> String {
-        if iface.ends_with("_h") { "pod" } else { "host" }.to_string()
+    fn pod_location(iface: &str) -> IfaceKind {
+        if iface.ends_with("_h") { IfaceKind::Pod } else { IfaceKind::Host }
     }
 
     #[test]
@@ -1240,7 +1236,7 @@ mod tests {
         let mut d = detector();
         let answered = same("a", (1, 1, 3), "db-1", true);
         let icmp = |id: &str, count| crate::drops::DropRecord {
-            protocol: "icmp".into(),
+            protocol: Some(Protocol::Icmp),
             ip_proto: 1,
             src_port: 0,
             dst_port: 0,
@@ -1440,7 +1436,7 @@ mod tests {
         // the tunnel finding (any count), not a drops finding of its own.
         let mut outer = drop_rec("outer", "NETFILTER_DROP", "eth0", 3);
         (outer.protocol, outer.dst_port, outer.dst_ip) =
-            ("udp".into(), 6081, Some("172.31.250.12".parse().unwrap()));
+            (Some(Protocol::Udp), 6081, Some("172.31.250.12".parse().unwrap()));
         d.observe_drops(&[outer], pod_location, at(6));
         let a = d.evaluate(&flows, at(6));
         assert_eq!(a.len(), 1, "{a:#?}");

@@ -709,7 +709,7 @@ impl Exporter {
             let (ns, wl) = flows.get(d.flow_id.as_str()).map_or(("", "unknown"), |f| pod_end(f, pod_labels));
             // The protocol (a known set) tells a reason's ordinary cases from its faults, e.g.
             // `NO_SOCKET` on ICMP is every raw-socket ping's reply (`DropRecord::is_routine`).
-            let protocol = d.protocol.parse().unwrap_or(crate::model::Protocol::Other).as_str();
+            let protocol = d.protocol.unwrap_or(crate::model::Protocol::Other).as_str();
             *sums.entry([d.reason.as_str(), location, protocol, ns, wl]).or_default() += added;
         }
         self.drops = next;

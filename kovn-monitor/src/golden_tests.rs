@@ -24,7 +24,7 @@ use crate::detection::{CommandContext, Detector, DetectorConfig, EndpointFacts, 
 use crate::drops::{DropDirection, DropLocation, DropRecord};
 use crate::flows::{Clock, Flow, IfaceNames};
 use crate::inventory::Inventory;
-use crate::model::{AlertKind, AlertState, Scenario};
+use crate::model::{AlertKind, AlertState, IfaceKind, Scenario};
 
 /// 2026-01-01T00:00:00Z at monotonic 0.
 const EPOCH_NS: i128 = 1_767_225_600 * 1_000_000_000;
@@ -280,7 +280,7 @@ fn drop_record(f: &Flow, reason: &str, location: DropLocation, iface: (&str, u32
         dst_ip: Some(f.dst_ip),
         src_port: f.src_port,
         dst_port: f.dst_port,
-        protocol: f.protocol.to_string(),
+        protocol: Some(f.protocol),
         ip_proto: f.ip_proto,
         reason: reason.into(),
         reason_code: 6,
@@ -305,7 +305,7 @@ fn snapshot() -> Snapshot {
         "node1",
         DetectorConfig { pod_mtu: Some(1400), resolve_after: Duration::from_secs(10), ..Default::default() },
     );
-    let location = |iface: &str| if iface.ends_with("_h") { "pod" } else { "host" }.to_string();
+    let location = |iface: &str| if iface.ends_with("_h") { IfaceKind::Pod } else { IfaceKind::Host };
 
     // The earlier poll: one finding fires, then goes quiet for longer than resolve_after.
     let old = vec![earlier().flow(&inv, &Clock::fixed(5 * SEC, EPOCH_NS))];

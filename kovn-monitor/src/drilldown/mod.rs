@@ -544,7 +544,9 @@ impl Tracer {
 
     fn underlay_mtu(&self, via: Option<&str>) -> Option<(String, u32)> {
         let snap = self.shared.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(u) = snap.health.attached_interfaces.iter().find(|i| i.kind == "underlay") {
+        if let Some(u) =
+            snap.health.attached_interfaces.iter().find(|i| i.kind == crate::model::IfaceKind::Underlay)
+        {
             return Some((u.name.clone(), u.mtu));
         }
         let via = via.filter(|v| valid_name(v))?;

@@ -176,6 +176,7 @@ names! {
 
 names! {
     /// What an attached interface is to kovn (the kernel's hook kind).
+    #[derive(Default)]
     pub enum IfaceKind {
         /// A pod's host-side veth (`*_h`).
         Pod => "pod",
@@ -186,6 +187,7 @@ names! {
         /// Any other interface named with `--iface`.
         Host => "host",
         /// A hook kind this build does not know (a newer kernel object).
+        #[default]
         Unknown => "unknown",
     }
 }
@@ -216,6 +218,29 @@ names! {
         External => "external",
         #[default]
         Unknown => "unknown",
+    }
+}
+
+/// A drop record's protocol: a flow's, or `non_ip` (ARP, LLDP, ...) on the wire.
+pub mod protocol_or_non_ip {
+    use super::Protocol;
+
+    pub const NON_IP: &str = "non_ip";
+
+    pub fn as_str(p: Option<Protocol>) -> &'static str {
+        p.map_or(NON_IP, Protocol::as_str)
+    }
+
+    pub fn serialize<S: serde::Serializer>(p: &Option<Protocol>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(as_str(*p))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Protocol>, D::Error> {
+        let name = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        match &*name {
+            NON_IP => Ok(None),
+            p => p.parse().map(Some).map_err(serde::de::Error::custom),
+        }
     }
 }
 

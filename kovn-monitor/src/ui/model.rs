@@ -909,7 +909,7 @@ mod tests {
             dst_ip: None,
             src_port: 0,
             dst_port: 0,
-            protocol: "tcp".into(),
+            protocol: Some(crate::model::Protocol::Tcp),
             ip_proto: 6,
             reason: reason.into(),
             reason_code: 0,
