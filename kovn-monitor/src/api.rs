@@ -180,12 +180,14 @@ fn either_end(
     })
 }
 
-#[derive(Serialize)]
-struct FlowsResponse<'a> {
-    node: &'a str,
-    time: &'a str,
-    count: usize,
-    flows: Vec<&'a Flow>,
+/// The body of `GET /api/v1/flows`: borrowed from the snapshot when served
+/// (`FlowsResponse<&str, &Flow>`), owned when a client reads it (the defaults).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FlowsResponse<S = String, F = Flow> {
+    pub node: S,
+    pub time: S,
+    pub count: usize,
+    pub flows: Vec<F>,
 }
 
 async fn flows(
@@ -203,7 +205,8 @@ async fn flows(
     let snap = shared.read().unwrap_or_else(|p| p.into_inner());
     let flows: Vec<&Flow> =
         snap.flows.iter().filter(|f| q.matches(f)).take(q.limit.unwrap_or(usize::MAX)).collect();
-    Json(FlowsResponse { node: &snap.node, time: &snap.time, count: flows.len(), flows }).into_response()
+    Json(FlowsResponse::<&str, &Flow> { node: &snap.node, time: &snap.time, count: flows.len(), flows })
+        .into_response()
 }
 
 /// Query filters of `GET /api/v1/alerts`.
@@ -260,12 +263,13 @@ impl AlertFilter {
     }
 }
 
-#[derive(Serialize)]
-struct AlertsResponse<'a> {
-    node: &'a str,
-    time: &'a str,
-    count: usize,
-    alerts: Vec<&'a crate::detection::Alert>,
+/// The body of `GET /api/v1/alerts` (borrowed when served, owned when read).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AlertsResponse<S = String, A = crate::detection::Alert> {
+    pub node: S,
+    pub time: S,
+    pub count: usize,
+    pub alerts: Vec<A>,
 }
 
 async fn alerts(
@@ -282,7 +286,13 @@ async fn alerts(
     };
     let snap = shared.read().unwrap_or_else(|p| p.into_inner());
     let alerts: Vec<_> = snap.alerts.iter().filter(|a| q.matches(a)).collect();
-    Json(AlertsResponse { node: &snap.node, time: &snap.time, count: alerts.len(), alerts }).into_response()
+    Json(AlertsResponse::<&str, &crate::detection::Alert> {
+        node: &snap.node,
+        time: &snap.time,
+        count: alerts.len(),
+        alerts,
+    })
+    .into_response()
 }
 
 #[derive(Serialize)]
@@ -297,19 +307,25 @@ async fn pods(State(shared): State<Shared>) -> Response {
     Json(PodsResponse { node: &snap.node, count: snap.pods.len(), pods: &snap.pods }).into_response()
 }
 
-#[derive(Serialize)]
-struct DropsResponse<'a> {
-    node: &'a str,
-    time: &'a str,
-    count: usize,
-    drops: &'a [crate::drops::DropRecord],
+/// The body of `GET /api/v1/drops` (borrowed when served, owned when read).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DropsResponse<S = String, D = crate::drops::DropRecord> {
+    pub node: S,
+    pub time: S,
+    pub count: usize,
+    pub drops: Vec<D>,
 }
 
 /// `GET /api/v1/drops`: drops with the kernel's reason, by flow, reason and interface.
 async fn drops(State(shared): State<Shared>) -> Response {
     let snap = shared.read().unwrap_or_else(|p| p.into_inner());
-    Json(DropsResponse { node: &snap.node, time: &snap.time, count: snap.drops.len(), drops: &snap.drops })
-        .into_response()
+    Json(DropsResponse::<&str, &crate::drops::DropRecord> {
+        node: &snap.node,
+        time: &snap.time,
+        count: snap.drops.len(),
+        drops: snap.drops.iter().collect(),
+    })
+    .into_response()
 }
 
 pub fn router(shared: Shared) -> Router {

@@ -1,16 +1,81 @@
-//! The CLI's side of the API: `kovn-monitor flows`.
+//! The client's side of the API: one [`ApiClient`] per monitor (the CLI's `flows` and
+//! `alerts`, `top`, the daemon's questions to its peers), with the response types the server
+//! serialises ([`crate::api`]), and the CLI's text renderings.
+
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
+pub use crate::api::{AlertsResponse, DropsResponse, FlowsResponse};
 use crate::flows::Flow;
 use crate::inventory::Endpoint;
 
-#[derive(serde::Deserialize)]
-pub struct FlowsResponse {
-    pub node: String,
-    pub time: String,
-    pub count: usize,
-    pub flows: Vec<Flow>,
+/// One monitor's API: the HTTP client (the token and `--ca-file` trust of
+/// [`crate::auth::client`]) and the base URL. Cloning shares the connection pool: `top` keeps
+/// one per monitor, so its requests every second reuse a connection instead of adding a new
+/// flow to the table it shows.
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: reqwest::Url,
+}
+
+/// What one request may take unless the caller says otherwise.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ApiClient {
+    /// A client of the monitor at `endpoint` (`http://HOST:PORT`), checked before anything is
+    /// sent.
+    pub fn new(endpoint: &str) -> Result<Self> {
+        Ok(Self { http: crate::auth::client(), base: endpoint_url(endpoint, "/")? })
+    }
+
+    /// The monitor of another node at `ip:port`, in the scheme the cluster's monitors serve
+    /// ([`crate::auth::peer_scheme`]).
+    pub fn peer(ip: std::net::IpAddr, port: u16) -> Result<Self> {
+        let base = format!("{}://{}/", crate::auth::peer_scheme(), std::net::SocketAddr::new(ip, port));
+        Ok(Self { http: crate::auth::client(), base: reqwest::Url::parse(&base).context("peer address")? })
+    }
+
+    pub fn base(&self) -> &reqwest::Url {
+        &self.base
+    }
+
+    /// GET `path` as JSON within `timeout`; a non-2xx answer is an error with its body.
+    pub async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<T> {
+        let url = self.base.join(path).with_context(|| format!("invalid path {path:?}"))?;
+        let resp =
+            self.http.get(url.clone()).query(query).timeout(timeout).send().await.with_context(|| {
+                format!("cannot reach kovn-monitor at {}", self.base.as_str().trim_end_matches('/'))
+            })?;
+        let status = resp.status();
+        let body = resp.text().await.context("reading the response")?;
+        if !status.is_success() {
+            bail!("{url}: {status}: {}", body.trim());
+        }
+        serde_json::from_str(&body).with_context(|| format!("{url}: unexpected response"))
+    }
+
+    pub async fn flows(&self, query: &[(&str, String)], timeout: Duration) -> Result<FlowsResponse> {
+        self.get("/api/v1/flows", query, timeout).await
+    }
+
+    pub async fn alerts(&self, query: &[(&str, String)]) -> Result<AlertsResponse> {
+        self.get("/api/v1/alerts", query, TIMEOUT).await
+    }
+
+    pub async fn drops(&self) -> Result<DropsResponse> {
+        self.get("/api/v1/drops", &[], TIMEOUT).await
+    }
+
+    pub async fn health(&self) -> Result<crate::api::Health> {
+        self.get("/healthz", &[], TIMEOUT).await
+    }
 }
 
 /// Checks an endpoint is an http URL with a host, before anything is sent.
@@ -20,22 +85,6 @@ pub fn endpoint_url(endpoint: &str, path: &str) -> Result<reqwest::Url> {
         bail!("invalid endpoint {endpoint:?}: expected http://HOST:PORT");
     }
     base.join(path).with_context(|| format!("invalid endpoint {endpoint:?}"))
-}
-
-#[derive(serde::Deserialize)]
-pub struct AlertsResponse {
-    pub node: String,
-    pub time: String,
-    pub count: usize,
-    pub alerts: Vec<crate::detection::Alert>,
-}
-
-pub async fn get_flows(endpoint: &str, query: &[(&str, String)]) -> Result<FlowsResponse> {
-    get_json(endpoint, "/api/v1/flows", query).await
-}
-
-pub async fn get_alerts(endpoint: &str, query: &[(&str, String)]) -> Result<AlertsResponse> {
-    get_json(endpoint, "/api/v1/alerts", query).await
 }
 
 /// Findings for people: one line each, then for firing ones the verdict and next commands.
@@ -68,38 +117,6 @@ pub fn render_alerts(alerts: &[crate::detection::Alert]) -> String {
         }
     }
     out
-}
-
-async fn get_json<T: serde::de::DeserializeOwned>(
-    endpoint: &str,
-    path: &str,
-    query: &[(&str, String)],
-) -> Result<T> {
-    get_json_with(&crate::auth::client(), endpoint, path, query).await
-}
-
-/// GET `path` as JSON with the caller's client: `top` keeps one per monitor, so its requests
-/// every second reuse a connection instead of adding a new flow to the table it shows.
-pub async fn get_json_with<T: serde::de::DeserializeOwned>(
-    client: &reqwest::Client,
-    endpoint: &str,
-    path: &str,
-    query: &[(&str, String)],
-) -> Result<T> {
-    let url = endpoint_url(endpoint, path)?;
-    let resp = client
-        .get(url.clone())
-        .query(query)
-        .timeout(std::time::Duration::from_secs(10))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach kovn-monitor at {endpoint}"))?;
-    let status = resp.status();
-    let body = resp.text().await.context("reading the response")?;
-    if !status.is_success() {
-        bail!("{url}: {status}: {}", body.trim());
-    }
-    serde_json::from_str(&body).with_context(|| format!("{url}: unexpected response"))
 }
 
 fn human_bytes(b: u64) -> String {

@@ -513,22 +513,14 @@ pub(crate) fn link_flows_to_alerts(snap: &mut Snapshot) {
 
 /// Asks the monitor of the flow's other node for its view of the same flow.
 async fn ask_peer(ip: std::net::IpAddr, port: u16, f: &crate::flows::Flow) -> PeerView {
-    let url =
-        format!("{}://{}/api/v1/flows", crate::auth::peer_scheme(), std::net::SocketAddr::new(ip, port));
-    let resp = crate::auth::client()
-        .get(&url)
-        .query(&[("ip", f.src_ip.to_string()), ("protocol", f.protocol.to_string())])
-        .timeout(Duration::from_millis(800))
-        .send()
-        .await;
-    let body: Result<crate::client::FlowsResponse, String> = match resp {
-        Ok(r) if r.status().is_success() => r.json().await.map_err(|e| e.to_string()),
-        Ok(r) => Err(format!("{url}: {}", r.status())),
-        Err(e) => Err(format!("{url}: {e}")),
+    let query = [("ip", f.src_ip.to_string()), ("protocol", f.protocol.to_string())];
+    let body = match crate::client::ApiClient::peer(ip, port) {
+        Ok(peer) => peer.flows(&query, Duration::from_millis(800)).await,
+        Err(e) => Err(e),
     };
     match body {
         Ok(b) => PeerView::Seen(b.flows.into_iter().find(|p| p.id == f.id).map(Box::new)),
-        Err(e) => PeerView::Unreachable(e),
+        Err(e) => PeerView::Unreachable(format!("{e:#}")),
     }
 }
 

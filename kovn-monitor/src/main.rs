@@ -178,7 +178,7 @@ async fn alerts(args: AlertsArgs) -> Result<()> {
             .into_iter()
             .filter_map(|(k, v)| Some((k, v?)))
             .collect();
-    let resp = client::get_alerts(&args.endpoint, &query).await?;
+    let resp = client::ApiClient::new(&args.endpoint)?.alerts(&query).await?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&resp.alerts)?),
         Output::Table => {
@@ -437,7 +437,7 @@ async fn flows(args: FlowsArgs) -> Result<()> {
             query.push((k, v));
         }
     }
-    let resp = client::get_flows(&args.endpoint, &query).await?;
+    let resp = client::ApiClient::new(&args.endpoint)?.flows(&query, client::TIMEOUT).await?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&resp.flows)?),
         Output::Table => {
