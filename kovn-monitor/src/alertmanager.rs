@@ -180,9 +180,7 @@ impl Sender {
     }
 }
 
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
+use crate::model::rfc3339;
 
 async fn post(client: &reqwest::Client, url: &reqwest::Url, batch: &[Postable]) -> Result<(), PushError> {
     let resp = client

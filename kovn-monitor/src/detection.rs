@@ -165,13 +165,7 @@ use time::OffsetDateTime;
 
 use crate::flows::Flow;
 
-fn parse_time(s: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
+use crate::model::{parse_rfc3339 as parse_time, rfc3339};
 
 /// A stable name for one end: `ns/pod`, or the IP.
 fn who(e: Option<&Endpoint>, ip: std::net::IpAddr) -> String {

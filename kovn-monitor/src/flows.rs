@@ -183,10 +183,7 @@ impl Clock {
 
     pub fn rfc3339(&self, mono_ns: u64) -> String {
         let ns = i128::from(mono_ns) + self.realtime_minus_mono_ns;
-        time::OffsetDateTime::from_unix_timestamp_nanos(ns)
-            .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-            .unwrap_or_default()
+        time::OffsetDateTime::from_unix_timestamp_nanos(ns).map(crate::model::rfc3339).unwrap_or_default()
     }
 }
 

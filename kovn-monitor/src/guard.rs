@@ -304,8 +304,7 @@ impl FloodDetector {
 
     /// Takes this poll's per-pod counts; returns every finding (firing and recently resolved).
     pub fn evaluate(&mut self, pods: &[PodGuardReport], now: OffsetDateTime) -> Vec<Alert> {
-        let fmt =
-            |t: OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let fmt = crate::model::rfc3339;
         for p in pods {
             let who = match (&p.namespace, &p.pod) {
                 (Some(ns), Some(name)) => format!("{ns}/{name}"),

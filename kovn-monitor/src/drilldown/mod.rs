@@ -1384,9 +1384,7 @@ impl OnAlert {
                     Ok((p, flow_id)) => tracer.trace_packet(p, None, flow_id).await,
                     Err(e) => Err(e),
                 };
-                let now = time::OffsetDateTime::now_utc()
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default();
+                let now = crate::model::rfc3339(time::OffsetDateTime::now_utc());
                 let d = match r {
                     Ok(r) => AlertDrillDown { verdict: r.verdict, time: now, error: None },
                     Err(e) => {

@@ -221,6 +221,17 @@ names! {
     }
 }
 
+/// The one spelling of times on the wire: RFC 3339 in UTC (`2026-01-01T00:00:05.25Z`: as many
+/// fractional digits as needed, none for whole seconds).
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// A time as [`rfc3339`] writes it (`None` for anything else, e.g. an empty string).
+pub fn parse_rfc3339(s: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
 /// A drop record's protocol: a flow's, or `non_ip` (ARP, LLDP, ...) on the wire.
 pub mod protocol_or_non_ip {
     use super::Protocol;

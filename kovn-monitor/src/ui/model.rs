@@ -6,7 +6,6 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
-use time::OffsetDateTime;
 
 use crate::detection::Alert;
 use crate::drops::DropRecord;
@@ -203,7 +202,7 @@ pub fn is_suspect(f: &Flow) -> bool {
 }
 
 fn unix_seconds(rfc3339: &str) -> Option<f64> {
-    let t = OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339).ok()?;
+    let t = crate::model::parse_rfc3339(rfc3339)?;
     Some(t.unix_timestamp_nanos() as f64 / 1e9)
 }
 
