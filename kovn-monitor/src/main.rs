@@ -159,7 +159,7 @@ struct AlertsArgs {
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
     /// Only findings in this state.
-    #[arg(long, value_parser = ["firing", "resolved"])]
+    #[arg(long, value_parser = kovn_monitor::model::AlertState::NAMES)]
     state: Option<String>,
     /// Only findings of this kind.
     #[arg(long, value_parser = kovn_monitor::model::AlertKind::NAMES)]
