@@ -12,6 +12,7 @@ use kovn_monitor::api::{Health, Snapshot};
 use kovn_monitor::export::{Exporter, MetricsConfig};
 use kovn_monitor::flows::Flow;
 use kovn_monitor::inventory::{Endpoint, TunnelPeer};
+use kovn_monitor::model::{EndpointKind, FlowState, Protocol, Scenario};
 
 const PODS: usize = 1000;
 const WORKLOADS: usize = 200;
@@ -20,7 +21,7 @@ const NODES: usize = 10;
 fn pod_endpoint(pod: usize) -> Endpoint {
     let workload = pod % WORKLOADS;
     Endpoint {
-        kind: "pod".into(),
+        kind: EndpointKind::Pod,
         namespace: Some(format!("ns{}", workload % 20)),
         pod: Some(format!("wl{workload}-{pod}")),
         workload: Some(format!("wl{workload}")),
@@ -30,8 +31,8 @@ fn pod_endpoint(pod: usize) -> Endpoint {
     }
 }
 
-fn other(kind: &str) -> Endpoint {
-    Endpoint { kind: kind.into(), ..Default::default() }
+fn other(kind: EndpointKind) -> Endpoint {
+    Endpoint { kind, ..Default::default() }
 }
 
 fn flow(base: &Flow, i: usize, grown: u64) -> Flow {
@@ -40,31 +41,31 @@ fn flow(base: &Flow, i: usize, grown: u64) -> Flow {
     let dst_wl = (src_wl * 7 + (i / PODS % 5) * 13 + 1) % WORKLOADS;
     let dst_pod = dst_wl + WORKLOADS * (i / 7 % (PODS / WORKLOADS));
     let (dst, scenario, tunnel) = if i.is_multiple_of(50) {
-        (other("external"), "pod_to_external", None)
+        (other(EndpointKind::External), Scenario::PodToExternal, None)
     } else if i.is_multiple_of(20) {
-        (other("service"), "pod_to_service", None)
+        (other(EndpointKind::Service), Scenario::PodToService, None)
     } else if src_pod % NODES == dst_pod % NODES {
-        (pod_endpoint(dst_pod), "pod_to_pod_same_node", None)
+        (pod_endpoint(dst_pod), Scenario::PodToPodSameNode, None)
     } else {
         let peer = TunnelPeer { remote_node: Some(format!("node{}", dst_pod % NODES)), ..Default::default() };
-        (pod_endpoint(dst_pod), "pod_to_pod_cross_node", Some(peer))
+        (pod_endpoint(dst_pod), Scenario::PodToPodCrossNode, Some(peer))
     };
     let udp = i.is_multiple_of(10);
     Flow {
         id: format!("{i:016x}"),
         src_port: 30000 + (i % 30000) as u16,
         dst_port: if udp { 53 } else { 8080 },
-        protocol: if udp { "udp" } else { "tcp" }.into(),
+        protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
         ip_proto: if udp { 17 } else { 6 },
         packets_fwd: 10 + grown,
         bytes_fwd: 1500 + 100 * grown,
         packets_rev: 8 + grown,
         bytes_rev: 9000 + 100 * grown,
-        state: "answered".into(),
+        state: FlowState::Answered,
         rtt_us: Some(50 + (i % 2000) as u64 + grown),
         requests: 1,
         replies: 1,
-        scenario: scenario.into(),
+        scenario,
         src: Some(pod_endpoint(src_pod)),
         dst: Some(dst),
         tunnel,

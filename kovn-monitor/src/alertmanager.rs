@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::detection::{self, Alert};
+use crate::detection::{Alert, AlertKind, AlertState};
 use crate::inventory::Endpoint;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,14 +54,14 @@ pub struct Postable {
 }
 
 /// The alert names, shared with the Prometheus rules in deploy/ so routes match either way.
-pub fn alertname(kind: &str) -> &'static str {
+pub fn alertname(kind: AlertKind) -> &'static str {
     match kind {
-        detection::KIND_REQUEST_WITHOUT_REPLY => "KovnRequestWithoutReply",
-        detection::KIND_CONNECTION_REFUSED => "KovnConnectionRefused",
-        detection::KIND_MTU => "KovnMtuBlackHole",
-        detection::KIND_TUNNEL => "KovnTunnelFailing",
-        detection::KIND_DROPS => "KovnPacketDrops",
-        _ => "KovnFinding",
+        AlertKind::RequestWithoutReply => "KovnRequestWithoutReply",
+        AlertKind::ConnectionRefused => "KovnConnectionRefused",
+        AlertKind::Mtu => "KovnMtuBlackHole",
+        AlertKind::Tunnel => "KovnTunnelFailing",
+        AlertKind::Drops => "KovnPacketDrops",
+        AlertKind::FlowFlood => "KovnFinding",
     }
 }
 
@@ -83,10 +83,10 @@ fn end_labels(prefix: &str, e: Option<&Endpoint>, out: &mut std::collections::BT
 /// drill-down commands); `ends_at` is when Alertmanager should consider it over.
 pub fn postable(a: &Alert, endpoint: &str, ends_at: &str) -> Postable {
     let mut labels = std::collections::BTreeMap::new();
-    labels.insert("alertname".into(), alertname(&a.kind).into());
+    labels.insert("alertname".into(), alertname(a.kind).into());
     labels.insert("severity".into(), a.severity.clone());
-    labels.insert("kind".into(), a.kind.clone());
-    labels.insert("scenario".into(), a.scenario.clone());
+    labels.insert("kind".into(), a.kind.as_str().into());
+    labels.insert("scenario".into(), a.scenario.as_str().into());
     labels.insert("node".into(), a.node.clone());
     labels.insert("alert_id".into(), a.id.clone());
     labels.insert("source".into(), "kovn-monitor".into());
@@ -152,7 +152,7 @@ pub fn postable(a: &Alert, endpoint: &str, ends_at: &str) -> Postable {
 /// What was last sent of each finding, to send only what is due.
 #[derive(Default)]
 pub struct Sender {
-    sent: HashMap<String, (String, Instant)>,
+    sent: HashMap<String, (AlertState, Instant)>,
 }
 
 impl Sender {
@@ -162,13 +162,15 @@ impl Sender {
         let mut out = Vec::new();
         for a in alerts {
             let last = self.sent.get(&a.id);
-            let due = match (a.state.as_str(), last) {
-                (_, None) => a.state == "firing",
-                ("firing", Some((state, t))) => state != "firing" || at.duration_since(*t) >= resend,
-                (_, Some((state, _))) => state == "firing",
+            let due = match (a.state, last) {
+                (_, None) => a.state == AlertState::Firing,
+                (AlertState::Firing, Some((state, t))) => {
+                    *state != AlertState::Firing || at.duration_since(*t) >= resend
+                }
+                (AlertState::Resolved, Some((state, _))) => *state == AlertState::Firing,
             };
             if due {
-                self.sent.insert(a.id.clone(), (a.state.clone(), at));
+                self.sent.insert(a.id.clone(), (a.state, at));
                 out.push(a.clone());
             }
         }
@@ -178,9 +180,7 @@ impl Sender {
     }
 }
 
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
+use crate::model::rfc3339;
 
 async fn post(client: &reqwest::Client, url: &reqwest::Url, batch: &[Postable]) -> Result<(), PushError> {
     let resp = client
@@ -219,9 +219,9 @@ pub async fn run(url: reqwest::Url, endpoint: String, resend: Duration, mut rx: 
         let batch: Vec<Postable> = due
             .iter()
             .map(|a| {
-                let ends = match (&a.state[..], &a.resolved_at) {
-                    ("resolved", Some(r)) => r.clone(),
-                    ("resolved", None) => rfc3339(now),
+                let ends = match (a.state, &a.resolved_at) {
+                    (AlertState::Resolved, Some(r)) => r.clone(),
+                    (AlertState::Resolved, None) => rfc3339(now),
                     _ => rfc3339(now + ahead),
                 };
                 postable(a, &endpoint, &ends)
@@ -243,8 +243,8 @@ pub async fn run(url: reqwest::Url, endpoint: String, resend: Duration, mut rx: 
                 // Not sent: forget them so they are due again on the next tick.
                 for a in &due {
                     sender.sent.remove(&a.id);
-                    if a.state == "resolved" {
-                        sender.sent.insert(a.id.clone(), ("firing".into(), Instant::now()));
+                    if a.state == AlertState::Resolved {
+                        sender.sent.insert(a.id.clone(), (AlertState::Firing, Instant::now()));
                     }
                 }
             }

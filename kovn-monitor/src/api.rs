@@ -15,8 +15,9 @@ use axum::{
 use serde::{Deserialize, Serialize};
 
 use crate::capture::LoadedProgram;
-use crate::flows::{Flow, protocol_number};
+use crate::flows::Flow;
 use crate::inventory::PodInfo;
+use crate::model::{AlertKind, AlertState, FlowState, Protocol, Scenario};
 
 /// What the poller publishes after each read of the kernel maps.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -59,7 +60,8 @@ pub struct Health {
 pub struct AttachedInterface {
     pub name: String,
     pub ifindex: u32,
-    pub kind: String,
+    /// `pod|host|underlay|tunnel`
+    pub kind: crate::model::IfaceKind,
     pub mtu: u32,
 }
 
@@ -94,18 +96,6 @@ pub struct FlowQuery {
     pub limit: Option<usize>,
 }
 
-pub const SCENARIOS: [&str; 7] = [
-    "pod_to_pod_same_node",
-    "pod_to_pod_cross_node",
-    "pod_to_service",
-    "pod_to_node",
-    "node_to_pod",
-    "pod_to_external",
-    "unknown",
-];
-
-const STATES: [&str; 5] = ["answered", "unanswered", "reset", "closed", "oneway"];
-
 #[derive(Serialize)]
 struct ApiError {
     error: String,
@@ -115,32 +105,63 @@ fn bad_request(msg: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(ApiError { error: msg })).into_response()
 }
 
-impl FlowQuery {
-    fn validate(&self) -> Result<(), String> {
-        if let Some(s) = &self.state
-            && !STATES.contains(&s.as_str())
-        {
-            return Err(format!("unknown state {s:?} (one of {})", STATES.join(", ")));
-        }
-        if let Some(p) = &self.protocol
-            && protocol_number(p).is_none()
-            && p != "other"
-        {
-            return Err(format!("unknown protocol {p:?} (tcp, udp, sctp, icmp, icmpv6, other)"));
-        }
-        if let Some(list) = &self.scenario
-            && let Some(sc) = list.split(',').find(|sc| !SCENARIOS.contains(sc))
-        {
-            return Err(format!("unknown scenario {sc:?} (one of {})", SCENARIOS.join(", ")));
-        }
-        Ok(())
-    }
+/// A comma-separated list of names, each parsed (the first unknown one is the error).
+fn parse_list<T: std::str::FromStr>(list: &str) -> Result<Vec<T>, &str> {
+    list.split(',').map(|s| s.parse().map_err(|_| s)).collect()
+}
 
+/// `FlowQuery`, checked: the names parsed into the model's enums.
+#[derive(Debug, Default)]
+pub struct FlowFilter {
+    pub state: Option<FlowState>,
+    pub protocol: Option<Protocol>,
+    pub ip: Option<std::net::IpAddr>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub scenarios: Option<Vec<Scenario>>,
+    pub limit: Option<usize>,
+}
+
+impl FlowQuery {
+    /// The filter, or why the query is refused (naming the valid values).
+    pub fn filter(self) -> Result<FlowFilter, String> {
+        let state = match &self.state {
+            Some(s) => {
+                Some(s.parse().map_err(|_| format!("unknown state {s:?} (one of {})", FlowState::names()))?)
+            }
+            None => None,
+        };
+        let protocol = match &self.protocol {
+            Some(p) => {
+                Some(p.parse().map_err(|_| format!("unknown protocol {p:?} ({})", Protocol::names()))?)
+            }
+            None => None,
+        };
+        let scenarios = match &self.scenario {
+            Some(list) => Some(
+                parse_list(list)
+                    .map_err(|sc| format!("unknown scenario {sc:?} (one of {})", Scenario::names()))?,
+            ),
+            None => None,
+        };
+        Ok(FlowFilter {
+            state,
+            protocol,
+            ip: self.ip,
+            namespace: self.namespace,
+            pod: self.pod,
+            scenarios,
+            limit: self.limit,
+        })
+    }
+}
+
+impl FlowFilter {
     pub fn matches(&self, f: &Flow) -> bool {
-        self.state.as_ref().is_none_or(|s| &f.state == s)
-            && self.protocol.as_ref().is_none_or(|p| &f.protocol == p)
+        self.state.is_none_or(|s| f.state == s)
+            && self.protocol.is_none_or(|p| f.protocol == p)
             && self.ip.is_none_or(|ip| f.src_ip == ip || f.dst_ip == ip)
-            && self.scenario.as_ref().is_none_or(|list| list.split(',').any(|s| f.scenario == s))
+            && self.scenarios.as_ref().is_none_or(|list| list.contains(&f.scenario))
             && either_end(&self.namespace, &self.pod, &f.src, &f.dst)
     }
 }
@@ -159,12 +180,14 @@ fn either_end(
     })
 }
 
-#[derive(Serialize)]
-struct FlowsResponse<'a> {
-    node: &'a str,
-    time: &'a str,
-    count: usize,
-    flows: Vec<&'a Flow>,
+/// The body of `GET /api/v1/flows`: borrowed from the snapshot when served
+/// (`FlowsResponse<&str, &Flow>`), owned when a client reads it (the defaults).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FlowsResponse<S = String, F = Flow> {
+    pub node: S,
+    pub time: S,
+    pub count: usize,
+    pub flows: Vec<F>,
 }
 
 async fn flows(
@@ -175,13 +198,15 @@ async fn flows(
         Ok(q) => q,
         Err(e) => return bad_request(e.body_text()),
     };
-    if let Err(e) = q.validate() {
-        return bad_request(e);
-    }
+    let q = match q.filter() {
+        Ok(q) => q,
+        Err(e) => return bad_request(e),
+    };
     let snap = shared.read().unwrap_or_else(|p| p.into_inner());
     let flows: Vec<&Flow> =
         snap.flows.iter().filter(|f| q.matches(f)).take(q.limit.unwrap_or(usize::MAX)).collect();
-    Json(FlowsResponse { node: &snap.node, time: &snap.time, count: flows.len(), flows }).into_response()
+    Json(FlowsResponse::<&str, &Flow> { node: &snap.node, time: &snap.time, count: flows.len(), flows })
+        .into_response()
 }
 
 /// Query filters of `GET /api/v1/alerts`.
@@ -196,43 +221,55 @@ pub struct AlertQuery {
     pub scenario: Option<String>,
 }
 
-pub use crate::detection::KINDS as ALERT_KINDS;
+/// `AlertQuery`, checked.
+#[derive(Debug, Default)]
+pub struct AlertFilter {
+    pub state: Option<AlertState>,
+    pub kind: Option<AlertKind>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub scenario: Option<Scenario>,
+}
 
 impl AlertQuery {
-    fn validate(&self) -> Result<(), String> {
-        if let Some(s) = &self.state
-            && s != "firing"
-            && s != "resolved"
-        {
-            return Err(format!("unknown state {s:?} (firing, resolved)"));
-        }
-        if let Some(k) = &self.kind
-            && !ALERT_KINDS.contains(&k.as_str())
-        {
-            return Err(format!("unknown kind {k:?} (one of {})", ALERT_KINDS.join(", ")));
-        }
-        if let Some(sc) = &self.scenario
-            && !SCENARIOS.contains(&sc.as_str())
-        {
-            return Err(format!("unknown scenario {sc:?} (one of {})", SCENARIOS.join(", ")));
-        }
-        Ok(())
+    /// The filter, or why the query is refused (naming the valid values).
+    pub fn filter(self) -> Result<AlertFilter, String> {
+        let state = match &self.state {
+            Some(s) => Some(s.parse().map_err(|_| format!("unknown state {s:?} ({})", AlertState::names()))?),
+            None => None,
+        };
+        let kind = match &self.kind {
+            Some(k) => {
+                Some(k.parse().map_err(|_| format!("unknown kind {k:?} (one of {})", AlertKind::names()))?)
+            }
+            None => None,
+        };
+        let scenario = match &self.scenario {
+            Some(sc) => Some(
+                sc.parse().map_err(|_| format!("unknown scenario {sc:?} (one of {})", Scenario::names()))?,
+            ),
+            None => None,
+        };
+        Ok(AlertFilter { state, kind, namespace: self.namespace, pod: self.pod, scenario })
     }
+}
 
+impl AlertFilter {
     pub fn matches(&self, a: &crate::detection::Alert) -> bool {
-        self.state.as_ref().is_none_or(|s| &a.state == s)
-            && self.kind.as_ref().is_none_or(|k| &a.kind == k)
-            && self.scenario.as_ref().is_none_or(|s| &a.scenario == s)
+        self.state.is_none_or(|s| a.state == s)
+            && self.kind.is_none_or(|k| a.kind == k)
+            && self.scenario.is_none_or(|s| a.scenario == s)
             && either_end(&self.namespace, &self.pod, &a.src, &a.dst)
     }
 }
 
-#[derive(Serialize)]
-struct AlertsResponse<'a> {
-    node: &'a str,
-    time: &'a str,
-    count: usize,
-    alerts: Vec<&'a crate::detection::Alert>,
+/// The body of `GET /api/v1/alerts` (borrowed when served, owned when read).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AlertsResponse<S = String, A = crate::detection::Alert> {
+    pub node: S,
+    pub time: S,
+    pub count: usize,
+    pub alerts: Vec<A>,
 }
 
 async fn alerts(
@@ -243,12 +280,19 @@ async fn alerts(
         Ok(q) => q,
         Err(e) => return bad_request(e.body_text()),
     };
-    if let Err(e) = q.validate() {
-        return bad_request(e);
-    }
+    let q = match q.filter() {
+        Ok(q) => q,
+        Err(e) => return bad_request(e),
+    };
     let snap = shared.read().unwrap_or_else(|p| p.into_inner());
     let alerts: Vec<_> = snap.alerts.iter().filter(|a| q.matches(a)).collect();
-    Json(AlertsResponse { node: &snap.node, time: &snap.time, count: alerts.len(), alerts }).into_response()
+    Json(AlertsResponse::<&str, &crate::detection::Alert> {
+        node: &snap.node,
+        time: &snap.time,
+        count: alerts.len(),
+        alerts,
+    })
+    .into_response()
 }
 
 #[derive(Serialize)]
@@ -263,19 +307,25 @@ async fn pods(State(shared): State<Shared>) -> Response {
     Json(PodsResponse { node: &snap.node, count: snap.pods.len(), pods: &snap.pods }).into_response()
 }
 
-#[derive(Serialize)]
-struct DropsResponse<'a> {
-    node: &'a str,
-    time: &'a str,
-    count: usize,
-    drops: &'a [crate::drops::DropRecord],
+/// The body of `GET /api/v1/drops` (borrowed when served, owned when read).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DropsResponse<S = String, D = crate::drops::DropRecord> {
+    pub node: S,
+    pub time: S,
+    pub count: usize,
+    pub drops: Vec<D>,
 }
 
 /// `GET /api/v1/drops`: drops with the kernel's reason, by flow, reason and interface.
 async fn drops(State(shared): State<Shared>) -> Response {
     let snap = shared.read().unwrap_or_else(|p| p.into_inner());
-    Json(DropsResponse { node: &snap.node, time: &snap.time, count: snap.drops.len(), drops: &snap.drops })
-        .into_response()
+    Json(DropsResponse::<&str, &crate::drops::DropRecord> {
+        node: &snap.node,
+        time: &snap.time,
+        count: snap.drops.len(),
+        drops: snap.drops.iter().collect(),
+    })
+    .into_response()
 }
 
 pub fn router(shared: Shared) -> Router {
@@ -367,14 +417,27 @@ mod tests {
     #[test]
     fn filters_match_either_end_and_scenario_lists() {
         let f = flow("pod_to_pod_cross_node", "shop", "db-2");
-        assert!(query("").matches(&f));
-        assert!(query("namespace=shop").matches(&f));
-        assert!(query("namespace=default&pod=web-1").matches(&f));
-        assert!(!query("namespace=shop&pod=web-1").matches(&f), "both must hold on the same end");
-        assert!(query("pod=db-2").matches(&f));
-        assert!(query("scenario=pod_to_service,pod_to_pod_cross_node").matches(&f));
-        assert!(!query("scenario=pod_to_service").matches(&f));
-        assert!(query("state=unanswered").matches(&f) && !query("state=answered").matches(&f));
+        assert!(query("").filter().expect("").matches(&f));
+        assert!(query("namespace=shop").filter().expect("namespace=shop").matches(&f));
+        assert!(
+            query("namespace=default&pod=web-1").filter().expect("namespace=default&pod=web-1").matches(&f)
+        );
+        assert!(
+            !query("namespace=shop&pod=web-1").filter().expect("namespace=shop&pod=web-1").matches(&f),
+            "both must hold on the same end"
+        );
+        assert!(query("pod=db-2").filter().expect("pod=db-2").matches(&f));
+        assert!(
+            query("scenario=pod_to_service,pod_to_pod_cross_node")
+                .filter()
+                .expect("scenario=pod_to_service,pod_to_pod_cross_node")
+                .matches(&f)
+        );
+        assert!(!query("scenario=pod_to_service").filter().expect("scenario=pod_to_service").matches(&f));
+        assert!(
+            query("state=unanswered").filter().expect("state=unanswered").matches(&f)
+                && !query("state=answered").filter().expect("state=answered").matches(&f)
+        );
     }
 
     #[test]
@@ -384,9 +447,9 @@ mod tests {
             ("protocol=quic", "unknown protocol"),
             ("scenario=pod_to_pod_cross_node,nope", "unknown scenario \"nope\""),
         ] {
-            let e = query(q).validate().expect_err(q);
+            let e = query(q).filter().expect_err(q);
             assert!(e.contains(want), "{q}: {e}");
         }
-        assert!(query("protocol=other&state=oneway").validate().is_ok());
+        assert!(query("protocol=other&state=oneway").filter().is_ok());
     }
 }

@@ -1,16 +1,81 @@
-//! The CLI's side of the API: `kovn-monitor flows`.
+//! The client's side of the API: one [`ApiClient`] per monitor (the CLI's `flows` and
+//! `alerts`, `top`, the daemon's questions to its peers), with the response types the server
+//! serialises ([`crate::api`]), and the CLI's text renderings.
+
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
+pub use crate::api::{AlertsResponse, DropsResponse, FlowsResponse};
 use crate::flows::Flow;
 use crate::inventory::Endpoint;
 
-#[derive(serde::Deserialize)]
-pub struct FlowsResponse {
-    pub node: String,
-    pub time: String,
-    pub count: usize,
-    pub flows: Vec<Flow>,
+/// One monitor's API: the HTTP client (the token and `--ca-file` trust of
+/// [`crate::auth::client`]) and the base URL. Cloning shares the connection pool: `top` keeps
+/// one per monitor, so its requests every second reuse a connection instead of adding a new
+/// flow to the table it shows.
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: reqwest::Url,
+}
+
+/// What one request may take unless the caller says otherwise.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ApiClient {
+    /// A client of the monitor at `endpoint` (`http://HOST:PORT`), checked before anything is
+    /// sent.
+    pub fn new(endpoint: &str) -> Result<Self> {
+        Ok(Self { http: crate::auth::client(), base: endpoint_url(endpoint, "/")? })
+    }
+
+    /// The monitor of another node at `ip:port`, in the scheme the cluster's monitors serve
+    /// ([`crate::auth::peer_scheme`]).
+    pub fn peer(ip: std::net::IpAddr, port: u16) -> Result<Self> {
+        let base = format!("{}://{}/", crate::auth::peer_scheme(), std::net::SocketAddr::new(ip, port));
+        Ok(Self { http: crate::auth::client(), base: reqwest::Url::parse(&base).context("peer address")? })
+    }
+
+    pub fn base(&self) -> &reqwest::Url {
+        &self.base
+    }
+
+    /// GET `path` as JSON within `timeout`; a non-2xx answer is an error with its body.
+    pub async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<T> {
+        let url = self.base.join(path).with_context(|| format!("invalid path {path:?}"))?;
+        let resp =
+            self.http.get(url.clone()).query(query).timeout(timeout).send().await.with_context(|| {
+                format!("cannot reach kovn-monitor at {}", self.base.as_str().trim_end_matches('/'))
+            })?;
+        let status = resp.status();
+        let body = resp.text().await.context("reading the response")?;
+        if !status.is_success() {
+            bail!("{url}: {status}: {}", body.trim());
+        }
+        serde_json::from_str(&body).with_context(|| format!("{url}: unexpected response"))
+    }
+
+    pub async fn flows(&self, query: &[(&str, String)], timeout: Duration) -> Result<FlowsResponse> {
+        self.get("/api/v1/flows", query, timeout).await
+    }
+
+    pub async fn alerts(&self, query: &[(&str, String)]) -> Result<AlertsResponse> {
+        self.get("/api/v1/alerts", query, TIMEOUT).await
+    }
+
+    pub async fn drops(&self) -> Result<DropsResponse> {
+        self.get("/api/v1/drops", &[], TIMEOUT).await
+    }
+
+    pub async fn health(&self) -> Result<crate::api::Health> {
+        self.get("/healthz", &[], TIMEOUT).await
+    }
 }
 
 /// Checks an endpoint is an http URL with a host, before anything is sent.
@@ -22,29 +87,13 @@ pub fn endpoint_url(endpoint: &str, path: &str) -> Result<reqwest::Url> {
     base.join(path).with_context(|| format!("invalid endpoint {endpoint:?}"))
 }
 
-#[derive(serde::Deserialize)]
-pub struct AlertsResponse {
-    pub node: String,
-    pub time: String,
-    pub count: usize,
-    pub alerts: Vec<crate::detection::Alert>,
-}
-
-pub async fn get_flows(endpoint: &str, query: &[(&str, String)]) -> Result<FlowsResponse> {
-    get_json(endpoint, "/api/v1/flows", query).await
-}
-
-pub async fn get_alerts(endpoint: &str, query: &[(&str, String)]) -> Result<AlertsResponse> {
-    get_json(endpoint, "/api/v1/alerts", query).await
-}
-
 /// Findings for people: one line each, then for firing ones the verdict and next commands.
 pub fn render_alerts(alerts: &[crate::detection::Alert]) -> String {
     let mut out = String::new();
     for a in alerts {
         out.push_str(&format!(
             "{:<8} {:<22} {:<22} {}  [{}, since {}] id={}\n",
-            a.state.to_uppercase(),
+            a.state.as_str().to_uppercase(),
             a.kind,
             a.scenario,
             a.summary,
@@ -52,7 +101,7 @@ pub fn render_alerts(alerts: &[crate::detection::Alert]) -> String {
             a.first_seen,
             a.id
         ));
-        if a.state == "firing"
+        if a.state == crate::model::AlertState::Firing
             && let Some(v) = &a.verdict
         {
             out.push_str(&format!("         where: {} ({})\n", v.summary, v.hop));
@@ -70,38 +119,6 @@ pub fn render_alerts(alerts: &[crate::detection::Alert]) -> String {
     out
 }
 
-async fn get_json<T: serde::de::DeserializeOwned>(
-    endpoint: &str,
-    path: &str,
-    query: &[(&str, String)],
-) -> Result<T> {
-    get_json_with(&crate::auth::client(), endpoint, path, query).await
-}
-
-/// GET `path` as JSON with the caller's client: `top` keeps one per monitor, so its requests
-/// every second reuse a connection instead of adding a new flow to the table it shows.
-pub async fn get_json_with<T: serde::de::DeserializeOwned>(
-    client: &reqwest::Client,
-    endpoint: &str,
-    path: &str,
-    query: &[(&str, String)],
-) -> Result<T> {
-    let url = endpoint_url(endpoint, path)?;
-    let resp = client
-        .get(url.clone())
-        .query(query)
-        .timeout(std::time::Duration::from_secs(10))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach kovn-monitor at {endpoint}"))?;
-    let status = resp.status();
-    let body = resp.text().await.context("reading the response")?;
-    if !status.is_success() {
-        bail!("{url}: {status}: {}", body.trim());
-    }
-    serde_json::from_str(&body).with_context(|| format!("{url}: unexpected response"))
-}
-
 fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
@@ -114,13 +131,18 @@ fn human_bytes(b: u64) -> String {
 }
 
 /// `namespace/pod:port` when the pod is known, else `ip:port` (no port for ICMP and others).
-fn endpoint(ip: std::net::IpAddr, port: u16, proto: &str, who: Option<&Endpoint>) -> String {
+fn endpoint(
+    ip: std::net::IpAddr,
+    port: u16,
+    proto: crate::model::Protocol,
+    who: Option<&Endpoint>,
+) -> String {
     let host = match who {
         Some(Endpoint { namespace: Some(ns), pod: Some(pod), .. }) => format!("{ns}/{pod}"),
         _ if ip.is_ipv6() => format!("[{ip}]"),
         _ => ip.to_string(),
     };
-    if proto == "icmp" || proto == "icmpv6" || proto == "other" { host } else { format!("{host}:{port}") }
+    if proto.is_icmp() || proto == crate::model::Protocol::Other { host } else { format!("{host}:{port}") }
 }
 
 /// A plain table of flows, one per line, widest columns sized to content.
@@ -143,15 +165,21 @@ pub fn render_table(flows: &[Flow]) -> String {
             let mut ifaces: Vec<String> = f
                 .interfaces
                 .iter()
-                .map(|i| format!("{}/{}", i.name, if i.direction == "ingress" { "in" } else { "out" }))
+                .map(|i| {
+                    format!(
+                        "{}/{}",
+                        i.name,
+                        if i.direction == crate::model::Direction::Ingress { "in" } else { "out" }
+                    )
+                })
                 .collect();
             ifaces.dedup();
             [
-                endpoint(f.src_ip, f.src_port, &f.protocol, f.src.as_ref()),
-                endpoint(f.dst_ip, f.dst_port, &f.protocol, f.dst.as_ref()),
-                f.protocol.clone(),
-                f.scenario.clone(),
-                f.state.clone(),
+                endpoint(f.src_ip, f.src_port, f.protocol, f.src.as_ref()),
+                endpoint(f.dst_ip, f.dst_port, f.protocol, f.dst.as_ref()),
+                f.protocol.to_string(),
+                f.scenario.to_string(),
+                f.state.to_string(),
                 format!("{}/{}", f.packets_fwd, f.packets_rev),
                 format!("{}/{}", human_bytes(f.bytes_fwd), human_bytes(f.bytes_rev)),
                 f.rtt_us.map(|r| format!("{:.3}ms", r as f64 / 1000.0)).unwrap_or_else(|| "-".into()),

@@ -14,6 +14,7 @@ use crate::detection::{self, CommandContext, Detector, DetectorConfig, EndpointF
 use crate::flows::{Clock, FlowTable};
 use crate::interfaces::{self, LinkEvent, Selector};
 use crate::inventory::{self, Inventory};
+use crate::model::{AlertKind, AlertState, Scenario};
 use crate::{kube as kube_source, ovsdb};
 
 #[derive(Clone, Debug)]
@@ -274,7 +275,7 @@ impl Daemon {
                 .map(|(i, a)| AttachedInterface {
                     name: a.name.clone(),
                     ifindex: *i,
-                    kind: a.kind.as_str().into(),
+                    kind: a.kind.into(),
                     mtu: a.mtu,
                 })
                 .collect(),
@@ -337,11 +338,11 @@ impl Daemon {
             }
         }
         let now = time::OffsetDateTime::now_utc();
-        let kinds: std::collections::HashMap<String, String> =
-            snap.health.attached_interfaces.iter().map(|a| (a.name.clone(), a.kind.clone())).collect();
+        let kinds: std::collections::HashMap<String, crate::model::IfaceKind> =
+            snap.health.attached_interfaces.iter().map(|a| (a.name.clone(), a.kind)).collect();
         self.detector.observe_drops(
             &snap.drops,
-            |iface| kinds.get(iface).cloned().unwrap_or_else(|| "host".into()),
+            |iface| kinds.get(iface).copied().unwrap_or(crate::model::IfaceKind::Host),
             now,
         );
         snap.alerts = self.detector.evaluate(&snap.flows, now);
@@ -410,8 +411,8 @@ impl Daemon {
     /// the destination's monitor is asked what it saw of the same flow (same id on every node).
     async fn attach_verdicts(&mut self, snap: &mut Snapshot) {
         const REFRESH: Duration = Duration::from_secs(10);
-        for a in snap.alerts.iter_mut().filter(|a| a.state == "firing") {
-            if a.kind == detection::KIND_DROPS {
+        for a in snap.alerts.iter_mut().filter(|a| a.state == AlertState::Firing) {
+            if a.kind == AlertKind::Drops {
                 // The detector names the drop site itself; only the namespace prefix is ours.
                 if let (Some(ns), Some(v)) = (&self.commands.netns, a.verdict.as_mut()) {
                     for c in &mut v.next_commands {
@@ -444,9 +445,9 @@ impl Daemon {
                 .as_ref()
                 .and_then(|b| snap.flows.iter().find(|f| f.id == b.flow))
                 .unwrap_or(vip_flow);
-            let peer = match (f.scenario.as_str(), f.tunnel.as_ref().and_then(|t| t.remote_ip)) {
-                ("pod_to_pod_cross_node", Some(ip)) => Some(ask_peer(ip, self.cfg.peer_port, f).await),
-                ("pod_to_pod_cross_node", None) => {
+            let peer = match (f.scenario, f.tunnel.as_ref().and_then(|t| t.remote_ip)) {
+                (Scenario::PodToPodCrossNode, Some(ip)) => Some(ask_peer(ip, self.cfg.peer_port, f).await),
+                (Scenario::PodToPodCrossNode, None) => {
                     Some(PeerView::Unreachable("its address is unknown".into()))
                 }
                 _ => None,
@@ -490,15 +491,15 @@ impl Daemon {
 }
 
 /// Marks the flows behind each firing finding with its id, kind and verdict.
-fn link_flows_to_alerts(snap: &mut Snapshot) {
+pub(crate) fn link_flows_to_alerts(snap: &mut Snapshot) {
     let mut by_flow = std::collections::HashMap::new();
-    for a in snap.alerts.iter().filter(|a| a.state == "firing") {
+    for a in snap.alerts.iter().filter(|a| a.state == AlertState::Firing) {
         for id in &a.flows {
             by_flow.insert(
                 id.clone(),
                 crate::flows::FlowAlert {
                     id: a.id.clone(),
-                    kind: a.kind.clone(),
+                    kind: a.kind,
                     hop: a.verdict.as_ref().map(|v| v.hop.clone()),
                     verdict: a.verdict.as_ref().map(|v| v.summary.clone()),
                 },
@@ -512,22 +513,14 @@ fn link_flows_to_alerts(snap: &mut Snapshot) {
 
 /// Asks the monitor of the flow's other node for its view of the same flow.
 async fn ask_peer(ip: std::net::IpAddr, port: u16, f: &crate::flows::Flow) -> PeerView {
-    let url =
-        format!("{}://{}/api/v1/flows", crate::auth::peer_scheme(), std::net::SocketAddr::new(ip, port));
-    let resp = crate::auth::client()
-        .get(&url)
-        .query(&[("ip", f.src_ip.to_string()), ("protocol", f.protocol.clone())])
-        .timeout(Duration::from_millis(800))
-        .send()
-        .await;
-    let body: Result<crate::client::FlowsResponse, String> = match resp {
-        Ok(r) if r.status().is_success() => r.json().await.map_err(|e| e.to_string()),
-        Ok(r) => Err(format!("{url}: {}", r.status())),
-        Err(e) => Err(format!("{url}: {e}")),
+    let query = [("ip", f.src_ip.to_string()), ("protocol", f.protocol.to_string())];
+    let body = match crate::client::ApiClient::peer(ip, port) {
+        Ok(peer) => peer.flows(&query, Duration::from_millis(800)).await,
+        Err(e) => Err(e),
     };
     match body {
         Ok(b) => PeerView::Seen(b.flows.into_iter().find(|p| p.id == f.id).map(Box::new)),
-        Err(e) => PeerView::Unreachable(e),
+        Err(e) => PeerView::Unreachable(format!("{e:#}")),
     }
 }
 

@@ -3,33 +3,24 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::inventory::Endpoint;
-
-/// Alert kinds.
-pub const KIND_REQUEST_WITHOUT_REPLY: &str = "request_without_reply";
-pub const KIND_CONNECTION_REFUSED: &str = "connection_refused";
-pub const KIND_MTU: &str = "mtu";
-pub const KIND_TUNNEL: &str = "tunnel";
-pub const KIND_DROPS: &str = "drops";
-/// A pod opening new flows faster than its budget (raised by `crate::guard::FloodDetector`).
-pub const KIND_FLOW_FLOOD: &str = "flow_flood";
-/// Every kind, for validating filters.
-pub const KINDS: [&str; 6] =
-    [KIND_REQUEST_WITHOUT_REPLY, KIND_CONNECTION_REFUSED, KIND_MTU, KIND_TUNNEL, KIND_DROPS, KIND_FLOW_FLOOD];
+use crate::inventory::{Endpoint, EndpointKind};
+pub use crate::model::{AlertKind, AlertState};
+use crate::model::{Direction as HookDirection, FlowDirection, FlowState, IfaceKind, Protocol, Scenario};
 
 /// One finding. Its `id` is stable for the same kind, pair, destination port and protocol,
 /// so a problem that persists is one alert, not a flood.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Alert {
     pub id: String,
-    /// `request_without_reply|connection_refused|mtu|tunnel|drops`
-    pub kind: String,
+    /// `request_without_reply|connection_refused|mtu|tunnel|drops|flow_flood`
+    pub kind: AlertKind,
     /// `firing|resolved`
-    pub state: String,
+    pub state: AlertState,
     /// `critical|warning|info`
     pub severity: String,
     pub node: String,
-    pub scenario: String,
+    pub scenario: Scenario,
+    /// The protocols of the finding's flows, e.g. `tcp` or `tcp,udp`.
     pub protocol: String,
     pub src_ip: std::net::IpAddr,
     pub dst_ip: std::net::IpAddr,
@@ -110,7 +101,7 @@ pub struct DropEvidence {
     pub reason: String,
     pub interface: String,
     /// `pod|tunnel|underlay|host`
-    pub location: String,
+    pub location: IfaceKind,
     /// Drops within the window.
     pub count: u64,
 }
@@ -174,13 +165,7 @@ use time::OffsetDateTime;
 
 use crate::flows::Flow;
 
-fn parse_time(s: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
+use crate::model::{parse_rfc3339 as parse_time, rfc3339};
 
 /// A stable name for one end: `ns/pod`, or the IP.
 fn who(e: Option<&Endpoint>, ip: std::net::IpAddr) -> String {
@@ -190,9 +175,9 @@ fn who(e: Option<&Endpoint>, ip: std::net::IpAddr) -> String {
     }
 }
 
-fn alert_id(kind: &str, src: &str, dst: &str) -> String {
+fn alert_id(kind: AlertKind, src: &str, dst: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in kind.bytes().chain([0]).chain(src.bytes()).chain([0]).chain(dst.bytes()) {
+    for b in kind.as_str().bytes().chain([0]).chain(src.bytes()).chain([0]).chain(dst.bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -214,9 +199,9 @@ fn reported_here(f: &Flow, node: &str) -> bool {
 /// Does this flow cross the overlay tunnel to another node: a cross-node pod pair, or a service
 /// whose backends all run on one other node (the inventory then names that node).
 fn through_tunnel(f: &Flow) -> bool {
-    match f.scenario.as_str() {
-        "pod_to_pod_cross_node" => true,
-        "pod_to_service" => f.tunnel.as_ref().is_some_and(|t| t.remote_node.is_some()),
+    match f.scenario {
+        Scenario::PodToPodCrossNode => true,
+        Scenario::PodToService => f.tunnel.as_ref().is_some_and(|t| t.remote_node.is_some()),
         _ => false,
     }
 }
@@ -224,7 +209,7 @@ fn through_tunnel(f: &Flow) -> bool {
 /// What a request is for: the destination pod, or a service's backends.
 fn destination(f: &Flow) -> String {
     match &f.dst {
-        Some(Endpoint { kind, backends, .. }) if kind == "service" && !backends.is_empty() => {
+        Some(Endpoint { kind, backends, .. }) if *kind == EndpointKind::Service && !backends.is_empty() => {
             backends.join(",")
         }
         d => who(d.as_ref(), f.dst_ip),
@@ -233,7 +218,7 @@ fn destination(f: &Flow) -> String {
 
 /// The service a flow is addressed to (its VIP), if any.
 fn service_of(f: &Flow) -> Option<&Endpoint> {
-    f.dst.as_ref().filter(|d| d.kind == "service")
+    f.dst.as_ref().filter(|d| d.kind == EndpointKind::Service)
 }
 
 /// For every flow to a service VIP, the post-DNAT flow of the same connection seen on this
@@ -241,16 +226,17 @@ fn service_of(f: &Flow) -> Option<&Endpoint> {
 /// the pod name the inventory gives both). Keyed by the VIP flow's id. A connection has one
 /// backend (conntrack keeps its choice), so the first match is it.
 fn backend_flows(flows: &[Flow]) -> HashMap<&str, &Flow> {
-    let mut by_source: HashMap<(std::net::IpAddr, u16, &str), Vec<&Flow>> = HashMap::new();
-    for f in
-        flows.iter().filter(|f| service_of(f).is_none() && f.dst.as_ref().is_some_and(|d| d.kind == "pod"))
+    let mut by_source: HashMap<(std::net::IpAddr, u16, Protocol), Vec<&Flow>> = HashMap::new();
+    for f in flows
+        .iter()
+        .filter(|f| service_of(f).is_none() && f.dst.as_ref().is_some_and(|d| d.kind == EndpointKind::Pod))
     {
-        by_source.entry((f.src_ip, f.src_port, f.protocol.as_str())).or_default().push(f);
+        by_source.entry((f.src_ip, f.src_port, f.protocol)).or_default().push(f);
     }
     let mut out = HashMap::new();
     for f in flows {
         let Some(svc) = service_of(f) else { continue };
-        let Some(candidates) = by_source.get(&(f.src_ip, f.src_port, f.protocol.as_str())) else { continue };
+        let Some(candidates) = by_source.get(&(f.src_ip, f.src_port, f.protocol)) else { continue };
         // The two are one connection's packets before and after OVS: they start together. An
         // older or newer flow from the same source port (ports are reused) is another one.
         let start = parse_time(&f.first_seen);
@@ -303,11 +289,11 @@ struct DropDelta {
     at: OffsetDateTime,
     reason: String,
     interface: String,
-    location: String,
+    location: IfaceKind,
     flow_id: String,
     src_ip: Option<std::net::IpAddr>,
     dst_ip: Option<std::net::IpAddr>,
-    protocol: String,
+    protocol: Option<Protocol>,
     dst_port: u16,
     count: u64,
 }
@@ -339,7 +325,7 @@ impl Detector {
     pub fn observe_drops(
         &mut self,
         drops: &[crate::drops::DropRecord],
-        location_of: impl Fn(&str) -> String,
+        location_of: impl Fn(&str) -> IfaceKind,
         now: OffsetDateTime,
     ) {
         let mut next = HashMap::with_capacity(drops.len());
@@ -363,7 +349,7 @@ impl Detector {
                 flow_id: d.flow_id.clone(),
                 src_ip: d.src_ip,
                 dst_ip: d.dst_ip,
-                protocol: d.protocol.clone(),
+                protocol: d.protocol,
                 dst_port: d.dst_port,
                 count: rise,
             });
@@ -384,9 +370,9 @@ impl Detector {
         let covers: Vec<(String, Vec<String>, Vec<std::net::IpAddr>)> = self
             .tracked
             .iter()
-            .filter(|(id, t)| t.alert.kind != KIND_DROPS && seen_now.contains(id))
+            .filter(|(id, t)| t.alert.kind != AlertKind::Drops && seen_now.contains(id))
             .map(|(id, t)| {
-                let remotes = if t.alert.kind == KIND_TUNNEL {
+                let remotes = if t.alert.kind == AlertKind::Tunnel {
                     t.alert
                         .flows
                         .iter()
@@ -400,24 +386,24 @@ impl Detector {
             .collect();
         // Drops a firing finding explains become its evidence (any number of them); the rest
         // are grouped by (reason, interface): (location, drops, drops per flow id).
-        type Sites = BTreeMap<(String, String), (String, u64, BTreeMap<String, u64>)>;
+        type Sites = BTreeMap<(String, String), (IfaceKind, u64, BTreeMap<String, u64>)>;
         let mut sites: Sites = BTreeMap::new();
-        let mut explained: BTreeMap<(String, String, String, String), u64> = BTreeMap::new();
+        let mut explained: BTreeMap<(String, String, String, IfaceKind), u64> = BTreeMap::new();
         for d in &self.drop_window {
-            let encapsulated = d.protocol == "udp" && matches!(d.dst_port, 6081 | 4789);
+            let encapsulated = d.protocol == Some(Protocol::Udp) && matches!(d.dst_port, 6081 | 4789);
             let owner = covers.iter().find(|(_, fl, remotes)| {
                 (!d.flow_id.is_empty() && fl.contains(&d.flow_id))
                     || (encapsulated && [d.src_ip, d.dst_ip].iter().flatten().any(|ip| remotes.contains(ip)))
             });
             if let Some((id, _, _)) = owner {
                 *explained
-                    .entry((id.clone(), d.reason.clone(), d.interface.clone(), d.location.clone()))
+                    .entry((id.clone(), d.reason.clone(), d.interface.clone(), d.location))
                     .or_default() += d.count;
                 continue;
             }
             let e = sites
                 .entry((d.reason.clone(), d.interface.clone()))
-                .or_insert_with(|| (d.location.clone(), 0, BTreeMap::new()));
+                .or_insert_with(|| (d.location, 0, BTreeMap::new()));
             e.1 += d.count;
             *e.2.entry(d.flow_id.clone()).or_default() += d.count;
         }
@@ -430,12 +416,8 @@ impl Detector {
             if total < self.cfg.drop_burst {
                 continue;
             }
-            let evidence = DropEvidence {
-                reason: reason.clone(),
-                interface: interface.clone(),
-                location: location.clone(),
-                count: total,
-            };
+            let evidence =
+                DropEvidence { reason: reason.clone(), interface: interface.clone(), location, count: total };
             let (top_flow, _) =
                 per_flow.iter().max_by_key(|(_, n)| **n).map(|(f, n)| (f.clone(), *n)).unwrap_or_default();
             let flow = by_id.get(top_flow.as_str()).copied();
@@ -443,7 +425,7 @@ impl Detector {
             let unspecified = std::net::IpAddr::from([0, 0, 0, 0]);
             let src_ip = flow.map(|f| f.src_ip).or(record.and_then(|r| r.src_ip)).unwrap_or(unspecified);
             let dst_ip = flow.map(|f| f.dst_ip).or(record.and_then(|r| r.dst_ip)).unwrap_or(unspecified);
-            let id = alert_id(KIND_DROPS, &reason, &interface);
+            let id = alert_id(AlertKind::Drops, &reason, &interface);
             let window = self.cfg.drop_window;
             let what = flow.map_or_else(
                 || format!("{src_ip} -> {dst_ip}"),
@@ -456,11 +438,11 @@ impl Detector {
             let entry = self.tracked.entry(id.clone()).or_insert_with(|| Tracked {
                 alert: Alert {
                     id: id.clone(),
-                    kind: KIND_DROPS.into(),
-                    state: "firing".into(),
+                    kind: AlertKind::Drops,
+                    state: AlertState::Firing,
                     severity: "warning".into(),
                     node: String::new(),
-                    scenario: "unknown".into(),
+                    scenario: Scenario::Unknown,
                     protocol: String::new(),
                     src_ip,
                     dst_ip,
@@ -481,18 +463,18 @@ impl Detector {
                 last_failure: now,
             });
             let a = &mut entry.alert;
-            if a.state != "firing" {
-                a.state = "firing".into();
+            if a.state != AlertState::Firing {
+                a.state = AlertState::Firing;
                 a.resolved_at = None;
                 a.first_seen = rfc3339(now);
             }
             a.node = self.node.clone();
             if let Some(f) = flow {
-                a.scenario = f.scenario.clone();
-                a.protocol = f.protocol.clone();
+                a.scenario = f.scenario;
+                a.protocol = f.protocol.as_str().to_string();
                 a.src = f.src.clone();
                 a.dst = f.dst.clone();
-                a.dst_port = (f.protocol != "icmp" && f.protocol != "icmpv6").then_some(f.dst_port);
+                a.dst_port = (!f.protocol.is_icmp()).then_some(f.dst_port);
                 a.remote_node = f.tunnel.as_ref().and_then(|t| t.remote_node.clone());
             }
             a.src_ip = src_ip;
@@ -501,7 +483,7 @@ impl Detector {
             a.summary = summary;
             a.evidence = Evidence { drops: vec![evidence], ..Default::default() };
             a.flows = per_flow.keys().filter(|f| !f.is_empty()).cloned().collect();
-            a.verdict = Some(drop_verdict(&reason, &interface, &location, &self.node));
+            a.verdict = Some(drop_verdict(&reason, &interface, location, &self.node));
             entry.last_failure = now;
             seen_now.push(id);
         }
@@ -517,7 +499,7 @@ impl Detector {
         let mut pairs: HashMap<(String, String), PairRound> = HashMap::new();
         // Pod traffic only: the node's own connections on its NIC (API server, SSH, scrapes)
         // are not what kovn watches over.
-        let is_pod = |e: &Option<Endpoint>| e.as_ref().is_some_and(|e| e.kind == "pod");
+        let is_pod = |e: &Option<Endpoint>| e.as_ref().is_some_and(|e| e.kind == EndpointKind::Pod);
         // Service connections are judged by the client's view (the VIP flow on its veth) and
         // located by their post-DNAT flow, which is part of them, not a pair of its own.
         let backend_of = backend_flows(flows);
@@ -528,7 +510,7 @@ impl Detector {
         }
         let path = |f: &'a Flow| on_path(&backend_of, f);
         for f in flows.iter().filter(|f| reported_here(f, &self.node) && (is_pod(&f.src) || is_pod(&f.dst))) {
-            if f.protocol == "udp" && self.cfg.udp_oneway_ports.contains(&f.dst_port) {
+            if f.protocol == Protocol::Udp && self.cfg.udp_oneway_ports.contains(&f.dst_port) {
                 continue;
             }
             if post_dnat.contains(f.id.as_str()) {
@@ -537,7 +519,7 @@ impl Detector {
             let backend = backend_of.get(f.id.as_str()).map(|b| service_backend(f, b));
             let key = (who(f.src.as_ref(), f.src_ip), pair_dst(f.dst.as_ref(), f.dst_ip, backend.as_ref()));
             let round = pairs.entry(key).or_default();
-            if f.state == "reset" && f.replies == 0 && f.rst_rev > 0 {
+            if f.state == FlowState::Reset && f.replies == 0 && f.rst_rev > 0 {
                 round.refused.push(f);
             } else if f.requests_unanswered > 0
                 && f.replies == 0
@@ -597,14 +579,15 @@ impl Detector {
             }
         }
         let same_node_ok =
-            pairs.values().any(|r| r.answered.iter().any(|f| f.scenario == "pod_to_pod_same_node"));
+            pairs.values().any(|r| r.answered.iter().any(|f| f.scenario == Scenario::PodToPodSameNode));
         let mut seen_now = Vec::new();
         // Tunnel findings are per node pair: every pod pair failing towards that node is one
         // problem of the tunnel, raised once below.
         let mut tunnel_failing: BTreeMap<String, Vec<&Flow>> = BTreeMap::new();
         for ((src, dst), round) in &pairs {
             if !round.refused.is_empty() {
-                let id = self.raise(KIND_CONNECTION_REFUSED, src, dst, &round.refused, &round.answered, now);
+                let id =
+                    self.raise(AlertKind::ConnectionRefused, src, dst, &round.refused, &round.answered, now);
                 self.name_backend(&id, dst, &round.refused, &backend_of);
                 seen_now.push(id);
             }
@@ -613,7 +596,7 @@ impl Detector {
             }
             let mtu_hole = self.mtu_black_hole(&round.failing, &round.answered);
             let kind = if mtu_hole.is_some() {
-                KIND_MTU
+                AlertKind::Mtu
             } else if round.failing.iter().all(|f| through_tunnel(path(f)))
                 && same_node_ok
                 && round
@@ -622,12 +605,12 @@ impl Detector {
                     .filter_map(|f| path(f).tunnel.as_ref()?.remote_node.clone())
                     .any(|n| by_remote.get(&n).is_some_and(|(fail, ok)| fail.len() >= 2 && *ok == 0))
             {
-                KIND_TUNNEL
+                AlertKind::Tunnel
             } else {
-                KIND_REQUEST_WITHOUT_REPLY
+                AlertKind::RequestWithoutReply
             };
-            if kind == KIND_TUNNEL {
-                self.supersede(src, dst, KIND_TUNNEL);
+            if kind == AlertKind::Tunnel {
+                self.supersede(src, dst, AlertKind::Tunnel);
                 for f in &round.failing {
                     if let Some(n) = path(f).tunnel.as_ref().and_then(|t| t.remote_node.clone()) {
                         tunnel_failing.entry(n).or_default().push(f);
@@ -646,7 +629,7 @@ impl Detector {
         }
         let local = self.node.clone();
         for (remote, failing) in &tunnel_failing {
-            seen_now.push(self.raise(KIND_TUNNEL, &local, remote, failing, &[], now));
+            seen_now.push(self.raise(AlertKind::Tunnel, &local, remote, failing, &[], now));
         }
         for id in &seen_now {
             if let Some(t) = self.tracked.get_mut(id) {
@@ -658,27 +641,29 @@ impl Detector {
         let resolve_after =
             time::Duration::try_from(self.cfg.resolve_after).unwrap_or(time::Duration::seconds(30));
         for (id, t) in self.tracked.iter_mut() {
-            if t.alert.state != "firing" || seen_now.contains(id) {
+            if t.alert.state != AlertState::Firing || seen_now.contains(id) {
                 continue;
             }
             // Drops have no answer that heals them: only quiet does.
-            let healed = t.alert.kind != KIND_DROPS
+            let healed = t.alert.kind != AlertKind::Drops
                 && pairs
                     .get(&(t.alert_src(), t.alert_dst()))
                     .is_some_and(|r| !r.answered.is_empty() && r.failing.is_empty());
             if healed || now - t.last_failure >= resolve_after {
-                t.alert.state = "resolved".into();
+                t.alert.state = AlertState::Resolved;
                 t.alert.resolved_at = Some(rfc3339(now));
             }
         }
         let retention = time::Duration::try_from(self.cfg.retention).unwrap_or(time::Duration::minutes(10));
         self.tracked.retain(|_, t| {
-            t.alert.state == "firing"
+            t.alert.state == AlertState::Firing
                 || t.alert.resolved_at.as_deref().and_then(parse_time).is_none_or(|r| now - r < retention)
         });
         let mut out: Vec<Alert> = self.tracked.values().map(|t| t.alert.clone()).collect();
         out.sort_by(|a, b| {
-            (a.state != "firing").cmp(&(b.state != "firing")).then(b.last_seen.cmp(&a.last_seen))
+            (a.state != AlertState::Firing)
+                .cmp(&(b.state != AlertState::Firing))
+                .then(b.last_seen.cmp(&a.last_seen))
         });
         out
     }
@@ -700,7 +685,7 @@ impl Detector {
 
     fn raise(
         &mut self,
-        kind: &str,
+        kind: AlertKind,
         src: &str,
         dst: &str,
         failing: &[&Flow],
@@ -713,7 +698,7 @@ impl Detector {
             requests: failing.iter().map(|f| u64::from(f.requests)).sum(),
             requests_unanswered: failing.iter().map(|f| u64::from(f.requests_unanswered)).sum(),
             replies: failing.iter().map(|f| u64::from(f.replies)).sum(),
-            rst: (kind == KIND_CONNECTION_REFUSED)
+            rst: (kind == AlertKind::ConnectionRefused)
                 .then(|| failing.iter().map(|f| u64::from(f.rst_rev)).sum()),
             max_request_bytes: None,
             path_mtu: None,
@@ -737,11 +722,13 @@ impl Detector {
             p
         };
         let summary = match kind {
-            KIND_CONNECTION_REFUSED => format!("{src} -> {dst}:{}: connection refused (RST)", first.dst_port),
-            KIND_MTU => {
+            AlertKind::ConnectionRefused => {
+                format!("{src} -> {dst}:{}: connection refused (RST)", first.dst_port)
+            }
+            AlertKind::Mtu => {
                 format!("{src} -> {dst}: large packets get no reply while small ones do (MTU black hole)")
             }
-            KIND_TUNNEL => format!(
+            AlertKind::Tunnel => format!(
                 "{src} -> {dst}: cross-node requests of {} pod pair(s) towards {dst} unanswered while same-node traffic works",
                 {
                     let mut p: Vec<String> = failing
@@ -765,11 +752,11 @@ impl Detector {
         let entry = self.tracked.entry(id.clone()).or_insert_with(|| Tracked {
             alert: Alert {
                 id: id.clone(),
-                kind: kind.to_string(),
-                state: "firing".into(),
-                severity: if kind == KIND_CONNECTION_REFUSED { "warning" } else { "critical" }.into(),
+                kind,
+                state: AlertState::Firing,
+                severity: if kind == AlertKind::ConnectionRefused { "warning" } else { "critical" }.into(),
                 node: String::new(),
-                scenario: first.scenario.clone(),
+                scenario: first.scenario,
                 protocol: String::new(),
                 src_ip: first.src_ip,
                 dst_ip: first.dst_ip,
@@ -790,16 +777,16 @@ impl Detector {
             last_failure: now,
         });
         let a = &mut entry.alert;
-        if a.state != "firing" {
+        if a.state != AlertState::Firing {
             // The same problem again: a new episode of the same alert.
-            a.state = "firing".into();
+            a.state = AlertState::Firing;
             a.resolved_at = None;
             a.first_seen = first_seen;
             a.verdict = None;
         }
         a.node = self.node.clone();
         a.protocol = protocols.join(",");
-        a.dst_port = (first.protocol != "icmp" && first.protocol != "icmpv6").then_some(first.dst_port);
+        a.dst_port = (!first.protocol.is_icmp()).then_some(first.dst_port);
         a.remote_node = first.tunnel.as_ref().and_then(|t| t.remote_node.clone());
         a.last_seen = failing.iter().map(|f| f.last_seen.clone()).max().unwrap_or_default();
         a.summary = summary;
@@ -834,11 +821,11 @@ impl Detector {
     /// A pair's failure seen as one kind earlier (e.g. before the small answered pings or the
     /// second failing pair arrived) and now understood as `kind`: the earlier finding was the
     /// same problem, so it goes rather than fire twice.
-    fn supersede(&mut self, src: &str, dst: &str, kind: &str) {
-        for k in [KIND_REQUEST_WITHOUT_REPLY, KIND_MTU] {
+    fn supersede(&mut self, src: &str, dst: &str, kind: AlertKind) {
+        for k in [AlertKind::RequestWithoutReply, AlertKind::Mtu] {
             if k != kind {
                 let id = alert_id(k, src, dst);
-                if self.tracked.get(&id).is_some_and(|t| t.alert.state == "firing") {
+                if self.tracked.get(&id).is_some_and(|t| t.alert.state == AlertState::Firing) {
                     self.tracked.remove(&id);
                 }
             }
@@ -863,7 +850,7 @@ impl Tracked {
 }
 
 /// Where a drop burst happens and what to look at, by the kernel's reason.
-fn drop_verdict(reason: &str, interface: &str, location: &str, node: &str) -> Verdict {
+fn drop_verdict(reason: &str, interface: &str, location: IfaceKind, node: &str) -> Verdict {
     let why = match reason {
         "NETFILTER_DROP" => {
             "a netfilter rule (iptables/nftables: the node's firewall, kube-proxy or a NetworkPolicy implemented there)"
@@ -931,13 +918,18 @@ pub struct EndpointFacts {
     pub host_iface: Option<String>,
 }
 
-fn seen(f: &Flow, kind: &str, direction: &str, flow_direction: &str) -> bool {
+fn seen(f: &Flow, kind: IfaceKind, direction: HookDirection, flow_direction: FlowDirection) -> bool {
     f.interfaces
         .iter()
         .any(|i| i.kind == kind && i.direction == direction && i.flow_direction == flow_direction)
 }
 
-fn iface_of<'a>(f: &'a Flow, kind: &str, direction: &str, flow_direction: &str) -> Option<&'a str> {
+fn iface_of(
+    f: &Flow,
+    kind: IfaceKind,
+    direction: HookDirection,
+    flow_direction: FlowDirection,
+) -> Option<&str> {
     f.interfaces
         .iter()
         .find(|i| i.kind == kind && i.direction == direction && i.flow_direction == flow_direction)
@@ -945,10 +937,10 @@ fn iface_of<'a>(f: &'a Flow, kind: &str, direction: &str, flow_direction: &str) 
 }
 
 fn l4_match(f: &Flow) -> String {
-    match f.protocol.as_str() {
-        "tcp" => format!(" && tcp && tcp.dst == {}", f.dst_port),
-        "udp" => format!(" && udp && udp.dst == {}", f.dst_port),
-        "icmp" => " && icmp4 && icmp4.type == 8".into(),
+    match f.protocol {
+        Protocol::Tcp => format!(" && tcp && tcp.dst == {}", f.dst_port),
+        Protocol::Udp => format!(" && udp && udp.dst == {}", f.dst_port),
+        Protocol::Icmp => " && icmp4 && icmp4.type == 8".into(),
         _ => String::new(),
     }
 }
@@ -980,7 +972,7 @@ pub fn next_commands(
         ));
         let db = ctx.ovn_sb.as_ref().map(|d| format!(" --db={d}")).unwrap_or_default();
         cmds.push(format!("ovn-trace{db} {} '{m}'", ctx.logical_switch));
-        let port = if f.protocol == "icmp" { String::new() } else { format!(" {}", f.dst_port) };
+        let port = if f.protocol == Protocol::Icmp { String::new() } else { format!(" {}", f.dst_port) };
         cmds.push(format!("kubectl ko trace {ns}/{pod} {} {}{port}", f.dst_ip, f.protocol));
     }
     cmds.push(format!("{prefix}ovs-ofctl dump-flows {} ip,nw_dst={}", ctx.br_int, f.dst_ip));
@@ -1003,7 +995,7 @@ pub fn next_commands(
 /// judged exactly like a pod-to-pod one.
 pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: bool) -> (String, String) {
     let src = who(a.src.as_ref(), a.src_ip);
-    let dst = match (&a.backend, a.dst.as_ref().filter(|d| d.kind == "service")) {
+    let dst = match (&a.backend, a.dst.as_ref().filter(|d| d.kind == EndpointKind::Service)) {
         (Some(b), _) => format!(
             "{} (backend of service {})",
             who(b.pod.as_ref(), b.ip),
@@ -1016,8 +1008,8 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
     let remote =
         f.tunnel.as_ref().and_then(|t| t.remote_node.clone()).unwrap_or_else(|| "the other node".into());
     let hop = |h: &str, s: String| (h.to_string(), s);
-    match a.kind.as_str() {
-        KIND_CONNECTION_REFUSED => {
+    match a.kind {
+        AlertKind::ConnectionRefused => {
             return hop(
                 "refused_by_destination",
                 format!(
@@ -1026,7 +1018,7 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
                 ),
             );
         }
-        KIND_MTU => {
+        AlertKind::Mtu => {
             let mtu = a.evidence.path_mtu.map(|m| format!(" ({m})")).unwrap_or_default();
             return hop(
                 "lost_in_tunnel",
@@ -1038,7 +1030,7 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
         }
         _ => {}
     }
-    if let Some(svc) = a.dst.as_ref().filter(|d| d.kind == "service" && d.backends.is_empty()) {
+    if let Some(svc) = a.dst.as_ref().filter(|d| d.kind == EndpointKind::Service && d.backends.is_empty()) {
         return hop(
             "no_backends",
             format!(
@@ -1049,13 +1041,13 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
             ),
         );
     }
-    if a.backend.is_none() && a.dst.as_ref().is_some_and(|d| d.kind == "service") {
+    if a.backend.is_none() && a.dst.as_ref().is_some_and(|d| d.kind == EndpointKind::Service) {
         // The load balancer's choice shows on the wire (underlay) for a backend on another
         // node and on the backend's veth for one here: with the underlay watched, neither
         // means the request died in this node's br-int, at or after the load balancer (an
         // ACL/NetworkPolicy evaluated here on the DNATed packet, a flow-table drop). Which
         // backend conntrack chose is then not visible to the kernel hooks.
-        if underlay_watched && seen(f, "pod", "ingress", "fwd") {
+        if underlay_watched && seen(f, IfaceKind::Pod, HookDirection::Ingress, FlowDirection::Fwd) {
             return hop(
                 "never_left_source",
                 format!(
@@ -1072,17 +1064,21 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
             ),
         );
     }
-    let delivered_here = seen(f, "pod", "egress", "fwd");
-    if f.scenario != "pod_to_pod_cross_node" {
+    let delivered_here = seen(f, IfaceKind::Pod, HookDirection::Egress, FlowDirection::Fwd);
+    if f.scenario != Scenario::PodToPodCrossNode {
         return if delivered_here {
-            let v = iface_of(f, "pod", "egress", "fwd").unwrap_or("its veth");
+            let v =
+                iface_of(f, IfaceKind::Pod, HookDirection::Egress, FlowDirection::Fwd).unwrap_or("its veth");
             hop(
                 "no_reply_from_destination",
                 format!(
                     "the request reached {dst} ({v} on {node}); no reply came back: {dst} itself (application, firewall) or its policy"
                 ),
             )
-        } else if f.dst.as_ref().is_some_and(|d| d.kind == "pod" && d.node.as_deref() == Some(node.as_str()))
+        } else if f
+            .dst
+            .as_ref()
+            .is_some_and(|d| d.kind == EndpointKind::Pod && d.node.as_deref() == Some(node.as_str()))
         {
             hop(
                 "lost_before_destination_pod",
@@ -1094,7 +1090,7 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
             hop("unknown", format!("the request left {src} on {node}; no reply came back"))
         };
     }
-    if underlay_watched && !seen(f, "underlay", "egress", "fwd") {
+    if underlay_watched && !seen(f, IfaceKind::Underlay, HookDirection::Egress, FlowDirection::Fwd) {
         return hop(
             "never_left_source",
             format!(
@@ -1116,7 +1112,7 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
                         "the request {left} and {dst} on {remote} replied, but the reply never came back: loss between {remote} and {node} (tunnel, underlay)"
                     ),
                 )
-            } else if seen(pf, "pod", "egress", "fwd") {
+            } else if seen(pf, IfaceKind::Pod, HookDirection::Egress, FlowDirection::Fwd) {
                 hop(
                     "no_reply_from_destination",
                     format!(
@@ -1225,8 +1221,8 @@ mod tests {
 
     use crate::drops::test_record as drop_rec;
 
-    fn pod_location(iface: &str) -> String {
-        if iface.ends_with("_h") { "pod" } else { "host" }.to_string()
+    fn pod_location(iface: &str) -> IfaceKind {
+        if iface.ends_with("_h") { IfaceKind::Pod } else { IfaceKind::Host }
     }
 
     #[test]
@@ -1234,7 +1230,7 @@ mod tests {
         let mut d = detector();
         let answered = same("a", (1, 1, 3), "db-1", true);
         let icmp = |id: &str, count| crate::drops::DropRecord {
-            protocol: "icmp".into(),
+            protocol: Some(Protocol::Icmp),
             ip_proto: 1,
             src_port: 0,
             dst_port: 0,
@@ -1277,7 +1273,7 @@ mod tests {
         let alerts = d.evaluate(std::slice::from_ref(&answered), at(3));
         assert_eq!(alerts.len(), 1, "{alerts:#?}");
         let a = &alerts[0];
-        assert_eq!((a.kind.as_str(), a.state.as_str()), (KIND_DROPS, "firing"));
+        assert_eq!((a.kind, a.state), (AlertKind::Drops, AlertState::Firing));
         assert_eq!(a.evidence.drops.len(), 1);
         let e = &a.evidence.drops[0];
         assert_eq!(
@@ -1307,7 +1303,7 @@ mod tests {
         d.observe_drops(&[drop_rec("a", "NETFILTER_DROP", "abc_h", 15)], pod_location, at(5));
         let alerts = d.evaluate(std::slice::from_ref(&failing), at(5));
         assert_eq!(alerts.len(), 1, "{alerts:#?}");
-        assert_eq!(alerts[0].kind, KIND_REQUEST_WITHOUT_REPLY);
+        assert_eq!(alerts[0].kind, AlertKind::RequestWithoutReply);
         assert_eq!(alerts[0].evidence.drops[0].reason, "NETFILTER_DROP");
         assert_eq!(alerts[0].evidence.drops[0].count, 15);
         // Drops spread below the burst in the window never fire; outside the window they age out.
@@ -1434,7 +1430,7 @@ mod tests {
         // the tunnel finding (any count), not a drops finding of its own.
         let mut outer = drop_rec("outer", "NETFILTER_DROP", "eth0", 3);
         (outer.protocol, outer.dst_port, outer.dst_ip) =
-            ("udp".into(), 6081, Some("172.31.250.12".parse().unwrap()));
+            (Some(Protocol::Udp), 6081, Some("172.31.250.12".parse().unwrap()));
         d.observe_drops(&[outer], pod_location, at(6));
         let a = d.evaluate(&flows, at(6));
         assert_eq!(a.len(), 1, "{a:#?}");

@@ -21,7 +21,8 @@ use kovn_ebpf_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::flows::{Clock, Flow, flow_id, ip_of, protocol_name};
+use crate::flows::{Clock, Flow, flow_id, ip_of};
+use crate::model::Protocol;
 
 pub const DROP_MAP: &str = "DROPS";
 pub const DROP_COUNTER_MAP: &str = "DROP_COUNTERS";
@@ -629,7 +630,9 @@ pub struct DropRecord {
     pub dst_ip: Option<IpAddr>,
     pub src_port: u16,
     pub dst_port: u16,
-    pub protocol: String,
+    /// `tcp|udp|sctp|icmp|icmpv6|other`, or `non_ip`.
+    #[serde(with = "crate::model::protocol_or_non_ip")]
+    pub protocol: Option<Protocol>,
     pub ip_proto: u8,
     /// The kernel's `enum skb_drop_reason` name without `SKB_DROP_REASON_`, e.g. `NETFILTER_DROP`.
     pub reason: String,
@@ -767,7 +770,7 @@ pub fn records(
             dst_ip: ip.then_some(dst.0),
             src_port: src.1,
             dst_port: dst.1,
-            protocol: if ip { protocol_name(f.proto).into() } else { "non_ip".into() },
+            protocol: ip.then(|| Protocol::from_number(f.proto)),
             ip_proto: f.proto,
             reason: hook.reason_name(k.reason),
             reason_code: k.reason,
@@ -817,7 +820,7 @@ pub fn name_pods(
                 _ => [&f.dst, &f.src],
             };
             ends.into_iter().flatten().find_map(|e| {
-                if e.kind != "pod" || e.node.as_deref().is_some_and(|n| n != node) {
+                if e.kind != crate::model::EndpointKind::Pod || e.node.as_deref().is_some_and(|n| n != node) {
                     return None;
                 }
                 Some(format!("{}/{}", e.namespace.as_deref()?, e.pod.as_deref()?))
@@ -908,7 +911,7 @@ pub fn pod_drop_verdict(f: &Flow, peer: Option<&Flow>) -> Option<PodDropVerdict>
         .filter(|d| d.location == DropLocation::Pod)
         // A TCP SYN to a closed port is freed as NO_SOCKET after the kernel answered it with an
         // RST: that is a refusal (`refused_by_destination`), not a silent drop.
-        .filter(|d| !(d.reason == "NO_SOCKET" && f.protocol == "tcp"))
+        .filter(|d| !(d.reason == "NO_SOCKET" && f.protocol == Protocol::Tcp))
         .max_by_key(|d| d.count)?;
     let reply = d.direction == Some(DropDirection::Reply);
     let (src, dst) = (endpoint_name(f.src.as_ref(), f.src_ip), endpoint_name(f.dst.as_ref(), f.dst_ip));
@@ -953,7 +956,7 @@ pub fn pod_drop_verdict(f: &Flow, peer: Option<&Flow>) -> Option<PodDropVerdict>
                 f.dst_port
             ),
             vec![
-                in_pod_command(d, if proto == "udp" { "ss -lunp" } else { "ss -ltnp" }),
+                in_pod_command(d, if f.protocol == Protocol::Udp { "ss -lunp" } else { "ss -ltnp" }),
                 in_pod_command(d, "nstat -az UdpNoPorts"),
             ],
         ),
@@ -981,7 +984,7 @@ pub(crate) fn test_record(flow_id: &str, reason: &str, interface: &str, count: u
         dst_ip: Some(IpAddr::from([10, 16, 0, 5])),
         src_port: 40000,
         dst_port: 8080,
-        protocol: "tcp".into(),
+        protocol: Some(Protocol::Tcp),
         ip_proto: 6,
         reason: reason.into(),
         reason_code: 0,

@@ -30,9 +30,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::api::{SCENARIOS, Snapshot};
+use crate::api::Snapshot;
 use crate::flows::Flow;
 use crate::inventory::Endpoint;
+use crate::model::{AlertState, EndpointKind, IfaceKind};
 
 /// The content type of `/metrics` (what `prometheus_client::encoding::text` writes).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -47,9 +48,6 @@ pub const RTT_BUCKETS: [f64; 16] = [
 /// Poll duration buckets (seconds): a poll reads the whole kernel map, so it grows with the table.
 pub const POLL_BUCKETS: [f64; 13] =
     [1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0];
-
-/// Protocol label values: the API's names; anything else is `other`.
-const PROTOCOLS: [&str; 6] = ["tcp", "udp", "sctp", "icmp", "icmpv6", "other"];
 
 /// Interface kinds and hooks always exported (at 0 when absent), so a dashboard can tell
 /// "not attached" from "not scraped".
@@ -356,8 +354,8 @@ fn delta(prev: Option<&Seen>, cur: &Seen) -> (Delta, Seen) {
 /// The bounded identity of one end: `(namespace, workload, pod)`.
 fn endpoint_labels(e: Option<&Endpoint>, pod_labels: bool) -> (&str, &str, &str) {
     let Some(e) = e else { return ("", "unknown", "") };
-    match e.kind.as_str() {
-        "pod" => {
+    match e.kind {
+        EndpointKind::Pod => {
             let pod = e.pod.as_deref().unwrap_or("");
             // No guessing a workload from a pod name (`-<hash>` suffixes are not reliable):
             // the pod name stands in only when pod-level series were asked for.
@@ -368,19 +366,11 @@ fn endpoint_labels(e: Option<&Endpoint>, pod_labels: bool) -> (&str, &str, &str)
             };
             (e.namespace.as_deref().unwrap_or(""), workload, if pod_labels { pod } else { "" })
         }
-        "service" => ("", "service", ""),
-        "node" => ("", "node", ""),
-        "external" => ("", "external", ""),
-        _ => ("", "unknown", ""),
+        EndpointKind::Service => ("", "service", ""),
+        EndpointKind::Node => ("", "node", ""),
+        EndpointKind::External => ("", "external", ""),
+        EndpointKind::Unknown => ("", "unknown", ""),
     }
-}
-
-fn bounded_scenario(s: &str) -> &str {
-    if SCENARIOS.contains(&s) { s } else { "unknown" }
-}
-
-fn bounded_protocol(p: &str) -> &str {
-    if PROTOCOLS.contains(&p) { p } else { "other" }
 }
 
 /// The label set shared by the flow and request families (without `direction`). Borrowed
@@ -404,8 +394,8 @@ impl<'a> Pair<&'a str> {
         let (src_namespace, src_workload, src_pod) = endpoint_labels(f.src.as_ref(), pod_labels);
         let (dst_namespace, dst_workload, dst_pod) = endpoint_labels(f.dst.as_ref(), pod_labels);
         Pair {
-            scenario: bounded_scenario(&f.scenario),
-            protocol: bounded_protocol(&f.protocol),
+            scenario: f.scenario.as_str(),
+            protocol: f.protocol.as_str(),
             src_namespace,
             src_workload,
             dst_namespace,
@@ -481,14 +471,13 @@ fn site_labels(k: &SiteKey) -> Labels {
 /// Where a flow enters this node's view: `pod` when a pod veth saw it, else the kind of the
 /// first interface that did (`tunnel`, `underlay`, `host`).
 fn flow_location(f: &Flow) -> &'static str {
-    let kinds = || f.interfaces.iter().map(|i| i.kind.as_str());
-    if kinds().any(|k| k == "pod") {
-        return "pod";
+    let kinds = || f.interfaces.iter().map(|i| i.kind);
+    if kinds().any(|k| k == IfaceKind::Pod) {
+        return IfaceKind::Pod.as_str();
     }
     match kinds().next() {
-        Some("tunnel") => "tunnel",
-        Some("underlay") => "underlay",
-        _ => "host",
+        Some(k @ (IfaceKind::Tunnel | IfaceKind::Underlay)) => k.as_str(),
+        _ => IfaceKind::Host.as_str(),
     }
 }
 
@@ -496,11 +485,11 @@ fn flow_location(f: &Flow) -> &'static str {
 /// when it is a pod, else the other end.
 fn pod_end(f: &Flow, pod_labels: bool) -> (&str, &str) {
     let (sn, sw, _) = endpoint_labels(f.src.as_ref(), pod_labels);
-    if f.src.as_ref().is_some_and(|e| e.kind == "pod") {
+    if f.src.as_ref().is_some_and(|e| e.kind == EndpointKind::Pod) {
         return (sn, sw);
     }
     let (dn, dw, _) = endpoint_labels(f.dst.as_ref(), pod_labels);
-    if f.dst.as_ref().is_some_and(|e| e.kind == "pod") { (dn, dw) } else { (sn, sw) }
+    if f.dst.as_ref().is_some_and(|e| e.kind == EndpointKind::Pod) { (dn, dw) } else { (sn, sw) }
 }
 
 /// `(kind, scenario, src_namespace, src_workload, dst_namespace, dst_workload)` of an alert.
@@ -720,7 +709,7 @@ impl Exporter {
             let (ns, wl) = flows.get(d.flow_id.as_str()).map_or(("", "unknown"), |f| pod_end(f, pod_labels));
             // The protocol (a known set) tells a reason's ordinary cases from its faults, e.g.
             // `NO_SOCKET` on ICMP is every raw-socket ping's reply (`DropRecord::is_routine`).
-            let protocol = bounded_protocol(&d.protocol);
+            let protocol = d.protocol.unwrap_or(crate::model::Protocol::Other).as_str();
             *sums.entry([d.reason.as_str(), location, protocol, ns, wl]).or_default() += added;
         }
         self.drops = next;
@@ -733,12 +722,11 @@ impl Exporter {
 
     fn update_paths(&mut self, snap: &Snapshot, now: Instant) {
         let mut firing: HashSet<PathKey> = HashSet::new();
-        for a in snap.alerts.iter().filter(|a| a.state == "firing") {
+        for a in snap.alerts.iter().filter(|a| a.state == AlertState::Firing) {
             // Pod names never label this gauge: alerts are per workload pair.
             let (sn, sw, _) = endpoint_labels(a.src.as_ref(), false);
             let (dn, dw, _) = endpoint_labels(a.dst.as_ref(), false);
-            firing
-                .insert([a.kind.as_str(), bounded_scenario(&a.scenario), sn, sw, dn, dw].map(str::to_string));
+            firing.insert([a.kind.as_str(), a.scenario.as_str(), sn, sw, dn, dw].map(str::to_string));
         }
         // A pair that stopped firing reads 0 (not absent) until its TTL runs out, so a
         // dashboard shows the recovery. Firing pairs are never set to 0 in between: a scrape
@@ -1103,10 +1091,12 @@ mod tests {
             // No workload known: not guessed from the pod name.
             flow("c", pod("shop", "job-x7k2p", None), other("external")),
             flow("d", pod("shop", "web-3", Some("web")), other("service")),
+            // Names outside the label sets cannot occur (enums): the catch-all values remain.
             Flow {
-                scenario: "made_up".into(),
-                protocol: "gre".into(),
-                ..flow("e", other("node"), other("weird"))
+                scenario: crate::model::Scenario::Unknown,
+                protocol: crate::model::Protocol::Other,
+                ip_proto: 47,
+                ..flow("e", other("node"), other("unknown"))
             },
         ];
         e.update(&snap(flows), t0);

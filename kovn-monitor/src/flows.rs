@@ -13,6 +13,9 @@ use kovn_ebpf_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::{Endpoint, Inventory, TunnelPeer};
+pub use crate::model::{
+    AlertKind, Direction as HookDirection, FlowDirection, FlowState, IfaceKind, Protocol, Scenario,
+};
 
 /// A flow as the API shows it. `fwd` is initiator → responder, `rev` the answer direction.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -24,7 +27,7 @@ pub struct Flow {
     pub src_port: u16,
     pub dst_port: u16,
     /// `tcp|udp|sctp|icmp|icmpv6|other`
-    pub protocol: String,
+    pub protocol: Protocol,
     /// IP protocol number (useful when `protocol` is `other`).
     pub ip_proto: u8,
     pub packets_fwd: u64,
@@ -35,7 +38,7 @@ pub struct Flow {
     pub first_seen: String,
     pub last_seen: String,
     /// `answered|unanswered|reset|closed|oneway`
-    pub state: String,
+    pub state: FlowState,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rtt_us: Option<u64>,
     /// Requests seen (TCP SYNs incl. retransmits, echo requests, UDP packets before the first
@@ -55,8 +58,8 @@ pub struct Flow {
     pub interfaces: Vec<FlowInterface>,
     /// `pod_to_pod_same_node|pod_to_pod_cross_node|pod_to_service|pod_to_node|node_to_pod|
     /// pod_to_external|unknown`, from the inventory.
-    #[serde(default = "unknown")]
-    pub scenario: String,
+    #[serde(default)]
+    pub scenario: Scenario,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub src: Option<Endpoint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,7 +96,7 @@ pub struct FlowMtu {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FlowAlert {
     pub id: String,
-    pub kind: String,
+    pub kind: AlertKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hop: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -134,21 +137,17 @@ pub fn encap_of_device(name: &str) -> Option<&'static str> {
     }
 }
 
-fn unknown() -> String {
-    "unknown".into()
-}
-
 /// Where a flow was seen: interface, tc hook direction, and which flow direction.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FlowInterface {
     pub name: String,
     pub ifindex: u32,
     /// tc hook: `ingress|egress`
-    pub direction: String,
+    pub direction: HookDirection,
     /// `pod|tunnel|underlay|host`
-    pub kind: String,
+    pub kind: IfaceKind,
     /// Which direction of the flow this hook saw: `fwd|rev`
-    pub flow_direction: String,
+    pub flow_direction: FlowDirection,
     pub packets: u64,
 }
 
@@ -184,10 +183,7 @@ impl Clock {
 
     pub fn rfc3339(&self, mono_ns: u64) -> String {
         let ns = i128::from(mono_ns) + self.realtime_minus_mono_ns;
-        time::OffsetDateTime::from_unix_timestamp_nanos(ns)
-            .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-            .unwrap_or_default()
+        time::OffsetDateTime::from_unix_timestamp_nanos(ns).map(crate::model::rfc3339).unwrap_or_default()
     }
 }
 
@@ -219,29 +215,6 @@ pub fn ip_of(words: [u32; 4]) -> IpAddr {
     }
 }
 
-pub fn protocol_name(proto: u8) -> &'static str {
-    match proto {
-        6 => "tcp",
-        17 => "udp",
-        132 => "sctp",
-        1 => "icmp",
-        58 => "icmpv6",
-        _ => "other",
-    }
-}
-
-/// Parses a protocol name as accepted on the command line and in API filters.
-pub fn protocol_number(name: &str) -> Option<u8> {
-    match name {
-        "tcp" => Some(6),
-        "udp" => Some(17),
-        "sctp" => Some(132),
-        "icmp" => Some(1),
-        "icmpv6" => Some(58),
-        _ => None,
-    }
-}
-
 fn tcp_flags_str(f: u8) -> String {
     const NAMES: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
     NAMES.iter().enumerate().filter(|(i, _)| f & (1 << i) != 0).map(|(_, n)| *n).collect::<Vec<_>>().join("|")
@@ -266,30 +239,30 @@ pub fn requests_unanswered(s: &FlowStats) -> u32 {
     }
 }
 
-pub fn state(s: &FlowStats) -> &'static str {
+pub fn state(s: &FlowStats) -> FlowState {
     if s.rst[DIR_FWD] > 0 || s.rst[DIR_REV] > 0 {
-        "reset"
+        FlowState::Reset
     } else if s.rr_kind == RR_TCP
         && s.tcp_flags[DIR_FWD] & TCP_FIN != 0
         && s.tcp_flags[DIR_REV] & TCP_FIN != 0
     {
-        "closed"
+        FlowState::Closed
     } else if s.rr_kind != RR_NONE && s.requests > 0 {
-        if s.replies > 0 { "answered" } else { "unanswered" }
+        if s.replies > 0 { FlowState::Answered } else { FlowState::Unanswered }
     } else if s.packets[DIR_REV] > 0 {
-        "answered"
+        FlowState::Answered
     } else {
-        "oneway"
+        FlowState::Oneway
     }
 }
 
-fn hook_kind(hook: u8) -> &'static str {
+fn hook_kind(hook: u8) -> IfaceKind {
     match hook >> HOOK_KIND_SHIFT {
-        KIND_POD => "pod",
-        KIND_TUNNEL => "tunnel",
-        KIND_UNDERLAY => "underlay",
-        KIND_HOST => "host",
-        _ => "unknown",
+        KIND_POD => IfaceKind::Pod,
+        KIND_TUNNEL => IfaceKind::Tunnel,
+        KIND_UNDERLAY => IfaceKind::Underlay,
+        KIND_HOST => IfaceKind::Host,
+        _ => IfaceKind::Unknown,
     }
 }
 
@@ -307,13 +280,21 @@ impl Flow {
             .map(|o| FlowInterface {
                 name: names.get(&o.ifindex).cloned().unwrap_or_else(|| format!("if{}", o.ifindex)),
                 ifindex: o.ifindex,
-                direction: if o.hook & 1 == HOOK_EGRESS { "egress" } else { "ingress" }.into(),
-                kind: hook_kind(o.hook).into(),
-                flow_direction: if usize::from(o.dir) == DIR_FWD { "fwd" } else { "rev" }.into(),
+                direction: if o.hook & 1 == HOOK_EGRESS {
+                    HookDirection::Egress
+                } else {
+                    HookDirection::Ingress
+                },
+                kind: hook_kind(o.hook),
+                flow_direction: if usize::from(o.dir) == DIR_FWD {
+                    FlowDirection::Fwd
+                } else {
+                    FlowDirection::Rev
+                },
                 packets: o.packets,
             })
             .collect::<Vec<FlowInterface>>();
-        let tunnel_dev = interfaces.iter().find(|i| i.kind == "tunnel").map(|i| i.name.as_str());
+        let tunnel_dev = interfaces.iter().find(|i| i.kind == IfaceKind::Tunnel).map(|i| i.name.as_str());
         let tunnel = tunnel_of(&s.tunnel, tunnel_dev);
         Flow {
             id: flow_id(key),
@@ -321,7 +302,7 @@ impl Flow {
             dst_ip: ip_of(dst),
             src_port: sport,
             dst_port: dport,
-            protocol: protocol_name(key.proto).into(),
+            protocol: Protocol::from_number(key.proto),
             ip_proto: key.proto,
             packets_fwd: s.packets[DIR_FWD],
             bytes_fwd: s.bytes[DIR_FWD],
@@ -329,7 +310,7 @@ impl Flow {
             bytes_rev: s.bytes[DIR_REV],
             first_seen: clock.rfc3339(s.first_seen_ns),
             last_seen: clock.rfc3339(s.last_seen_ns),
-            state: state(s).into(),
+            state: state(s),
             rtt_us: (s.rtt_ns > 0).then(|| s.rtt_ns.div_ceil(1000)),
             requests: s.requests,
             replies: s.replies,
@@ -341,7 +322,7 @@ impl Flow {
             initiator_guessed: s.flags & FLOW_F_INITIATOR_GUESSED != 0,
             fragment: s.flags & FLOW_F_FRAGMENT != 0,
             interfaces,
-            scenario: unknown(),
+            scenario: Scenario::Unknown,
             src: None,
             dst: None,
             tunnel,
@@ -360,12 +341,12 @@ impl Flow {
     pub fn annotate(&mut self, inv: &Inventory) {
         let src = inv.endpoint(self.src_ip, self.src_port, self.ip_proto);
         let dst = inv.endpoint(self.dst_ip, self.dst_port, self.ip_proto);
-        self.scenario = inv.scenario(&src, &dst).to_string();
+        self.scenario = inv.scenario(&src, &dst);
         // What the kernel saw on the wire (remote endpoint, VNI, outer sizes) wins; the inventory
         // names the node behind the endpoint, or stands in when no tunnel hook saw the flow.
-        let expected = match self.scenario.as_str() {
-            "pod_to_pod_cross_node" => inv.tunnel_peer(&src, &dst),
-            "pod_to_service" => inv.service_tunnel_peer(self.dst_ip, self.dst_port, self.ip_proto),
+        let expected = match self.scenario {
+            Scenario::PodToPodCrossNode => inv.tunnel_peer(&src, &dst),
+            Scenario::PodToService => inv.service_tunnel_peer(self.dst_ip, self.dst_port, self.ip_proto),
             _ => None,
         };
         self.tunnel = match (self.tunnel.take(), expected) {
@@ -501,33 +482,33 @@ mod tests {
         assert_eq!(f.dst_ip.to_string(), "10.16.0.2");
         assert_eq!((f.src_port, f.dst_port), (40000, 80));
         assert_eq!((f.packets_fwd, f.packets_rev, f.bytes_fwd, f.bytes_rev), (3, 2, 180, 120));
-        assert_eq!(f.protocol, "tcp");
+        assert_eq!(f.protocol, Protocol::Tcp);
     }
 
     #[test]
     fn states_follow_request_and_reply() {
         let mut s = tcp_stats(0);
         s.requests = 3; // two retransmissions
-        assert_eq!(state(&s), "unanswered");
+        assert_eq!(state(&s), FlowState::Unanswered);
         assert_eq!(requests_unanswered(&s), 3);
         s.replies = 1;
-        assert_eq!(state(&s), "answered");
+        assert_eq!(state(&s), FlowState::Answered);
         assert_eq!(requests_unanswered(&s), 2);
         s.tcp_flags = [0x11, 0x11];
-        assert_eq!(state(&s), "closed");
+        assert_eq!(state(&s), FlowState::Closed);
         s.rst[DIR_REV] = 1;
-        assert_eq!(state(&s), "reset");
+        assert_eq!(state(&s), FlowState::Reset);
 
         let mut refused = tcp_stats(0);
         refused.requests = 1;
         refused.rst[DIR_REV] = 1;
-        assert_eq!(state(&refused), "reset");
+        assert_eq!(state(&refused), FlowState::Reset);
         assert_eq!(requests_unanswered(&refused), 0, "a refusal is an answer");
 
         let udp = FlowStats { rr_kind: RR_UDP, requests: 4, ..Default::default() };
-        assert_eq!((state(&udp), requests_unanswered(&udp)), ("unanswered", 4));
+        assert_eq!((state(&udp), requests_unanswered(&udp)), (FlowState::Unanswered, 4));
         let other = FlowStats { rr_kind: RR_NONE, packets: [5, 0], ..Default::default() };
-        assert_eq!(state(&other), "oneway");
+        assert_eq!(state(&other), FlowState::Oneway);
     }
 
     #[test]
@@ -548,11 +529,14 @@ mod tests {
         assert_eq!(f.rtt_us, Some(2));
         assert_eq!(f.interfaces.len(), 2);
         assert_eq!(f.interfaces[0].name, "abcdef012345_h");
-        assert_eq!((f.interfaces[0].direction.as_str(), f.interfaces[0].kind.as_str()), ("ingress", "pod"));
+        assert_eq!(
+            (f.interfaces[0].direction, f.interfaces[0].kind),
+            (HookDirection::Ingress, IfaceKind::Pod)
+        );
         assert_eq!(f.interfaces[1].name, "if9");
         assert_eq!(
-            (f.interfaces[1].direction.as_str(), f.interfaces[1].flow_direction.as_str()),
-            ("egress", "rev")
+            (f.interfaces[1].direction, f.interfaces[1].flow_direction),
+            (HookDirection::Egress, FlowDirection::Rev)
         );
     }
 

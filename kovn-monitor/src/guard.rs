@@ -23,8 +23,10 @@ use kovn_ebpf_common::{
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::detection::{Alert, Evidence, KIND_FLOW_FLOOD};
+use crate::detection::{Alert, Evidence};
 use crate::inventory::Endpoint;
+use crate::inventory::EndpointKind;
+use crate::model::{AlertKind, AlertState, Scenario};
 
 /// The per-pod new-flow budget (`--pod-new-flow-rate`, `--pod-new-flow-burst`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -302,8 +304,7 @@ impl FloodDetector {
 
     /// Takes this poll's per-pod counts; returns every finding (firing and recently resolved).
     pub fn evaluate(&mut self, pods: &[PodGuardReport], now: OffsetDateTime) -> Vec<Alert> {
-        let fmt =
-            |t: OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let fmt = crate::model::rfc3339;
         for p in pods {
             let who = match (&p.namespace, &p.pod) {
                 (Some(ns), Some(name)) => format!("{ns}/{name}"),
@@ -324,11 +325,11 @@ impl FloodDetector {
             let e = self.tracked.entry(p.interface.clone()).or_insert_with(|| {
                 let alert = Alert {
                     id: flood_id(&p.interface),
-                    kind: KIND_FLOW_FLOOD.into(),
-                    state: "firing".into(),
+                    kind: AlertKind::FlowFlood,
+                    state: AlertState::Firing,
                     severity: "warning".into(),
                     node: String::new(),
-                    scenario: "unknown".into(),
+                    scenario: Scenario::Unknown,
                     protocol: String::new(),
                     src_ip: unspecified,
                     dst_ip: unspecified,
@@ -351,14 +352,14 @@ impl FloodDetector {
             e.1 = p.refused;
             e.2 = now;
             let a = &mut e.0;
-            if a.state != "firing" {
-                a.state = "firing".into();
+            if a.state != AlertState::Firing {
+                a.state = AlertState::Firing;
                 a.resolved_at = None;
                 a.first_seen = fmt(now);
             }
             a.node = self.node.clone();
             a.src = Some(Endpoint {
-                kind: "pod".into(),
+                kind: EndpointKind::Pod,
                 namespace: p.namespace.clone(),
                 pod: p.pod.clone(),
                 node: Some(self.node.clone()),
@@ -377,22 +378,26 @@ impl FloodDetector {
         let resolve_after =
             time::Duration::try_from(self.resolve_after).unwrap_or(time::Duration::seconds(60));
         let retention = time::Duration::try_from(self.retention).unwrap_or(time::Duration::minutes(15));
-        self.tracked.retain(|_, (a, _, last)| a.state == "firing" || now - *last < retention + resolve_after);
+        self.tracked.retain(|_, (a, _, last)| {
+            a.state == AlertState::Firing || now - *last < retention + resolve_after
+        });
         for (a, _, last) in self.tracked.values_mut() {
-            if a.state == "firing" && now - *last >= resolve_after {
-                a.state = "resolved".into();
+            if a.state == AlertState::Firing && now - *last >= resolve_after {
+                a.state = AlertState::Resolved;
                 a.resolved_at = Some(fmt(now));
             }
         }
         let mut out: Vec<Alert> = self.tracked.values().map(|(a, _, _)| a.clone()).collect();
-        out.sort_by(|a, b| (a.state != "firing", &a.id).cmp(&(b.state != "firing", &b.id)));
+        out.sort_by(|a, b| {
+            (a.state != AlertState::Firing, &a.id).cmp(&(b.state != AlertState::Firing, &b.id))
+        });
         out
     }
 }
 
 fn flood_id(iface: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in KIND_FLOW_FLOOD.bytes().chain([0]).chain(iface.bytes()) {
+    for b in AlertKind::FlowFlood.as_str().bytes().chain([0]).chain(iface.bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x100_0000_01b3);
     }
@@ -430,7 +435,7 @@ mod tests {
         assert!(d.evaluate(&[pod(0)], t0).is_empty(), "no refusals, no finding");
         let a = d.evaluate(&[pod(500)], t0 + time::Duration::seconds(1));
         assert_eq!(a.len(), 1, "{a:#?}");
-        assert_eq!((a[0].kind.as_str(), a[0].state.as_str()), (KIND_FLOW_FLOOD, "firing"));
+        assert_eq!((a[0].kind, a[0].state), (AlertKind::FlowFlood, AlertState::Firing));
         let src = a[0].src.as_ref().expect("names the pod");
         assert_eq!((src.namespace.as_deref(), src.pod.as_deref()), (Some("default"), Some("flood")));
         assert!(a[0].summary.contains("default/flood"), "{}", a[0].summary);

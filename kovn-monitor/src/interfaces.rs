@@ -28,6 +28,17 @@ pub enum IfaceKind {
     Tunnel,
 }
 
+impl From<IfaceKind> for crate::model::IfaceKind {
+    fn from(k: IfaceKind) -> Self {
+        match k {
+            IfaceKind::Pod => Self::Pod,
+            IfaceKind::Host => Self::Host,
+            IfaceKind::Underlay => Self::Underlay,
+            IfaceKind::Tunnel => Self::Tunnel,
+        }
+    }
+}
+
 impl IfaceKind {
     pub fn as_str(self) -> &'static str {
         match self {

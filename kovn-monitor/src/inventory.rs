@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::kube::{KubeSnapshot, KubeUpdate, PortProto, SubnetInfo};
+pub use crate::model::EndpointKind;
+use crate::model::Scenario;
 use crate::ovsdb::{RESET_PREFIX, Row, Updates, atom_string, map_column, set_column};
 
 /// Tables and columns read from the node's Open_vSwitch database.
@@ -78,7 +80,7 @@ fn in_network(ip: IpAddr, net: &str) -> bool {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Endpoint {
     /// `pod|service|node|external|unknown`
-    pub kind: String,
+    pub kind: EndpointKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -326,7 +328,7 @@ impl Inventory {
                 // "backend:port,backend:port" as OVN's Load_Balancer lists them.
                 let ips = backends.split(',').filter_map(|b| parse_vip(b.trim()).map(|(ip, _)| ip));
                 let endpoint = Endpoint {
-                    kind: "service".into(),
+                    kind: EndpointKind::Service,
                     service: Some(format!("{vip} -> {backends}")),
                     ..Default::default()
                 };
@@ -340,7 +342,7 @@ impl Inventory {
             for ip in &s.cluster_ips {
                 for p in &s.ports {
                     let endpoint = Endpoint {
-                        kind: "service".into(),
+                        kind: EndpointKind::Service,
                         namespace: Some(s.namespace.clone()),
                         service: Some(service.clone()),
                         ..Default::default()
@@ -441,7 +443,7 @@ impl Inventory {
     pub fn endpoint(&self, ip: IpAddr, port: u16, proto: u8) -> Endpoint {
         if let Some(p) = self.pods_by_ip.get(&ip) {
             return Endpoint {
-                kind: "pod".into(),
+                kind: EndpointKind::Pod,
                 namespace: Some(p.namespace.clone()),
                 pod: Some(p.name.clone()),
                 workload: p.workload.clone(),
@@ -454,12 +456,12 @@ impl Inventory {
             return svc.endpoint.clone();
         }
         if let Some(n) = self.node_by_ip.get(&ip) {
-            return Endpoint { kind: "node".into(), node: Some(n.clone()), ..Default::default() };
+            return Endpoint { kind: EndpointKind::Node, node: Some(n.clone()), ..Default::default() };
         }
         if self.pods_by_ip.is_empty() {
-            return Endpoint { kind: "unknown".into(), ..Default::default() };
+            return Endpoint { kind: EndpointKind::Unknown, ..Default::default() };
         }
-        Endpoint { kind: "external".into(), ..Default::default() }
+        Endpoint { kind: EndpointKind::External, ..Default::default() }
     }
 
     // --- Kubernetes API source (kube.rs) ---
@@ -527,15 +529,16 @@ impl Inventory {
     }
 
     /// The scenario of the seeds' categories for a flow between these endpoints.
-    pub fn scenario(&self, src: &Endpoint, dst: &Endpoint) -> &'static str {
-        match (src.kind.as_str(), dst.kind.as_str()) {
-            ("pod", "pod") if src.node.is_some() && src.node == dst.node => "pod_to_pod_same_node",
-            ("pod", "pod") if src.node.is_some() && dst.node.is_some() => "pod_to_pod_cross_node",
-            ("pod", "service") => "pod_to_service",
-            ("pod", "node") => "pod_to_node",
-            ("node", "pod") => "node_to_pod",
-            ("pod", "external") => "pod_to_external",
-            _ => "unknown",
+    pub fn scenario(&self, src: &Endpoint, dst: &Endpoint) -> Scenario {
+        use EndpointKind as K;
+        match (src.kind, dst.kind) {
+            (K::Pod, K::Pod) if src.node.is_some() && src.node == dst.node => Scenario::PodToPodSameNode,
+            (K::Pod, K::Pod) if src.node.is_some() && dst.node.is_some() => Scenario::PodToPodCrossNode,
+            (K::Pod, K::Service) => Scenario::PodToService,
+            (K::Pod, K::Node) => Scenario::PodToNode,
+            (K::Node, K::Pod) => Scenario::NodeToPod,
+            (K::Pod, K::External) => Scenario::PodToExternal,
+            _ => Scenario::Unknown,
         }
     }
 
@@ -624,15 +627,15 @@ mod tests {
         let ep = |ip: &str, port| inv.endpoint(ip.parse().expect("ip"), port, 6);
         let web = ep("10.16.0.2", 40000);
         let db = ep("10.16.0.5", 8080);
-        assert_eq!(inv.scenario(&web, &db), "pod_to_pod_cross_node");
-        assert_eq!(inv.scenario(&web, &web), "pod_to_pod_same_node");
+        assert_eq!(inv.scenario(&web, &db), Scenario::PodToPodCrossNode);
+        assert_eq!(inv.scenario(&web, &web), Scenario::PodToPodSameNode);
         let svc = ep("10.96.0.10", 80);
-        assert_eq!((svc.kind.as_str(), inv.scenario(&web, &svc)), ("service", "pod_to_service"));
-        assert_eq!(inv.scenario(&web, &ep("10.96.0.10", 81)), "pod_to_external", "not a VIP port");
+        assert_eq!((svc.kind, inv.scenario(&web, &svc)), (EndpointKind::Service, Scenario::PodToService));
+        assert_eq!(inv.scenario(&web, &ep("10.96.0.10", 81)), Scenario::PodToExternal, "not a VIP port");
         let node2 = ep("172.31.250.12", 22);
-        assert_eq!((node2.node.as_deref(), inv.scenario(&web, &node2)), (Some("node2"), "pod_to_node"));
-        assert_eq!(inv.scenario(&node2, &web), "node_to_pod");
-        assert_eq!(inv.scenario(&web, &ep("8.8.8.8", 53)), "pod_to_external");
+        assert_eq!((node2.node.as_deref(), inv.scenario(&web, &node2)), (Some("node2"), Scenario::PodToNode));
+        assert_eq!(inv.scenario(&node2, &web), Scenario::NodeToPod);
+        assert_eq!(inv.scenario(&web, &ep("8.8.8.8", 53)), Scenario::PodToExternal);
         let peer = inv.tunnel_peer(&web, &db).expect("cross-node");
         assert_eq!(
             (peer.remote_node.as_deref(), peer.remote_ip),
@@ -653,7 +656,7 @@ mod tests {
         assert!(inv.pod("10.16.0.2".parse().expect("ip")).is_none());
         assert_eq!(
             inv.endpoint("10.16.0.9".parse().expect("ip"), 1, 6).kind,
-            "unknown",
+            EndpointKind::Unknown,
             "no pods known at all"
         );
     }

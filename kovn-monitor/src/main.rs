@@ -159,10 +159,10 @@ struct AlertsArgs {
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
     /// Only findings in this state.
-    #[arg(long, value_parser = ["firing", "resolved"])]
+    #[arg(long, value_parser = kovn_monitor::model::AlertState::NAMES)]
     state: Option<String>,
     /// Only findings of this kind.
-    #[arg(long, value_parser = kovn_monitor::api::ALERT_KINDS)]
+    #[arg(long, value_parser = kovn_monitor::model::AlertKind::NAMES)]
     kind: Option<String>,
     /// Only findings with an end in this namespace.
     #[arg(long)]
@@ -178,7 +178,7 @@ async fn alerts(args: AlertsArgs) -> Result<()> {
             .into_iter()
             .filter_map(|(k, v)| Some((k, v?)))
             .collect();
-    let resp = client::get_alerts(&args.endpoint, &query).await?;
+    let resp = client::ApiClient::new(&args.endpoint)?.alerts(&query).await?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&resp.alerts)?),
         Output::Table => {
@@ -391,7 +391,7 @@ struct FlowsArgs {
     #[arg(long)]
     pod: Option<String>,
     /// Only flows of this scenario (repeatable: any of them).
-    #[arg(long, value_parser = kovn_monitor::api::SCENARIOS)]
+    #[arg(long, value_parser = kovn_monitor::model::Scenario::NAMES)]
     scenario: Vec<String>,
     /// At most this many flows (the most recently active first).
     #[arg(long)]
@@ -437,7 +437,7 @@ async fn flows(args: FlowsArgs) -> Result<()> {
             query.push((k, v));
         }
     }
-    let resp = client::get_flows(&args.endpoint, &query).await?;
+    let resp = client::ApiClient::new(&args.endpoint)?.flows(&query, client::TIMEOUT).await?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&resp.flows)?),
         Output::Table => {

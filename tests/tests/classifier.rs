@@ -95,7 +95,7 @@ fn syn_retransmits_without_answer_are_counted() {
     assert_eq!((s.requests, s.replies, s.rtt_ns), (3, 0, 0));
     assert_eq!(s.packets, [3, 0]);
     assert_eq!(kovn_monitor::flows::requests_unanswered(&s), 3);
-    assert_eq!(kovn_monitor::flows::state(&s), "unanswered");
+    assert_eq!(kovn_monitor::flows::state(&s), kovn_monitor::model::FlowState::Unanswered);
 }
 
 #[test]
@@ -106,7 +106,7 @@ fn rst_is_counted_per_direction() {
     let (_, s) = only_flow(&cap);
     assert_eq!(s.rst, [0, 1]);
     assert_eq!((s.requests, s.replies), (1, 0));
-    assert_eq!(kovn_monitor::flows::state(&s), "reset");
+    assert_eq!(kovn_monitor::flows::state(&s), kovn_monitor::model::FlowState::Reset);
 }
 
 #[test]

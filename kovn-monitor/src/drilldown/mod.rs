@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::Shared;
 use crate::inventory::{Inventory, OvsPort};
+use crate::model::AlertState;
 use dumpflows::OpenFlow;
 use ofproto::{OfprotoTrace, Outcome};
 use ovntrace::{OvnOutcome, OvnTrace};
@@ -543,7 +544,9 @@ impl Tracer {
 
     fn underlay_mtu(&self, via: Option<&str>) -> Option<(String, u32)> {
         let snap = self.shared.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(u) = snap.health.attached_interfaces.iter().find(|i| i.kind == "underlay") {
+        if let Some(u) =
+            snap.health.attached_interfaces.iter().find(|i| i.kind == crate::model::IfaceKind::Underlay)
+        {
             return Some((u.name.clone(), u.mtu));
         }
         let via = via.filter(|v| valid_name(v))?;
@@ -595,7 +598,7 @@ impl Tracer {
         }
         let id = r.flow_id.as_ref()?;
         let snap = self.shared.read().unwrap_or_else(|p| p.into_inner());
-        let a = snap.alerts.iter().find(|a| a.state == "firing" && a.flows.contains(id))?;
+        let a = snap.alerts.iter().find(|a| a.state == AlertState::Firing && a.flows.contains(id))?;
         let v = a.verdict.as_ref()?;
         Some(format!("{} ({}, {})", v.summary, a.kind, v.hop))
     }
@@ -948,7 +951,7 @@ impl Tracer {
 /// The packet of a flow kovn saw: its 5-tuple, TCP state (answered: established) and, when
 /// it had oversized packets, their size.
 pub fn packet_of_flow(f: &crate::flows::Flow) -> Result<Packet, TraceError> {
-    let proto = Proto::parse(&f.protocol).map_err(|_| {
+    let proto = Proto::parse(f.protocol.as_str()).map_err(|_| {
         TraceError::BadInput(format!("flow {} is {}: only tcp, udp and icmp trace", f.id, f.protocol))
     })?;
     Ok(Packet {
@@ -1367,7 +1370,7 @@ impl OnAlert {
         let episode = |a: &crate::detection::Alert| (a.id.clone(), a.first_seen.clone());
         if ready
             && let Some(a) =
-                alerts.iter().find(|a| a.state == "firing" && !self.started.contains(&episode(a)))
+                alerts.iter().find(|a| a.state == AlertState::Firing && !self.started.contains(&episode(a)))
         {
             self.started.insert(episode(a));
             self.last = Some(std::time::Instant::now());
@@ -1381,9 +1384,7 @@ impl OnAlert {
                     Ok((p, flow_id)) => tracer.trace_packet(p, None, flow_id).await,
                     Err(e) => Err(e),
                 };
-                let now = time::OffsetDateTime::now_utc()
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default();
+                let now = crate::model::rfc3339(time::OffsetDateTime::now_utc());
                 let d = match r {
                     Ok(r) => AlertDrillDown { verdict: r.verdict, time: now, error: None },
                     Err(e) => {

@@ -133,14 +133,10 @@ pub fn default_endpoints() -> Vec<String> {
 }
 
 /// One monitor's flows, findings, drops and health (one line of error otherwise).
-async fn fetch(http: &reqwest::Client, endpoint: &str) -> Result<NodeSnapshot, String> {
+async fn fetch(api: &client::ApiClient, endpoint: &str) -> Result<NodeSnapshot, String> {
     let get = async {
-        let (flows, alerts, drops, health) = tokio::try_join!(
-            client::get_json_with::<client::FlowsResponse>(http, endpoint, "/api/v1/flows", &[]),
-            client::get_json_with::<client::AlertsResponse>(http, endpoint, "/api/v1/alerts", &[]),
-            client::get_json_with::<DropsResponse>(http, endpoint, "/api/v1/drops", &[]),
-            client::get_json_with::<crate::api::Health>(http, endpoint, "/healthz", &[]),
-        )?;
+        let (flows, alerts, drops, health) =
+            tokio::try_join!(api.flows(&[], client::TIMEOUT), api.alerts(&[]), api.drops(), api.health(),)?;
         anyhow::Ok(NodeSnapshot {
             endpoint: endpoint.to_string(),
             node: flows.node,
@@ -152,11 +148,6 @@ async fn fetch(http: &reqwest::Client, endpoint: &str) -> Result<NodeSnapshot, S
         })
     };
     get.await.map_err(|e| format!("{e:#}").lines().next().unwrap_or_default().to_string())
-}
-
-#[derive(serde::Deserialize)]
-struct DropsResponse {
-    drops: Vec<crate::drops::DropRecord>,
 }
 
 /// `GET /api/v1/trace?flow=ID`: the verdict line and the other top-level fields, or why not.
@@ -226,9 +217,10 @@ pub async fn run(opts: TopOptions) -> Result<()> {
 /// Two samples one interval apart (rates need two daemon polls), then one print.
 async fn once(opts: &TopOptions, out: OnceOutput) -> Result<()> {
     let mut app = App::new(&opts.endpoints, false, opts.interval);
-    let http = crate::auth::client();
+    let apis = opts.endpoints.iter().map(|e| client::ApiClient::new(e)).collect::<Result<Vec<_>>>()?;
     for round in 0..2 {
-        let results = futures::future::join_all(opts.endpoints.iter().map(|e| fetch(&http, e))).await;
+        let results =
+            futures::future::join_all(apis.iter().zip(&opts.endpoints).map(|(api, e)| fetch(api, e))).await;
         for (i, r) in results.into_iter().enumerate() {
             app.update(i, r);
         }
@@ -282,12 +274,18 @@ async fn once(opts: &TopOptions, out: OnceOutput) -> Result<()> {
 /// Asks one monitor every `every` until the receiver goes; failures are sent too (the screen
 /// shows the monitor disconnected) and the next tick simply tries again.
 async fn refresh(endpoint: String, every: Duration, tx: mpsc::Sender<Result<NodeSnapshot, String>>) {
-    let http = crate::auth::client();
+    let api = match client::ApiClient::new(&endpoint) {
+        Ok(api) => api,
+        Err(e) => {
+            let _ = tx.send(Err(format!("{e:#}"))).await;
+            return;
+        }
+    };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if tx.send(fetch(&http, &endpoint).await).await.is_err() {
+        if tx.send(fetch(&api, &endpoint).await).await.is_err() {
             break;
         }
     }
@@ -572,7 +570,12 @@ mod tests {
                     serde_json::json!({"node": "n1", "time": t, "count": 0, "alerts": []}),
                 )),
             )
-            .route("/api/v1/drops", axum::routing::get(json(serde_json::json!({"drops": []}))))
+            .route(
+                "/api/v1/drops",
+                axum::routing::get(json(
+                    serde_json::json!({"node": "n1", "time": "", "count": 0, "drops": []}),
+                )),
+            )
             .route(
                 "/healthz",
                 axum::routing::get(json(serde_json::to_value(crate::api::Health::default()).expect("json"))),

@@ -6,12 +6,12 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
-use time::OffsetDateTime;
 
 use crate::detection::Alert;
 use crate::drops::DropRecord;
 use crate::flows::{Flow, FlowAlert};
 use crate::inventory::Endpoint;
+use crate::model::{AlertState, FlowState, Protocol, Scenario};
 
 /// One monitor's answer to one refresh.
 #[derive(Clone, Debug)]
@@ -143,12 +143,12 @@ pub struct Row {
     pub nodes: Vec<String>,
     pub src: String,
     pub dst: String,
-    pub scenario: String,
-    pub protocol: String,
+    pub scenario: Scenario,
+    pub protocol: Protocol,
     pub src_port: u16,
     pub dst_port: u16,
     /// The most broken of the nodes' states.
-    pub state: String,
+    pub state: FlowState,
     pub packets_fwd: u64,
     pub packets_rev: u64,
     pub bytes_fwd: u64,
@@ -175,13 +175,13 @@ pub fn who(e: Option<&Endpoint>, ip: std::net::IpAddr) -> String {
     }
 }
 
-fn state_rank(s: &str) -> u8 {
+fn state_rank(s: FlowState) -> u8 {
     match s {
-        "unanswered" => 4,
-        "reset" => 3,
-        "oneway" => 2,
-        "answered" => 1,
-        _ => 0,
+        FlowState::Unanswered => 4,
+        FlowState::Reset => 3,
+        FlowState::Oneway => 2,
+        FlowState::Answered => 1,
+        FlowState::Closed => 0,
     }
 }
 
@@ -196,11 +196,13 @@ pub fn is_broken(alert: Option<&FlowAlert>) -> bool {
 /// (yet): worth a look, not yet judged broken. A connection reset after it was answered is how
 /// many programs close; it is not suspect.
 pub fn is_suspect(f: &Flow) -> bool {
-    f.alert.is_none() && (f.state == "unanswered" || (f.state == "reset" && f.replies == 0 && f.rst_rev > 0))
+    f.alert.is_none()
+        && (f.state == FlowState::Unanswered
+            || (f.state == FlowState::Reset && f.replies == 0 && f.rst_rev > 0))
 }
 
 fn unix_seconds(rfc3339: &str) -> Option<f64> {
-    let t = OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339).ok()?;
+    let t = crate::model::parse_rfc3339(rfc3339)?;
     Some(t.unix_timestamp_nanos() as f64 / 1e9)
 }
 
@@ -226,11 +228,11 @@ pub fn build_rows(sources: &[Source], rates: &mut RateTracker) -> Vec<Row> {
                             nodes: vec![snap.node.clone()],
                             src: who(f.src.as_ref(), f.src_ip),
                             dst: who(f.dst.as_ref(), f.dst_ip),
-                            scenario: f.scenario.clone(),
-                            protocol: f.protocol.clone(),
+                            scenario: f.scenario,
+                            protocol: f.protocol,
                             src_port: f.src_port,
                             dst_port: f.dst_port,
-                            state: f.state.clone(),
+                            state: f.state,
                             packets_fwd: f.packets_fwd,
                             packets_rev: f.packets_rev,
                             bytes_fwd: f.bytes_fwd,
@@ -264,8 +266,8 @@ pub fn build_rows(sources: &[Source], rates: &mut RateTracker) -> Vec<Row> {
 /// names from whichever node knows them (the remote pod may only be known on its own node).
 fn merge(row: &mut Row, f: &Flow, r: Option<Rates>, drops: u64, oversized: u64, obs: Observation) {
     row.nodes.push(obs.node.clone());
-    if state_rank(&f.state) > state_rank(&row.state) {
-        row.state = f.state.clone();
+    if state_rank(f.state) > state_rank(row.state) {
+        row.state = f.state;
     }
     row.packets_fwd = row.packets_fwd.max(f.packets_fwd);
     row.packets_rev = row.packets_rev.max(f.packets_rev);
@@ -388,13 +390,13 @@ impl Column {
             Column::Src => r.src.clone(),
             Column::Dst => r.dst.clone(),
             // ICMP's "port" is the echo id; other protocols have none.
-            Column::Proto => match r.protocol.as_str() {
-                "icmp" | "icmpv6" => format!("{} id {}", r.protocol, r.src_port),
-                "other" => r.protocol.clone(),
+            Column::Proto => match r.protocol {
+                Protocol::Icmp | Protocol::Icmpv6 => format!("{} id {}", r.protocol, r.src_port),
+                Protocol::Other => r.protocol.to_string(),
                 p => format!("{p} {}>{}", r.src_port, r.dst_port),
             },
-            Column::Scenario => r.scenario.clone(),
-            Column::State => r.state.clone(),
+            Column::Scenario => r.scenario.to_string(),
+            Column::State => r.state.to_string(),
             Column::Pps => r
                 .rates
                 .map(|x| format!("{}/{}", human_rate(x.pps_fwd), human_rate(x.pps_rev)))
@@ -419,7 +421,7 @@ pub fn verdict_text(r: &Row) -> String {
         Some(FlowAlert { hop: Some(h), verdict: Some(v), .. }) => format!("{h}: {v}"),
         Some(FlowAlert { hop: Some(h), .. }) => h.clone(),
         Some(FlowAlert { verdict: Some(v), .. }) => v.clone(),
-        Some(a) => a.kind.clone(),
+        Some(a) => a.kind.to_string(),
         None if r.suspect && r.requests_unanswered > 0 => {
             format!("{} unanswered, no finding (yet)", r.requests_unanswered)
         }
@@ -496,13 +498,14 @@ fn compare(a: &Row, b: &Row, c: Column) -> Ordering {
     match c {
         Column::Src => a.src.cmp(&b.src),
         Column::Dst => a.dst.cmp(&b.dst).then(a.dst_port.cmp(&b.dst_port)),
-        Column::Proto => a.protocol.cmp(&b.protocol).then(a.dst_port.cmp(&b.dst_port)),
-        Column::Scenario => a.scenario.cmp(&b.scenario),
+        // By name, as shown.
+        Column::Proto => a.protocol.as_str().cmp(b.protocol.as_str()).then(a.dst_port.cmp(&b.dst_port)),
+        Column::Scenario => a.scenario.as_str().cmp(b.scenario.as_str()),
         Column::State => a
             .broken
             .cmp(&b.broken)
             .then(a.suspect.cmp(&b.suspect))
-            .then(state_rank(&a.state).cmp(&state_rank(&b.state))),
+            .then(state_rank(a.state).cmp(&state_rank(b.state))),
         Column::Pps => cmp_f64(
             a.rates.map_or(0.0, |x| x.pps_fwd + x.pps_rev),
             b.rates.map_or(0.0, |x| x.pps_fwd + x.pps_rev),
@@ -582,19 +585,19 @@ impl Filter {
                     ends().any(|e| e.and_then(|e| e.namespace.as_deref()).is_some_and(has))
                 }
                 Some(FilterField::Pod) => ends().any(|e| e.and_then(|e| e.pod.as_deref()).is_some_and(has)),
-                Some(FilterField::Scenario) => has(&r.scenario),
+                Some(FilterField::Scenario) => has(r.scenario.as_str()),
                 Some(FilterField::State) if v == "broken" => r.broken,
                 Some(FilterField::State) if v == "suspect" => r.suspect,
                 // Exact: `answered` must not match `unanswered`.
-                Some(FilterField::State) => r.state == *v,
-                Some(FilterField::Proto) => has(&r.protocol),
+                Some(FilterField::State) => v.parse() == Ok(r.state),
+                Some(FilterField::Proto) => has(r.protocol.as_str()),
                 Some(FilterField::Node) => r.nodes.iter().any(|n| has(n)),
                 None => {
                     has(&r.src)
                         || has(&r.dst)
-                        || has(&r.scenario)
-                        || has(&r.state)
-                        || has(&r.protocol)
+                        || has(r.scenario.as_str())
+                        || has(r.state.as_str())
+                        || has(r.protocol.as_str())
                         || has(&verdict_text(r))
                 }
             }
@@ -628,7 +631,7 @@ pub fn totals(sources: &[Source], rows: &[Row], shown: usize) -> Totals {
         for d in &s.drops {
             *reasons.entry(&d.reason).or_default() += d.count;
         }
-        firing.extend(s.alerts.iter().filter(|a| a.state == "firing").map(|a| a.id.as_str()));
+        firing.extend(s.alerts.iter().filter(|a| a.state == AlertState::Firing).map(|a| a.id.as_str()));
     }
     let drops = reasons.values().sum();
     let mut top: Vec<(String, u64)> = reasons.into_iter().map(|(r, n)| (r.to_string(), n)).collect();
@@ -905,7 +908,7 @@ mod tests {
             dst_ip: None,
             src_port: 0,
             dst_port: 0,
-            protocol: "tcp".into(),
+            protocol: Some(crate::model::Protocol::Tcp),
             ip_proto: 6,
             reason: reason.into(),
             reason_code: 0,
