@@ -97,18 +97,32 @@ fn dcount(idx: u32) {
     }
 }
 
+/// A copy of kernel memory at any address through `bpf_probe_read_kernel`; None when it
+/// faults (the helper's error code says no more than that here: the packet's headers are
+/// simply not recorded).
 #[inline(always)]
-fn rd<T>(addr: u64) -> Result<T, ()> {
-    // SAFETY: bpf_probe_read_kernel copes with any address (faults return an error).
-    unsafe { bpf_probe_read_kernel(addr as *const T) }.map_err(|_| ())
+fn rd<T>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel copes with any address (a fault returns an error) and
+    // copies into a fresh `T`; callers read only plain integers and byte arrays, valid for
+    // every bit pattern.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
 }
 
 /// A direct load through a BTF-typed kernel pointer (the skb argument and what its members
 /// point to): the verifier checks the constant offset against the kernel's BTF and turns the
-/// load into a fault-safe one (PROBE_MEM), without the cost of a helper call.
+/// load into a fault-safe one (PROBE_MEM: a fault reads zero), without the cost of a helper
+/// call on the path every kfree_skb takes. `bpf_probe_read_kernel` ([`rd`]) would make it safe
+/// for any address, at a helper call per load.
+///
+/// # Safety
+/// `addr` must be a BTF-typed kernel pointer the verifier tracks (the tracepoint's `skb`, or a
+/// pointer member loaded from one with `ld`) plus an offset the verifier sees as a constant
+/// (one of the loader's read-only offsets above) of a member of type `T` in the pointee's BTF
+/// type. The verifier refuses the program for any other address: a wrong use fails at load
+/// time, not at run time.
 #[inline(always)]
-fn ld<T: Copy>(addr: u64) -> T {
-    // SAFETY: see above; the kernel handles a fault by returning zero.
+unsafe fn ld<T: Copy>(addr: u64) -> T {
+    // SAFETY: the caller's (a verifier-checked PROBE_MEM load, see above).
     unsafe { core::ptr::read_volatile(addr as *const T) }
 }
 
@@ -125,27 +139,33 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let skb: u64 = ctx.arg(0);
     // Netns filter first: skb->dev->nd_net.net->ns.inum, or skb->sk's namespace for a locally
     // sent skb without a device; an skb with neither has no namespace to tell: skipped.
-    let dev: u64 = ld(skb + g32(&SKB_DEV_OFF));
+    // SAFETY: `skb` is the tracepoint's BTF pointer, the offset `sk_buff.dev`'s (as below:
+    // each `ld` names the BTF pointer and the member).
+    let dev: u64 = unsafe { ld(skb + g32(&SKB_DEV_OFF)) };
     let net: u64 = if dev != 0 {
-        ld(dev + g32(&DEV_NET_OFF))
+        // SAFETY: `dev` is `sk_buff.dev` (a BTF pointer), the offset `net_device.nd_net.net`'s.
+        unsafe { ld(dev + g32(&DEV_NET_OFF)) }
     } else {
         // No device yet: a locally sent packet, whose socket tells the namespace. Recorded
         // only when a firewall dropped it, and only inside pods (below).
-        let sk: u64 = ld(skb + g32(&SKB_SK_OFF));
+        // SAFETY: `skb` as above, the offset `sk_buff.sk`'s.
+        let sk: u64 = unsafe { ld(skb + g32(&SKB_SK_OFF)) };
         let nf = g32(&REASON_NETFILTER_DROP);
         // SAFETY: a read-only global, as below.
         let has_reason = unsafe { core::ptr::read_volatile(&DROPS_HAS_REASON) } != 0;
         if sk == 0 || nf == 0 || !has_reason || ctx.arg::<u64>(2) as u32 as u64 != nf {
             0
         } else {
-            ld(sk + g32(&SK_NET_OFF))
+            // SAFETY: `sk` is `sk_buff.sk` (a BTF pointer), the offset `sock.__sk_common.skc_net.net`'s.
+            unsafe { ld(sk + g32(&SK_NET_OFF)) }
         }
     };
     if net == 0 {
         dcount(DCNT_SKIPPED_NETNS);
         return Ok(());
     }
-    let inum: u32 = ld(net + g32(&NET_INUM_OFF));
+    // SAFETY: `net` is a `struct net` BTF pointer loaded above, the offset `net.ns.inum`'s.
+    let inum: u32 = unsafe { ld(net + g32(&NET_INUM_OFF)) };
     let (netns, pod_ifindex) = if u64::from(inum) == g32(&NETNS_INUM) {
         if dev == 0 {
             // The node's own sockets (the monitor's among them): not what kovn watches.
@@ -173,10 +193,18 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), ()> {
     } else {
         0
     };
-    let ifindex: u32 = if dev == 0 { 0 } else { ld(dev + g32(&DEV_IFINDEX_OFF)) };
-    let len: u32 = ld(skb + g32(&SKB_LEN_OFF));
+    let ifindex: u32 = if dev == 0 {
+        0
+    } else {
+        // SAFETY: `dev` as above, the offset `net_device.ifindex`'s.
+        unsafe { ld(dev + g32(&DEV_IFINDEX_OFF)) }
+    };
+    // SAFETY: `skb` as above, the offset `sk_buff.len`'s.
+    let len: u32 = unsafe { ld(skb + g32(&SKB_LEN_OFF)) };
+    // No readable IP header (non-IP, or a read that faulted): recorded without a flow.
     let (flow, sender) = flow_of(skb).unwrap_or_default();
     let key = DropKey { flow, reason, ifindex, netns, pod_ifindex, sender: u32::from(sender) };
+    // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let stats = match DROPS.get_ptr_mut(&key) {
         Some(s) => s,
@@ -221,13 +249,13 @@ fn pod_netns(inum: u32) -> Option<u32> {
 /// The canonical 5-tuple from the skb's headers (skb->head + network_header/transport_header)
 /// and which side of it sent the packet.
 #[inline(always)]
-fn flow_of(skb: u64) -> Result<(FlowKey, u8), ()> {
+fn flow_of(skb: u64) -> Option<(FlowKey, u8)> {
     let proto_be: u16 = rd(skb + g32(&SKB_PROTOCOL_OFF))?;
     let proto = u16::from_be(proto_be);
     let head: u64 = rd(skb + g32(&SKB_HEAD_OFF))?;
     let nh: u16 = rd(skb + g32(&SKB_NETWORK_HEADER_OFF))?;
     if head == 0 || nh == HDR_UNSET {
-        return Err(());
+        return None;
     }
     let th: u16 = rd(skb + g32(&SKB_TRANSPORT_HEADER_OFF))?;
     let l3 = head + u64::from(nh);
@@ -235,7 +263,7 @@ fn flow_of(skb: u64) -> Result<(FlowKey, u8), ()> {
         // version/ihl, tos, tot_len, id, frag_off, ttl, protocol, csum, saddr, daddr
         let h: [u8; 20] = rd(l3)?;
         if h[0] >> 4 != 4 {
-            return Err(());
+            return None;
         }
         let ihl = u64::from(h[0] & 0x0f) * 4;
         let frag = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
@@ -260,7 +288,7 @@ fn flow_of(skb: u64) -> Result<(FlowKey, u8), ()> {
         };
         (src, dst, next, l4)
     } else {
-        return Err(());
+        return None;
     };
     let (mut sport, mut dport) = (0u16, 0u16);
     if l4 != 0 && (l4proto == IPPROTO_TCP || l4proto == IPPROTO_UDP || l4proto == IPPROTO_SCTP) {
@@ -268,5 +296,5 @@ fn flow_of(skb: u64) -> Result<(FlowKey, u8), ()> {
         sport = u16::from_be_bytes([p[0], p[1]]);
         dport = u16::from_be_bytes([p[2], p[3]]);
     }
-    Ok(FlowKey::canonical(src, dst, sport, dport, l4proto))
+    Some(FlowKey::canonical(src, dst, sport, dport, l4proto))
 }

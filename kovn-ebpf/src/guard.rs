@@ -111,6 +111,7 @@ pub fn admit(key: &FlowKey, sender: u8, pod_ifindex: Option<u32>, now: u64) -> b
     let Some(g) = g else { return true };
     // SAFETY: a pointer into a map value; `tat` races between CPUs benignly (see PodGuard).
     let g = unsafe { &mut *g };
+    // SAFETY: a read-only global.
     let tau = unsafe { core::ptr::read_volatile(&FLOW_BUDGET_TAU_NS) };
     let tat = if g.tat > now { g.tat } else { now };
     if tat - now > tau {

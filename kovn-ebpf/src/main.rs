@@ -16,10 +16,12 @@
 // Compare-and-swap and exchange are written as BPF assembly: rustc's LLVM emits the atomic
 // instructions' bitcode in a form the bpf-linker's LLVM refuses ("Invalid record").
 #![feature(asm_experimental_arch)]
-#![allow(internal_features)]
-// aya's #[classifier] expands to `pub extern "C" fn(ctx: *mut __sk_buff)`, which this lint
-// flags; the kernel is the only caller and always passes a valid context.
-#![allow(clippy::not_unsafe_ptr_arg_deref)]
+#![expect(internal_features, reason = "core_intrinsics: atomic_xadd, see above")]
+#![expect(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "aya's #[classifier] expands to `pub extern \"C\" fn(ctx: *mut __sk_buff)`; the kernel is \
+              the only caller and always passes a valid context"
+)]
 
 mod drops;
 mod guard;
@@ -360,7 +362,7 @@ fn oversized(ctx: &TcContext, pkt: &Packet, ifindex: u32, l3_len: u32) -> u32 {
 
 /// An ICMP "too big" message: credited to the flow it quotes, if this node has it.
 #[inline(never)]
-fn record_too_big(w: &mut Work) {
+fn record_too_big(w: &Work) {
     let Some(tb) = &w.pkt.too_big else { return };
     let (key, _) = FlowKey::canonical(tb.src, tb.dst, tb.sport, tb.dport, tb.proto);
     if let (Some(s), _) = existing_record(&key) {
@@ -378,7 +380,7 @@ fn record<const SLOTS: bool>(w: &mut Work, ifindex: u32, hook: u8, tunnel: bool,
     let p = &w.pkt;
     let (key, sender) = FlowKey::canonical(p.src, p.dst, p.sport, p.dport, p.proto);
     let now = activity_now();
-    let pod = if hook == POD_INGRESS { Some(ifindex) } else { None };
+    let pod = (hook == POD_INGRESS).then_some(ifindex);
     let Some(stats) = flow_record::<SLOTS>(w, &key, sender, now, pod) else { return };
     let pkt = &w.pkt;
     // SAFETY: a pointer into a slot or a preallocated hash map value, valid for this run.
@@ -580,7 +582,7 @@ fn new_record(fresh: &mut FlowStats, pkt: &Packet, sender: u8, now: u64) {
         flags |= FLOW_F_FRAGMENT;
     }
     // SAFETY: FlowStats is plain old data; all zeros is its empty value.
-    unsafe { core::ptr::write_bytes(fresh as *mut FlowStats, 0, 1) };
+    unsafe { core::ptr::write_bytes(core::ptr::from_mut(fresh), 0, 1) };
     fresh.first_seen_ns = now;
     fresh.initiator = initiator;
     fresh.rr_kind = if pkt.fragment { RR_NONE } else { rr_kind(pkt.proto) };
@@ -666,7 +668,7 @@ fn request_reply(s: &mut FlowStats, pkt: &Packet, dir: usize) {
             if s.req_first_ns == 0 {
                 s.req_first_ns = now;
             }
-            if let Signal::EchoRequest = pkt.signal {
+            if pkt.signal == Signal::EchoRequest {
                 s.echo_req_ns = now;
                 s.echo_seq = pkt.echo_seq;
             }
@@ -718,8 +720,11 @@ const _: () = assert!(SIDE_A == 0 && SIDE_B == 1);
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // SAFETY: eBPF programs cannot panic; the verifier rejects any path that could reach here.
-    unsafe { core::hint::unreachable_unchecked() }
+    // eBPF programs cannot panic: the verifier rejects a program with a path that reaches here
+    // (a loop it cannot bound). As in aya-template, a plain loop rather than
+    // `unreachable_unchecked`: should a panic path survive optimisation, the failure is the
+    // verifier's clear refusal at load time, not undefined behaviour the optimiser may exploit.
+    loop {}
 }
 
 #[unsafe(link_section = "license")]

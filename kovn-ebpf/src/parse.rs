@@ -333,7 +333,7 @@ pub fn device_tunnel(ctx: &TcContext, egress: bool) -> Option<Tunnel> {
     if egress && !local {
         return None;
     }
-    const FULL: u32 = core::mem::size_of::<bpf_tunnel_key>() as u32;
+    const FULL: u32 = size_of::<bpf_tunnel_key>() as u32;
     const OLD: u32 = core::mem::offset_of!(bpf_tunnel_key, __bindgen_anon_3) as u32;
     let size = if local { FULL } else { OLD };
     // SAFETY: an all-zero bpf_tunnel_key is valid (integers and unions of integers).
