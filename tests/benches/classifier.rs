@@ -70,7 +70,7 @@ fn main() {
             let mut cap = Capture::load_full(size, kind, budget).expect("load");
             if guard {
                 let addrs = vec![std::net::IpAddr::from(A4), std::net::IpAddr::from(A6)];
-                cap.sync_guards(&[(1u32, addrs)].into_iter().collect()).expect("pod guard for lo");
+                cap.sync_guards(&std::iter::once((1u32, addrs)).collect()).expect("pod guard for lo");
             }
             cap
         })

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 /// Panics with a clear message when not root: these tests load eBPF and make namespaces.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "privileged test: run as root (cargo xtask test does; plain `cargo test -p kovn-tests` needs sudo)"
     );
 }

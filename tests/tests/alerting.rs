@@ -374,7 +374,7 @@ fn alerts_reach_alertmanager_and_resolve_after_heal() {
         let (l1, a1, b1) = (lab.clone(), a.clone(), b.clone());
         // Two destinations on node2: a cut tunnel fails them all.
         let other2 = lab.pods_on(&b.node).find(|p| p.name != b.name).expect("a second pod on node2").clone();
-        let (l2, a2, b2, c2) = (lab.clone(), a.clone(), b.clone(), c.clone());
+        let (l2, a2, b2, c2) = (lab.clone(), a.clone(), b.clone(), c);
         let (l3, a3, b3) = (lab.clone(), a.clone(), b.clone());
         vec![
             Case {

@@ -386,8 +386,8 @@ fn a_full_receive_buffer_in_a_pod_is_socket_rcvbuff_as_many_as_rcvbuferrors() {
                 s.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVBUF,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                std::ptr::from_ref(&size).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
         assert_eq!(rc, 0, "SO_RCVBUF");

@@ -149,7 +149,7 @@ fn blast(
                     f.len(),
                     0,
                     (&raw const sll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    size_of::<libc::sockaddr_ll>() as u32,
                 );
                 if rc > 0 {
                     sent += 1;

@@ -412,7 +412,7 @@ fn the_image_runs_under_runc_with_only_the_daemonsets_capabilities() {
     let health: serde_json::Value =
         serde_json::from_str(&http_get(&pair.a.name, listen, "/healthz", READER).expect("healthz"))
             .expect("JSON");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     drop(guard);
     let _ = child.wait();
     eprintln!(

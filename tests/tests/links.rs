@@ -40,7 +40,7 @@ impl View {
 fn ip_batch(ns: &Netns, lines: impl Iterator<Item = String>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("batch");
-    std::fs::write(&path, lines.collect::<Vec<_>>().join("\n") + "\n").expect("batch file");
+    std::fs::write(&path, format!("{}\n", lines.collect::<Vec<_>>().join("\n"))).expect("batch file");
     ns.run("ip", &["-batch", path.to_str().expect("utf-8 path")]);
 }
 

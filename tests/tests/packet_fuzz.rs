@@ -144,7 +144,7 @@ fn mutate(rng: &mut Rng, seeds: &[Vec<u8>], base: &[u8]) -> Vec<u8> {
             5 => {
                 let at = rng.below(f.len() + 1);
                 let n = rng.below(16) + 1;
-                let bytes: Vec<u8> = (0..n).map(|_| rng.byte()).collect();
+                let bytes: Vec<u8> = std::iter::repeat_with(|| rng.byte()).take(n).collect();
                 f.splice(at..at, bytes);
             }
             6 => {
@@ -188,7 +188,7 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
     let ethertype: u16 = *rng.pick(&[ETH_IPV4, ETH_IPV6, ETH_8021Q, ETH_8021AD, ETH_ARP, 0x88cc, 0x0000]);
     let mut f = eth(&[], ethertype);
     let n = rng.below(200);
-    f.extend((0..n).map(|_| rng.byte()));
+    f.extend(std::iter::repeat_with(|| rng.byte()).take(n));
     if f.len() > 14 && rng.below(2) == 0 {
         // An IP version nibble that matches the ethertype half the time.
         f[14] = if ethertype == ETH_IPV6 { 0x60 } else { 0x45 };

@@ -360,7 +360,7 @@ fn t5_bad_arguments_get_one_line_errors() {
         ("src=a&dst=b&dport=1", 400),
         ("src=10.16.0.2&dst=10.16.0.5&dport=1&cmd=x", 400),
         ("flow=none", 404),
-        (&format!("src={dst}&dst={src}&dport=80") as &str, 400),
+        (format!("src={dst}&dst={src}&dport=80").as_str(), 400),
     ] {
         let (s, body) = api(&lab, q);
         assert_eq!(s, status, "{q}: {body}");

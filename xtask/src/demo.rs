@@ -316,8 +316,8 @@ fn show(
         args.fault_after
     ));
     {
-        let (lab, stop, canary, sink) = (lab.clone(), stop.clone(), canary.clone(), sink.alerts.clone());
-        let (urls, bin, pause) = (urls.clone(), bin.clone(), Duration::from_secs(args.fault_after));
+        let (lab, stop, canary, sink) = (lab.clone(), stop.clone(), canary, sink.alerts);
+        let (urls, bin, pause) = (urls, bin.clone(), Duration::from_secs(args.fault_after));
         let story = story.clone();
         threads.push(std::thread::spawn(move || {
             let mut lab = lab;
@@ -718,7 +718,7 @@ mod tests {
             describe_postable(&a),
             "KovnRequestWithoutReply severity=critical node=node1 default/web-1 -> 10.96.0.10: 3 requests unanswered"
         );
-        let mut b = a.clone();
+        let mut b = a;
         b["annotations"]["summary"] = "default/web-1 -> 10.96.0.10: 3 unanswered".into();
         assert_eq!(
             describe_postable(&b),

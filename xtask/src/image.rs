@@ -148,7 +148,7 @@ pub fn build(root: &Path, target_dir: &Path, binary: &Path, output: Option<PathB
     let labels = [
         ("org.opencontainers.image.title", "kovn-monitor".to_string()),
         ("org.opencontainers.image.version", version.to_string()),
-        ("org.opencontainers.image.revision", revision.clone()),
+        ("org.opencontainers.image.revision", revision),
         ("org.opencontainers.image.url", format!("{IMAGE_REPOSITORY}:{version}")),
         ("org.opencontainers.image.base.name", format!("debian:{SUITE} ({})", PACKAGES.join(", "))),
     ];

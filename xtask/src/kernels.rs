@@ -274,9 +274,9 @@ fn split_spec(spec: &str) -> Result<(&str, Option<Vec<Group>>)> {
     let groups = list
         .split('+')
         .map(|g| {
-            <Group as clap::ValueEnum>::from_str(g, true).map_err(|_| {
+            <Group as clap::ValueEnum>::from_str(g, true).map_err(|e| {
                 anyhow::anyhow!(
-                    "unknown test group {g:?} in {spec:?} (verifier, classifier, daemon, kill9, lab)"
+                    "unknown test group {g:?} in {spec:?} ({e}; verifier, classifier, daemon, kill9, lab)"
                 )
             })
         })
@@ -525,8 +525,8 @@ fn spawn_console_readers(
 ) -> Vec<std::thread::JoinHandle<()>> {
     let console = console.map(|f| Arc::new(std::sync::Mutex::new(f)));
     let mut handles = Vec::new();
-    let stdout = child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
-    let stderr = child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
+    let stdout = child.stdout.take().map(|s| -> Box<dyn std::io::Read + Send> { Box::new(s) });
+    let stderr = child.stderr.take().map(|s| -> Box<dyn std::io::Read + Send> { Box::new(s) });
     for (stream, tx) in [(stdout, Some(tx)), (stderr, None)] {
         let Some(stream) = stream else { continue };
         let console = console.clone();

@@ -280,7 +280,7 @@ fn test_kernels(args: &xtask::kernels::KernelsArgs) -> Result<bool> {
     let exe = |n: &str| exes.get(n).cloned().with_context(|| format!("cargo built no test executable {n}"));
     let target = monitor.parent().and_then(|d| d.parent()).expect("target/debug/kovn-monitor").to_path_buf();
     let built = xtask::kernels::Built {
-        monitor: monitor.clone(),
+        monitor,
         classifier: exe("classifier")?,
         daemon: exe("daemon")?,
         kernel_datapath: exe("kernel_datapath")?,

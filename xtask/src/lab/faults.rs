@@ -293,6 +293,10 @@ fn heal_tunnel_cut(lab: &Lab, from: &str, to: &str, how: CutHow) -> Result<()> {
     match how {
         CutHow::DropUdp => {
             // Both sides, even if one fails, then report.
+            #[expect(
+                clippy::needless_collect,
+                reason = "collecting into a Result would stop at the first failure"
+            )]
             let results: Vec<Result<_>> = [(a, b), (b, a)]
                 .into_iter()
                 .map(|(here, there)| {

@@ -57,8 +57,8 @@ use clap::{Args, Subcommand, ValueEnum};
 pub use down::{DownOutcome, down, is_lab_link, is_lab_netns, is_lab_state_dir};
 pub use faults::{ACL_DENY_PRIORITY, OVS_DROP_PRIORITY, acl_name};
 pub use model::{
-    CutHow, DEFAULT_NAME, Daemon, Datapath, FAULT_COOKIE, Fault, FaultSpec, Lab, MonitorInfo, Node, Phase,
-    Pod, Protocol, STATE_ROOT, Service, Subnet, TCP_ECHO_PORT, Tunnel, UDP_ECHO_PORT, Underlay, load,
+    Central, CutHow, DEFAULT_NAME, Daemon, Datapath, FAULT_COOKIE, Fault, FaultSpec, Lab, MonitorInfo, Node,
+    Phase, Pod, Protocol, STATE_ROOT, Service, Subnet, TCP_ECHO_PORT, Tunnel, UDP_ECHO_PORT, Underlay, load,
     state_dir_of,
 };
 pub use monitors::monitor_url;
@@ -388,7 +388,6 @@ fn cmd_monitors(command: MonitorsCommand) -> Result<()> {
             if let Some(m) = started.first() {
                 println!("try: {} flows --endpoint {}", m.bin.display(), m.url);
             }
-            Ok(())
         }
         MonitorsCommand::Stop { lab } => {
             let lab = load(&lab.target())?;
@@ -402,9 +401,9 @@ fn cmd_monitors(command: MonitorsCommand) -> Result<()> {
             } else {
                 println!("stopped the kovn-monitors of lab {}: {}", lab.name, alive.join(", "));
             }
-            Ok(())
         }
     }
+    Ok(())
 }
 
 fn cmd_up(opts: UpOptions) -> Result<()> {

@@ -469,7 +469,7 @@ impl Lab {
         let path = self.json_path();
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(self).context("cannot serialise the lab")?;
-        fs::write(&tmp, text + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
+        fs::write(&tmp, format!("{text}\n")).with_context(|| format!("cannot write {}", tmp.display()))?;
         fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
     }
 }

@@ -140,7 +140,7 @@ pub fn start_with(lab: &Lab, bin: &Path, extra: &[String]) -> Result<Vec<Monitor
             write_inventory(&current)?.to_string_lossy().into_owned(),
         ]);
     }
-    let extra = &extra[..];
+    let extra = extra.as_slice();
     let started_at = Instant::now();
     let mut started = Vec::new();
     let result = (|| -> Result<()> {
@@ -191,7 +191,7 @@ pub fn write_inventory(lab: &Lab) -> Result<PathBuf> {
             "gateway": s.gateway, "mode": "overlay"})).collect::<Vec<_>>(),
     });
     let path = lab.state_dir.join("inventory.yaml");
-    fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
+    fs::write(&path, format!("{}\n", serde_json::to_string_pretty(&doc)?))
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }

@@ -279,7 +279,15 @@ pub fn run(lab: &Lab, opts: &TrafficOptions, on_plan: impl FnOnce(&TrafficPlan))
         }
     }
     let long = match long {
-        Some(handle) => Some(handle.join().map_err(|_| anyhow::anyhow!("long connection thread panicked"))??),
+        Some(handle) => Some(handle.join().map_err(|payload| {
+            // A panic's payload is its message (a String, or a &str for a literal one).
+            let why = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            anyhow::anyhow!("long connection thread panicked: {why}")
+        })??),
         None => None,
     };
     Ok(TrafficReport {
