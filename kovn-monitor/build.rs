@@ -151,13 +151,13 @@ fn main() -> anyhow::Result<()> {
 /// build from a tarball), else `git rev-parse HEAD`, else `unknown`.
 fn git_revision() {
     println!("cargo:rerun-if-env-changed=KOVN_GIT_REVISION");
-    let rev = std::env::var("KOVN_GIT_REVISION").ok().filter(|r| !r.is_empty()).or_else(|| {
-        let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
+    let rev = env::var("KOVN_GIT_REVISION").ok().filter(|r| !r.is_empty()).or_else(|| {
+        let out = Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
         let rev = String::from_utf8(out.stdout).ok()?.trim().to_string();
         (out.status.success() && !rev.is_empty()).then_some(rev)
     });
     // HEAD moves with every commit: rebuild then (the worktree's own HEAD file, or the main one's).
-    if let Ok(out) = std::process::Command::new("git").args(["rev-parse", "--git-dir"]).output()
+    if let Ok(out) = Command::new("git").args(["rev-parse", "--git-dir"]).output()
         && out.status.success()
     {
         let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();

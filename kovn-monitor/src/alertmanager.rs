@@ -29,6 +29,10 @@ pub enum PushError {
 }
 
 /// The Alertmanager API endpoint for alerts under a base URL (a path prefix is kept).
+#[expect(
+    clippy::map_err_ignore,
+    reason = "the error names the flag, the value and the form expected; the parser's own word adds nothing"
+)]
 pub fn alerts_url(base: &str) -> Result<reqwest::Url, PushError> {
     let url = reqwest::Url::parse(base).map_err(|_| PushError::Url(base.into()))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || url.query().is_some() {
@@ -115,7 +119,7 @@ pub fn postable(a: &Alert, endpoint: &str, ends_at: &str) -> Postable {
     // the finding's identity in Alertmanager, the alert id is).
     if let Some(b) = &a.backend {
         let pod = match &b.pod {
-            Some(crate::inventory::Endpoint { namespace: Some(ns), pod: Some(p), .. }) => {
+            Some(Endpoint { namespace: Some(ns), pod: Some(p), .. }) => {
                 format!("{ns}/{p} ")
             }
             _ => String::new(),

@@ -107,7 +107,7 @@ fn bad_request(msg: String) -> Response {
 
 /// A comma-separated list of names, each parsed (the first unknown one is the error).
 fn parse_list<T: std::str::FromStr>(list: &str) -> Result<Vec<T>, &str> {
-    list.split(',').map(|s| s.parse().map_err(|_| s)).collect()
+    list.split(',').map(|s| s.parse().map_err(|_unknown_name| s)).collect()
 }
 
 /// `FlowQuery`, checked: the names parsed into the model's enums.
@@ -127,13 +127,13 @@ impl FlowQuery {
     pub fn filter(self) -> Result<FlowFilter, String> {
         let state = match &self.state {
             Some(s) => {
-                Some(s.parse().map_err(|_| format!("unknown state {s:?} (one of {})", FlowState::names()))?)
+                Some(s.parse().map_err(|_unknown_name| format!("unknown state {s:?} (one of {})", FlowState::names()))?)
             }
             None => None,
         };
         let protocol = match &self.protocol {
             Some(p) => {
-                Some(p.parse().map_err(|_| format!("unknown protocol {p:?} ({})", Protocol::names()))?)
+                Some(p.parse().map_err(|_unknown_name| format!("unknown protocol {p:?} ({})", Protocol::names()))?)
             }
             None => None,
         };
@@ -235,18 +235,18 @@ impl AlertQuery {
     /// The filter, or why the query is refused (naming the valid values).
     pub fn filter(self) -> Result<AlertFilter, String> {
         let state = match &self.state {
-            Some(s) => Some(s.parse().map_err(|_| format!("unknown state {s:?} ({})", AlertState::names()))?),
+            Some(s) => Some(s.parse().map_err(|_unknown_name| format!("unknown state {s:?} ({})", AlertState::names()))?),
             None => None,
         };
         let kind = match &self.kind {
             Some(k) => {
-                Some(k.parse().map_err(|_| format!("unknown kind {k:?} (one of {})", AlertKind::names()))?)
+                Some(k.parse().map_err(|_unknown_name| format!("unknown kind {k:?} (one of {})", AlertKind::names()))?)
             }
             None => None,
         };
         let scenario = match &self.scenario {
             Some(sc) => Some(
-                sc.parse().map_err(|_| format!("unknown scenario {sc:?} (one of {})", Scenario::names()))?,
+                sc.parse().map_err(|_unknown_name| format!("unknown scenario {sc:?} (one of {})", Scenario::names()))?,
             ),
             None => None,
         };
@@ -371,7 +371,7 @@ pub async fn serve(
     metrics: Arc<crate::export::Metrics>,
     extra: Router,
     opts: crate::server::ServerOptions,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = crate::auth::protect(
         router(shared.clone()).merge(metrics_router(metrics)).merge(extra),

@@ -234,6 +234,7 @@ struct SlotTable {
 // SAFETY: the mapping is owned by the SlotTable and only accessed through &self/&mut self of
 // the Capture; concurrent writers are the eBPF programs, which use atomics on `state`.
 unsafe impl Send for SlotTable {}
+// SAFETY: as for Send: shared access reads through volatile loads and frees with atomics.
 unsafe impl Sync for SlotTable {}
 
 impl SlotTable {
@@ -243,7 +244,7 @@ impl SlotTable {
         let aya::maps::Map::Array(data) = map else { return Err(CaptureError::MissingMap(FLOW_SLOTS_MAP)) };
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let bytes = (entries as usize * std::mem::size_of::<FlowSlot>()).div_ceil(page) * page;
+        let bytes = (entries as usize * size_of::<FlowSlot>()).div_ceil(page) * page;
         // SAFETY: mapping the array's fd shared, read-write, at offset 0, as BPF_F_MMAPABLE allows.
         let ptr = unsafe {
             libc::mmap(
@@ -817,12 +818,7 @@ fn processed_from_stats_log(ebpf: &Ebpf, name: &str) -> Result<u32, String> {
     }
     // SAFETY: a valid bpf_attr of the size passed.
     let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            bpf_cmd::BPF_PROG_LOAD as libc::c_long,
-            &mut attr,
-            std::mem::size_of::<bpf_attr>(),
-        )
+        libc::syscall(libc::SYS_bpf, bpf_cmd::BPF_PROG_LOAD as libc::c_long, &mut attr, size_of::<bpf_attr>())
     };
     let err = std::io::Error::last_os_error();
     if fd >= 0 {

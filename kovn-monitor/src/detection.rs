@@ -1161,7 +1161,7 @@ mod tests {
     }
 
     /// A flow as the API shows it; `fwd`/`rev` packets, requests/replies, scenario, ends.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(clippy::too_many_arguments, reason = "a test helper: one flow from its fields, positionally")]
     fn flow(
         id: &str,
         proto: &str,

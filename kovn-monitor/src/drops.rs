@@ -155,7 +155,7 @@ impl Btf {
                     for _ in 0..vlen {
                         let lo = u64::from(rd_u32(tb, at + 4)?);
                         let hi = u64::from(rd_u32(tb, at + 8)?);
-                        t.values.push((rd_u32(tb, at)?, hi << 32 | lo));
+                        t.values.push((rd_u32(tb, at)?, (hi << 32) | lo));
                         at += 12;
                     }
                 }
@@ -420,6 +420,10 @@ impl DropConfig {
 }
 
 /// The inode of this process's network namespace.
+#[expect(
+    clippy::map_err_ignore,
+    reason = "TryFromIntError says only that the value did not fit, as the message does"
+)]
 pub fn own_netns_inum() -> Result<u32, String> {
     use std::os::unix::fs::MetadataExt as _;
     let m = std::fs::metadata("/proc/self/ns/net").map_err(|e| format!("stat /proc/self/ns/net: {e}"))?;
@@ -717,7 +721,7 @@ impl FlowDrop {
 }
 
 fn iface_name(ifindex: u32) -> String {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    let mut buf: [libc::c_char; libc::IF_NAMESIZE] = [0; libc::IF_NAMESIZE];
     // SAFETY: the buffer is IF_NAMESIZE bytes as if_indextoname requires.
     let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
     if p.is_null() {

@@ -87,6 +87,9 @@ fn rtt_histogram() -> Histogram {
     Histogram::new(RTT_BUCKETS)
 }
 
+/// The constructor as the family's type names it (a fn pointer, not the fn item).
+const RTT_HISTOGRAM: fn() -> Histogram = rtt_histogram;
+
 /// The registry and its metric families. Shared with the HTTP handler: encoding needs only
 /// `&self` (families lock internally), so a scrape never waits for the poller's bookkeeping.
 #[derive(Debug)]
@@ -121,7 +124,7 @@ impl Metrics {
             flow_bytes: Family::default(),
             requests: Family::default(),
             requests_unanswered: Family::default(),
-            rtt: Family::new_with_constructor(rtt_histogram as fn() -> Histogram),
+            rtt: Family::new_with_constructor(RTT_HISTOGRAM),
             tunnel_packets: Family::default(),
             tunnel_unanswered: Family::default(),
             path_broken: Family::default(),
@@ -1153,7 +1156,7 @@ mod tests {
         f.tunnel = Some(TunnelPeer { remote_node: Some("node2".into()), ..Default::default() });
         f.rtt_us = Some(400);
         (f.packets_fwd, f.packets_rev) = (4, 2);
-        e.update(&snap(vec![f.clone()]), t0);
+        e.update(&snap(vec![f]), t0);
         let t = text(&e);
         let tunnel = [("remote_node", "node2"), ("direction", "request")];
         assert_eq!(sample(&t, "kovn_tunnel_packets_total", &tunnel), Some(4.0));
@@ -1255,7 +1258,7 @@ mod tests {
                     .collect(),
                 flow_table_entries: 12,
                 flow_table_capacity: 65536,
-                kernel_counters: [("map_full".to_string(), lost)].into_iter().collect(),
+                kernel_counters: std::iter::once(("map_full".to_string(), lost)).collect(),
                 poll_duration_ms: 3.0,
                 ..Default::default()
             },

@@ -488,7 +488,7 @@ impl Inventory {
     /// names (they are Kubernetes node names, as `--node-name` is), pods OVN does not know
     /// (yet), node addresses. This node's OVSDB stays authoritative for its own pods.
     fn merge_kube(
-        &mut self,
+        &self,
         pods: &mut HashMap<IpAddr, PodInfo>,
         node_by_ip: &mut HashMap<IpAddr, String>,
         encap_ip_of: &mut HashMap<String, IpAddr>,

@@ -111,6 +111,10 @@ struct Subnet {
     mode: Option<String>,
 }
 
+#[expect(
+    clippy::map_err_ignore,
+    reason = "the message names the port as written; ParseIntError adds only empty/invalid digit/too large"
+)]
 fn port_of(p: &PortSpec) -> Result<PortProto, String> {
     let (port, proto) = match p {
         PortSpec::Number(n) => (*n, 6),
@@ -219,6 +223,10 @@ pub fn load(path: &Path) -> Result<Vec<KubeUpdate>, FileError> {
 
 /// Applies the file now and again whenever its modification time changes (checked every
 /// `every`). Runs until the process ends.
+#[expect(
+    clippy::infinite_loop,
+    reason = "a task that runs until the process ends; async fn cannot return `!`"
+)]
 pub async fn follow(path: PathBuf, inventory: Arc<RwLock<Inventory>>, every: Duration) {
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut seen: Option<SystemTime> = None;

@@ -44,7 +44,8 @@ impl std::str::FromStr for Address {
         {
             return Ok(Self::Unix(p.into()));
         }
-        for (prefix, make) in [("tcp:", Self::Tcp as fn(String) -> Self), ("ssl:", Self::Ssl)] {
+        let tcp: fn(String) -> Self = Self::Tcp;
+        for (prefix, make) in [("tcp:", tcp), ("ssl:", Self::Ssl)] {
             if let Some(hp) = s.strip_prefix(prefix)
                 && let Some((host, port)) = hp.rsplit_once(':')
                 && !host.is_empty()
@@ -188,11 +189,11 @@ impl rustls::client::danger::ServerCertVerifier for CaOnly {
         end_entity: &rustls_pki_types::CertificateDer<'_>,
         intermediates: &[rustls_pki_types::CertificateDer<'_>],
         server_name: &rustls_pki_types::ServerName<'_>,
-        ocsp: &[u8],
+        ocsp_response: &[u8],
         now: rustls_pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         use rustls::CertificateError as C;
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. })) => {
                 Ok(rustls::client::danger::ServerCertVerified::assertion())
             }
@@ -266,6 +267,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 /// How long connecting (and the TLS handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+#[expect(
+    clippy::map_err_ignore,
+    reason = "tokio's Elapsed carries nothing; the timeout becomes an io::Error of kind TimedOut"
+)]
 async fn connect(addr: &Address) -> Result<Box<dyn Stream>, OvsdbError> {
     let conn = |source| OvsdbError::Connect { addr: addr.to_string(), source };
     let work = async {

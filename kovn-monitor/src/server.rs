@@ -158,7 +158,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     opts: &ServerOptions,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();

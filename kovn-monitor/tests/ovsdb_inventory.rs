@@ -254,10 +254,8 @@ fn pods_over_ssl_from_a_real_ovsdb_server() {
     let d = dir.path();
     make_pki(d, "ca", &["server", "client"]);
     let db = d.join("conf.db");
-    let schema = ["/usr/share/openvswitch/vswitch.ovsschema"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("schema");
+    let schema = "/usr/share/openvswitch/vswitch.ovsschema";
+    assert!(Path::new(schema).exists(), "schema {schema}");
     run("ovsdb-tool", &["create", db.to_str().unwrap(), schema]);
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let sock = d.join("db.sock");

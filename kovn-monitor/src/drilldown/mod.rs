@@ -170,10 +170,18 @@ pub struct TraceQuery {
     pub tun_opt: Option<String>,
 }
 
+#[expect(
+    clippy::map_err_ignore,
+    reason = "the message names the field and the value; AddrParseError only says the syntax is invalid"
+)]
 fn ip_of(what: &str, v: &str) -> Result<IpAddr, TraceError> {
     v.parse().map_err(|_| TraceError::BadInput(format!("{what}: {v:?} is not an IP address")))
 }
 
+#[expect(
+    clippy::map_err_ignore,
+    reason = "the message names the field, the value and the range; T::Err need not be Display"
+)]
 fn num_of<T: std::str::FromStr>(what: &str, v: &str, range: &str) -> Result<T, TraceError> {
     v.parse().map_err(|_| TraceError::BadInput(format!("{what}: {v:?} is not a number ({range})")))
 }
@@ -735,7 +743,7 @@ impl Tracer {
             match run_command("ovn-trace", &args, timeout).await {
                 Ok(text) => {
                     let t = ovntrace::parse(&text);
-                    for s in t.acls().filter(|s| valid_hex_id(&s.uuid)).cloned().collect::<Vec<_>>() {
+                    for s in t.acls().filter(|s| valid_hex_id(&s.uuid)).cloned() {
                         if let Some(lf) = self.logical_flow(&s.uuid, &mut report.commands).await {
                             report.ovn_acls.push(lf);
                         }
@@ -951,6 +959,7 @@ impl Tracer {
 /// The packet of a flow kovn saw: its 5-tuple, TCP state (answered: established) and, when
 /// it had oversized packets, their size.
 pub fn packet_of_flow(f: &crate::flows::Flow) -> Result<Packet, TraceError> {
+    #[expect(clippy::map_err_ignore, reason = "the message names the flow, its protocol and the ones traced")]
     let proto = Proto::parse(f.protocol.as_str()).map_err(|_| {
         TraceError::BadInput(format!("flow {} is {}: only tcp, udp and icmp trace", f.id, f.protocol))
     })?;

@@ -90,6 +90,10 @@ pub fn lab_endpoints(name: &str) -> Result<Vec<String>, TopError> {
         std::path::Path::new(LAB_STATE_ROOT).join(name)
     };
     let path = dir.join("lab.json");
+    #[expect(
+        clippy::map_err_ignore,
+        reason = "a lab.json that cannot be read is no lab, whatever the reason; the message says what to do"
+    )]
     let text = std::fs::read_to_string(&path).map_err(|_| TopError::NoLab(dir.display().to_string()))?;
     let lab: Lab = serde_json::from_str(&text)
         .map_err(|e| TopError::BadLab(path.display().to_string(), e.to_string()))?;
@@ -636,7 +640,7 @@ mod tests {
         assert!(!tty.hung_up(Duration::from_millis(10)));
         // The other end goes (a tmux server killed): a hang-up, at once, not a timeout.
         drop(master);
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         assert!(tty.hung_up(Duration::from_secs(5)));
         assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
     }

@@ -676,7 +676,6 @@ pub fn visible_rows(rows: &[Row], filter: &Filter, broken_only: bool, sort: Sort
 mod tests {
     use super::*;
 
-    #[allow(clippy::too_many_arguments)]
     fn flow(id: &str, src_pod: &str, dst_pod: &str, state: &str, pkts: u64, bytes: u64) -> Flow {
         serde_json::from_value(serde_json::json!({
             "id": id, "src_ip": "10.16.0.2", "dst_ip": "10.16.0.3", "src_port": 40000,
@@ -908,7 +907,7 @@ mod tests {
             dst_ip: None,
             src_port: 0,
             dst_port: 0,
-            protocol: Some(crate::model::Protocol::Tcp),
+            protocol: Some(Protocol::Tcp),
             ip_proto: 6,
             reason: reason.into(),
             reason_code: 0,

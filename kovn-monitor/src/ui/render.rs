@@ -333,7 +333,7 @@ pub fn help_lines() -> Vec<String> {
          node:N look at one field (ns and pod: either end); any other word is looked for in the ends, \
          scenario, state, protocol and verdict. All words must match; case does not matter."
     .to_string());
-    out.push("Columns, for 1-9 and 0: ".to_string() + &column_numbers());
+    out.push(format!("Columns, for 1-9 and 0: {}", column_numbers()));
     out
 }
 
