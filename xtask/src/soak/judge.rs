@@ -15,9 +15,6 @@ pub struct Sample {
     pub t_s: f64,
     /// The monitor's pid (its pidfile, checked against /proc/PID/comm); None: not running.
     pub pid: Option<i32>,
-    /// Restarts the harness made itself (`--kill-every`) on this node so far: a pid change is
-    /// expected when this grew since the previous sample.
-    pub planned_restarts: u32,
     /// /proc/PID/status VmRSS.
     pub rss_kib: u64,
     /// Entries of /proc/PID/fd.
@@ -184,8 +181,9 @@ pub fn slope(points: &[(f64, f64)]) -> f64 {
     points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx
 }
 
-/// Judges one node's samples (in time order) over a run of `duration_s`.
-pub fn judge(samples: &[Sample], duration_s: f64, limits: &Limits) -> (Figures, Vec<Failure>) {
+/// Judges one node's samples (in time order) over a run of `duration_s`. `killed` are the pids
+/// the harness killed itself (`--kill-every`): their end and the new pid after them are planned.
+pub fn judge(samples: &[Sample], killed: &[i32], duration_s: f64, limits: &Limits) -> (Figures, Vec<Failure>) {
     let mut failures = Vec::new();
     let mut fig = Figures { samples: samples.len(), ..Figures::default() };
     let running: Vec<&Sample> = samples.iter().filter(|s| s.pid.is_some()).collect();
@@ -198,14 +196,15 @@ pub fn judge(samples: &[Sample], duration_s: f64, limits: &Limits) -> (Figures, 
     let mut last_running: Option<&Sample> = None;
     let mut cpu_before_restarts = 0.0;
     for s in samples {
-        // A kill by the harness since the process last ran explains its absence or new pid.
-        let planned = last_running.is_some_and(|r| s.planned_restarts > r.planned_restarts);
+        // A kill by the harness explains the process's absence or new pid.
+        let planned = last_running.and_then(|r| r.pid).is_some_and(|p| killed.contains(&p));
         match (last_running.and_then(|r| r.pid), s.pid) {
             (Some(_), None) if !planned => failures.push(Failure::NotRunning { t_s: s.t_s }),
             (Some(old), Some(new)) if old != new => {
                 if planned {
                     // The killed process's CPU time went with it: keep it.
                     cpu_before_restarts += last_running.map_or(0.0, |r| r.cpu_s);
+                    fig.restarts_planned += 1;
                 } else {
                     fig.restarts_unplanned += 1;
                     failures.push(Failure::Restarted { t_s: s.t_s, old_pid: old, new_pid: new });
@@ -213,7 +212,8 @@ pub fn judge(samples: &[Sample], duration_s: f64, limits: &Limits) -> (Figures, 
             }
             _ => {}
         }
-        if s.pid.is_some() && !s.healthz_ok {
+        // A process the harness killed may die during the sample.
+        if s.pid.is_some_and(|p| !killed.contains(&p)) && !s.healthz_ok {
             fig.healthz_failures += 1;
             failures.push(Failure::Unhealthy {
                 t_s: s.t_s,
@@ -241,7 +241,6 @@ pub fn judge(samples: &[Sample], duration_s: f64, limits: &Limits) -> (Figures, 
             last_running = Some(s);
         }
     }
-    fig.restarts_planned = last.planned_restarts;
     // Resources: the judged part is the last process's life after warm-up.
     let epoch: Vec<&Sample> = running.iter().copied().filter(|s| s.pid == last.pid).collect();
     let warm_from = duration_s * limits.warmup_fraction;
@@ -380,6 +379,25 @@ pub fn polls_over(counters: &BTreeMap<String, f64>, tick_s: f64) -> Option<(u64,
     Some((count as u64, (count - within).max(0.0) as u64, sum))
 }
 
+/// Seconds since the Unix epoch of an RFC 3339 UTC time `YYYY-MM-DDTHH:MM:SS[.fff]Z`.
+pub fn parse_utc(s: &str) -> Option<f64> {
+    let s = s.trim().strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(str::parse::<i64>);
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (hh, mm) = (t.next()?.parse::<f64>().ok()?, t.next()?.parse::<f64>().ok()?);
+    let ss = t.next()?.parse::<f64>().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86400.0 + hh * 3600.0 + mm * 60.0 + ss)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,7 +433,7 @@ mod tests {
     fn a_flat_run_passes_with_its_figures() {
         // Warm-up growth (tables filling) in the first half is not judged.
         let s = run(|t| if t < 200.0 { 20.0 + t / 20.0 } else { 30.0 });
-        let (fig, failures) = judge(&s, 600.0, &Limits::default());
+        let (fig, failures) = judge(&s, &[], 600.0, &Limits::default());
         assert!(failures.is_empty(), "{failures:?}");
         assert_eq!((fig.rss_start_mib, fig.rss_end_mib, fig.rss_max_mib), (20.0, 30.0, 30.0));
         assert!(fig.rss_slope_mib_per_h.abs() < 0.01, "{fig:?}");
@@ -427,13 +445,13 @@ mod tests {
     #[test]
     fn rss_growing_after_warm_up_fails_noise_does_not() {
         // 1 MiB/min = 60 MiB/h over the second half.
-        let (fig, failures) = judge(&run(|t| 20.0 + t / 60.0), 600.0, &Limits::default());
+        let (fig, failures) = judge(&run(|t| 20.0 + t / 60.0), &[], 600.0, &Limits::default());
         assert_eq!(kinds(&failures), ["rss_slope"], "{fig:?}");
         assert!((fig.rss_slope_mib_per_h - 60.0).abs() < 0.5, "{fig:?}");
         // A one-off 1 MiB step late in the run: a steep slope but under the noise floor.
-        let (_, failures) = judge(&run(|t| if t > 500.0 { 21.0 } else { 20.0 }), 600.0, &Limits::default());
+        let (_, failures) = judge(&run(|t| if t > 500.0 { 21.0 } else { 20.0 }), &[], 600.0, &Limits::default());
         assert!(failures.is_empty(), "{failures:?}");
-        let (_, failures) = judge(&run(|_| 300.0), 600.0, &Limits::default());
+        let (_, failures) = judge(&run(|_| 300.0), &[], 600.0, &Limits::default());
         assert_eq!(kinds(&failures), ["rss_max"]);
     }
 
@@ -451,7 +469,7 @@ mod tests {
         for x in &mut s[100..] {
             x.fds = 80;
         }
-        let (fig, failures) = judge(&s, 600.0, &Limits::default());
+        let (fig, failures) = judge(&s, &[], 600.0, &Limits::default());
         assert_eq!(
             kinds(&failures),
             ["not_running", "unhealthy", "restarted", "counter_backwards", "fd_growth", "poll_over_tick"],
@@ -463,18 +481,20 @@ mod tests {
     #[test]
     fn restarts_the_harness_made_are_not_failures_and_reset_counters() {
         let mut s = run(|_| 20.0);
+        // Killed during the sample at 95 s: /healthz reset, then gone, then a new pid.
+        s[19].healthz_ok = false;
         s[20].pid = None;
-        for x in &mut s[20..] {
-            x.planned_restarts = 1;
-        }
         for x in &mut s[21..] {
             x.pid = Some(200);
             x.counters.insert("kovn_requests_total{a=\"b\"}".into(), x.t_s - 105.0);
             x.cpu_s = (x.t_s - 105.0) / 100.0;
         }
-        let (fig, failures) = judge(&s, 600.0, &Limits::default());
+        let (fig, failures) = judge(&s, &[100], 600.0, &Limits::default());
         assert!(failures.is_empty(), "{failures:#?}");
         assert_eq!((fig.restarts_planned, fig.restarts_unplanned), (1, 0));
+        // The same run without the harness's kill: a crash, a restart and an unhealthy sample.
+        let (_, failures) = judge(&s, &[], 600.0, &Limits::default());
+        assert_eq!(kinds(&failures), ["unhealthy", "not_running", "restarted"], "{failures:#?}");
         // CPU of both lives: 0.95 s before the kill, 4.95 s after.
         assert!((fig.cpu_s - 5.9).abs() < 1e-9, "{fig:?}");
     }
@@ -495,5 +515,8 @@ mod tests {
         assert_eq!(gauge(text, "kovn_flow_table"), None);
         assert_eq!(polls_over(&c, 1.0), Some((10, 1, 1.5)));
         assert_eq!(slope(&[(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]), 2.0);
+        assert_eq!(parse_utc("1970-01-02T00:00:01Z"), Some(86401.0));
+        assert_eq!(parse_utc("2026-12-03T07:21:32.5Z"), Some(1_796_282_492.5));
+        assert_eq!(parse_utc("yesterday"), None);
     }
 }

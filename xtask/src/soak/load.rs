@@ -357,13 +357,13 @@ pub fn leftover_veths(lab: &Lab) -> Vec<String> {
 }
 
 /// Planned restarts of each node's monitor (`--kill-every`): SIGKILL, then `lab monitors
-/// start` brings the missing one back. `restarts[i]` counts node i's.
+/// start` brings the missing one back. `killed[i]` gets the pids killed on node i.
 pub fn killer(
     ctx: &Ctx,
     every: Duration,
     bin: PathBuf,
     run_args: Vec<String>,
-    restarts: Arc<Vec<AtomicU64>>,
+    killed: Arc<Mutex<Vec<Vec<i32>>>>,
 ) -> JoinHandle<()> {
     let ctx = ctx.clone();
     thread::spawn(move || {
@@ -380,8 +380,10 @@ pub fn killer(
             else {
                 continue;
             };
-            // Counted before the kill: a sample that sees the process gone must know why.
-            restarts[idx].fetch_add(1, Ordering::SeqCst);
+            // Recorded before the kill: a sample that sees the process gone must know why.
+            if let Some(k) = killed.lock().unwrap_or_else(|p| p.into_inner()).get_mut(idx) {
+                k.push(pid);
+            }
             // SAFETY: kill sends a signal to the monitor's pid, checked against its comm above.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             ctx.counts.monitor_kills.fetch_add(1, Ordering::Relaxed);
