@@ -122,7 +122,8 @@ impl std::fmt::Display for Failure {
             }
             Failure::PollOverTick { polls, max_last_poll_ms, tick_ms } => write!(
                 f,
-                "{polls} polls took longer than the {tick_ms} ms tick (longest sampled {max_last_poll_ms:.1} ms)"
+                "polls longer than the {tick_ms} ms tick: {polls} in the poll histogram, the longest \
+                 sampled {max_last_poll_ms:.1} ms"
             ),
             Failure::CounterBackwards { t_s, series, from, to } => {
                 write!(f, "counter {series} went back {from} -> {to} at {t_s:.0}s")
@@ -195,6 +196,8 @@ pub fn judge(samples: &[Sample], killed: &[i32], duration_s: f64, limits: &Limit
     let mut prev: Option<&Sample> = None;
     let mut last_running: Option<&Sample> = None;
     let mut cpu_before_restarts = 0.0;
+    // A process the harness restarted is starting (its API not up yet) until its first `ok`.
+    let mut starting = false;
     for s in samples {
         // A kill by the harness explains the process's absence or new pid.
         let planned = last_running.and_then(|r| r.pid).is_some_and(|p| killed.contains(&p));
@@ -205,6 +208,7 @@ pub fn judge(samples: &[Sample], killed: &[i32], duration_s: f64, limits: &Limit
                     // The killed process's CPU time went with it: keep it.
                     cpu_before_restarts += last_running.map_or(0.0, |r| r.cpu_s);
                     fig.restarts_planned += 1;
+                    starting = true;
                 } else {
                     fig.restarts_unplanned += 1;
                     failures.push(Failure::Restarted { t_s: s.t_s, old_pid: old, new_pid: new });
@@ -212,8 +216,9 @@ pub fn judge(samples: &[Sample], killed: &[i32], duration_s: f64, limits: &Limit
             }
             _ => {}
         }
+        starting &= !s.healthz_ok;
         // A process the harness killed may die during the sample.
-        if s.pid.is_some_and(|p| !killed.contains(&p)) && !s.healthz_ok {
+        if s.pid.is_some_and(|p| !killed.contains(&p)) && !s.healthz_ok && !starting {
             fig.healthz_failures += 1;
             failures.push(Failure::Unhealthy {
                 t_s: s.t_s,
@@ -241,9 +246,16 @@ pub fn judge(samples: &[Sample], killed: &[i32], duration_s: f64, limits: &Limit
             last_running = Some(s);
         }
     }
-    // Resources: the judged part is the last process's life after warm-up.
-    let epoch: Vec<&Sample> = running.iter().copied().filter(|s| s.pid == last.pid).collect();
-    let warm_from = duration_s * limits.warmup_fraction;
+    // Resources: the longest process life, after its own warm-up (tables filling) and after the
+    // run's; too short a remainder (frequent --kill-every) is not judged for growth.
+    let all_lives = lives(&running);
+    let epoch: Vec<&Sample> = all_lives
+        .iter()
+        .max_by(|a, b| (a[a.len() - 1].t_s - a[0].t_s).total_cmp(&(b[b.len() - 1].t_s - b[0].t_s)))
+        .cloned()
+        .unwrap_or_default();
+    let warm = duration_s * limits.warmup_fraction;
+    let warm_from = warm.max(epoch.first().map_or(0.0, |s| s.t_s + warm));
     let judged: Vec<&Sample> = epoch.iter().copied().filter(|s| s.t_s >= warm_from).collect();
     let mib = |s: &Sample| s.rss_kib as f64 / MIB;
     fig.rss_start_mib = mib(first);
@@ -289,15 +301,16 @@ pub fn judge(samples: &[Sample], killed: &[i32], duration_s: f64, limits: &Limit
     }
     // CPU and polls, summed over the process lives.
     fig.cpu_s = cpu_before_restarts + last.cpu_s;
-    // The share of a core over the last life (the one judged).
-    let life_s = last.t_s - epoch[0].t_s;
-    if life_s > 0.0 {
-        fig.cpu_percent = 100.0 * (last.cpu_s - epoch[0].cpu_s) / life_s;
+    // The share of a core over the judged life.
+    if let (Some(a), Some(b)) = (epoch.first(), epoch.last())
+        && b.t_s > a.t_s
+    {
+        fig.cpu_percent = 100.0 * (b.cpu_s - a.cpu_s) / (b.t_s - a.t_s);
     }
     let mut over = 0;
     let mut polls = 0;
     let mut sum = 0.0;
-    for life in lives(&running) {
+    for life in &all_lives {
         // Each life's histogram starts at zero: its last sample holds the life's total.
         let b = life[life.len() - 1];
         over += b.polls_over_tick.unwrap_or(0);
@@ -466,7 +479,8 @@ mod tests {
         }
         s[50].counters.insert("kovn_requests_total{a=\"b\"}".into(), 1.0);
         s[60].last_poll_ms = Some(1500.0);
-        for x in &mut s[100..] {
+        // Judged: the longest life (pid 101, from 200 s) after its own warm-up (from 500 s).
+        for x in &mut s[110..] {
             x.fds = 80;
         }
         let (fig, failures) = judge(&s, &[], 600.0, &Limits::default());
@@ -481,9 +495,11 @@ mod tests {
     #[test]
     fn restarts_the_harness_made_are_not_failures_and_reset_counters() {
         let mut s = run(|_| 20.0);
-        // Killed during the sample at 95 s: /healthz reset, then gone, then a new pid.
+        // Killed during the sample at 95 s: /healthz reset, then gone, then a new pid whose API
+        // is not up yet at its first sample.
         s[19].healthz_ok = false;
         s[20].pid = None;
+        s[21].healthz_ok = false;
         for x in &mut s[21..] {
             x.pid = Some(200);
             x.counters.insert("kovn_requests_total{a=\"b\"}".into(), x.t_s - 105.0);
@@ -494,7 +510,7 @@ mod tests {
         assert_eq!((fig.restarts_planned, fig.restarts_unplanned), (1, 0));
         // The same run without the harness's kill: a crash, a restart and an unhealthy sample.
         let (_, failures) = judge(&s, &[], 600.0, &Limits::default());
-        assert_eq!(kinds(&failures), ["unhealthy", "not_running", "restarted"], "{failures:#?}");
+        assert_eq!(kinds(&failures), ["unhealthy", "not_running", "restarted", "unhealthy"], "{failures:#?}");
         // CPU of both lives: 0.95 s before the kill, 4.95 s after.
         assert!((fig.cpu_s - 5.9).abs() < 1e-9, "{fig:?}");
     }
