@@ -86,19 +86,52 @@ impl Default for Limits {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Failure {
     /// The monitor was not running (and the harness had not killed it).
-    NotRunning { t_s: f64 },
+    NotRunning {
+        t_s: f64,
+    },
     /// Its pid changed without a restart by the harness.
-    Restarted { t_s: f64, old_pid: i32, new_pid: i32 },
+    Restarted {
+        t_s: f64,
+        old_pid: i32,
+        new_pid: i32,
+    },
     /// `/healthz` did not answer `ok`.
-    Unhealthy { t_s: f64, error: String },
-    RssSlope { mib_per_h: f64, growth_mib: f64, limit_mib_per_h: f64 },
-    RssMax { mib: f64, limit_mib: f64 },
-    FdGrowth { from: u64, to: u64, limit: u64 },
-    ThreadGrowth { from: u64, to: u64, limit: u64 },
+    Unhealthy {
+        t_s: f64,
+        error: String,
+    },
+    RssSlope {
+        mib_per_h: f64,
+        growth_mib: f64,
+        limit_mib_per_h: f64,
+    },
+    RssMax {
+        mib: f64,
+        limit_mib: f64,
+    },
+    FdGrowth {
+        from: u64,
+        to: u64,
+        limit: u64,
+    },
+    ThreadGrowth {
+        from: u64,
+        to: u64,
+        limit: u64,
+    },
     /// Polls that took longer than the poll interval.
-    PollOverTick { polls: u64, max_last_poll_ms: f64, tick_ms: f64 },
+    PollOverTick {
+        polls: u64,
+        max_last_poll_ms: f64,
+        tick_ms: f64,
+    },
     /// A counter went down within one process's life.
-    CounterBackwards { t_s: f64, series: String, from: f64, to: f64 },
+    CounterBackwards {
+        t_s: f64,
+        series: String,
+        from: f64,
+        to: f64,
+    },
 }
 
 impl std::fmt::Display for Failure {
@@ -106,14 +139,19 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::NotRunning { t_s } => write!(f, "not running at {t_s:.0}s (crashed)"),
             Failure::Restarted { t_s, old_pid, new_pid } => {
-                write!(f, "restarted at {t_s:.0}s (pid {old_pid} -> {new_pid}) without the harness killing it")
+                write!(
+                    f,
+                    "restarted at {t_s:.0}s (pid {old_pid} -> {new_pid}) without the harness killing it"
+                )
             }
             Failure::Unhealthy { t_s, error } => write!(f, "/healthz not ok at {t_s:.0}s: {error}"),
             Failure::RssSlope { mib_per_h, growth_mib, limit_mib_per_h } => write!(
                 f,
                 "RSS grows {mib_per_h:.1} MiB/h after warm-up ({growth_mib:.1} MiB fitted; limit {limit_mib_per_h} MiB/h)"
             ),
-            Failure::RssMax { mib, limit_mib } => write!(f, "RSS reached {mib:.1} MiB (limit {limit_mib} MiB)"),
+            Failure::RssMax { mib, limit_mib } => {
+                write!(f, "RSS reached {mib:.1} MiB (limit {limit_mib} MiB)")
+            }
             Failure::FdGrowth { from, to, limit } => {
                 write!(f, "open fds grew {from} -> {to} after warm-up (limit +{limit})")
             }
@@ -184,7 +222,12 @@ pub fn slope(points: &[(f64, f64)]) -> f64 {
 
 /// Judges one node's samples (in time order) over a run of `duration_s`. `killed` are the pids
 /// the harness killed itself (`--kill-every`): their end and the new pid after them are planned.
-pub fn judge(samples: &[Sample], killed: &[i32], duration_s: f64, limits: &Limits) -> (Figures, Vec<Failure>) {
+pub fn judge(
+    samples: &[Sample],
+    killed: &[i32],
+    duration_s: f64,
+    limits: &Limits,
+) -> (Figures, Vec<Failure>) {
     let mut failures = Vec::new();
     let mut fig = Figures { samples: samples.len(), ..Figures::default() };
     let running: Vec<&Sample> = samples.iter().filter(|s| s.pid.is_some()).collect();
@@ -377,7 +420,8 @@ pub fn parse_counters(text: &str) -> BTreeMap<String, f64> {
 
 /// A gauge's value (`name` without labels) from a Prometheus text exposition.
 pub fn gauge(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.split_whitespace().next()?.parse().ok())
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.split_whitespace().next()?.parse().ok())
 }
 
 /// Polls slower than `tick_s` from the poll histogram: count minus the bucket at `tick_s`
@@ -462,7 +506,8 @@ mod tests {
         assert_eq!(kinds(&failures), ["rss_slope"], "{fig:?}");
         assert!((fig.rss_slope_mib_per_h - 60.0).abs() < 0.5, "{fig:?}");
         // A one-off 1 MiB step late in the run: a steep slope but under the noise floor.
-        let (_, failures) = judge(&run(|t| if t > 500.0 { 21.0 } else { 20.0 }), &[], 600.0, &Limits::default());
+        let (_, failures) =
+            judge(&run(|t| if t > 500.0 { 21.0 } else { 20.0 }), &[], 600.0, &Limits::default());
         assert!(failures.is_empty(), "{failures:?}");
         let (_, failures) = judge(&run(|_| 300.0), &[], 600.0, &Limits::default());
         assert_eq!(kinds(&failures), ["rss_max"]);

@@ -96,7 +96,9 @@ fn live_slots(pid: i32, map: &MapFd) -> Result<u64> {
     let stride = map.value_size.div_ceil(8) * 8;
     let len = stride * map.max_entries;
     // SAFETY: a shared read-only mapping of the map's memory; unmapped below.
-    let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd.as_raw_fd(), 0) };
+    let ptr = unsafe {
+        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+    };
     if ptr == libc::MAP_FAILED {
         bail!("mmap of FLOW_SLOTS: {}", std::io::Error::last_os_error());
     }
@@ -105,7 +107,8 @@ fn live_slots(pid: i32, map: &MapFd) -> Result<u64> {
     for i in 0..map.max_entries {
         // SAFETY: inside the mapping; the kernel changes the word concurrently (volatile read
         // of an aligned u64: offset and stride are multiples of 8).
-        let state = unsafe { std::ptr::read_volatile(ptr.cast::<u8>().add(i * stride + offset).cast::<u64>()) };
+        let state =
+            unsafe { std::ptr::read_volatile(ptr.cast::<u8>().add(i * stride + offset).cast::<u64>()) };
         if state == SLOT_LIVE {
             live += 1;
         }
@@ -140,7 +143,12 @@ fn hash_entries(pid: i32, map: &MapFd) -> Result<u64> {
         };
         // SAFETY: attr points at buffers of the map's key size that live across the call.
         let r = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_MAP_GET_NEXT_KEY, &attr as *const NextKeyAttr, size_of::<NextKeyAttr>())
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_GET_NEXT_KEY,
+                &attr as *const NextKeyAttr,
+                size_of::<NextKeyAttr>(),
+            )
         };
         if r != 0 {
             let e = std::io::Error::last_os_error();

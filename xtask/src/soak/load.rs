@@ -151,8 +151,13 @@ pub fn flow_churn(ctx: &Ctx, udp_per_s: u32, tcp_per_s: u32, seed: u64) -> Vec<J
                     }
                 }
             }
-            let tcp_dst: Vec<SocketAddrV4> =
-                ctx.lab.pods.iter().filter(|p| p.name != client.name).map(|p| SocketAddrV4::new(p.ip, p.tcp_port)).collect();
+            let tcp_dst: Vec<SocketAddrV4> = ctx
+                .lab
+                .pods
+                .iter()
+                .filter(|p| p.name != client.name)
+                .map(|p| SocketAddrV4::new(p.ip, p.tcp_port))
+                .collect();
             let (ctx, netns) = (ctx.clone(), client.netns.clone());
             let udp_rate = f64::from(udp_per_s) / pods;
             let tcp_rate = f64::from(tcp_per_s) / pods;
@@ -308,8 +313,9 @@ pub fn veth_churn(ctx: &Ctx, per_minute: u32) -> JoinHandle<()> {
             n = n.wrapping_add(1);
             let netns = nodes[n as usize % nodes.len()].clone();
             let (host, peer) = (format!("{VETH_PREFIX}{n:08x}_h"), format!("{VETH_PREFIX}{n:08x}_p"));
-            let add = cmd::run("ip", &["-n", &netns, "link", "add", &host, "type", "veth", "peer", "name", &peer])
-                .and_then(|_| cmd::run("ip", &["-n", &netns, "link", "set", &host, "up"]));
+            let add =
+                cmd::run("ip", &["-n", &netns, "link", "add", &host, "type", "veth", "peer", "name", &peer])
+                    .and_then(|_| cmd::run("ip", &["-n", &netns, "link", "set", &host, "up"]));
             match add {
                 Ok(_) => {
                     ctx.counts.veths_added.fetch_add(1, Ordering::Relaxed);
@@ -375,8 +381,7 @@ pub fn killer(
             };
             let idx = i % current.nodes.len();
             i += 1;
-            let Some(pid) =
-                current.monitors.iter().find(|m| m.node == node).and_then(lab::monitors::alive)
+            let Some(pid) = current.monitors.iter().find(|m| m.node == node).and_then(lab::monitors::alive)
             else {
                 continue;
             };

@@ -192,7 +192,10 @@ struct LabGuard {
 impl Drop for LabGuard {
     fn drop(&mut self) {
         if self.keep {
-            eprintln!("==> lab {} left up (--keep-lab): cargo xtask lab down --name {}", self.name, self.name);
+            eprintln!(
+                "==> lab {} left up (--keep-lab): cargo xtask lab down --name {}",
+                self.name, self.name
+            );
             return;
         }
         match lab::down(&self.name) {
@@ -210,7 +213,10 @@ pub fn run(args: &SoakArgs, bin: &Path, out_root: &Path) -> Result<Report> {
         bail!("--minutes must be in (0, 1440]");
     }
     if lab::load(&args.name).is_ok() {
-        bail!("lab {0} is already up: the soak makes its own (cargo xtask lab down --name {0}, or --name)", args.name);
+        bail!(
+            "lab {0} is already up: the soak makes its own (cargo xtask lab down --name {0}, or --name)",
+            args.name
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -221,7 +227,8 @@ pub fn run(args: &SoakArgs, bin: &Path, out_root: &Path) -> Result<Report> {
         })
         .context("installing the Ctrl-C handler")?;
     }
-    let opts = UpOptions { nodes: args.nodes, pods_per_node: args.pods_per_node, ..UpOptions::named(&args.name) };
+    let opts =
+        UpOptions { nodes: args.nodes, pods_per_node: args.pods_per_node, ..UpOptions::named(&args.name) };
     eprintln!("==> lab {} up ({} nodes, {} pods per node)", args.name, args.nodes, args.pods_per_node);
     let _guard = LabGuard { name: args.name.clone(), keep: args.keep_lab };
     let lab = lab::up(&opts)?.into_lab();
@@ -259,7 +266,11 @@ fn soak(args: &SoakArgs, lab: &Lab, bin: &Path, stop: &Arc<AtomicBool>) -> Resul
         if args.with_services { " with services" } else { " (no services)" },
         args.veth_churn_per_minute,
         args.fault_every,
-        if args.kill_every > 0 { format!(", a monitor killed every {}s", args.kill_every) } else { String::new() }
+        if args.kill_every > 0 {
+            format!(", a monitor killed every {}s", args.kill_every)
+        } else {
+            String::new()
+        }
     );
     let mut threads = load::udp_responders(&ctx);
     // Let the responders bind before the first datagrams.
@@ -319,7 +330,9 @@ fn soak(args: &SoakArgs, lab: &Lab, bin: &Path, stop: &Arc<AtomicBool>) -> Resul
     monitors::stop(&current)?;
     let leftover_veths = load::leftover_veths(lab);
     lab::sys::wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
-        held.iter().all(|(p, m)| p.iter().all(|&id| !kmaps::exists("prog", id)) && m.iter().all(|&id| !kmaps::exists("map", id)))
+        held.iter().all(|(p, m)| {
+            p.iter().all(|&id| !kmaps::exists("prog", id)) && m.iter().all(|&id| !kmaps::exists("map", id))
+        })
     });
     let limits = args.limits();
     let killed = killed.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -335,7 +348,9 @@ fn soak(args: &SoakArgs, lab: &Lab, bin: &Path, stop: &Arc<AtomicBool>) -> Resul
             judge::judge(&judged, killed.get(i).map_or(&[][..], Vec::as_slice), elapsed, &limits);
         let pairs: Vec<TableCheck> = judged
             .iter()
-            .filter_map(|x| Some(TableCheck { t_s: x.t_s, metric: x.table_entries?, kernel: x.kernel_flows? }))
+            .filter_map(|x| {
+                Some(TableCheck { t_s: x.t_s, metric: x.table_entries?, kernel: x.kernel_flows? })
+            })
             .collect();
         nodes.push(NodeReport {
             ovs_abort: abort.map(|(line, _)| line),
@@ -350,10 +365,13 @@ fn soak(args: &SoakArgs, lab: &Lab, bin: &Path, stop: &Arc<AtomicBool>) -> Resul
             samples: s.samples,
         });
     }
-    let load_errors: Vec<String> = counts.errors.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+    let load_errors: Vec<String> =
+        counts.errors.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
     let passed = !interrupted
         && leftover_veths.is_empty()
-        && nodes.iter().all(|n| n.failures.is_empty() && n.leaked_programs.is_empty() && n.leaked_maps.is_empty());
+        && nodes
+            .iter()
+            .all(|n| n.failures.is_empty() && n.leaked_programs.is_empty() && n.leaked_maps.is_empty());
     Ok(Report {
         lab: lab.name.clone(),
         minutes: elapsed / 60.0,
@@ -492,7 +510,8 @@ fn read_proc(pid: i32, s: &mut Sample) {
     if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
         // Fields after the command name (which may hold spaces): state is the first, utime
         // and stime the 12th and 13th.
-        let rest: Vec<&str> = stat.rsplit_once(") ").map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        let rest: Vec<&str> =
+            stat.rsplit_once(") ").map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let ticks = |i: usize| rest.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
@@ -554,7 +573,23 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(
         t,
         "{:<7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>7} {:>6} {:>8} {:>9} {:>7} {:>7} {:>9} {:>9} {:>8} {:>8}",
-        "node", "rss0", "rssWarm", "rssEnd", "rssMax", "MiB/h", "fds", "thr", "cpu%", "cpu s", "polls", "poll ms", "over", "cpu/poll", "tableMax", "kernMax", "restarts"
+        "node",
+        "rss0",
+        "rssWarm",
+        "rssEnd",
+        "rssMax",
+        "MiB/h",
+        "fds",
+        "thr",
+        "cpu%",
+        "cpu s",
+        "polls",
+        "poll ms",
+        "over",
+        "cpu/poll",
+        "tableMax",
+        "kernMax",
+        "restarts"
     );
     for n in &r.nodes {
         let f = &n.figures;
@@ -586,7 +621,14 @@ pub fn render(r: &Report) -> String {
                 t,
                 "{}: kovn_flow_table_entries vs flows in the kernel maps: {} vs {} at the end ({:.0}s), \
                  {} vs {} at {:.0}s (largest difference); capacity {}, longest sampled poll {:.1} ms",
-                n.node, l.metric, l.kernel, l.t_s, c.metric, c.kernel, c.t_s, n.figures.table_capacity,
+                n.node,
+                l.metric,
+                l.kernel,
+                l.t_s,
+                c.metric,
+                c.kernel,
+                c.t_s,
+                n.figures.table_capacity,
                 n.figures.max_last_poll_ms
             );
         }
