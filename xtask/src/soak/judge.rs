@@ -40,6 +40,13 @@ pub struct Sample {
     pub polls: Option<u64>,
     pub polls_over_tick: Option<u64>,
     pub poll_sum_s: Option<f64>,
+    /// Pod veths (`*_h`) present in this sample and the previous one (so at least a sample
+    /// interval old) that `/healthz` does not list as attached.
+    #[serde(default)]
+    pub veths_missed: u64,
+    /// Interfaces `/healthz` lists as attached that were gone in the previous sample already.
+    #[serde(default)]
+    pub veths_stale: u64,
     /// Every counter-like series of `/metrics` (`_total`, `_count`, `_sum`, `_bucket`), by
     /// `name{labels}`. Only kept in memory for the judgement (not in the JSON report).
     #[serde(skip)]
@@ -125,6 +132,13 @@ pub enum Failure {
         max_last_poll_ms: f64,
         tick_ms: f64,
     },
+    /// Pod veths not attached a sample interval after they appeared, or still listed a sample
+    /// interval after they went (rtnetlink events missed or handled late).
+    InterfacesNotFollowed {
+        t_s: f64,
+        missed: u64,
+        stale: u64,
+    },
     /// A counter went down within one process's life.
     CounterBackwards {
         t_s: f64,
@@ -162,6 +176,11 @@ impl std::fmt::Display for Failure {
                 f,
                 "polls longer than the {tick_ms} ms tick: {polls} in the poll histogram, the longest \
                  sampled {max_last_poll_ms:.1} ms"
+            ),
+            Failure::InterfacesNotFollowed { t_s, missed, stale } => write!(
+                f,
+                "at {t_s:.0}s {missed} pod veths present for a sample interval were not attached, {stale} gone \
+                 for one were still attached"
             ),
             Failure::CounterBackwards { t_s, series, from, to } => {
                 write!(f, "counter {series} went back {from} -> {to} at {t_s:.0}s")
@@ -201,6 +220,10 @@ pub struct Figures {
     pub kernel_flows_max: u64,
     pub table_capacity: u64,
     pub counters_checked: usize,
+    /// Samples where pod veths were not followed, and the worst of them.
+    pub veth_samples_behind: usize,
+    pub veths_missed_max: u64,
+    pub veths_stale_max: u64,
 }
 
 const MIB: f64 = 1024.0;
@@ -260,6 +283,19 @@ pub fn judge(
             _ => {}
         }
         starting &= !s.healthz_ok;
+        if s.healthz_ok && (s.veths_missed > 0 || s.veths_stale > 0) {
+            fig.veth_samples_behind += 1;
+            fig.veths_missed_max = fig.veths_missed_max.max(s.veths_missed);
+            fig.veths_stale_max = fig.veths_stale_max.max(s.veths_stale);
+            // One failure per run is enough to say it; the figures say how bad.
+            if fig.veth_samples_behind == 1 {
+                failures.push(Failure::InterfacesNotFollowed {
+                    t_s: s.t_s,
+                    missed: s.veths_missed,
+                    stale: s.veths_stale,
+                });
+            }
+        }
         // A process the harness killed may die during the sample.
         if s.pid.is_some_and(|p| !killed.contains(&p)) && !s.healthz_ok && !starting {
             fig.healthz_failures += 1;
@@ -524,6 +560,8 @@ mod tests {
         }
         s[50].counters.insert("kovn_requests_total{a=\"b\"}".into(), 1.0);
         s[60].last_poll_ms = Some(1500.0);
+        s[70].veths_missed = 2;
+        s[71].veths_stale = 1;
         // Judged: the longest life (pid 101, from 200 s) after its own warm-up (from 500 s).
         for x in &mut s[110..] {
             x.fds = 80;
@@ -531,10 +569,19 @@ mod tests {
         let (fig, failures) = judge(&s, &[], 600.0, &Limits::default());
         assert_eq!(
             kinds(&failures),
-            ["not_running", "unhealthy", "restarted", "counter_backwards", "fd_growth", "poll_over_tick"],
+            [
+                "not_running",
+                "unhealthy",
+                "restarted",
+                "counter_backwards",
+                "interfaces_not_followed",
+                "fd_growth",
+                "poll_over_tick"
+            ],
             "{failures:#?}"
         );
         assert_eq!((fig.restarts_unplanned, fig.healthz_failures), (1, 1));
+        assert_eq!((fig.veth_samples_behind, fig.veths_missed_max, fig.veths_stale_max), (2, 2, 1));
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub mod judge;
 pub mod kmaps;
 pub mod load;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -426,6 +426,9 @@ struct Sampler {
     /// Program ids from /healthz and map ids from /proc, per pid: what must be gone at the end.
     programs: BTreeMap<u32, ()>,
     maps: BTreeMap<u32, ()>,
+    netns: String,
+    /// The node's pod veths at the previous sample.
+    prev_veths: Option<BTreeSet<String>>,
 }
 
 impl Sampler {
@@ -439,6 +442,8 @@ impl Sampler {
             samples: Vec::new(),
             programs: BTreeMap::new(),
             maps: BTreeMap::new(),
+            netns: lab.node(node).map(|n| n.netns.clone()).unwrap_or_default(),
+            prev_veths: None,
         }
     }
 
@@ -455,11 +460,33 @@ impl Sampler {
     fn sample(&mut self, start: Instant) {
         let mut s = Sample { t_s: start.elapsed().as_secs_f64(), ..Sample::default() };
         s.pid = self.pid();
+        let before = pod_veths(&self.netns);
         if let Some(pid) = s.pid {
             read_proc(pid, &mut s);
             match get_json(&format!("{}/healthz", self.url), Duration::from_secs(3)) {
                 Ok(h) if h["status"] == "ok" => {
                     s.healthz_ok = true;
+                    let attached: BTreeSet<String> = h["attached_interfaces"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|i| i["name"].as_str())
+                        .filter(|n| n.ends_with("_h"))
+                        .map(str::to_string)
+                        .collect();
+                    // Listed before and after /healthz was read, and at the previous sample:
+                    // must be attached. Gone at the previous sample and now: must not be.
+                    let after = pod_veths(&self.netns);
+                    if let Some(prev) = &self.prev_veths {
+                        s.veths_missed = before
+                            .iter()
+                            .filter(|v| prev.contains(*v) && after.contains(*v) && !attached.contains(*v))
+                            .count() as u64;
+                        s.veths_stale = attached
+                            .iter()
+                            .filter(|v| !prev.contains(*v) && !before.contains(*v) && !after.contains(*v))
+                            .count() as u64;
+                    }
                     s.last_poll_ms = h["poll_duration_ms"].as_f64();
                     for p in h["programs"].as_array().into_iter().flatten() {
                         if let Some(id) = p["id"].as_u64() {
@@ -487,12 +514,24 @@ impl Sampler {
                 }
             }
         }
+        self.prev_veths = Some(before);
         self.samples.push(s);
     }
 
     fn kernel_objects(&self) -> (Vec<u32>, Vec<u32>) {
         (self.programs.keys().copied().collect(), self.maps.keys().copied().collect())
     }
+}
+
+/// The pod veths (`*_h`) in a node's namespace.
+fn pod_veths(netns: &str) -> BTreeSet<String> {
+    let text = crate::cmd::stdout("ip", &["-n", netns, "-o", "link", "show"]).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n))
+        .filter(|n| n.ends_with("_h"))
+        .map(str::to_string)
+        .collect()
 }
 
 fn read_proc(pid: i32, s: &mut Sample) {
@@ -630,6 +669,18 @@ pub fn render(r: &Report) -> String {
                 c.t_s,
                 n.figures.table_capacity,
                 n.figures.max_last_poll_ms
+            );
+        }
+        if n.figures.veth_samples_behind > 0 {
+            let _ = writeln!(
+                t,
+                "{}: pod veths not followed in {} of {} samples (up to {} present but not attached, {} gone but \
+                 still attached)",
+                n.node,
+                n.figures.veth_samples_behind,
+                n.figures.samples,
+                n.figures.veths_missed_max,
+                n.figures.veths_stale_max
             );
         }
         if let Some(a) = &n.ovs_abort {
