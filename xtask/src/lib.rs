@@ -6,3 +6,4 @@ pub mod demo;
 pub mod image;
 pub mod kernels;
 pub mod lab;
+pub mod soak;

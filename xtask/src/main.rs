@@ -37,6 +37,10 @@ enum Task {
     /// Inside a kernel-matrix VM: run the groups and write results.json (internal).
     #[command(hide = true)]
     KernelGuest(xtask::kernels::GuestArgs),
+    /// The endurance run: its own lab, churning load for --minutes, the monitors sampled from
+    /// outside; a report under target/soak/ and a failure on a crash, an unhealthy monitor,
+    /// growth or a counter going back (needs root). See README, `cargo xtask soak`.
+    Soak(xtask::soak::SoakArgs),
     /// Run every test: unprivileged unit tests, then the privileged kernel and lab tests, then
     /// the kernel matrix on the kernels in `--kernels`.
     Test {
@@ -94,6 +98,35 @@ fn dispatch(task: Task) -> Result<()> {
         Task::TestKernels(args) => {
             if !test_kernels(&args)? {
                 bail!("the kernel matrix has failures (table above)");
+            }
+            Ok(())
+        }
+        Task::Soak(args) => {
+            require_root("the soak")?;
+            let bin = match &args.bin {
+                Some(b) => b.clone(),
+                None if args.release => {
+                    let mut build = cargo();
+                    build.args(["build", "--release", "--package", "kovn-monitor", "--bins"]);
+                    run(&mut build)?;
+                    target_dir().join("release").join("kovn-monitor")
+                }
+                None => build_monitor()?,
+            };
+            let report = xtask::soak::run(&args, &bin, &target_dir().join("soak"))?;
+            if report.interrupted {
+                bail!("the soak was interrupted");
+            }
+            if !report.passed {
+                bail!("the soak failed (report above)");
+            }
+            let aborted = report.ovs_aborted();
+            if !aborted.is_empty() {
+                bail!(
+                    "the soak is inconclusive: OVS's userspace datapath aborted on {} (the known OVS 3.1 \
+                     conntrack bug, not kovn); kovn was judged until then",
+                    aborted.join(", ")
+                );
             }
             Ok(())
         }

@@ -40,7 +40,7 @@ pub mod ovs;
 mod plan;
 pub mod probe;
 mod status;
-mod sys;
+pub(crate) mod sys;
 pub mod traffic;
 mod up;
 

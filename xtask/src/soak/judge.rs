@@ -1,0 +1,630 @@
+//! The soak's verdict from its samples: pure functions, unit-tested without a lab.
+//!
+//! A sample is what the harness read of one node's kovn-monitor from the outside at one moment
+//! (/proc, `/healthz`, `/metrics`, the kernel maps). [`judge`] turns a node's samples into its
+//! figures and the failures the soak exits non-zero on.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One look at one node's monitor.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Seconds since the load started.
+    pub t_s: f64,
+    /// The monitor's pid (its pidfile, checked against /proc/PID/comm); None: not running.
+    pub pid: Option<i32>,
+    /// /proc/PID/status VmRSS.
+    pub rss_kib: u64,
+    /// Entries of /proc/PID/fd.
+    pub fds: u64,
+    /// /proc/PID/status Threads.
+    pub threads: u64,
+    /// utime + stime of /proc/PID/stat, in seconds.
+    pub cpu_s: f64,
+    /// `/healthz` answered 200 with `status: ok`.
+    pub healthz_ok: bool,
+    /// Why not, when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthz_error: Option<String>,
+    /// `/healthz` `poll_duration_ms`: the last poll's duration.
+    pub last_poll_ms: Option<f64>,
+    /// `kovn_flow_table_entries` / `kovn_flow_table_capacity`.
+    pub table_entries: Option<u64>,
+    pub table_capacity: Option<u64>,
+    /// Flows in the kernel maps themselves (live slots of FLOW_SLOTS + entries of FLOWS).
+    pub kernel_flows: Option<u64>,
+    /// `kovn_poll_duration_seconds_count` and the polls slower than the poll interval (count
+    /// minus the bucket at the interval).
+    pub polls: Option<u64>,
+    pub polls_over_tick: Option<u64>,
+    pub poll_sum_s: Option<f64>,
+    /// Pod veths (`*_h`) present in this sample and the previous one (so at least a sample
+    /// interval old) that `/healthz` does not list as attached.
+    #[serde(default)]
+    pub veths_missed: u64,
+    /// Interfaces `/healthz` lists as attached that were gone in the previous sample already.
+    #[serde(default)]
+    pub veths_stale: u64,
+    /// Every counter-like series of `/metrics` (`_total`, `_count`, `_sum`, `_bucket`), by
+    /// `name{labels}`. Only kept in memory for the judgement (not in the JSON report).
+    #[serde(skip)]
+    pub counters: BTreeMap<String, f64>,
+}
+
+/// The bounds the soak judges against (flags of `cargo xtask soak`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The RSS slope over the judged part (after warm-up), MiB per hour.
+    pub rss_slope_mib_per_h: f64,
+    /// A slope above the limit fails only if the fitted growth over the judged part is also above
+    /// this (allocator noise: a few arenas growing once is not a leak).
+    pub rss_noise_mib: f64,
+    /// The largest RSS at any moment, MiB.
+    pub rss_max_mib: f64,
+    /// Open fds may grow this much over the judged part (lowest of the last samples against the
+    /// lowest of the first samples, so API connections in flight do not count).
+    pub fd_growth: u64,
+    /// Threads, likewise.
+    pub thread_growth: u64,
+    /// Fraction of the run that is warm-up (tables filling): judged from there on.
+    pub warmup_fraction: f64,
+    /// The poll interval, ms: a poll longer than this missed its tick.
+    pub tick_ms: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            rss_slope_mib_per_h: 16.0,
+            rss_noise_mib: 2.0,
+            rss_max_mib: 256.0,
+            fd_growth: 16,
+            thread_growth: 8,
+            warmup_fraction: 0.5,
+            tick_ms: 1000.0,
+        }
+    }
+}
+
+/// Why a soak failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Failure {
+    /// The monitor was not running (and the harness had not killed it).
+    NotRunning {
+        t_s: f64,
+    },
+    /// Its pid changed without a restart by the harness.
+    Restarted {
+        t_s: f64,
+        old_pid: i32,
+        new_pid: i32,
+    },
+    /// `/healthz` did not answer `ok`.
+    Unhealthy {
+        t_s: f64,
+        error: String,
+    },
+    RssSlope {
+        mib_per_h: f64,
+        growth_mib: f64,
+        limit_mib_per_h: f64,
+    },
+    RssMax {
+        mib: f64,
+        limit_mib: f64,
+    },
+    FdGrowth {
+        from: u64,
+        to: u64,
+        limit: u64,
+    },
+    ThreadGrowth {
+        from: u64,
+        to: u64,
+        limit: u64,
+    },
+    /// Polls that took longer than the poll interval.
+    PollOverTick {
+        polls: u64,
+        max_last_poll_ms: f64,
+        tick_ms: f64,
+    },
+    /// Pod veths not attached a sample interval after they appeared, or still listed a sample
+    /// interval after they went (rtnetlink events missed or handled late).
+    InterfacesNotFollowed {
+        t_s: f64,
+        missed: u64,
+        stale: u64,
+    },
+    /// A counter went down within one process's life.
+    CounterBackwards {
+        t_s: f64,
+        series: String,
+        from: f64,
+        to: f64,
+    },
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::NotRunning { t_s } => write!(f, "not running at {t_s:.0}s (crashed)"),
+            Failure::Restarted { t_s, old_pid, new_pid } => {
+                write!(
+                    f,
+                    "restarted at {t_s:.0}s (pid {old_pid} -> {new_pid}) without the harness killing it"
+                )
+            }
+            Failure::Unhealthy { t_s, error } => write!(f, "/healthz not ok at {t_s:.0}s: {error}"),
+            Failure::RssSlope { mib_per_h, growth_mib, limit_mib_per_h } => write!(
+                f,
+                "RSS grows {mib_per_h:.1} MiB/h after warm-up ({growth_mib:.1} MiB fitted; limit {limit_mib_per_h} MiB/h)"
+            ),
+            Failure::RssMax { mib, limit_mib } => {
+                write!(f, "RSS reached {mib:.1} MiB (limit {limit_mib} MiB)")
+            }
+            Failure::FdGrowth { from, to, limit } => {
+                write!(f, "open fds grew {from} -> {to} after warm-up (limit +{limit})")
+            }
+            Failure::ThreadGrowth { from, to, limit } => {
+                write!(f, "threads grew {from} -> {to} after warm-up (limit +{limit})")
+            }
+            Failure::PollOverTick { polls, max_last_poll_ms, tick_ms } => write!(
+                f,
+                "polls longer than the {tick_ms} ms tick: {polls} in the poll histogram, the longest \
+                 sampled {max_last_poll_ms:.1} ms"
+            ),
+            Failure::InterfacesNotFollowed { t_s, missed, stale } => write!(
+                f,
+                "at {t_s:.0}s {missed} pod veths present for a sample interval were not attached, {stale} gone \
+                 for one were still attached"
+            ),
+            Failure::CounterBackwards { t_s, series, from, to } => {
+                write!(f, "counter {series} went back {from} -> {to} at {t_s:.0}s")
+            }
+        }
+    }
+}
+
+/// A node's figures over the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Figures {
+    pub samples: usize,
+    pub rss_start_mib: f64,
+    pub rss_warm_mib: f64,
+    pub rss_end_mib: f64,
+    pub rss_max_mib: f64,
+    /// Least-squares slope of RSS over the judged part (last pid epoch, after warm-up).
+    pub rss_slope_mib_per_h: f64,
+    pub fds_start: u64,
+    pub fds_end: u64,
+    pub fds_max: u64,
+    pub threads_start: u64,
+    pub threads_end: u64,
+    /// CPU seconds used over the run and as a share of one core.
+    pub cpu_s: f64,
+    pub cpu_percent: f64,
+    pub polls: u64,
+    pub poll_mean_ms: f64,
+    pub polls_over_tick: u64,
+    pub max_last_poll_ms: f64,
+    /// CPU time per poll (cpu_s / polls), ms.
+    pub cpu_per_poll_ms: f64,
+    pub restarts_planned: u32,
+    pub restarts_unplanned: u32,
+    pub healthz_failures: usize,
+    pub table_entries_max: u64,
+    pub kernel_flows_max: u64,
+    pub table_capacity: u64,
+    pub counters_checked: usize,
+    /// Samples where pod veths were not followed, and the worst of them.
+    pub veth_samples_behind: usize,
+    pub veths_missed_max: u64,
+    pub veths_stale_max: u64,
+}
+
+const MIB: f64 = 1024.0;
+
+/// Least-squares slope of `(x, y)` points; 0 with fewer than two distinct x.
+pub fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return 0.0;
+    }
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if sxx == 0.0 {
+        return 0.0;
+    }
+    points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx
+}
+
+/// Judges one node's samples (in time order) over a run of `duration_s`. `killed` are the pids
+/// the harness killed itself (`--kill-every`): their end and the new pid after them are planned.
+pub fn judge(
+    samples: &[Sample],
+    killed: &[i32],
+    duration_s: f64,
+    limits: &Limits,
+) -> (Figures, Vec<Failure>) {
+    let mut failures = Vec::new();
+    let mut fig = Figures { samples: samples.len(), ..Figures::default() };
+    let running: Vec<&Sample> = samples.iter().filter(|s| s.pid.is_some()).collect();
+    let (Some(first), Some(last)) = (running.first(), running.last()) else {
+        failures.push(Failure::NotRunning { t_s: samples.first().map_or(0.0, |s| s.t_s) });
+        return (fig, failures);
+    };
+    // Process life: crashes, restarts, health, counters within one pid.
+    let mut prev: Option<&Sample> = None;
+    let mut last_running: Option<&Sample> = None;
+    let mut cpu_before_restarts = 0.0;
+    // A process the harness restarted is starting (its API not up yet) until its first `ok`.
+    let mut starting = false;
+    for s in samples {
+        // A kill by the harness explains the process's absence or new pid.
+        let planned = last_running.and_then(|r| r.pid).is_some_and(|p| killed.contains(&p));
+        match (last_running.and_then(|r| r.pid), s.pid) {
+            (Some(_), None) if !planned => failures.push(Failure::NotRunning { t_s: s.t_s }),
+            (Some(old), Some(new)) if old != new => {
+                if planned {
+                    // The killed process's CPU time went with it: keep it.
+                    cpu_before_restarts += last_running.map_or(0.0, |r| r.cpu_s);
+                    fig.restarts_planned += 1;
+                    starting = true;
+                } else {
+                    fig.restarts_unplanned += 1;
+                    failures.push(Failure::Restarted { t_s: s.t_s, old_pid: old, new_pid: new });
+                }
+            }
+            _ => {}
+        }
+        starting &= !s.healthz_ok;
+        if s.healthz_ok && (s.veths_missed > 0 || s.veths_stale > 0) {
+            fig.veth_samples_behind += 1;
+            fig.veths_missed_max = fig.veths_missed_max.max(s.veths_missed);
+            fig.veths_stale_max = fig.veths_stale_max.max(s.veths_stale);
+            // One failure per run is enough to say it; the figures say how bad.
+            if fig.veth_samples_behind == 1 {
+                failures.push(Failure::InterfacesNotFollowed {
+                    t_s: s.t_s,
+                    missed: s.veths_missed,
+                    stale: s.veths_stale,
+                });
+            }
+        }
+        // A process the harness killed may die during the sample.
+        if s.pid.is_some_and(|p| !killed.contains(&p)) && !s.healthz_ok && !starting {
+            fig.healthz_failures += 1;
+            failures.push(Failure::Unhealthy {
+                t_s: s.t_s,
+                error: s.healthz_error.clone().unwrap_or_else(|| "not ok".into()),
+            });
+        }
+        if let Some(p) = prev
+            && p.pid.is_some()
+            && p.pid == s.pid
+        {
+            // A series absent from either sample is not compared: the exporter removes label
+            // sets no flow maps to any more (--metrics-series-ttl), and one that comes back
+            // starts again from its flows' values, a counter reset Prometheus handles.
+            for (series, &to) in &s.counters {
+                if let Some(&from) = p.counters.get(series)
+                    && to < from
+                {
+                    failures.push(Failure::CounterBackwards { t_s: s.t_s, series: series.clone(), from, to });
+                }
+            }
+            fig.counters_checked = fig.counters_checked.max(s.counters.len());
+        }
+        prev = Some(s);
+        if s.pid.is_some() {
+            last_running = Some(s);
+        }
+    }
+    // Resources: the longest process life, after its own warm-up (tables filling) and after the
+    // run's; too short a remainder (frequent --kill-every) is not judged for growth.
+    let all_lives = lives(&running);
+    let epoch: Vec<&Sample> = all_lives
+        .iter()
+        .max_by(|a, b| (a[a.len() - 1].t_s - a[0].t_s).total_cmp(&(b[b.len() - 1].t_s - b[0].t_s)))
+        .cloned()
+        .unwrap_or_default();
+    let warm = duration_s * limits.warmup_fraction;
+    let warm_from = warm.max(epoch.first().map_or(0.0, |s| s.t_s + warm));
+    let judged: Vec<&Sample> = epoch.iter().copied().filter(|s| s.t_s >= warm_from).collect();
+    let mib = |s: &Sample| s.rss_kib as f64 / MIB;
+    fig.rss_start_mib = mib(first);
+    fig.rss_end_mib = mib(last);
+    fig.rss_warm_mib = judged.first().map_or(fig.rss_end_mib, |s| mib(s));
+    fig.rss_max_mib = running.iter().map(|s| mib(s)).fold(0.0, f64::max);
+    fig.fds_start = first.fds;
+    fig.fds_end = last.fds;
+    fig.fds_max = running.iter().map(|s| s.fds).max().unwrap_or(0);
+    fig.threads_start = first.threads;
+    fig.threads_end = last.threads;
+    if judged.len() >= 3 {
+        let points: Vec<(f64, f64)> = judged.iter().map(|s| (s.t_s, mib(s))).collect();
+        let per_s = slope(&points);
+        fig.rss_slope_mib_per_h = per_s * 3600.0;
+        let span = judged.last().map_or(0.0, |s| s.t_s) - judged[0].t_s;
+        let growth = per_s * span;
+        if fig.rss_slope_mib_per_h > limits.rss_slope_mib_per_h && growth > limits.rss_noise_mib {
+            failures.push(Failure::RssSlope {
+                mib_per_h: fig.rss_slope_mib_per_h,
+                growth_mib: growth,
+                limit_mib_per_h: limits.rss_slope_mib_per_h,
+            });
+        }
+        let k = (judged.len() / 4).max(1);
+        let head = &judged[..k];
+        let tail = &judged[judged.len() - k..];
+        let (fd_from, fd_to) = (head.iter().map(|s| s.fds).min(), tail.iter().map(|s| s.fds).min());
+        if let (Some(from), Some(to)) = (fd_from, fd_to)
+            && to > from + limits.fd_growth
+        {
+            failures.push(Failure::FdGrowth { from, to, limit: limits.fd_growth });
+        }
+        let (th_from, th_to) = (head.iter().map(|s| s.threads).min(), tail.iter().map(|s| s.threads).min());
+        if let (Some(from), Some(to)) = (th_from, th_to)
+            && to > from + limits.thread_growth
+        {
+            failures.push(Failure::ThreadGrowth { from, to, limit: limits.thread_growth });
+        }
+    }
+    if fig.rss_max_mib > limits.rss_max_mib {
+        failures.push(Failure::RssMax { mib: fig.rss_max_mib, limit_mib: limits.rss_max_mib });
+    }
+    // CPU and polls, summed over the process lives.
+    fig.cpu_s = cpu_before_restarts + last.cpu_s;
+    // The share of a core over the judged life.
+    if let (Some(a), Some(b)) = (epoch.first(), epoch.last())
+        && b.t_s > a.t_s
+    {
+        fig.cpu_percent = 100.0 * (b.cpu_s - a.cpu_s) / (b.t_s - a.t_s);
+    }
+    let mut over = 0;
+    let mut polls = 0;
+    let mut sum = 0.0;
+    for life in &all_lives {
+        // Each life's histogram starts at zero: its last sample holds the life's total.
+        let b = life[life.len() - 1];
+        over += b.polls_over_tick.unwrap_or(0);
+        polls += b.polls.unwrap_or(0);
+        sum += b.poll_sum_s.unwrap_or(0.0);
+    }
+    fig.polls = polls;
+    fig.polls_over_tick = over;
+    fig.poll_mean_ms = if polls > 0 { sum * 1e3 / polls as f64 } else { 0.0 };
+    fig.cpu_per_poll_ms = if polls > 0 { fig.cpu_s * 1e3 / polls as f64 } else { 0.0 };
+    fig.max_last_poll_ms = running.iter().filter_map(|s| s.last_poll_ms).fold(0.0, f64::max);
+    if over > 0 || fig.max_last_poll_ms > limits.tick_ms {
+        failures.push(Failure::PollOverTick {
+            polls: over,
+            max_last_poll_ms: fig.max_last_poll_ms,
+            tick_ms: limits.tick_ms,
+        });
+    }
+    fig.table_entries_max = running.iter().filter_map(|s| s.table_entries).max().unwrap_or(0);
+    fig.kernel_flows_max = running.iter().filter_map(|s| s.kernel_flows).max().unwrap_or(0);
+    fig.table_capacity = running.iter().filter_map(|s| s.table_capacity).max().unwrap_or(0);
+    (fig, failures)
+}
+
+/// The running samples cut into process lives (runs of one pid).
+fn lives<'a>(running: &[&'a Sample]) -> Vec<Vec<&'a Sample>> {
+    let mut out: Vec<Vec<&Sample>> = Vec::new();
+    for s in running {
+        match out.last_mut() {
+            Some(life) if life[0].pid == s.pid => life.push(s),
+            _ => out.push(vec![s]),
+        }
+    }
+    out
+}
+
+/// The counter-like series of a Prometheus text exposition, by `name{labels}`; other lines
+/// (gauges, comments) are left out.
+pub fn parse_counters(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        // `name{labels} value [timestamp]`: the value follows the last `}` (label values may
+        // hold spaces), or the first space without labels.
+        let (series, rest) = match line.rfind('}') {
+            Some(i) => (&line[..=i], &line[i + 1..]),
+            None => match line.split_once(' ') {
+                Some((s, r)) => (s, r),
+                None => continue,
+            },
+        };
+        let name = series.split('{').next().unwrap_or(series);
+        if !["_total", "_count", "_sum", "_bucket"].iter().any(|s| name.ends_with(s)) {
+            continue;
+        }
+        if let Some(Ok(v)) = rest.split_whitespace().next().map(str::parse::<f64>) {
+            out.insert(series.to_string(), v);
+        }
+    }
+    out
+}
+
+/// A gauge's value (`name` without labels) from a Prometheus text exposition.
+pub fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.split_whitespace().next()?.parse().ok())
+}
+
+/// Polls slower than `tick_s` from the poll histogram: count minus the bucket at `tick_s`
+/// (None when there is no bucket at exactly that bound).
+pub fn polls_over(counters: &BTreeMap<String, f64>, tick_s: f64) -> Option<(u64, u64, f64)> {
+    let count = *counters.get("kovn_poll_duration_seconds_count")?;
+    let sum = *counters.get("kovn_poll_duration_seconds_sum")?;
+    let within = counters.iter().find_map(|(k, v)| {
+        let le = k.strip_prefix("kovn_poll_duration_seconds_bucket{le=\"")?.strip_suffix("\"}")?;
+        (le.parse::<f64>().ok()? == tick_s).then_some(*v)
+    })?;
+    Some((count as u64, (count - within).max(0.0) as u64, sum))
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 UTC time `YYYY-MM-DDTHH:MM:SS[.fff]Z`.
+pub fn parse_utc(s: &str) -> Option<f64> {
+    let s = s.trim().strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(str::parse::<i64>);
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (hh, mm) = (t.next()?.parse::<f64>().ok()?, t.next()?.parse::<f64>().ok()?);
+    let ss = t.next()?.parse::<f64>().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86400.0 + hh * 3600.0 + mm * 60.0 + ss)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t: f64, pid: i32, rss_mib: f64) -> Sample {
+        Sample {
+            t_s: t,
+            pid: Some(pid),
+            rss_kib: (rss_mib * MIB) as u64,
+            fds: 40,
+            threads: 6,
+            cpu_s: t / 100.0,
+            healthz_ok: true,
+            last_poll_ms: Some(20.0),
+            polls: Some(t as u64),
+            polls_over_tick: Some(0),
+            poll_sum_s: Some(t * 0.02),
+            counters: [("kovn_requests_total{a=\"b\"}".to_string(), t)].into(),
+            ..Sample::default()
+        }
+    }
+
+    /// Ten minutes, a sample every 5 s, RSS from `rss(t)`.
+    fn run(rss: impl Fn(f64) -> f64) -> Vec<Sample> {
+        (0..=120).map(|i| f64::from(i) * 5.0).map(|t| sample(t, 100, rss(t))).collect()
+    }
+
+    fn kinds(f: &[Failure]) -> Vec<String> {
+        f.iter().map(|f| serde_json::to_value(f).unwrap()["kind"].as_str().unwrap().to_string()).collect()
+    }
+
+    #[test]
+    fn a_flat_run_passes_with_its_figures() {
+        // Warm-up growth (tables filling) in the first half is not judged.
+        let s = run(|t| if t < 200.0 { 20.0 + t / 20.0 } else { 30.0 });
+        let (fig, failures) = judge(&s, &[], 600.0, &Limits::default());
+        assert!(failures.is_empty(), "{failures:?}");
+        assert_eq!((fig.rss_start_mib, fig.rss_end_mib, fig.rss_max_mib), (20.0, 30.0, 30.0));
+        assert!(fig.rss_slope_mib_per_h.abs() < 0.01, "{fig:?}");
+        assert_eq!(fig.polls, 600);
+        assert!((fig.poll_mean_ms - 20.0).abs() < 1e-6, "{fig:?}");
+        assert!((fig.cpu_s - 6.0).abs() < 1e-9 && (fig.cpu_percent - 1.0).abs() < 1e-6, "{fig:?}");
+    }
+
+    #[test]
+    fn rss_growing_after_warm_up_fails_noise_does_not() {
+        // 1 MiB/min = 60 MiB/h over the second half.
+        let (fig, failures) = judge(&run(|t| 20.0 + t / 60.0), &[], 600.0, &Limits::default());
+        assert_eq!(kinds(&failures), ["rss_slope"], "{fig:?}");
+        assert!((fig.rss_slope_mib_per_h - 60.0).abs() < 0.5, "{fig:?}");
+        // A one-off 1 MiB step late in the run: a steep slope but under the noise floor.
+        let (_, failures) =
+            judge(&run(|t| if t > 500.0 { 21.0 } else { 20.0 }), &[], 600.0, &Limits::default());
+        assert!(failures.is_empty(), "{failures:?}");
+        let (_, failures) = judge(&run(|_| 300.0), &[], 600.0, &Limits::default());
+        assert_eq!(kinds(&failures), ["rss_max"]);
+    }
+
+    #[test]
+    fn crashes_restarts_health_polls_fds_and_counters_fail() {
+        let mut s = run(|_| 20.0);
+        s[10].pid = None;
+        s[30].healthz_ok = false;
+        s[30].healthz_error = Some("HTTP 503".into());
+        for x in &mut s[40..] {
+            x.pid = Some(101);
+        }
+        s[50].counters.insert("kovn_requests_total{a=\"b\"}".into(), 1.0);
+        s[60].last_poll_ms = Some(1500.0);
+        s[70].veths_missed = 2;
+        s[71].veths_stale = 1;
+        // Judged: the longest life (pid 101, from 200 s) after its own warm-up (from 500 s).
+        for x in &mut s[110..] {
+            x.fds = 80;
+        }
+        let (fig, failures) = judge(&s, &[], 600.0, &Limits::default());
+        assert_eq!(
+            kinds(&failures),
+            [
+                "not_running",
+                "unhealthy",
+                "restarted",
+                "counter_backwards",
+                "interfaces_not_followed",
+                "fd_growth",
+                "poll_over_tick"
+            ],
+            "{failures:#?}"
+        );
+        assert_eq!((fig.restarts_unplanned, fig.healthz_failures), (1, 1));
+        assert_eq!((fig.veth_samples_behind, fig.veths_missed_max, fig.veths_stale_max), (2, 2, 1));
+    }
+
+    #[test]
+    fn restarts_the_harness_made_are_not_failures_and_reset_counters() {
+        let mut s = run(|_| 20.0);
+        // Killed during the sample at 95 s: /healthz reset, then gone, then a new pid whose API
+        // is not up yet at its first sample.
+        s[19].healthz_ok = false;
+        s[20].pid = None;
+        s[21].healthz_ok = false;
+        for x in &mut s[21..] {
+            x.pid = Some(200);
+            x.counters.insert("kovn_requests_total{a=\"b\"}".into(), x.t_s - 105.0);
+            x.cpu_s = (x.t_s - 105.0) / 100.0;
+        }
+        let (fig, failures) = judge(&s, &[100], 600.0, &Limits::default());
+        assert!(failures.is_empty(), "{failures:#?}");
+        assert_eq!((fig.restarts_planned, fig.restarts_unplanned), (1, 0));
+        // The same run without the harness's kill: a crash, a restart and an unhealthy sample.
+        let (_, failures) = judge(&s, &[], 600.0, &Limits::default());
+        assert_eq!(kinds(&failures), ["unhealthy", "not_running", "restarted", "unhealthy"], "{failures:#?}");
+        // CPU of both lives: 0.95 s before the kill, 4.95 s after.
+        assert!((fig.cpu_s - 5.9).abs() < 1e-9, "{fig:?}");
+    }
+
+    #[test]
+    fn metrics_text_is_read() {
+        let text = "# TYPE kovn_poll_duration_seconds histogram\n\
+            kovn_poll_duration_seconds_sum 1.5\n\
+            kovn_poll_duration_seconds_count 10\n\
+            kovn_poll_duration_seconds_bucket{le=\"0.5\"} 8\n\
+            kovn_poll_duration_seconds_bucket{le=\"1.0\"} 9\n\
+            kovn_flow_table_entries 123\n\
+            kovn_drops_total{reason=\"NO SOCKET\",location=\"pod\"} 4 1700000000\n";
+        let c = parse_counters(text);
+        assert_eq!(c.len(), 5, "{c:?}");
+        assert_eq!(c["kovn_drops_total{reason=\"NO SOCKET\",location=\"pod\"}"], 4.0);
+        assert_eq!(gauge(text, "kovn_flow_table_entries"), Some(123.0));
+        assert_eq!(gauge(text, "kovn_flow_table"), None);
+        assert_eq!(polls_over(&c, 1.0), Some((10, 1, 1.5)));
+        assert_eq!(slope(&[(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]), 2.0);
+        assert_eq!(parse_utc("1970-01-02T00:00:01Z"), Some(86401.0));
+        assert_eq!(parse_utc("2026-12-03T07:21:32.5Z"), Some(1_796_282_492.5));
+        assert_eq!(parse_utc("yesterday"), None);
+    }
+}
