@@ -125,16 +125,18 @@ pub struct FlowFilter {
 impl FlowQuery {
     /// The filter, or why the query is refused (naming the valid values).
     pub fn filter(self) -> Result<FlowFilter, String> {
-        let state = match &self.state {
-            Some(s) => {
-                Some(s.parse().map_err(|_unknown_name| format!("unknown state {s:?} (one of {})", FlowState::names()))?)
-            }
-            None => None,
-        };
+        let state =
+            match &self.state {
+                Some(s) => Some(s.parse().map_err(|_unknown_name| {
+                    format!("unknown state {s:?} (one of {})", FlowState::names())
+                })?),
+                None => None,
+            };
         let protocol = match &self.protocol {
-            Some(p) => {
-                Some(p.parse().map_err(|_unknown_name| format!("unknown protocol {p:?} ({})", Protocol::names()))?)
-            }
+            Some(p) => Some(
+                p.parse()
+                    .map_err(|_unknown_name| format!("unknown protocol {p:?} ({})", Protocol::names()))?,
+            ),
             None => None,
         };
         let scenarios = match &self.scenario {
@@ -235,19 +237,23 @@ impl AlertQuery {
     /// The filter, or why the query is refused (naming the valid values).
     pub fn filter(self) -> Result<AlertFilter, String> {
         let state = match &self.state {
-            Some(s) => Some(s.parse().map_err(|_unknown_name| format!("unknown state {s:?} ({})", AlertState::names()))?),
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|_unknown_name| format!("unknown state {s:?} ({})", AlertState::names()))?,
+            ),
             None => None,
         };
         let kind = match &self.kind {
-            Some(k) => {
-                Some(k.parse().map_err(|_unknown_name| format!("unknown kind {k:?} (one of {})", AlertKind::names()))?)
-            }
+            Some(k) => Some(
+                k.parse()
+                    .map_err(|_unknown_name| format!("unknown kind {k:?} (one of {})", AlertKind::names()))?,
+            ),
             None => None,
         };
         let scenario = match &self.scenario {
-            Some(sc) => Some(
-                sc.parse().map_err(|_unknown_name| format!("unknown scenario {sc:?} (one of {})", Scenario::names()))?,
-            ),
+            Some(sc) => Some(sc.parse().map_err(|_unknown_name| {
+                format!("unknown scenario {sc:?} (one of {})", Scenario::names())
+            })?),
             None => None,
         };
         Ok(AlertFilter { state, kind, namespace: self.namespace, pod: self.pod, scenario })

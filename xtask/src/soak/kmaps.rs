@@ -86,10 +86,10 @@ fn borrow_fd(pid: i32, fd: i32) -> Result<OwnedFd> {
 /// Live slots of a FLOW_SLOTS array (BPF_F_MMAPABLE), read through a read-only shared mapping.
 fn live_slots(pid: i32, map: &MapFd) -> Result<u64> {
     ensure!(
-        map.value_size == std::mem::size_of::<FlowSlot>(),
+        map.value_size == size_of::<FlowSlot>(),
         "FLOW_SLOTS values are {} bytes, this xtask knows {}-byte slots (rebuild it)",
         map.value_size,
-        std::mem::size_of::<FlowSlot>()
+        size_of::<FlowSlot>()
     );
     let fd = borrow_fd(pid, map.fd)?;
     // Array elements are laid out 8-byte aligned.
@@ -146,7 +146,7 @@ fn hash_entries(pid: i32, map: &MapFd) -> Result<u64> {
             libc::syscall(
                 libc::SYS_bpf,
                 BPF_MAP_GET_NEXT_KEY,
-                &attr as *const NextKeyAttr,
+                std::ptr::from_ref(&attr),
                 size_of::<NextKeyAttr>(),
             )
         };

@@ -180,7 +180,7 @@ impl Report {
 }
 
 fn counts<S: serde::Serializer>(c: &Arc<load::Counts>, s: S) -> Result<S::Ok, S::Error> {
-    serde::Serialize::serialize(c.as_ref(), s)
+    Serialize::serialize(c.as_ref(), s)
 }
 
 /// Removes the lab when dropped (the soak's way out on success, error and panic alike).
@@ -246,7 +246,9 @@ pub fn run(args: &SoakArgs, bin: &Path, out_root: &Path) -> Result<Report> {
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let text = render(&report);
     fs::write(dir.join("report.txt"), &text)?;
-    fs::write(dir.join("report.json"), serde_json::to_string_pretty(&report)? + "\n")?;
+    let mut json = serde_json::to_string_pretty(&report)?;
+    json.push('\n');
+    fs::write(dir.join("report.json"), json)?;
     print!("{text}");
     println!("report: {}", dir.display());
     Ok(report)
