@@ -115,6 +115,8 @@ pub struct Capture {
     /// Path MTU per interface, mirrored in the IFACE_MTU/PATH_MTU_MIN maps.
     path_mtus: BTreeMap<u32, u32>,
     table_size: u32,
+    /// Flows the kernel can hold at once (slots plus hash map, or the hash map alone).
+    capacity: u32,
     drops: crate::drops::DropHook,
     /// Optional programs the kernel refused, with the reason (see [`program_required`]).
     unavailable: BTreeMap<&'static str, String>,
@@ -198,14 +200,22 @@ impl Globals {
         }
     }
 
+    /// The flow maps' sizes: (hash map entries, slots). Without slots the array keeps one
+    /// unused entry (a map cannot have zero).
+    fn flow_maps(&self, table_size: u32) -> (u32, u32) {
+        if self.slots_mask != 0 { ((table_size / 2).max(1024), self.slots_mask + 1) } else { (table_size, 1) }
+    }
+
+    /// How many flows the kernel can hold at once: the slots plus the hash map.
+    fn capacity(&self, table_size: u32) -> u32 {
+        let (hash, slots) = self.flow_maps(table_size);
+        if self.slots_mask != 0 { hash.saturating_add(slots) } else { hash }
+    }
+
     /// A loader with the maps sized and every constant set (the daemon and `check` load alike).
     fn loader(&self, table_size: u32) -> EbpfLoader<'_> {
         let mut loader = EbpfLoader::new();
-        let (hash, slots) = if self.slots_mask != 0 {
-            ((table_size / 2).max(1024), self.slots_mask + 1)
-        } else {
-            (table_size, 1)
-        };
+        let (hash, slots) = self.flow_maps(table_size);
         loader
             .map_max_entries(FLOW_MAP, hash)
             .map_max_entries(FLOW_SLOTS_MAP, slots)
@@ -400,6 +410,7 @@ impl Capture {
             attached: BTreeMap::new(),
             path_mtus: BTreeMap::new(),
             table_size,
+            capacity: globals.capacity(table_size),
             drops,
             unavailable,
             slots,
@@ -499,6 +510,12 @@ impl Capture {
 
     pub fn table_size(&self) -> u32 {
         self.table_size
+    }
+
+    /// Flows the kernel can hold at once: with slots (Linux >= 5.12) the slot array plus its
+    /// hash fallback (about 1.5 times `--flow-table-size`), else the hash map alone.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
     }
 
     pub fn attachments(&self) -> &BTreeMap<u32, Attachment> {

@@ -99,6 +99,10 @@ struct Daemon {
     netns: crate::netns::NetnsResolver,
     /// `flow_flood` findings from the pod guards' refused counts.
     flood: crate::guard::FloodDetector,
+    /// Flows in the kernel's table after the last poll (read, minus the idle ones removed):
+    /// what `flow_table_entries` reports. The userspace table also keeps expired flows for
+    /// `--flow-retention`, about twice as many.
+    kernel_fill: usize,
 }
 
 impl Daemon {
@@ -241,11 +245,14 @@ impl Daemon {
         let clock = Clock::now();
         match self.capture.read_flows() {
             Ok(kernel) => {
+                let read = kernel.len();
                 let idle = self.table.merge(kernel, clock.mono_now_ns());
-                if !idle.is_empty()
-                    && let Err(e) = self.capture.remove_flows(&idle)
-                {
-                    log::warn!("expiring idle flows: {e}");
+                self.kernel_fill = read;
+                if !idle.is_empty() {
+                    match self.capture.remove_flows(&idle) {
+                        Ok(removed) => self.kernel_fill = read.saturating_sub(removed),
+                        Err(e) => log::warn!("expiring idle flows: {e}"),
+                    }
                 }
                 self.table.prune(clock.mono_now_ns());
             }
@@ -280,8 +287,8 @@ impl Daemon {
                 })
                 .collect(),
             programs: self.capture.programs().into_iter().map(ProgramInfo::from).collect(),
-            flow_table_entries: self.table.len(),
-            flow_table_capacity: self.capture.table_size(),
+            flow_table_entries: self.kernel_fill,
+            flow_table_capacity: self.capture.capacity(),
             kernel_counters: counters.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             poll_duration_ms: started.elapsed().as_secs_f64() * 1e3,
             hooks: [
@@ -664,6 +671,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             cfg.detector.resolve_after,
             cfg.detector.retention,
         ),
+        kernel_fill: 0,
     };
     log::info!("OVS over-MTU kprobe unavailable: {}", d.ovs_kprobe_why);
     if let Some((url, resend)) = cfg.alertmanager.clone() {

@@ -210,12 +210,12 @@ impl Metrics {
         );
         registry.register(
             "kovn_flow_table_entries",
-            "Flows in the userspace flow table",
+            "Flows in the kernel flow table after the last poll (live flows; the API also keeps expired ones for --flow-retention)",
             m.table_entries.clone(),
         );
         registry.register(
             "kovn_flow_table_capacity",
-            "Capacity of the kernel flow map (entries)",
+            "Flows the kernel flow table can hold at once (slots plus hash map, or the hash map alone)",
             m.table_capacity.clone(),
         );
         registry.register(
@@ -273,11 +273,14 @@ struct Seen {
     rtt_us: Option<u64>,
     oversized: u64,
     too_big: u64,
+    /// The kernel's first-seen time of this incarnation.
+    first_seen_mono_ns: u64,
 }
 
 impl Seen {
     fn of(f: &Flow) -> Self {
         Self {
+            first_seen_mono_ns: f.first_seen_mono_ns,
             packets: [f.packets_fwd, f.packets_rev],
             bytes: [f.bytes_fwd, f.bytes_rev],
             requests: u64::from(f.requests),
@@ -317,10 +320,13 @@ impl Delta {
 
 /// The delta of a flow against what was last seen of it, and what to remember now.
 fn delta(prev: Option<&Seen>, cur: &Seen) -> (Delta, Seen) {
-    // Packets, bytes and requests only grow within one incarnation: any of them going down
-    // means the kernel entry was removed and the 5-tuple came back (same id, new flow).
+    // A new incarnation (the kernel entry was removed and the 5-tuple came back: same id, new
+    // flow) has a new first-seen time; packets, bytes and requests only grow within one, so
+    // any of them going down says so too. Counting by the counts alone missed a flow that came
+    // back with the same counts (short flows under slot reuse: found by the scrape test).
     let new_incarnation = prev.is_none_or(|p| {
-        cur.packets[0] < p.packets[0]
+        cur.first_seen_mono_ns != p.first_seen_mono_ns
+            || cur.packets[0] < p.packets[0]
             || cur.packets[1] < p.packets[1]
             || cur.bytes[0] < p.bytes[0]
             || cur.bytes[1] < p.bytes[1]
@@ -891,6 +897,20 @@ pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_flow_back_with_the_same_counts_is_a_new_incarnation() {
+        let first = Seen { packets: [2, 0], bytes: [120, 0], requests: 1, first_seen_mono_ns: 10, ..Seen::default() };
+        let (d, seen) = super::delta(None, &first);
+        assert_eq!(d.packets, [2, 0], "first sight counts whole");
+        // The same incarnation read again: nothing new.
+        let (d, seen) = super::delta(Some(&seen), &first);
+        assert_eq!(d.packets, [0, 0], "same incarnation: {d:?}");
+        // Removed when idle and back with exactly the same counts: counted again.
+        let back = Seen { first_seen_mono_ns: 2_000_000_010, ..first };
+        let (d, _) = super::delta(Some(&seen), &back);
+        assert_eq!((d.packets, d.bytes, d.requests), ([2, 0], [120, 0], 1), "new incarnation: {d:?}");
+    }
+
     use std::io::Write as _;
     use std::process::{Command, Stdio};
 

@@ -36,6 +36,11 @@ pub struct Flow {
     pub bytes_rev: u64,
     /// RFC 3339.
     pub first_seen: String,
+    /// The kernel's monotonic first-seen time: it changes when the 5-tuple comes back after
+    /// its entry was removed (a new incarnation, same id). Local only: not on the wire (the
+    /// RFC 3339 form moves by the clock's conversion from poll to poll).
+    #[serde(skip)]
+    pub first_seen_mono_ns: u64,
     pub last_seen: String,
     /// `answered|unanswered|reset|closed|oneway`
     pub state: FlowState,
@@ -309,6 +314,7 @@ impl Flow {
             packets_rev: s.packets[DIR_REV],
             bytes_rev: s.bytes[DIR_REV],
             first_seen: clock.rfc3339(s.first_seen_ns),
+            first_seen_mono_ns: s.first_seen_ns,
             last_seen: clock.rfc3339(s.last_seen_ns),
             state: state(s),
             rtt_us: (s.rtt_ns > 0).then(|| s.rtt_ns.div_ceil(1000)),

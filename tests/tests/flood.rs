@@ -430,12 +430,10 @@ fn cumulative_series(text: &str) -> std::collections::BTreeMap<String, f64> {
 /// test. Independent truth for the reuse: more packets were recorded over the test than the
 /// table can hold at once, and no more than the pod's `eth0` sent.
 ///
-/// Not asserted (a gap in the exporter, 2026-12-03): that the metrics add up to what the
-/// kernel recorded. They do not: a new incarnation of a 5-tuple is told from the old one only
-/// by counters going down (`export::delta`), so one that reaches the same counts before the
-/// next poll (here every round's two-packet flows, rounds 2 to 5 repeating rounds 0 and 1's
-/// ports) adds nothing: 8,040 packets in the metrics of 24,120 the kernel recorded (36,000
-/// sent, `map_full` 11,880). The kernel's `first_seen` changes with each incarnation.
+/// The metrics also add up to what the kernel recorded: every packet sent but those the full
+/// table turned away (`map_full`). Before the exporter told incarnations apart by the kernel's
+/// first-seen time, a 5-tuple back with the same counts added nothing (8,040 packets in the
+/// metrics of 24,120 recorded).
 #[test]
 fn metrics_never_go_backwards_through_slot_reuse_and_collisions() {
     let n = PodNode::new(43);
@@ -496,6 +494,11 @@ fn metrics_never_go_backwards_through_slot_reuse_and_collisions() {
     let lost = health["kernel_counters"]["map_full"].as_u64().unwrap_or(0);
     assert!(lost > 0, "the collisions overflow the hash map: {health:#}");
     let recorded = d.metric_sum("kovn_flow_packets_total", &[]);
+    assert_eq!(
+        recorded as u64,
+        sent - lost,
+        "the metrics count every packet the kernel recorded: {sent} sent, {lost} turned away (map_full)"
+    );
     assert!(
         recorded > 2.0 * 2048.0 && recorded <= tx as f64,
         "packets recorded over the test ({recorded}) exceed what 2,048 two-packet flows hold at once \
