@@ -899,7 +899,8 @@ pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 mod tests {
     #[test]
     fn a_flow_back_with_the_same_counts_is_a_new_incarnation() {
-        let first = Seen { packets: [2, 0], bytes: [120, 0], requests: 1, first_seen_mono_ns: 10, ..Seen::default() };
+        let first =
+            Seen { packets: [2, 0], bytes: [120, 0], requests: 1, first_seen_mono_ns: 10, ..Seen::default() };
         let (d, seen) = super::delta(None, &first);
         assert_eq!(d.packets, [2, 0], "first sight counts whole");
         // The same incarnation read again: nothing new.
