@@ -453,7 +453,9 @@ impl Daemon {
                 .and_then(|b| snap.flows.iter().find(|f| f.id == b.flow))
                 .unwrap_or(vip_flow);
             let peer = match (f.scenario, f.tunnel.as_ref().and_then(|t| t.remote_ip)) {
-                (Scenario::PodToPodCrossNode, Some(ip)) => Some(ask_peer(ip, self.cfg.peer_port, f).await),
+                (Scenario::PodToPodCrossNode, Some(ip)) => {
+                    Some(ask_peer(ip, self.cfg.peer_port, f, &a.flows).await)
+                }
                 (Scenario::PodToPodCrossNode, None) => {
                     Some(PeerView::Unreachable("its address is unknown".into()))
                 }
@@ -491,7 +493,11 @@ impl Daemon {
             }
             self.detector.set_verdict(&a.id, v.clone());
             a.verdict = Some(v);
-            self.verdict_at.insert(a.id.clone(), Instant::now());
+            // "It never arrived" may only mean the peer has not polled since: asked again next
+            // tick instead of kept for the refresh interval.
+            if !matches!(peer, Some(PeerView::Seen(None))) {
+                self.verdict_at.insert(a.id.clone(), Instant::now());
+            }
         }
         self.verdict_at.retain(|id, _| snap.alerts.iter().any(|a| &a.id == id));
     }
@@ -519,14 +525,23 @@ pub(crate) fn link_flows_to_alerts(snap: &mut Snapshot) {
 }
 
 /// Asks the monitor of the flow's other node for its view of the same flow.
-async fn ask_peer(ip: std::net::IpAddr, port: u16, f: &crate::flows::Flow) -> PeerView {
+/// The flow itself when the peer has it, else another flow of the same finding (`also`): the
+/// newest request may not be in the peer's table until its next poll.
+async fn ask_peer(ip: std::net::IpAddr, port: u16, f: &crate::flows::Flow, also: &[String]) -> PeerView {
     let query = [("ip", f.src_ip.to_string()), ("protocol", f.protocol.to_string())];
     let body = match crate::client::ApiClient::peer(ip, port) {
         Ok(peer) => peer.flows(&query, Duration::from_millis(800)).await,
         Err(e) => Err(e),
     };
     match body {
-        Ok(b) => PeerView::Seen(b.flows.into_iter().find(|p| p.id == f.id).map(Box::new)),
+        Ok(b) => {
+            let mut flows = b.flows;
+            let pick = flows
+                .iter()
+                .position(|p| p.id == f.id)
+                .or_else(|| flows.iter().position(|p| also.contains(&p.id)));
+            PeerView::Seen(pick.map(|i| Box::new(flows.swap_remove(i))))
+        }
         Err(e) => PeerView::Unreachable(format!("{e:#}")),
     }
 }

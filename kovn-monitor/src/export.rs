@@ -901,14 +901,14 @@ mod tests {
     fn a_flow_back_with_the_same_counts_is_a_new_incarnation() {
         let first =
             Seen { packets: [2, 0], bytes: [120, 0], requests: 1, first_seen_mono_ns: 10, ..Seen::default() };
-        let (d, seen) = super::delta(None, &first);
+        let (d, seen) = delta(None, &first);
         assert_eq!(d.packets, [2, 0], "first sight counts whole");
         // The same incarnation read again: nothing new.
-        let (d, seen) = super::delta(Some(&seen), &first);
+        let (d, seen) = delta(Some(&seen), &first);
         assert_eq!(d.packets, [0, 0], "same incarnation: {d:?}");
         // Removed when idle and back with exactly the same counts: counted again.
         let back = Seen { first_seen_mono_ns: 2_000_000_010, ..first };
-        let (d, _) = super::delta(Some(&seen), &back);
+        let (d, _) = delta(Some(&seen), &back);
         assert_eq!((d.packets, d.bytes, d.requests), ([2, 0], [120, 0], 1), "new incarnation: {d:?}");
     }
 
