@@ -376,14 +376,6 @@ struct Entry {
     expired: bool,
 }
 
-/// What one poll changed, for logs and self-metrics.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct PollResult {
-    pub kernel_entries: usize,
-    pub expired: usize,
-    pub dropped: usize,
-}
-
 pub struct FlowTable {
     entries: HashMap<FlowKey, Entry>,
     names: IfaceNames,
