@@ -83,7 +83,7 @@ fn snapshot(n: usize, grown: u64) -> Snapshot {
     );
     Snapshot {
         node: "node0".into(),
-        flows: (0..n).map(|i| flow(&base, i, grown)).collect(),
+        flows: (0..n).map(|i| std::sync::Arc::new(flow(&base, i, grown))).collect(),
         health: Health { flow_table_entries: n, flow_table_capacity: 1 << 20, ..Default::default() },
         ..Default::default()
     }

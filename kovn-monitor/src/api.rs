@@ -3,7 +3,7 @@
 //! merged in by `serve`, which also puts the `--auth` check in front of all but the probes).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::{
     Json, Router,
@@ -14,70 +14,14 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::capture::LoadedProgram;
 use crate::flows::Flow;
 use crate::inventory::PodInfo;
 use crate::model::{AlertKind, AlertState, FlowState, Protocol, Scenario};
 
-/// What the poller publishes after each read of the kernel maps.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Snapshot {
-    pub node: String,
-    /// RFC 3339 time of the poll this snapshot comes from.
-    pub time: String,
-    pub flows: Vec<Flow>,
-    /// Pods the inventory knows (this node's from OVSDB, others' from OVN southbound).
-    pub pods: Vec<PodInfo>,
-    /// Findings: firing, and resolved within the retention time.
-    pub alerts: Vec<crate::detection::Alert>,
-    pub health: Health,
-    /// Drops with the kernel's reason (`GET /api/v1/drops`), most frequent first.
-    #[serde(default)]
-    pub drops: Vec<crate::drops::DropRecord>,
-}
+pub use crate::model::snapshot::{AttachedInterface, Health, ProgramInfo, Snapshot};
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Health {
-    pub status: String,
-    pub version: String,
-    pub attached_interfaces: Vec<AttachedInterface>,
-    pub programs: Vec<ProgramInfo>,
-    pub flow_table_entries: usize,
-    pub flow_table_capacity: u32,
-    /// What the kernel side could not record, by reason (`map_full`, `parse_truncated`, ...).
-    pub kernel_counters: std::collections::BTreeMap<String, u64>,
-    pub poll_duration_ms: f64,
-    /// Kernel hooks beyond the tc classifiers and whether they run here, e.g.
-    /// `{"kfree_skb": true, "ovs_vport_mtu_kprobe": false}`.
-    #[serde(default)]
-    pub hooks: std::collections::BTreeMap<String, bool>,
-    /// Why a hook is unavailable (hook name → reason).
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub hooks_unavailable: std::collections::BTreeMap<String, String>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AttachedInterface {
-    pub name: String,
-    pub ifindex: u32,
-    /// `pod|host|underlay|tunnel`
-    pub kind: crate::model::IfaceKind,
-    pub mtu: u32,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ProgramInfo {
-    pub name: String,
-    pub id: u32,
-}
-
-impl From<LoadedProgram> for ProgramInfo {
-    fn from(p: LoadedProgram) -> Self {
-        Self { name: p.name.to_string(), id: p.id }
-    }
-}
-
-pub type Shared = Arc<RwLock<Snapshot>>;
+/// The newest snapshot as the handlers read it (see `model::Published`).
+pub type Shared = crate::model::Published;
 
 /// Query filters of `GET /api/v1/flows`.
 #[derive(Debug, Default, Deserialize)]
@@ -204,11 +148,21 @@ async fn flows(
         Ok(q) => q,
         Err(e) => return bad_request(e),
     };
-    let snap = shared.read().unwrap_or_else(|p| p.into_inner());
-    let flows: Vec<&Flow> =
-        snap.flows.iter().filter(|f| q.matches(f)).take(q.limit.unwrap_or(usize::MAX)).collect();
-    Json(FlowsResponse::<&str, &Flow> { node: &snap.node, time: &snap.time, count: flows.len(), flows })
-        .into_response()
+    let snap = shared.current();
+    let flows: Vec<&Flow> = snap
+        .flows
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|f| q.matches(f))
+        .take(q.limit.unwrap_or(usize::MAX))
+        .collect();
+    Json(FlowsResponse::<&str, &Flow> {
+        node: &snap.node,
+        time: &crate::model::rfc3339(snap.time),
+        count: flows.len(),
+        flows,
+    })
+    .into_response()
 }
 
 /// Query filters of `GET /api/v1/alerts`.
@@ -290,11 +244,11 @@ async fn alerts(
         Ok(q) => q,
         Err(e) => return bad_request(e),
     };
-    let snap = shared.read().unwrap_or_else(|p| p.into_inner());
+    let snap = shared.current();
     let alerts: Vec<_> = snap.alerts.iter().filter(|a| q.matches(a)).collect();
     Json(AlertsResponse::<&str, &crate::detection::Alert> {
         node: &snap.node,
-        time: &snap.time,
+        time: &crate::model::rfc3339(snap.time),
         count: alerts.len(),
         alerts,
     })
@@ -309,7 +263,7 @@ struct PodsResponse<'a> {
 }
 
 async fn pods(State(shared): State<Shared>) -> Response {
-    let snap = shared.read().unwrap_or_else(|p| p.into_inner());
+    let snap = shared.current();
     Json(PodsResponse { node: &snap.node, count: snap.pods.len(), pods: &snap.pods }).into_response()
 }
 
@@ -324,10 +278,10 @@ pub struct DropsResponse<S = String, D = crate::drops::DropRecord> {
 
 /// `GET /api/v1/drops`: drops with the kernel's reason, by flow, reason and interface.
 async fn drops(State(shared): State<Shared>) -> Response {
-    let snap = shared.read().unwrap_or_else(|p| p.into_inner());
+    let snap = shared.current();
     Json(DropsResponse::<&str, &crate::drops::DropRecord> {
         node: &snap.node,
-        time: &snap.time,
+        time: &crate::model::rfc3339(snap.time),
         count: snap.drops.len(),
         drops: snap.drops.iter().collect(),
     })
@@ -399,7 +353,7 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "id": "1", "src_ip": "10.16.0.2", "dst_ip": "10.16.0.3", "src_port": 1, "dst_port": 80,
             "protocol": "tcp", "ip_proto": 6, "packets_fwd": 1, "bytes_fwd": 60, "packets_rev": 0,
-            "bytes_rev": 0, "first_seen": "", "last_seen": "", "state": "unanswered", "requests": 1,
+            "bytes_rev": 0, "first_seen": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:00Z", "state": "unanswered", "requests": 1,
             "replies": 0, "requests_unanswered": 1, "rst_fwd": 0, "rst_rev": 0, "tcp_flags_fwd": "SYN",
             "tcp_flags_rev": "", "initiator_guessed": false, "fragment": false, "interfaces": [],
             "scenario": scenario,

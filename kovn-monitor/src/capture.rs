@@ -1133,6 +1133,12 @@ fn remove_stale_filters(ifindex: u32, iface: &str) {
     }
 }
 
+impl From<LoadedProgram> for crate::model::ProgramInfo {
+    fn from(p: LoadedProgram) -> Self {
+        Self { name: p.name.to_string(), id: p.id }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

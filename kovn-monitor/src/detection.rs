@@ -225,7 +225,7 @@ fn service_of(f: &Flow) -> Option<&Endpoint> {
 /// node: same protocol, source address and port, towards one of the service's backends (by
 /// the pod name the inventory gives both). Keyed by the VIP flow's id. A connection has one
 /// backend (conntrack keeps its choice), so the first match is it.
-fn backend_flows(flows: &[Flow]) -> HashMap<&str, &Flow> {
+fn backend_flows<'a>(flows: &[&'a Flow]) -> HashMap<&'a str, &'a Flow> {
     let mut by_source: HashMap<(std::net::IpAddr, u16, Protocol), Vec<&Flow>> = HashMap::new();
     for f in flows
         .iter()
@@ -239,8 +239,8 @@ fn backend_flows(flows: &[Flow]) -> HashMap<&str, &Flow> {
         let Some(candidates) = by_source.get(&(f.src_ip, f.src_port, f.protocol)) else { continue };
         // The two are one connection's packets before and after OVS: they start together. An
         // older or newer flow from the same source port (ports are reused) is another one.
-        let start = parse_time(&f.first_seen);
-        let together = |b: &Flow| matches!((start, parse_time(&b.first_seen)), (Some(x), Some(y)) if (x - y).abs() <= time::Duration::seconds(2));
+        let start = Some(f.first_seen);
+        let together = |b: &Flow| matches!((start, Some(b.first_seen)), (Some(x), Some(y)) if (x - y).abs() <= time::Duration::seconds(2));
         if let Some(b) =
             candidates.iter().find(|b| together(b) && svc.backends.contains(&who(b.dst.as_ref(), b.dst_ip)))
         {
@@ -363,8 +363,8 @@ impl Detector {
 
     /// Bursts of drops: attached as evidence to the path findings whose flows they hit, else
     /// raised as `drops` findings of their own (one per reason and interface).
-    fn evaluate_drops(&mut self, flows: &[Flow], seen_now: &mut Vec<String>, now: OffsetDateTime) {
-        let by_id: HashMap<&str, &Flow> = flows.iter().map(|f| (f.id.as_str(), f)).collect();
+    fn evaluate_drops(&mut self, flows: &[&Flow], seen_now: &mut Vec<String>, now: OffsetDateTime) {
+        let by_id: HashMap<&str, &Flow> = flows.iter().map(|f| (f.id.as_str(), *f)).collect();
         // What each firing path finding covers: its flows, and for tunnel findings the remote
         // tunnel endpoints (drops of encapsulated packets carry the outer addresses).
         let covers: Vec<(String, Vec<String>, Vec<std::net::IpAddr>)> = self
@@ -494,7 +494,14 @@ impl Detector {
     }
 
     /// Runs every detector over the current flows; returns the findings (firing first).
-    pub fn evaluate<'a>(&mut self, flows: &'a [Flow], now: OffsetDateTime) -> Vec<Alert> {
+    /// (The poll's flows are `Arc<Flow>`s, tests' plain `Flow`s.)
+    pub fn evaluate<'a, F: std::borrow::Borrow<Flow>>(
+        &mut self,
+        flows: &'a [F],
+        now: OffsetDateTime,
+    ) -> Vec<Alert> {
+        let flows: Vec<&'a Flow> = flows.iter().map(std::borrow::Borrow::borrow).collect();
+        let flows = flows.as_slice();
         let timeout = time::Duration::try_from(self.cfg.reply_timeout).unwrap_or(time::Duration::seconds(3));
         let mut pairs: HashMap<(String, String), PairRound> = HashMap::new();
         // Pod traffic only: the node's own connections on its NIC (API server, SSH, scrapes)
@@ -524,7 +531,7 @@ impl Detector {
             } else if f.requests_unanswered > 0
                 && f.replies == 0
                 && f.packets_rev == 0
-                && parse_time(&f.first_seen).is_some_and(|t| now - t >= timeout)
+                && Some(f.first_seen).is_some_and(|t| now - t >= timeout)
             {
                 round.failing.push(f);
             } else if f.replies > 0 || f.packets_rev > 0 {
@@ -544,9 +551,9 @@ impl Detector {
         let avg = |f: &Flow| f.bytes_fwd.checked_div(f.packets_fwd).unwrap_or(0);
         for round in pairs.values_mut() {
             let answered: Vec<(OffsetDateTime, u64)> =
-                round.answered.iter().filter_map(|f| Some((parse_time(&f.first_seen)?, avg(f)))).collect();
+                round.answered.iter().filter_map(|f| Some((Some(f.first_seen)?, avg(f)))).collect();
             let current = |f: &&Flow| {
-                let (Some(last), size) = (parse_time(&f.last_seen), avg(f)) else { return true };
+                let (Some(last), size) = (Some(f.last_seen), avg(f)) else { return true };
                 !answered.iter().any(|(start, ok_size)| *start > last && ok_size * 5 >= size * 4)
             };
             round.failing.retain(current);
@@ -556,17 +563,15 @@ impl Detector {
         // work point at the tunnel: counted per remote node.
         // Only answers during the failures count against the tunnel: flows answered before it
         // broke are history.
-        let failing_since =
-            pairs.values().flat_map(|r| r.failing.iter()).filter_map(|f| parse_time(&f.first_seen)).min();
+        let failing_since = pairs.values().flat_map(|r| r.failing.iter()).map(|f| f.first_seen).min();
         // Counted per destination, not per flow or pair: one client retrying (a new flow per
         // attempt), or several clients of one broken pod, are one destination, and one failing
         // destination is that destination's problem, not the tunnel's. A service whose backends
         // all run on the remote node stands for those backends.
         let mut by_remote: HashMap<String, (std::collections::BTreeSet<String>, usize)> = HashMap::new();
         for round in pairs.values() {
-            let concurrent = |f: &&&Flow| {
-                failing_since.is_some_and(|since| parse_time(&f.last_seen).is_some_and(|t| t >= since))
-            };
+            let concurrent =
+                |f: &&&Flow| failing_since.is_some_and(|since| Some(f.last_seen).is_some_and(|t| t >= since));
             for f in round.failing.iter().map(|f| path(f)).filter(|f| through_tunnel(f)) {
                 if let Some(n) = f.tunnel.as_ref().and_then(|t| t.remote_node.clone()) {
                     by_remote.entry(n).or_default().0.insert(destination(f));
@@ -748,7 +753,7 @@ impl Detector {
                 protocols.join(", ")
             ),
         };
-        let first_seen = failing.iter().map(|f| f.first_seen.clone()).min().unwrap_or_default();
+        let first_seen = failing.iter().map(|f| f.first_seen).min().map(rfc3339).unwrap_or_default();
         let entry = self.tracked.entry(id.clone()).or_insert_with(|| Tracked {
             alert: Alert {
                 id: id.clone(),
@@ -788,7 +793,7 @@ impl Detector {
         a.protocol = protocols.join(",");
         a.dst_port = (!first.protocol.is_icmp()).then_some(first.dst_port);
         a.remote_node = first.tunnel.as_ref().and_then(|t| t.remote_node.clone());
-        a.last_seen = failing.iter().map(|f| f.last_seen.clone()).max().unwrap_or_default();
+        a.last_seen = failing.iter().map(|f| f.last_seen).max().map(rfc3339).unwrap_or_default();
         a.summary = summary;
         a.evidence = evidence;
         a.flows = failing.iter().map(|f| f.id.clone()).collect();
@@ -1310,9 +1315,9 @@ mod tests {
         let mut d = Detector::new("node1", DetectorConfig { drop_burst: 5, ..Default::default() });
         d.observe_drops(&[drop_rec("", "NO_SOCKET", "eth0", 3)], pod_location, at(0));
         d.observe_drops(&[drop_rec("", "NO_SOCKET", "eth0", 6)], pod_location, at(20));
-        assert!(d.evaluate(&[], at(20)).is_empty(), "3 + 3 in two windows");
+        assert!(d.evaluate::<Flow>(&[], at(20)).is_empty(), "3 + 3 in two windows");
         d.observe_drops(&[drop_rec("", "NO_SOCKET", "eth0", 8)], pod_location, at(25));
-        let a = d.evaluate(&[], at(25));
+        let a = d.evaluate::<Flow>(&[], at(25));
         assert_eq!(a.len(), 1, "3 + 2 within 10 s");
         assert_eq!((a[0].src_ip.to_string(), a[0].flows.len()), ("10.16.0.2".to_string(), 0));
         assert_eq!(a[0].verdict.as_ref().unwrap().hop, "dropped_at_host");
@@ -1354,18 +1359,18 @@ mod tests {
         // Quiet findings resolve after resolve_after (30 s) too.
         let mut d = detector();
         d.evaluate(&[same("a", (2, 0, 0), "db-1", false)], at(5));
-        assert_eq!(d.evaluate(&[], at(20))[0].state, "firing");
-        assert_eq!(d.evaluate(&[], at(40))[0].state, "resolved");
-        assert!(d.evaluate(&[], at(40 + 601)).is_empty(), "dropped after the retention time");
+        assert_eq!(d.evaluate::<Flow>(&[], at(20))[0].state, "firing");
+        assert_eq!(d.evaluate::<Flow>(&[], at(40))[0].state, "resolved");
+        assert!(d.evaluate::<Flow>(&[], at(40 + 601)).is_empty(), "dropped after the retention time");
     }
 
     #[test]
     fn stale_failures_and_non_pod_traffic_are_not_findings() {
         let mut d = detector();
         let mut old = same("old", (1, 0, 0), "db-1", true);
-        old.last_seen = "2026-01-01T00:00:01Z".into();
+        old.last_seen = crate::model::parse_rfc3339("2026-01-01T00:00:01Z").expect("time");
         let mut newer = same("new", (1, 1, 4), "db-1", true);
-        newer.first_seen = "2026-01-01T00:00:02Z".into();
+        newer.first_seen = crate::model::parse_rfc3339("2026-01-01T00:00:02Z").expect("time");
         assert!(d.evaluate(&[old.clone(), newer.clone()], at(10)).is_empty(), "the pair works again");
         let mut big = old.clone();
         big.bytes_fwd = 1500;

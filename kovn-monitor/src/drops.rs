@@ -811,11 +811,11 @@ pub fn records(
 /// `node`, the receiving end first (drops inside a pod are mostly of packets it receives).
 pub fn name_pods(
     records: &mut [DropRecord],
-    flows: &[Flow],
+    flows: &[std::sync::Arc<Flow>],
     node: &str,
     pod_of_veth: impl Fn(&str) -> Option<String>,
 ) {
-    let by_id: HashMap<&str, &Flow> = flows.iter().map(|f| (f.id.as_str(), f)).collect();
+    let by_id: HashMap<&str, &Flow> = flows.iter().map(|f| (f.id.as_str(), &**f)).collect();
     for r in records.iter_mut().filter(|r| r.location == DropLocation::Pod) {
         r.pod = pod_of_veth(&r.interface).or_else(|| {
             let f = by_id.get(r.flow_id.as_str())?;
@@ -1070,7 +1070,7 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "id": "f1", "src_ip": "10.16.0.2", "dst_ip": "10.16.0.5", "src_port": 40000, "dst_port": 8080,
             "protocol": proto, "ip_proto": 17, "packets_fwd": 3, "bytes_fwd": 180, "packets_rev": 0,
-            "bytes_rev": 0, "first_seen": "", "last_seen": "", "state": "unanswered", "requests": 3,
+            "bytes_rev": 0, "first_seen": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:00Z", "state": "unanswered", "requests": 3,
             "replies": 0, "requests_unanswered": 3, "rst_fwd": 0, "rst_rev": 0, "tcp_flags_fwd": "",
             "tcp_flags_rev": "", "initiator_guessed": false, "fragment": false, "interfaces": [],
             "scenario": "pod_to_pod_cross_node",

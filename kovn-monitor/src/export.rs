@@ -617,7 +617,7 @@ impl Exporter {
         self.guards = next;
     }
 
-    fn update_flows(&mut self, flows: &[Flow], now: Instant) {
+    fn update_flows(&mut self, flows: &[Arc<Flow>], now: Instant) {
         let pod_labels = self.cfg.pod_labels;
         let mut pairs: HashMap<Pair<&str>, Delta> = HashMap::new();
         let mut rtts: HashMap<(&str, &str), Vec<f64>> = HashMap::new();
@@ -697,7 +697,7 @@ impl Exporter {
         let pod_labels = self.cfg.pod_labels;
         let kinds: HashMap<&str, &str> =
             snap.health.attached_interfaces.iter().map(|a| (a.name.as_str(), a.kind.as_str())).collect();
-        let flows: HashMap<&str, &Flow> = snap.flows.iter().map(|f| (f.id.as_str(), f)).collect();
+        let flows: HashMap<&str, &Flow> = snap.flows.iter().map(|f| (f.id.as_str(), &**f)).collect();
         let mut next = HashMap::with_capacity(snap.drops.len());
         let mut sums: HashMap<[&str; 5], u64> = HashMap::new();
         for d in &snap.drops {
@@ -964,7 +964,11 @@ mod tests {
     }
 
     fn snap(flows: Vec<Flow>) -> Snapshot {
-        Snapshot { node: "node1".into(), flows, ..Default::default() }
+        Snapshot {
+            node: "node1".into(),
+            flows: flows.into_iter().map(Arc::new).collect(),
+            ..Default::default()
+        }
     }
 
     fn exporter() -> Exporter {
@@ -1337,7 +1341,7 @@ mod tests {
         let mut e = exporter();
         let t0 = Instant::now();
         let mut s = health_snap(0);
-        s.flows = vec![web_db("a", [1, 0], [60, 0])];
+        s.flows = vec![web_db("a", [1, 0], [60, 0]).into()];
         s.drops = vec![
             drop_record("a", "NETFILTER_DROP", "a_h", 3),
             drop_record("a", "NETFILTER_DROP", "eth0", 2),
@@ -1436,7 +1440,7 @@ mod tests {
         let odd = flow("b", pod("ns", "we\"ird\\pod\nx", None), other("external"));
         let big = with_mtu(web_db("c", [1, 0], [1500, 0]), 1, 1, "pod");
         s.drops = vec![drop_record("a", "NETFILTER_DROP", "a_h", 1)];
-        s.flows = vec![f, odd, big];
+        s.flows = vec![f.into(), odd.into(), big.into()];
         s.alerts = vec![alert("mtu", "firing")];
         e.update(&s, Instant::now());
         e

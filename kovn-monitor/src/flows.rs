@@ -3,110 +3,19 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::inventory::{Inventory, TunnelPeer};
+pub use crate::model::flow::{Flow, FlowAlert, FlowInterface, FlowMtu};
+pub use crate::model::{
+    AlertKind, Direction as HookDirection, FlowDirection, FlowState, IfaceKind, Protocol, Scenario,
+};
 use kovn_ebpf_common::{
     DIR_FWD, DIR_REV, FLOW_F_FRAGMENT, FLOW_F_INITIATOR_GUESSED, FlowKey, FlowStats, HOOK_EGRESS,
     HOOK_KIND_SHIFT, KIND_HOST, KIND_POD, KIND_TUNNEL, KIND_UNDERLAY, RR_ECHO, RR_NONE, RR_SCTP, RR_TCP,
     RR_UDP, SIDE_A, TUN_DEVICE, TUN_GENEVE, TUN_VXLAN, TunnelInfo, words_to_bytes,
 };
-use serde::{Deserialize, Serialize};
-
-use crate::inventory::{Endpoint, Inventory, TunnelPeer};
-pub use crate::model::{
-    AlertKind, Direction as HookDirection, FlowDirection, FlowState, IfaceKind, Protocol, Scenario,
-};
-
-/// A flow as the API shows it. `fwd` is initiator → responder, `rev` the answer direction.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Flow {
-    /// Stable identifier of the flow (hash of its 5-tuple), for `--flow ID` and the API.
-    pub id: String,
-    pub src_ip: IpAddr,
-    pub dst_ip: IpAddr,
-    pub src_port: u16,
-    pub dst_port: u16,
-    /// `tcp|udp|sctp|icmp|icmpv6|other`
-    pub protocol: Protocol,
-    /// IP protocol number (useful when `protocol` is `other`).
-    pub ip_proto: u8,
-    pub packets_fwd: u64,
-    pub bytes_fwd: u64,
-    pub packets_rev: u64,
-    pub bytes_rev: u64,
-    /// RFC 3339.
-    pub first_seen: String,
-    /// The kernel's monotonic first-seen time: it changes when the 5-tuple comes back after
-    /// its entry was removed (a new incarnation, same id). Local only: not on the wire (the
-    /// RFC 3339 form moves by the clock's conversion from poll to poll).
-    #[serde(skip)]
-    pub first_seen_mono_ns: u64,
-    pub last_seen: String,
-    /// `answered|unanswered|reset|closed|oneway`
-    pub state: FlowState,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rtt_us: Option<u64>,
-    /// Requests seen (TCP SYNs incl. retransmits, echo requests, UDP packets before the first
-    /// reply) and answers (SYN-ACKs, echo replies, 1 once UDP was answered).
-    pub requests: u32,
-    pub replies: u32,
-    pub requests_unanswered: u32,
-    pub rst_fwd: u32,
-    pub rst_rev: u32,
-    /// TCP flags seen per direction, e.g. `SYN|ACK|FIN`.
-    pub tcp_flags_fwd: String,
-    pub tcp_flags_rev: String,
-    /// True when the initiator was guessed (the opening packet was not seen).
-    pub initiator_guessed: bool,
-    /// True for a flow of non-first IP fragments (no ports).
-    pub fragment: bool,
-    pub interfaces: Vec<FlowInterface>,
-    /// `pod_to_pod_same_node|pod_to_pod_cross_node|pod_to_service|pod_to_node|node_to_pod|
-    /// pod_to_external|unknown`, from the inventory.
-    #[serde(default)]
-    pub scenario: Scenario,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub src: Option<Endpoint>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dst: Option<Endpoint>,
-    /// For cross-node flows: the other node and its tunnel endpoint IP.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tunnel: Option<TunnelPeer>,
-    /// MTU signals: packets too big for the path, ICMP "too big" messages about this flow.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtu: Option<FlowMtu>,
-    /// The firing finding this flow is evidence of, with its verdict.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alert: Option<FlowAlert>,
-    /// Drops of this flow with the kernel's reason (kfree_skb), summed over interfaces.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub drops: Vec<crate::drops::FlowDrop>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FlowMtu {
-    /// Packets larger than the path MTU where they were seen, that may not be fragmented
-    /// (IPv4 with DF, IPv6); a GSO packet counts by its segment size.
-    pub oversized_packets: u32,
-    /// The largest of them (L3 bytes).
-    pub oversized_max_bytes: u32,
-    /// ICMP fragmentation-needed / ICMPv6 packet-too-big messages quoting this flow.
-    pub too_big_messages: u32,
-    /// The MTU the last such message reported.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reported_mtu: Option<u32>,
-}
-
-/// A flow's link to a finding (`GET /api/v1/alerts` has the whole finding).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FlowAlert {
-    pub id: String,
-    pub kind: AlertKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hop: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<String>,
-}
 
 /// The tunnel leg the kernel saw. `tunnel_dev` is the name of the tunnel device the flow
 /// crossed, which names the encapsulation of a leg learnt from a tunnel key.
@@ -142,20 +51,6 @@ pub fn encap_of_device(name: &str) -> Option<&'static str> {
     }
 }
 
-/// Where a flow was seen: interface, tc hook direction, and which flow direction.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FlowInterface {
-    pub name: String,
-    pub ifindex: u32,
-    /// tc hook: `ingress|egress`
-    pub direction: HookDirection,
-    /// `pod|tunnel|underlay|host`
-    pub kind: IfaceKind,
-    /// Which direction of the flow this hook saw: `fwd|rev`
-    pub flow_direction: FlowDirection,
-    pub packets: u64,
-}
-
 /// The offset between CLOCK_REALTIME and CLOCK_MONOTONIC (what `bpf_ktime_get_ns` counts).
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
@@ -186,9 +81,20 @@ impl Clock {
         self.mono_now_ns
     }
 
-    pub fn rfc3339(&self, mono_ns: u64) -> String {
+    /// The wall-clock time of a kernel timestamp (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
+    pub fn time(&self, mono_ns: u64) -> time::OffsetDateTime {
         let ns = i128::from(mono_ns) + self.realtime_minus_mono_ns;
-        time::OffsetDateTime::from_unix_timestamp_nanos(ns).map(crate::model::rfc3339).unwrap_or_default()
+        time::OffsetDateTime::from_unix_timestamp_nanos(ns).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    }
+
+    /// The wall-clock time of this reading of the clocks.
+    pub fn wall_now(&self) -> time::OffsetDateTime {
+        self.time(self.mono_now_ns)
+    }
+
+    /// [`Clock::time`] as the wire spells it.
+    pub fn rfc3339(&self, mono_ns: u64) -> String {
+        crate::model::rfc3339(self.time(mono_ns))
     }
 }
 
@@ -313,9 +219,9 @@ impl Flow {
             bytes_fwd: s.bytes[DIR_FWD],
             packets_rev: s.packets[DIR_REV],
             bytes_rev: s.bytes[DIR_REV],
-            first_seen: clock.rfc3339(s.first_seen_ns),
+            first_seen: clock.time(s.first_seen_ns),
             first_seen_mono_ns: s.first_seen_ns,
-            last_seen: clock.rfc3339(s.last_seen_ns),
+            last_seen: clock.time(s.last_seen_ns),
             state: state(s),
             rtt_us: (s.rtt_ns > 0).then(|| s.rtt_ns.div_ceil(1000)),
             requests: s.requests,
@@ -374,11 +280,27 @@ struct Entry {
     stats: FlowStats,
     /// The kernel entry was removed (idle); kept here until the retention time passes.
     expired: bool,
+    /// The flow as last built from `stats` and annotated, with the generations it was built
+    /// at: reused while neither the kernel's record, nor the interface names, nor the
+    /// inventory changed (most of a busy table is idle or expired flows).
+    built: Option<(Arc<Flow>, Generations)>,
 }
 
+/// What a built flow depends on besides its kernel record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Generations {
+    names: u64,
+    inventory: u64,
+}
+
+/// The kernel records as userspace keeps them: one entry per 5-tuple, merged from each read
+/// of the kernel map, with the flow built from it cached (see `Entry::built`). Bounded by the
+/// kernel table's capacity plus the flows expired within `retention`.
 pub struct FlowTable {
     entries: HashMap<FlowKey, Entry>,
     names: IfaceNames,
+    /// Bumped when an interface's name changes (built flows carry the names).
+    names_generation: u64,
     /// A kernel entry idle this long is removed from the map (its flow is over).
     pub idle_timeout: Duration,
     /// An expired flow stays visible in the API this long after its last packet.
@@ -387,11 +309,20 @@ pub struct FlowTable {
 
 impl FlowTable {
     pub fn new(idle_timeout: Duration, retention: Duration) -> Self {
-        Self { entries: HashMap::new(), names: IfaceNames::new(), idle_timeout, retention }
+        Self {
+            entries: HashMap::new(),
+            names: IfaceNames::new(),
+            names_generation: 0,
+            idle_timeout,
+            retention,
+        }
     }
 
     pub fn set_iface_name(&mut self, ifindex: u32, name: &str) {
-        self.names.insert(ifindex, name.to_string());
+        if self.names.get(&ifindex).map(String::as_str) != Some(name) {
+            self.names.insert(ifindex, name.to_string());
+            self.names_generation += 1;
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -408,14 +339,22 @@ impl FlowTable {
         let idle_ns = self.idle_timeout.as_nanos() as u64;
         let mut idle = Vec::new();
         for (key, stats) in kernel {
-            if now_mono_ns.saturating_sub(stats.last_seen_ns) > idle_ns {
+            let is_idle = now_mono_ns.saturating_sub(stats.last_seen_ns) > idle_ns;
+            if is_idle {
                 idle.push(key);
             }
-            self.entries.insert(key, Entry { stats, expired: false });
-        }
-        for k in &idle {
-            if let Some(e) = self.entries.get_mut(k) {
-                e.expired = true;
+            match self.entries.entry(key) {
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    let e = o.get_mut();
+                    if e.stats != stats {
+                        e.stats = stats;
+                        e.built = None;
+                    }
+                    e.expired = is_idle;
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Entry { stats, expired: is_idle, built: None });
+                }
             }
         }
         idle
@@ -426,21 +365,33 @@ impl FlowTable {
         let keep_ns = self.retention.as_nanos() as u64;
         let before = self.entries.len();
         self.entries.retain(|_, e| !e.expired || now_mono_ns.saturating_sub(e.stats.last_seen_ns) <= keep_ns);
+        if self.entries.capacity() > 4 * self.entries.len().max(1024) {
+            // After a flood the map would keep its peak's memory for good.
+            self.entries.shrink_to_fit();
+        }
         before - self.entries.len()
     }
 
-    /// Every flow, annotated with endpoints and scenario, most recently active first.
-    pub fn snapshot(&self, clock: &Clock, inv: &Inventory) -> Vec<Flow> {
-        let mut entries: Vec<(&FlowKey, &Entry)> = self.entries.iter().collect();
-        // By the kernel's timestamp: RFC 3339 strings do not sort when fractions differ in length.
-        entries
-            .sort_by(|a, b| b.1.stats.last_seen_ns.cmp(&a.1.stats.last_seen_ns).then_with(|| a.0.cmp(b.0)));
-        entries
+    /// Every flow, annotated with endpoints and scenario, most recently active first. Flows
+    /// whose record, interface names and inventory did not change since the last call are the
+    /// same `Arc` as then (no work, no allocation).
+    pub fn snapshot(&mut self, clock: &Clock, inv: &Inventory) -> Vec<Arc<Flow>> {
+        let now = Generations { names: self.names_generation, inventory: inv.generation() };
+        let mut order: Vec<(u64, &FlowKey, &mut Entry)> =
+            self.entries.iter_mut().map(|(k, e)| (e.stats.last_seen_ns, k, e)).collect();
+        // By the kernel's timestamp, newest first; the key breaks ties (a stable order).
+        order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        order
             .into_iter()
-            .map(|(k, e)| {
-                let mut f = Flow::from_kernel(k, &e.stats, clock, &self.names);
-                f.annotate(inv);
-                f
+            .map(|(_, k, e)| match &e.built {
+                Some((flow, at)) if *at == now => flow.clone(),
+                _ => {
+                    let mut f = Flow::from_kernel(k, &e.stats, clock, &self.names);
+                    f.annotate(inv);
+                    let f = Arc::new(f);
+                    e.built = Some((f.clone(), now));
+                    f
+                }
             })
             .collect()
     }
@@ -522,8 +473,8 @@ mod tests {
         // Monotonic 5 s == 2026-01-01T00:00:05Z.
         let clock = Clock::fixed(0, 1_767_225_600i128 * 1_000_000_000);
         let f = Flow::from_kernel(&k, &s, &clock, &names);
-        assert_eq!(f.first_seen, "2026-01-01T00:00:05Z");
-        assert_eq!(f.last_seen, "2026-01-01T00:00:06Z");
+        assert_eq!(crate::model::rfc3339(f.first_seen), "2026-01-01T00:00:05Z");
+        assert_eq!(crate::model::rfc3339(f.last_seen), "2026-01-01T00:00:06Z");
         assert_eq!(f.rtt_us, Some(2));
         assert_eq!(f.interfaces.len(), 2);
         assert_eq!(f.interfaces[0].name, "abcdef012345_h");
@@ -561,6 +512,53 @@ mod tests {
         let inv = Inventory::new("node1");
         let order: Vec<u16> = t.snapshot(&Clock::fixed(0, 0), &inv).iter().map(|f| f.src_port).collect();
         assert_eq!(order, vec![2, 3, 1]);
+    }
+
+    /// A flow whose record, interface names and inventory did not change is not built again
+    /// (the same allocation); any of the three changing builds it anew.
+    #[test]
+    fn unchanged_flows_are_reused_and_changed_ones_rebuilt() {
+        let mut t = FlowTable::new(Duration::from_secs(60), Duration::from_secs(60));
+        let (ka, side_a) = key(1, 80, 6);
+        let (kb, side_b) = key(2, 80, 6);
+        let rec = |side, packets: u64| FlowStats {
+            initiator: side,
+            last_seen_ns: 1_000_000_000 + packets,
+            packets: [packets, 0],
+            ..Default::default()
+        };
+        let clock = Clock::fixed(0, 0);
+        let mut inv = Inventory::new("node1");
+        t.merge(vec![(ka, rec(side_a, 1)), (kb, rec(side_b, 1))], 1_000_000_000);
+        let first = t.snapshot(&clock, &inv);
+        let by_port = |v: &[Arc<Flow>], port: u16| {
+            v.iter()
+                .find(|f| f.src_port == port)
+                .cloned()
+                .unwrap_or_else(|| panic!("no flow from port {port}"))
+        };
+
+        // b gets a packet; a does not.
+        t.merge(vec![(ka, rec(side_a, 1)), (kb, rec(side_b, 2))], 1_000_000_000);
+        let second = t.snapshot(&clock, &inv);
+        assert!(Arc::ptr_eq(&by_port(&first, 1), &by_port(&second, 1)), "a unchanged: reused");
+        assert!(!Arc::ptr_eq(&by_port(&first, 2), &by_port(&second, 2)), "b changed: rebuilt");
+        assert_eq!(by_port(&second, 2).packets_fwd, 2);
+
+        // A new interface name: every flow is built again (it may carry the name).
+        t.set_iface_name(7, "abcdef012345_h");
+        let third = t.snapshot(&clock, &inv);
+        assert!(!Arc::ptr_eq(&by_port(&second, 1), &by_port(&third, 1)), "names changed: rebuilt");
+        t.set_iface_name(7, "abcdef012345_h");
+        let fourth = t.snapshot(&clock, &inv);
+        assert!(Arc::ptr_eq(&by_port(&third, 1), &by_port(&fourth, 1)), "the same name again: reused");
+
+        // The inventory learns a pod: flows are annotated again.
+        let before = inv.generation();
+        inv.apply_kube(std::iter::empty());
+        assert_ne!(inv.generation(), before, "a change of the Kubernetes view bumps the generation");
+        let fifth = t.snapshot(&clock, &inv);
+        assert!(!Arc::ptr_eq(&by_port(&fourth, 1), &by_port(&fifth, 1)), "inventory changed: re-annotated");
     }
 
     #[test]

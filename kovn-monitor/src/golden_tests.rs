@@ -9,7 +9,7 @@
 //! change, `KOVN_BLESS=1 cargo test -p kovn-monitor golden` rewrites them (review the diff).
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kovn_ebpf_common::{
@@ -334,7 +334,7 @@ fn snapshot() -> Snapshot {
     let mut per_flow = crate::drops::by_flow(&drops);
     for f in &mut flows {
         if let Some(d) = per_flow.remove(&f.id) {
-            f.drops = d;
+            Arc::make_mut(f).drops = d;
         }
     }
     detector.observe_drops(&drops, location, at(20 * SEC));
@@ -404,7 +404,7 @@ fn snapshot() -> Snapshot {
     };
     let mut snap = Snapshot {
         node: "node1".into(),
-        time: clock.rfc3339(clock.mono_now_ns()),
+        time: clock.wall_now(),
         flows,
         pods: inv.pods().into_iter().cloned().collect(),
         alerts,
@@ -530,7 +530,7 @@ async fn published_formats_match_the_golden_files() {
     }
     let mut exporter = crate::export::Exporter::new(crate::export::MetricsConfig::default());
     exporter.update(&snap, std::time::Instant::now());
-    let shared = Arc::new(RwLock::new(snap));
+    let shared = crate::model::Published::new(snap);
     let api = crate::api::router(shared.clone());
     let metrics = crate::api::metrics_router(exporter.metrics());
     let mut failures = Vec::new();

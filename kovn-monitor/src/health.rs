@@ -197,7 +197,7 @@ async fn healthz(State((probe, shared)): State<(Arc<Probe>, Shared)>) -> Respons
     if let Err(reason) = probe.liveness() {
         return unavailable(reason);
     }
-    let snap = shared.read().unwrap_or_else(|p| p.into_inner());
+    let snap = shared.current();
     Json(&snap.health).into_response()
 }
 

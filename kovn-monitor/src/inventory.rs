@@ -133,10 +133,12 @@ pub struct Inventory {
     services: HashMap<(IpAddr, u16, u8), ServiceEntry>,
     // --- Kubernetes API source (kube.rs): what the API said.
     kube: KubeSnapshot,
+    /// Bumped whenever what the inventory answers may have changed (see `generation`).
+    generation: u64,
 }
 
 /// A service as flows to its VIP see it.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 struct ServiceEntry {
     endpoint: Endpoint,
     /// The node every backend runs on, when they all run on one.
@@ -175,6 +177,12 @@ fn parse_vip(vip: &str) -> Option<(IpAddr, u16)> {
 impl Inventory {
     pub fn new(local_node: &str) -> Self {
         Self { local_node: local_node.to_string(), ..Default::default() }
+    }
+
+    /// Changes whenever an answer of the inventory (endpoint, scenario, tunnel peer) may have:
+    /// flows annotated at an older generation are annotated again.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn local_node(&self) -> &str {
@@ -310,11 +318,25 @@ impl Inventory {
             }
         }
         self.merge_kube(&mut pods, &mut node_by_ip, &mut encap_ip_of);
-        self.pods_by_ip = pods;
-        self.node_by_ip = node_by_ip;
+        let before = (
+            std::mem::replace(&mut self.pods_by_ip, pods),
+            std::mem::replace(&mut self.node_by_ip, node_by_ip),
+            std::mem::take(&mut self.node_of_encap),
+        );
         self.node_of_encap = encap_ip_of.iter().map(|(n, ip)| (*ip, n.clone())).collect();
-        self.encap_ip_of = encap_ip_of;
-        self.services = self.service_index();
+        let encap_before = std::mem::replace(&mut self.encap_ip_of, encap_ip_of);
+        let services = self.service_index();
+        let services_before = std::mem::replace(&mut self.services, services);
+        // OVSDB sends every change of the tables it monitors (e.g. a chassis' nb_cfg): only
+        // one that changes an answer makes the flow table re-annotate its flows.
+        if before.0 != self.pods_by_ip
+            || before.1 != self.node_by_ip
+            || before.2 != self.node_of_encap
+            || encap_before != self.encap_ip_of
+            || services_before != self.services
+        {
+            self.generation += 1;
+        }
     }
 
     /// Every service VIP: OVN's load balancers (which name only the VIP), then the API's
@@ -471,6 +493,8 @@ impl Inventory {
         for u in updates {
             self.kube.apply(u);
         }
+        // What the API said also answers directly (subnets, node addresses): always a change.
+        self.generation += 1;
         self.rebuild();
     }
 

@@ -497,7 +497,7 @@ impl Tracer {
 
     /// Resolves `flow=`/`alert=` from the current snapshot, or the explicit fields.
     pub fn resolve(&self, q: &TraceQuery) -> Result<(Packet, Option<TunnelIn>, Option<String>), TraceError> {
-        let snap = self.shared.read().unwrap_or_else(|p| p.into_inner());
+        let snap = self.shared.current();
         let size = match &q.size {
             Some(s) => Some(num_of("size", s, "28-65535")?),
             None => None,
@@ -551,7 +551,7 @@ impl Tracer {
     }
 
     fn underlay_mtu(&self, via: Option<&str>) -> Option<(String, u32)> {
-        let snap = self.shared.read().unwrap_or_else(|p| p.into_inner());
+        let snap = self.shared.current();
         if let Some(u) =
             snap.health.attached_interfaces.iter().find(|i| i.kind == crate::model::IfaceKind::Underlay)
         {
@@ -605,7 +605,7 @@ impl Tracer {
             return None;
         }
         let id = r.flow_id.as_ref()?;
-        let snap = self.shared.read().unwrap_or_else(|p| p.into_inner());
+        let snap = self.shared.current();
         let a = snap.alerts.iter().find(|a| a.state == AlertState::Firing && a.flows.contains(id))?;
         let v = a.verdict.as_ref()?;
         Some(format!("{} ({}, {})", v.summary, a.kind, v.hop))
@@ -981,7 +981,7 @@ pub fn packet_of_flow(f: &crate::flows::Flow) -> Result<Packet, TraceError> {
 /// request of an MTU finding as the size.
 pub fn packet_of_alert(
     a: &crate::detection::Alert,
-    flows: &[crate::flows::Flow],
+    flows: &[Arc<crate::flows::Flow>],
 ) -> Result<(Packet, Option<String>), TraceError> {
     let size = a.evidence.max_request_bytes.map(|b| b.min(65535) as u32);
     if let Some(f) = a.flows.iter().find_map(|id| flows.iter().find(|f| &f.id == id)) {
@@ -1373,7 +1373,7 @@ impl OnAlert {
 
     /// Starts at most one new drill-down for a firing finding of `alerts`, attaches the ones
     /// done, and forgets findings that are gone.
-    pub fn update(&mut self, alerts: &mut [crate::detection::Alert], flows: &[crate::flows::Flow]) {
+    pub fn update(&mut self, alerts: &mut [crate::detection::Alert], flows: &[Arc<crate::flows::Flow>]) {
         use std::sync::atomic::Ordering;
         let ready = !self.running.load(Ordering::Acquire) && self.last.is_none_or(|t| t.elapsed() >= MIN_GAP);
         let episode = |a: &crate::detection::Alert| (a.id.clone(), a.first_seen.clone());

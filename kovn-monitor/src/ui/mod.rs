@@ -556,7 +556,7 @@ mod tests {
         let flow = serde_json::json!({
             "id": "1", "src_ip": "10.16.0.2", "dst_ip": "10.16.0.3", "src_port": 1, "dst_port": 80,
             "protocol": "tcp", "ip_proto": 6, "packets_fwd": 1, "bytes_fwd": 60, "packets_rev": 1,
-            "bytes_rev": 60, "first_seen": "", "last_seen": "", "state": "answered", "requests": 1,
+            "bytes_rev": 60, "first_seen": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:00Z", "state": "answered", "requests": 1,
             "replies": 1, "requests_unanswered": 0, "rst_fwd": 0, "rst_rev": 0, "tcp_flags_fwd": "",
             "tcp_flags_rev": "", "initiator_guessed": false, "fragment": false, "interfaces": []
         });

@@ -681,7 +681,7 @@ mod tests {
             "id": id, "src_ip": "10.16.0.2", "dst_ip": "10.16.0.3", "src_port": 40000,
             "dst_port": 8080, "protocol": "tcp", "ip_proto": 6, "packets_fwd": pkts,
             "bytes_fwd": bytes, "packets_rev": pkts / 2, "bytes_rev": bytes / 2,
-            "first_seen": "", "last_seen": "", "state": state, "requests": 1,
+            "first_seen": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:00Z", "state": state, "requests": 1,
             "replies": u32::from(state == "answered"),
             "requests_unanswered": u32::from(state == "unanswered"), "rst_fwd": 0, "rst_rev": 0,
             "tcp_flags_fwd": "SYN", "tcp_flags_rev": "", "initiator_guessed": false,

@@ -218,8 +218,8 @@ pub fn detail_lines(r: &Row, trace: Option<&Trace>) -> Vec<String> {
             f.ip_proto,
             f.state,
             f.rtt_us.map(|r| format!("{r}us")).unwrap_or_else(|| "-".into()),
-            f.first_seen,
-            f.last_seen
+            crate::model::rfc3339(f.first_seen),
+            crate::model::rfc3339(f.last_seen)
         ));
         out.push(format!(
             "packets fwd {} rev {}  bytes fwd {} rev {}  requests {} replies {} unanswered {}  rst fwd {} rev {}",
@@ -409,7 +409,7 @@ mod tests {
         let flows = serde_json::json!([
             {"id": "1", "src_ip": "10.16.0.2", "dst_ip": "10.16.0.3", "src_port": 1, "dst_port": 80,
              "protocol": "tcp", "ip_proto": 6, "packets_fwd": 3, "bytes_fwd": 180, "packets_rev": 0,
-             "bytes_rev": 0, "first_seen": "", "last_seen": "", "state": "unanswered", "requests": 3,
+             "bytes_rev": 0, "first_seen": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:00Z", "state": "unanswered", "requests": 3,
              "replies": 0, "requests_unanswered": 3, "rst_fwd": 0, "rst_rev": 0, "tcp_flags_fwd": "SYN",
              "tcp_flags_rev": "", "initiator_guessed": false, "fragment": false,
              "interfaces": [{"name": "a_h", "ifindex": 3, "direction": "ingress", "kind": "pod",
@@ -421,7 +421,7 @@ mod tests {
                        "verdict": "requests leave node1 and never reach node2"}},
             {"id": "2", "src_ip": "10.16.0.4", "dst_ip": "10.16.0.5", "src_port": 2, "dst_port": 53,
              "protocol": "udp", "ip_proto": 17, "packets_fwd": 1, "bytes_fwd": 60, "packets_rev": 1,
-             "bytes_rev": 90, "first_seen": "", "last_seen": "", "state": "answered", "requests": 1,
+             "bytes_rev": 90, "first_seen": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:00Z", "state": "answered", "requests": 1,
              "replies": 1, "requests_unanswered": 0, "rst_fwd": 0, "rst_rev": 0, "tcp_flags_fwd": "",
              "tcp_flags_rev": "", "initiator_guessed": false, "fragment": false, "interfaces": []}
         ]);

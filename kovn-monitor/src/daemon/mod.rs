@@ -1,6 +1,9 @@
 //! `kovn-monitor run`: attach to the node's pod interfaces as they come and go, poll the
 //! kernel's flow map, keep the flow table, serve the API; detach everything on SIGINT/SIGTERM.
 
+mod peers;
+mod poll;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -8,13 +11,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use tokio::sync::{mpsc, watch};
 
-use crate::api::{self, AttachedInterface, Health, ProgramInfo, Shared, Snapshot};
+#[cfg(test)]
+pub(crate) use self::poll::link_flows_to_alerts;
+use crate::api::{self, Shared, Snapshot};
 use crate::capture::{Capture, CaptureError};
-use crate::detection::{self, CommandContext, Detector, DetectorConfig, EndpointFacts, PeerView, Verdict};
-use crate::flows::{Clock, FlowTable};
+use crate::detection::{self, CommandContext, Detector, DetectorConfig, PeerView};
+use crate::flows::FlowTable;
 use crate::interfaces::{self, LinkEvent, Selector};
 use crate::inventory::{self, Inventory};
-use crate::model::{AlertKind, AlertState, Scenario};
 use crate::{kube as kube_source, ovsdb};
 
 #[derive(Clone, Debug)]
@@ -86,6 +90,10 @@ struct Daemon {
     detector: Detector,
     /// When each firing finding last got its verdict.
     verdict_at: std::collections::HashMap<String, Instant>,
+    /// Questions to the peer nodes' monitors, asked in the background.
+    peers: peers::Peers,
+    /// Peer answers not used by a verdict yet, by finding id.
+    peer_answers: std::collections::HashMap<String, PeerView>,
     commands: CommandContext,
     /// Drill-down on alert (None with --no-trace-on-alert).
     drill: Option<crate::drilldown::OnAlert>,
@@ -239,311 +247,6 @@ impl Daemon {
             log::warn!("path MTU of ifindex {ifindex}: {e}");
         }
     }
-
-    async fn poll(&mut self) {
-        let started = Instant::now();
-        let clock = Clock::now();
-        match self.capture.read_flows() {
-            Ok(kernel) => {
-                let read = kernel.len();
-                let idle = self.table.merge(kernel, clock.mono_now_ns());
-                self.kernel_fill = read;
-                if !idle.is_empty() {
-                    match self.capture.remove_flows(&idle) {
-                        Ok(removed) => self.kernel_fill = read.saturating_sub(removed),
-                        Err(e) => log::warn!("expiring idle flows: {e}"),
-                    }
-                }
-                self.table.prune(clock.mono_now_ns());
-            }
-            Err(e) => log::warn!("reading the flow map: {e}"),
-        }
-        let mut counters = self.capture.counters().unwrap_or_default();
-        counters.extend(self.capture.drop_counters());
-        let drop_entries = if self.capture.drop_hook().available {
-            self.capture.read_drops().unwrap_or_else(|e| {
-                log::warn!("reading the drop map: {e}");
-                Vec::new()
-            })
-        } else {
-            Vec::new()
-        };
-        // Idle records leave the kernel map (they are still shown this once).
-        if let Err(e) = self.capture.age_drops(&drop_entries, clock.mono_now_ns(), self.cfg.drop_record_ttl) {
-            log::warn!("ageing the drop map: {e}");
-        }
-        let health = Health {
-            status: "ok".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            attached_interfaces: self
-                .capture
-                .attachments()
-                .iter()
-                .map(|(i, a)| AttachedInterface {
-                    name: a.name.clone(),
-                    ifindex: *i,
-                    kind: a.kind.into(),
-                    mtu: a.mtu,
-                })
-                .collect(),
-            programs: self.capture.programs().into_iter().map(ProgramInfo::from).collect(),
-            flow_table_entries: self.kernel_fill,
-            flow_table_capacity: self.capture.capacity(),
-            kernel_counters: counters.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-            poll_duration_ms: started.elapsed().as_secs_f64() * 1e3,
-            hooks: [
-                ("kfree_skb".to_string(), self.capture.drop_hook().available),
-                // No kprobe program exists yet; see README (HTTP API, /healthz).
-                ("ovs_vport_mtu_kprobe".to_string(), false),
-            ]
-            .into(),
-            hooks_unavailable: self
-                .capture
-                .drop_hook()
-                .why
-                .iter()
-                .map(|w| ("kfree_skb".to_string(), w.clone()))
-                .chain([("ovs_vport_mtu_kprobe".to_string(), self.ovs_kprobe_why.clone())])
-                // Optional classifiers the kernel refused (the interfaces they watch are not
-                // attached; see capture::program_required).
-                .chain(self.capture.hooks_unavailable().iter().map(|(p, w)| (p.to_string(), w.clone())))
-                .collect(),
-        };
-        // The inventory's lock is a std one: released before any await below.
-        let mut snap = {
-            let inventory = self.inventory.read().unwrap_or_else(|p| p.into_inner());
-            Snapshot {
-                node: self.cfg.node_name.clone(),
-                time: clock.rfc3339(clock.mono_now_ns()),
-                flows: self.table.snapshot(&clock, &inventory),
-                pods: inventory.pods().into_iter().cloned().collect(),
-                alerts: Vec::new(),
-                health,
-                drops: Vec::new(),
-            }
-        };
-        // Drops: oriented like their flow, and attached to it by flow id.
-        if !drop_entries.is_empty() {
-            let dirs = snap.flows.iter().map(|f| (f.id.clone(), (f.src_ip, f.src_port))).collect();
-            snap.drops = crate::drops::records(&drop_entries, self.capture.drop_hook(), &clock, &dirs);
-            {
-                let inv = self.inventory.read().unwrap_or_else(|p| p.into_inner());
-                let by_veth: std::collections::HashMap<&str, String> = inv
-                    .pods()
-                    .into_iter()
-                    .filter_map(|p| Some((p.host_iface.as_deref()?, format!("{}/{}", p.namespace, p.name))))
-                    .collect();
-                crate::drops::name_pods(&mut snap.drops, &snap.flows, &self.cfg.node_name, |veth| {
-                    by_veth.get(veth).cloned()
-                });
-            }
-            let mut per_flow = crate::drops::by_flow(&snap.drops);
-            for f in &mut snap.flows {
-                if let Some(d) = per_flow.remove(&f.id) {
-                    f.drops = d;
-                }
-            }
-        }
-        let now = time::OffsetDateTime::now_utc();
-        let kinds: std::collections::HashMap<String, crate::model::IfaceKind> =
-            snap.health.attached_interfaces.iter().map(|a| (a.name.clone(), a.kind)).collect();
-        self.detector.observe_drops(
-            &snap.drops,
-            |iface| kinds.get(iface).copied().unwrap_or(crate::model::IfaceKind::Host),
-            now,
-        );
-        snap.alerts = self.detector.evaluate(&snap.flows, now);
-        let guards = self.pod_guards();
-        snap.alerts.extend(self.flood.evaluate(&guards, now));
-        self.exporter.update_guards(&guards, Instant::now());
-        self.attach_verdicts(&mut snap).await;
-        if let Some(d) = &mut self.drill {
-            d.update(&mut snap.alerts, &snap.flows);
-        }
-        link_flows_to_alerts(&mut snap);
-        // Counters take this poll's deltas before the snapshot is published.
-        self.exporter.update(&snap, Instant::now());
-        if let Some(tx) = &self.alerts_tx {
-            tx.send_replace(snap.alerts.clone());
-        }
-        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = snap;
-        self.cfg.server.probe.polled(self.capture.programs().len());
-    }
-}
-
-impl Daemon {
-    /// Keeps the pod guards in step with the attached pod veths and the inventory (a veth's
-    /// pod, by the host interface OVSDB or the inventory file names, gives the addresses; a
-    /// veth of no known pod gets the budget without the spoofing check) and reads their counts.
-    fn pod_guards(&mut self) -> Vec<crate::guard::PodGuardReport> {
-        let inv = self.inventory.read().unwrap_or_else(|p| p.into_inner());
-        let by_veth: std::collections::HashMap<&str, &inventory::PodInfo> =
-            inv.pods().into_iter().filter_map(|p| Some((p.host_iface.as_deref()?, p))).collect();
-        let mut want = std::collections::BTreeMap::new();
-        let mut names = std::collections::HashMap::new();
-        for (&ifindex, a) in self.capture.attachments() {
-            if a.kind != interfaces::IfaceKind::Pod {
-                continue;
-            }
-            let pod = by_veth.get(a.name.as_str()).copied();
-            want.insert(ifindex, pod.map(|p| p.ips.clone()).unwrap_or_default());
-            names.insert(ifindex, (a.name.clone(), pod.cloned()));
-        }
-        drop(inv);
-        if let Err(e) = self.capture.sync_guards(&want) {
-            log::warn!("pod guards: {e}");
-        }
-        let counts = self.capture.read_guards().unwrap_or_else(|e| {
-            log::warn!("reading the pod guards: {e}");
-            Vec::new()
-        });
-        counts
-            .into_iter()
-            .filter_map(|c| {
-                let (interface, pod) = names.remove(&c.ifindex)?;
-                Some(crate::guard::PodGuardReport {
-                    interface,
-                    ifindex: c.ifindex,
-                    namespace: pod.as_ref().map(|p| p.namespace.clone()),
-                    pod: pod.as_ref().map(|p| p.name.clone()),
-                    workload: pod.and_then(|p| p.workload),
-                    refused: c.refused,
-                    spoofed: c.spoofed,
-                })
-            })
-            .collect()
-    }
-
-    /// Verdicts for firing findings, refreshed at most every 10 s each; for cross-node flows
-    /// the destination's monitor is asked what it saw of the same flow (same id on every node).
-    async fn attach_verdicts(&mut self, snap: &mut Snapshot) {
-        const REFRESH: Duration = Duration::from_secs(10);
-        for a in snap.alerts.iter_mut().filter(|a| a.state == AlertState::Firing) {
-            if a.kind == AlertKind::Drops {
-                // The detector names the drop site itself; only the namespace prefix is ours.
-                if let (Some(ns), Some(v)) = (&self.commands.netns, a.verdict.as_mut()) {
-                    for c in &mut v.next_commands {
-                        *c = format!("ip netns exec {ns} {c}");
-                    }
-                }
-                // Drops inside a pod: named by the pod's own reason, its commands first.
-                let flow = a.flows.first().and_then(|id| snap.flows.iter().find(|f| &f.id == id));
-                if let (Some(pv), Some(v)) =
-                    (flow.and_then(|f| crate::drops::pod_drop_verdict(f, None)), a.verdict.as_mut())
-                {
-                    v.hop = pv.hop;
-                    v.summary = pv.summary;
-                    v.next_commands.splice(0..0, pv.next_commands);
-                }
-                continue;
-            }
-            let fresh = self.verdict_at.get(&a.id).is_some_and(|t| t.elapsed() < REFRESH);
-            if fresh && a.verdict.is_some() {
-                continue;
-            }
-            let Some(vip_flow) = a.flows.first().and_then(|id| snap.flows.iter().find(|f| &f.id == id))
-            else {
-                continue;
-            };
-            // A service connection with a known backend: its post-DNAT flow is what is
-            // followed (and asked about on the backend's node), like a pod-to-pod flow.
-            let f = a
-                .backend
-                .as_ref()
-                .and_then(|b| snap.flows.iter().find(|f| f.id == b.flow))
-                .unwrap_or(vip_flow);
-            let peer = match (f.scenario, f.tunnel.as_ref().and_then(|t| t.remote_ip)) {
-                (Scenario::PodToPodCrossNode, Some(ip)) => {
-                    Some(ask_peer(ip, self.cfg.peer_port, f, &a.flows).await)
-                }
-                (Scenario::PodToPodCrossNode, None) => {
-                    Some(PeerView::Unreachable("its address is unknown".into()))
-                }
-                _ => None,
-            };
-            let underlay =
-                self.capture.attachments().values().any(|x| x.kind == interfaces::IfaceKind::Underlay);
-            let (hop, summary) = detection::verdict(a, f, peer.as_ref(), underlay);
-            let (src, dst) = {
-                let inv = self.inventory.read().unwrap_or_else(|p| p.into_inner());
-                let facts = |ip| {
-                    inv.pod(ip)
-                        .map(|p| EndpointFacts { mac: p.mac.clone(), host_iface: p.host_iface.clone() })
-                        .unwrap_or_default()
-                };
-                (facts(f.src_ip), facts(f.dst_ip))
-            };
-            let mut v = Verdict {
-                hop,
-                summary,
-                // Commands trace the client's own packet (to the VIP: ovn-trace follows the
-                // load balancer), then the backend's.
-                next_commands: detection::next_commands(a, vip_flow, &self.commands, &src, &dst),
-            };
-            // The kernel's own reason inside a pod (here or on the peer node) is more precise
-            // than where packets were last seen.
-            let peer_flow = match &peer {
-                Some(PeerView::Seen(Some(p))) => Some(p.as_ref()),
-                _ => None,
-            };
-            if let Some(pv) = crate::drops::pod_drop_verdict(f, peer_flow) {
-                v.hop = pv.hop;
-                v.summary = pv.summary;
-                v.next_commands.splice(0..0, pv.next_commands);
-            }
-            self.detector.set_verdict(&a.id, v.clone());
-            a.verdict = Some(v);
-            // "It never arrived" may only mean the peer has not polled since: asked again next
-            // tick instead of kept for the refresh interval.
-            if !matches!(peer, Some(PeerView::Seen(None))) {
-                self.verdict_at.insert(a.id.clone(), Instant::now());
-            }
-        }
-        self.verdict_at.retain(|id, _| snap.alerts.iter().any(|a| &a.id == id));
-    }
-}
-
-/// Marks the flows behind each firing finding with its id, kind and verdict.
-pub(crate) fn link_flows_to_alerts(snap: &mut Snapshot) {
-    let mut by_flow = std::collections::HashMap::new();
-    for a in snap.alerts.iter().filter(|a| a.state == AlertState::Firing) {
-        for id in &a.flows {
-            by_flow.insert(
-                id.clone(),
-                crate::flows::FlowAlert {
-                    id: a.id.clone(),
-                    kind: a.kind,
-                    hop: a.verdict.as_ref().map(|v| v.hop.clone()),
-                    verdict: a.verdict.as_ref().map(|v| v.summary.clone()),
-                },
-            );
-        }
-    }
-    for f in &mut snap.flows {
-        f.alert = by_flow.remove(&f.id);
-    }
-}
-
-/// Asks the monitor of the flow's other node for its view of the same flow.
-/// The flow itself when the peer has it, else another flow of the same finding (`also`): the
-/// newest request may not be in the peer's table until its next poll.
-async fn ask_peer(ip: std::net::IpAddr, port: u16, f: &crate::flows::Flow, also: &[String]) -> PeerView {
-    let query = [("ip", f.src_ip.to_string()), ("protocol", f.protocol.to_string())];
-    let body = match crate::client::ApiClient::peer(ip, port) {
-        Ok(peer) => peer.flows(&query, Duration::from_millis(800)).await,
-        Err(e) => Err(e),
-    };
-    match body {
-        Ok(b) => {
-            let mut flows = b.flows;
-            let pick = flows
-                .iter()
-                .position(|p| p.id == f.id)
-                .or_else(|| flows.iter().position(|p| also.contains(&p.id)));
-            PeerView::Seen(pick.map(|i| Box::new(flows.swap_remove(i))))
-        }
-        Err(e) => PeerView::Unreachable(format!("{e:#}")),
-    }
 }
 
 /// The name of the network namespace this process runs in, if it is one of `ip netns`'s
@@ -620,8 +323,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let shared: Shared =
-        Arc::new(RwLock::new(Snapshot { node: cfg.node_name.clone(), ..Default::default() }));
+    let shared = Shared::new(Snapshot { node: cfg.node_name.clone(), ..Default::default() });
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let exporter = crate::export::Exporter::new(cfg.metrics);
     let inventory = Arc::new(RwLock::new(Inventory::new(&cfg.node_name)));
@@ -675,6 +377,8 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         exporter,
         detector: Detector::new(&cfg.node_name, cfg.detector.clone()),
         verdict_at: std::collections::HashMap::new(),
+        peers: peers::Peers::spawn(cfg.peer_port),
+        peer_answers: std::collections::HashMap::new(),
         commands: command_context(&cfg),
         drill: (!cfg.trace.no_trace_on_alert).then(|| crate::drilldown::OnAlert::new(tracer)),
         alerts_tx: None,
@@ -712,7 +416,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                 Some(ev) => d.on_link(ev),
                 None => break Err(anyhow::anyhow!("interface watcher stopped: {:?}", watcher.await)),
             },
-            _ = tick.tick() => d.poll().await,
+            _ = tick.tick() => d.poll(),
             sig = &mut signal => {
                 log::info!("{sig}: detaching and exiting");
                 break Ok(());
