@@ -662,8 +662,9 @@ pub struct DropRecord {
     pub direction: Option<DropDirection>,
     pub count: u64,
     pub bytes: u64,
-    /// RFC 3339.
-    pub last_seen: String,
+    /// RFC 3339 on the wire.
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen: time::OffsetDateTime,
 }
 
 impl DropRecord {
@@ -739,19 +740,21 @@ pub fn records(
     entries: &[(DropKey, DropStats)],
     hook: &DropHook,
     clock: &Clock,
-    flows: &HashMap<String, (IpAddr, u16)>,
+    initiator_of: impl Fn(&kovn_ebpf_common::FlowKey) -> Option<u8>,
 ) -> Vec<DropRecord> {
     let mut names: HashMap<u32, String> = HashMap::new();
     let mut netns_names: HashMap<u32, Option<String>> = HashMap::new();
-    let mut merged: BTreeMap<(String, u32, DropLocation, u32), DropRecord> = BTreeMap::new();
-    let mut last_ns: HashMap<(String, u32, DropLocation, u32), u64> = HashMap::new();
+    // Keyed by the kernel's flow key (the flow id is computed once per record, not per entry).
+    let mut merged: foldhash::HashMap<
+        (kovn_ebpf_common::FlowKey, u32, DropLocation, u32),
+        (DropRecord, u64),
+    > = foldhash::HashMap::with_capacity_and_hasher(entries.len(), Default::default());
     for (k, s) in entries {
         let f = &k.flow;
         let ip = f.proto != 0 || f.addr_a != [0; 4] || f.addr_b != [0; 4];
-        let id = if ip { flow_id(f) } else { String::new() };
         let (a, b) = ((ip_of(f.addr_a), f.port_a), (ip_of(f.addr_b), f.port_b));
-        let (src, dst) = match flows.get(&id) {
-            Some(&(sip, sport)) if (sip, sport) == b => (b, a),
+        let (src, dst) = match initiator_of(f) {
+            Some(side) if side != SIDE_A => (b, a),
             Some(_) => (a, b),
             None if a.1 != 0 && b.1 != 0 && a.1 < b.1 => (b, a),
             None => (a, b),
@@ -764,45 +767,57 @@ pub fn records(
         });
         let (location, ifindex) =
             if k.netns == 0 { (DropLocation::Node, k.ifindex) } else { (DropLocation::Pod, k.pod_ifindex) };
-        let mkey = (id.clone(), k.reason, location, ifindex);
-        let last = last_ns.entry(mkey.clone()).or_default();
-        *last = (*last).max(s.last_ns);
-        let last = *last;
-        let r = merged.entry(mkey).or_insert_with(|| DropRecord {
-            flow_id: id,
-            src_ip: ip.then_some(src.0),
-            dst_ip: ip.then_some(dst.0),
-            src_port: src.1,
-            dst_port: dst.1,
-            protocol: ip.then(|| Protocol::from_number(f.proto)),
-            ip_proto: f.proto,
-            reason: hook.reason_name(k.reason),
-            reason_code: k.reason,
-            location,
-            interface: names.entry(ifindex).or_insert_with(|| iface_name(ifindex)).clone(),
-            ifindex,
-            pod: None,
-            netns_inode: (k.netns != 0).then_some(k.netns),
-            netns: if k.netns == 0 {
-                None
-            } else {
-                netns_names.entry(k.netns).or_insert_with(|| crate::netns::name_of_inode(k.netns)).clone()
-            },
-            direction,
-            count: 0,
-            bytes: 0,
-            last_seen: String::new(),
+        let (r, last) = merged.entry((*f, k.reason, location, ifindex)).or_insert_with(|| {
+            let record = DropRecord {
+                flow_id: if ip { flow_id(f) } else { String::new() },
+                src_ip: ip.then_some(src.0),
+                dst_ip: ip.then_some(dst.0),
+                src_port: src.1,
+                dst_port: dst.1,
+                protocol: ip.then(|| Protocol::from_number(f.proto)),
+                ip_proto: f.proto,
+                reason: hook.reason_name(k.reason),
+                reason_code: k.reason,
+                location,
+                interface: names.entry(ifindex).or_insert_with(|| iface_name(ifindex)).clone(),
+                ifindex,
+                pod: None,
+                netns_inode: (k.netns != 0).then_some(k.netns),
+                netns: if k.netns == 0 {
+                    None
+                } else {
+                    netns_names.entry(k.netns).or_insert_with(|| crate::netns::name_of_inode(k.netns)).clone()
+                },
+                direction,
+                count: 0,
+                bytes: 0,
+                last_seen: time::OffsetDateTime::UNIX_EPOCH,
+            };
+            (record, 0)
         });
         r.count += s.count;
         r.bytes += s.bytes;
-        r.last_seen = clock.rfc3339(last);
+        *last = (*last).max(s.last_ns);
         r.direction = match (r.direction, direction) {
             (Some(x), Some(y)) => Some(x.merge(y)),
             (x, y) => x.or(y),
         };
     }
-    let mut out: Vec<DropRecord> = merged.into_values().collect();
-    out.sort_by(|x, y| y.count.cmp(&x.count).then_with(|| x.flow_id.cmp(&y.flow_id)));
+    let mut out: Vec<DropRecord> = merged
+        .into_values()
+        .map(|(mut r, last)| {
+            r.last_seen = clock.time(last);
+            r
+        })
+        .collect();
+    out.sort_by(|x, y| {
+        y.count
+            .cmp(&x.count)
+            .then_with(|| x.flow_id.cmp(&y.flow_id))
+            .then_with(|| x.reason_code.cmp(&y.reason_code))
+            .then_with(|| x.location.cmp(&y.location))
+            .then_with(|| x.ifindex.cmp(&y.ifindex))
+    });
     out
 }
 
@@ -815,9 +830,11 @@ pub fn name_pods(
     node: &str,
     pod_of_veth: impl Fn(&str) -> Option<String>,
 ) {
-    let by_id: HashMap<&str, &Flow> = flows.iter().map(|f| (f.id.as_str(), &**f)).collect();
+    // Built only when a record needs it (its veth is not a known pod's).
+    let mut by_id: Option<HashMap<&str, &Flow>> = None;
     for r in records.iter_mut().filter(|r| r.location == DropLocation::Pod) {
         r.pod = pod_of_veth(&r.interface).or_else(|| {
+            let by_id = by_id.get_or_insert_with(|| flows.iter().map(|f| (f.id.as_str(), &**f)).collect());
             let f = by_id.get(r.flow_id.as_str())?;
             let ends = match r.direction {
                 Some(DropDirection::Reply) => [&f.src, &f.dst],
@@ -1001,7 +1018,7 @@ pub(crate) fn test_record(flow_id: &str, reason: &str, interface: &str, count: u
         direction: None,
         count,
         bytes: 0,
-        last_seen: String::new(),
+        last_seen: time::OffsetDateTime::UNIX_EPOCH,
     }
 }
 
@@ -1164,7 +1181,7 @@ mod tests {
             (pod(2, u32::from(side)), DropStats { count: 3, last_ns: 0, bytes: 180 }),
             (pod(1, u32::from(side)), DropStats { count: 1, last_ns: 0, bytes: 60 }),
         ];
-        let r = records(&e, &hook, &Clock::fixed(0, 0), &HashMap::new());
+        let r = records(&e, &hook, &Clock::fixed(0, 0), |_| None);
         assert_eq!(r.len(), 1, "devices inside the pod merge: {r:?}");
         assert_eq!((r[0].location, r[0].count, r[0].ifindex), (DropLocation::Pod, 4, 1));
         assert_eq!(r[0].netns_inode, Some(4026532999));
@@ -1172,7 +1189,7 @@ mod tests {
         assert_eq!(r[0].direction, Some(DropDirection::Request));
         let other = if side == SIDE_B { 0 } else { 1 };
         let both = [e[0], (pod(2, other), DropStats { count: 1, last_ns: 0, bytes: 60 })];
-        let r = records(&both, &hook, &Clock::fixed(0, 0), &HashMap::new());
+        let r = records(&both, &hook, &Clock::fixed(0, 0), |_| None);
         assert_eq!(r[0].direction, Some(DropDirection::Both));
         assert_eq!(by_flow(&r)[&r[0].flow_id][0].location, DropLocation::Pod);
     }
@@ -1200,7 +1217,7 @@ mod tests {
             (key(flow, 1), DropStats { count: 3, last_ns: 0, bytes: 180 }),
             (key(flow, 2), DropStats { count: 1, last_ns: 0, bytes: 60 }),
         ];
-        let r = records(&e, &hook, &Clock::fixed(0, 0), &HashMap::new());
+        let r = records(&e, &hook, &Clock::fixed(0, 0), |_| None);
         assert_eq!(r[0].dst_port, 80);
         assert_eq!(r[0].src_port, 40000);
         assert_eq!(r[0].reason, "NETFILTER_DROP");

@@ -280,13 +280,13 @@ struct Entry {
     stats: FlowStats,
     /// The kernel entry was removed (idle); kept here until the retention time passes.
     expired: bool,
-    /// The flow as last built from `stats` and annotated, with the generations it was built
-    /// at: reused while neither the kernel's record, nor the interface names, nor the
-    /// inventory changed (most of a busy table is idle or expired flows).
+    /// The flow as last built from `stats` and annotated, with when it was built: reused
+    /// while neither the kernel's record, nor the names of its own interfaces, nor the
+    /// inventory's answers changed (most of a busy table is idle or expired flows).
     built: Option<(Arc<Flow>, Generations)>,
 }
 
-/// What a built flow depends on besides its kernel record.
+/// When a flow was built: the table's name epoch and the inventory's generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Generations {
     names: u64,
@@ -297,10 +297,18 @@ struct Generations {
 /// of the kernel map, with the flow built from it cached (see `Entry::built`). Bounded by the
 /// kernel table's capacity plus the flows expired within `retention`.
 pub struct FlowTable {
-    entries: HashMap<FlowKey, Entry>,
+    entries: foldhash::HashMap<FlowKey, Entry>,
     names: IfaceNames,
     /// Bumped when an interface's name changes (built flows carry the names).
-    names_generation: u64,
+    names_epoch: u64,
+    /// The epoch at which each interface's name last changed: a flow seen on it and built
+    /// before is built again. Pod veths come and go all day; one new veth must not rebuild
+    /// every flow of the node.
+    name_changed: HashMap<u32, u64>,
+    /// Interfaces that are gone: their names are kept while a flow of the table was seen on
+    /// them, then forgotten (`prune`), so the names stay bounded by the live interfaces plus
+    /// those of retained flows however many veths come and go.
+    gone: std::collections::HashSet<u32>,
     /// A kernel entry idle this long is removed from the map (its flow is over).
     pub idle_timeout: Duration,
     /// An expired flow stays visible in the API this long after its last packet.
@@ -310,19 +318,41 @@ pub struct FlowTable {
 impl FlowTable {
     pub fn new(idle_timeout: Duration, retention: Duration) -> Self {
         Self {
-            entries: HashMap::new(),
+            entries: foldhash::HashMap::default(),
             names: IfaceNames::new(),
-            names_generation: 0,
+            names_epoch: 0,
+            name_changed: HashMap::new(),
+            gone: std::collections::HashSet::new(),
             idle_timeout,
             retention,
         }
     }
 
     pub fn set_iface_name(&mut self, ifindex: u32, name: &str) {
+        // An index can come back (a new link): it is live again.
+        self.gone.remove(&ifindex);
         if self.names.get(&ifindex).map(String::as_str) != Some(name) {
             self.names.insert(ifindex, name.to_string());
-            self.names_generation += 1;
+            self.names_epoch += 1;
+            self.name_changed.insert(ifindex, self.names_epoch);
         }
+    }
+
+    /// The interface is gone: its name is forgotten once no flow of the table was seen on it.
+    pub fn iface_gone(&mut self, ifindex: u32) {
+        if self.names.contains_key(&ifindex) {
+            self.gone.insert(ifindex);
+        }
+    }
+
+    /// Interface names known (live interfaces, and gone ones that flows still name).
+    pub fn names_len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Which side of the key opened the flow (`SIDE_A`/`SIDE_B`), if the table has it.
+    pub fn initiator_of(&self, key: &FlowKey) -> Option<u8> {
+        self.entries.get(key).map(|e| e.stats.initiator)
     }
 
     pub fn len(&self) -> usize {
@@ -365,6 +395,19 @@ impl FlowTable {
         let keep_ns = self.retention.as_nanos() as u64;
         let before = self.entries.len();
         self.entries.retain(|_, e| !e.expired || now_mono_ns.saturating_sub(e.stats.last_seen_ns) <= keep_ns);
+        if !self.gone.is_empty() {
+            let seen: std::collections::HashSet<u32> =
+                self.entries.values().flat_map(|e| e.stats.obs.iter().map(|o| o.ifindex)).collect();
+            let (names, changed) = (&mut self.names, &mut self.name_changed);
+            self.gone.retain(|i| {
+                let keep = seen.contains(i);
+                if !keep {
+                    names.remove(i);
+                    changed.remove(i);
+                }
+                keep
+            });
+        }
         if self.entries.capacity() > 4 * self.entries.len().max(1024) {
             // After a flood the map would keep its peak's memory for good.
             self.entries.shrink_to_fit();
@@ -376,7 +419,16 @@ impl FlowTable {
     /// whose record, interface names and inventory did not change since the last call are the
     /// same `Arc` as then (no work, no allocation).
     pub fn snapshot(&mut self, clock: &Clock, inv: &Inventory) -> Vec<Arc<Flow>> {
-        let now = Generations { names: self.names_generation, inventory: inv.generation() };
+        let now = Generations { names: self.names_epoch, inventory: inv.generation() };
+        let name_changed = &self.name_changed;
+        let fresh = |e: &Entry, at: &Generations| {
+            at.inventory == now.inventory
+                && (at.names == now.names
+                    || e.stats.obs.iter().all(|o| {
+                        o.ifindex == 0
+                            || name_changed.get(&o.ifindex).is_none_or(|&changed| changed <= at.names)
+                    }))
+        };
         let mut order: Vec<(u64, &FlowKey, &mut Entry)> =
             self.entries.iter_mut().map(|(k, e)| (e.stats.last_seen_ns, k, e)).collect();
         // By the kernel's timestamp, newest first; the key breaks ties (a stable order).
@@ -384,7 +436,7 @@ impl FlowTable {
         order
             .into_iter()
             .map(|(_, k, e)| match &e.built {
-                Some((flow, at)) if *at == now => flow.clone(),
+                Some((flow, at)) if fresh(e, at) => flow.clone(),
                 _ => {
                     let mut f = Flow::from_kernel(k, &e.stats, clock, &self.names);
                     f.annotate(inv);
@@ -545,13 +597,21 @@ mod tests {
         assert!(!Arc::ptr_eq(&by_port(&first, 2), &by_port(&second, 2)), "b changed: rebuilt");
         assert_eq!(by_port(&second, 2).packets_fwd, 2);
 
-        // A new interface name: every flow is built again (it may carry the name).
+        // A new interface name: the flows seen on that interface are built again (they carry
+        // its name), the others are not.
+        let mut on_7 = rec(side_b, 2);
+        on_7.obs[0] = ObsPoint { ifindex: 7, hook: 0, dir: 0, _pad: [0; 2], packets: 2 };
+        t.merge(vec![(ka, rec(side_a, 1)), (kb, on_7)], 1_000_000_000);
+        let before = t.snapshot(&clock, &inv);
+        assert_eq!(by_port(&before, 2).interfaces[0].name, "if7");
         t.set_iface_name(7, "abcdef012345_h");
         let third = t.snapshot(&clock, &inv);
-        assert!(!Arc::ptr_eq(&by_port(&second, 1), &by_port(&third, 1)), "names changed: rebuilt");
+        assert!(Arc::ptr_eq(&by_port(&before, 1), &by_port(&third, 1)), "not on ifindex 7: reused");
+        assert!(!Arc::ptr_eq(&by_port(&before, 2), &by_port(&third, 2)), "on ifindex 7: rebuilt");
+        assert_eq!(by_port(&third, 2).interfaces[0].name, "abcdef012345_h");
         t.set_iface_name(7, "abcdef012345_h");
         let fourth = t.snapshot(&clock, &inv);
-        assert!(Arc::ptr_eq(&by_port(&third, 1), &by_port(&fourth, 1)), "the same name again: reused");
+        assert!(Arc::ptr_eq(&by_port(&third, 2), &by_port(&fourth, 2)), "the same name again: reused");
 
         // The inventory learns a pod: flows are annotated again.
         let before = inv.generation();
@@ -559,6 +619,32 @@ mod tests {
         assert_ne!(inv.generation(), before, "a change of the Kubernetes view bumps the generation");
         let fifth = t.snapshot(&clock, &inv);
         assert!(!Arc::ptr_eq(&by_port(&fourth, 1), &by_port(&fifth, 1)), "inventory changed: re-annotated");
+    }
+
+    /// Veths come and go all day: the names of gone ones are forgotten once no flow of the
+    /// table was seen on them.
+    #[test]
+    fn names_of_gone_interfaces_are_forgotten_with_their_flows() {
+        let mut t = FlowTable::new(Duration::from_secs(10), Duration::from_secs(30));
+        for i in 100..200 {
+            t.set_iface_name(i, &format!("{i:012x}_h"));
+        }
+        let (k, side) = key(1, 2, 6);
+        let mut s = FlowStats { last_seen_ns: 1_000_000_000, initiator: side, ..Default::default() };
+        s.obs[0] = ObsPoint { ifindex: 150, hook: 0, dir: 0, _pad: [0; 2], packets: 1 };
+        t.merge(vec![(k, s)], 1_000_000_000);
+        for i in 100..200 {
+            t.iface_gone(i);
+        }
+        t.prune(2_000_000_000);
+        assert_eq!(t.names_len(), 1, "only the name a flow was seen on is kept");
+        let flows = t.snapshot(&Clock::fixed(0, 0), &Inventory::new("node1"));
+        assert_eq!(flows[0].interfaces[0].name, "000000000096_h");
+        // The flow expires and is pruned after retention: its interface's name goes with it.
+        t.merge(vec![(k, s)], 12_000_000_000);
+        t.prune(32_000_000_000);
+        assert!(t.is_empty());
+        assert_eq!(t.names_len(), 0, "every gone interface forgotten");
     }
 
     #[test]

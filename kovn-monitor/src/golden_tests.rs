@@ -293,7 +293,7 @@ fn drop_record(f: &Flow, reason: &str, location: DropLocation, iface: (&str, u32
         direction: Some(DropDirection::Request),
         count,
         bytes: count * 60,
-        last_seen: Clock::fixed(0, EPOCH_NS).rfc3339(19 * SEC),
+        last_seen: Clock::fixed(0, EPOCH_NS).time(19 * SEC),
     }
 }
 

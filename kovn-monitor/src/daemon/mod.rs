@@ -111,6 +111,11 @@ struct Daemon {
     /// what `flow_table_entries` reports. The userspace table also keeps expired flows for
     /// `--flow-retention`, about twice as many.
     kernel_fill: usize,
+    /// Flows with drops as the last poll published them, by id: (the table's flow, the copy
+    /// with its drops). Bounded by the drop map's records.
+    with_drops: std::collections::HashMap<String, (Arc<crate::flows::Flow>, Arc<crate::flows::Flow>)>,
+    /// Polls done (for the periodic heap trim, see `poll::release_free_memory`).
+    polls: u64,
 }
 
 impl Daemon {
@@ -145,6 +150,7 @@ impl Daemon {
             }
             LinkEvent::Gone(index) => {
                 self.unwatch_pod_netns(index);
+                self.table.iface_gone(index);
                 if let Some(a) = self.capture.detach(index) {
                     log::info!("{} is gone; detached", a.name);
                 }
@@ -162,6 +168,7 @@ impl Daemon {
                     .collect();
                 for index in gone {
                     self.unwatch_pod_netns(index);
+                    self.table.iface_gone(index);
                     if let Some(a) = self.capture.detach(index) {
                         log::info!("{} is gone (found by listing the links again); detached", a.name);
                     }
@@ -391,6 +398,8 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             cfg.detector.retention,
         ),
         kernel_fill: 0,
+        polls: 0,
+        with_drops: std::collections::HashMap::new(),
     };
     log::info!("OVS over-MTU kprobe unavailable: {}", d.ovs_kprobe_why);
     if let Some((url, resend)) = cfg.alertmanager.clone() {
@@ -411,16 +420,19 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     let signal = shutdown_signal();
     tokio::pin!(signal);
     let result = loop {
+        // Interface events first: a pod veth is attached (or let go) before the next poll, however
+        // long polls take on a busy node.
         tokio::select! {
+            biased;
+            sig = &mut signal => {
+                log::info!("{sig}: detaching and exiting");
+                break Ok(());
+            }
             ev = link_rx.recv() => match ev {
                 Some(ev) => d.on_link(ev),
                 None => break Err(anyhow::anyhow!("interface watcher stopped: {:?}", watcher.await)),
             },
             _ = tick.tick() => d.poll(),
-            sig = &mut signal => {
-                log::info!("{sig}: detaching and exiting");
-                break Ok(());
-            }
         }
     };
     d.capture.detach_all();

@@ -112,17 +112,21 @@ impl Daemon {
     }
 
     /// Stage 3: drops oriented like their flow, their pod named, attached to the flow by id.
+    /// A flow with drops is a copy of the table's flow with its drops; the copy is kept for
+    /// the next poll and reused while the flow and its drops are the same.
     fn join_drops(
-        &self,
+        &mut self,
         entries: &[(DropKey, DropStats)],
         clock: &Clock,
         flows: &mut [Arc<Flow>],
     ) -> Vec<DropRecord> {
         if entries.is_empty() {
+            self.with_drops.clear();
             return Vec::new();
         }
-        let dirs = flows.iter().map(|f| (f.id.clone(), (f.src_ip, f.src_port))).collect();
-        let mut drops = crate::drops::records(entries, self.capture.drop_hook(), clock, &dirs);
+        let table = &self.table;
+        let mut drops =
+            crate::drops::records(entries, self.capture.drop_hook(), clock, |key| table.initiator_of(key));
         {
             let inv = self.inventory.read().unwrap_or_else(|p| p.into_inner());
             let by_veth: HashMap<&str, String> = inv
@@ -135,12 +139,21 @@ impl Daemon {
             });
         }
         let mut per_flow = crate::drops::by_flow(&drops);
+        let mut kept = HashMap::with_capacity(per_flow.len());
         for f in flows.iter_mut() {
-            if let Some(d) = per_flow.remove(&f.id) {
-                // Only the flows with drops are copied; the table keeps the plain one.
-                Arc::make_mut(f).drops = d;
-            }
+            let Some(d) = per_flow.remove(&f.id) else { continue };
+            let decorated = match self.with_drops.remove(&f.id) {
+                Some((plain, decorated)) if Arc::ptr_eq(&plain, f) && decorated.drops == d => decorated,
+                _ => {
+                    let mut copy = Flow::clone(f);
+                    copy.drops = d;
+                    Arc::new(copy)
+                }
+            };
+            let plain = std::mem::replace(f, decorated.clone());
+            kept.insert(f.id.clone(), (plain, decorated));
         }
+        self.with_drops = kept;
         drops
     }
 
@@ -359,6 +372,27 @@ impl Daemon {
         }
         self.shared.publish(snap);
         self.cfg.server.probe.polled(self.capture.programs().len());
+        self.polls += 1;
+        if self.polls.is_multiple_of(TRIM_EVERY) {
+            release_free_memory();
+        }
+    }
+}
+
+/// Polls between two heap trims.
+const TRIM_EVERY: u64 = 10;
+
+/// Gives the heap's free pages back to the kernel. Each poll frees the previous snapshot and
+/// builds the next one; glibc's allocator keeps freed memory in the middle of its heap for
+/// reuse and returns only the top, so under churn the resident size creeps up with
+/// fragmentation that nothing uses. `malloc_trim` releases free pages anywhere in the heap
+/// (`madvise(MADV_DONTNEED)`); it takes a few milliseconds on a heap of a few hundred MiB.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only walks and trims the allocator's own free lists; it has no
+    // preconditions and is thread-safe in glibc.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -920,7 +920,7 @@ mod tests {
             direction: None,
             count,
             bytes: 0,
-            last_seen: String::new(),
+            last_seen: time::OffsetDateTime::UNIX_EPOCH,
         };
         if let Some(s) = a.snapshot.as_mut() {
             s.drops = vec![drop("NETFILTER_DROP", 5), drop("NO_SOCKET", 1), drop("NETFILTER_DROP", 2)];
