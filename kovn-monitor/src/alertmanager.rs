@@ -88,7 +88,7 @@ fn end_labels(prefix: &str, e: Option<&Endpoint>, out: &mut std::collections::BT
 pub fn postable(a: &Alert, endpoint: &str, ends_at: &str) -> Postable {
     let mut labels = std::collections::BTreeMap::new();
     labels.insert("alertname".into(), alertname(a.kind).into());
-    labels.insert("severity".into(), a.severity.clone());
+    labels.insert("severity".into(), a.severity.as_str().to_string());
     labels.insert("kind".into(), a.kind.as_str().into());
     labels.insert("scenario".into(), a.scenario.as_str().into());
     labels.insert("node".into(), a.node.clone());
@@ -110,7 +110,7 @@ pub fn postable(a: &Alert, endpoint: &str, ends_at: &str) -> Postable {
     annotations.insert("summary".into(), a.summary.clone());
     if let Some(v) = &a.verdict {
         annotations.insert("description".into(), v.summary.clone());
-        annotations.insert("hop".into(), v.hop.clone());
+        annotations.insert("hop".into(), v.hop.as_str().to_string());
         if !v.next_commands.is_empty() {
             annotations.insert("next_commands".into(), v.next_commands.join("\n"));
         }
@@ -330,7 +330,7 @@ mod tests {
         assert!(p.annotations["drilldown"].contains("--endpoint http://172.31.250.11:9474"));
         assert!(!p.annotations.contains_key("trace"), "no drill-down ran yet");
         let mut traced = alert("a1", "firing");
-        traced.drilldown = Some(crate::drilldown::AlertDrillDown {
+        traced.drilldown = Some(crate::model::AlertDrillDown {
             verdict: "dropped by table 0, priority 65535, cookie 0x6b6f766e on node1".into(),
             ..Default::default()
         });

@@ -513,7 +513,7 @@ pub(crate) fn link_flows_to_alerts(snap: &mut Snapshot) {
                 crate::flows::FlowAlert {
                     id: a.id.clone(),
                     kind: a.kind,
-                    hop: a.verdict.as_ref().map(|v| v.hop.clone()),
+                    hop: a.verdict.as_ref().map(|v| v.hop.as_str().to_string()),
                     verdict: a.verdict.as_ref().map(|v| v.summary.clone()),
                 },
             );

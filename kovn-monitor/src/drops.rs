@@ -589,41 +589,7 @@ pub fn read_counters(ebpf: &Ebpf) -> BTreeMap<&'static str, u64> {
 // ---------------------------------------------------------------------------------------------
 // API model.
 
-/// Where the kernel dropped a packet.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum DropLocation {
-    /// In the node's network namespace (the monitor's), on `interface`.
-    #[default]
-    Node,
-    /// Inside the network namespace of one of this node's pods (its firewall, its sockets);
-    /// `interface` is the pod's host-side veth.
-    Pod,
-}
-
-impl DropLocation {
-    pub fn is_node(&self) -> bool {
-        *self == Self::Node
-    }
-}
-
-/// Which way the dropped packets went, relative to their flow (its initiator is `src`).
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum DropDirection {
-    /// From the flow's source to its destination.
-    Request,
-    /// From the destination back to the source.
-    Reply,
-    /// Both ways.
-    Both,
-}
-
-impl DropDirection {
-    fn merge(self, other: Self) -> Self {
-        if self == other { self } else { Self::Both }
-    }
-}
+pub use crate::model::{DropDirection, DropLocation, FlowDrop};
 
 /// One line of `GET /api/v1/drops`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -677,46 +643,6 @@ impl DropRecord {
     /// raw-socket ping thus shows one such drop inside the pinging pod.
     pub fn is_routine(&self) -> bool {
         self.reason == "NO_SOCKET" && matches!(self.ip_proto, 1 | 58)
-    }
-}
-
-/// A flow's drops, in the flow JSON (`drops: [{reason, count, ...}]`): what a peer monitor
-/// also returns for its view of a cross-node flow.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FlowDrop {
-    pub reason: String,
-    pub count: u64,
-    /// `pod` when the drops happened inside a pod's own namespace (absent: the node's).
-    #[serde(default, skip_serializing_if = "DropLocation::is_node")]
-    pub location: DropLocation,
-    /// The pod they happened in (`namespace/name`), for `location: pod`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-    /// The pod's host veth, for `location: pod`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interface: Option<String>,
-    /// The pod's namespace name under `/run/netns`, when it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub netns: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direction: Option<DropDirection>,
-}
-
-impl FlowDrop {
-    /// One line for `top`'s detail pane: `NETFILTER_DROP 3` or, inside a pod,
-    /// `NETFILTER_DROP 3 inside pod default/web (request)`.
-    pub fn describe(&self) -> String {
-        if self.location != DropLocation::Pod {
-            return format!("{} {}", self.reason, self.count);
-        }
-        let pod = self.pod.as_deref().or(self.interface.as_deref()).unwrap_or("?");
-        let dir = match self.direction {
-            Some(DropDirection::Request) => " (request)",
-            Some(DropDirection::Reply) => " (reply)",
-            Some(DropDirection::Both) => " (both ways)",
-            None => "",
-        };
-        format!("{} {} inside pod {pod}{dir}", self.reason, self.count)
     }
 }
 
@@ -879,7 +805,7 @@ pub fn by_flow(records: &[DropRecord]) -> HashMap<String, Vec<FlowDrop>> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodDropVerdict {
     /// `dropped_in_destination_pod` or `dropped_in_source_pod`.
-    pub hop: String,
+    pub hop: crate::model::Hop,
     pub summary: String,
     pub next_commands: Vec<String>,
 }
@@ -927,9 +853,9 @@ pub fn pod_drop_verdict(f: &Flow, peer: Option<&Flow>) -> Option<PodDropVerdict>
         _ => reply,
     };
     let (hop, pod) = if in_source {
-        ("dropped_in_source_pod", d.pod.clone().unwrap_or_else(|| src.clone()))
+        (crate::model::Hop::DroppedInSourcePod, d.pod.clone().unwrap_or_else(|| src.clone()))
     } else {
-        ("dropped_in_destination_pod", d.pod.clone().unwrap_or_else(|| dst.clone()))
+        (crate::model::Hop::DroppedInDestinationPod, d.pod.clone().unwrap_or_else(|| dst.clone()))
     };
     let n = d.count;
     let proto = f.protocol.as_str();
@@ -975,7 +901,7 @@ pub fn pod_drop_verdict(f: &Flow, peer: Option<&Flow>) -> Option<PodDropVerdict>
             vec![in_pod_command(d, "nstat -az"), in_pod_command(d, "nft list ruleset")],
         ),
     };
-    Some(PodDropVerdict { hop: hop.into(), summary, next_commands: commands })
+    Some(PodDropVerdict { hop, summary, next_commands: commands })
 }
 
 /// A drop record as the kernel map yields it, for other modules' tests: a TCP flow

@@ -327,7 +327,7 @@ impl FloodDetector {
                     id: flood_id(&p.interface),
                     kind: AlertKind::FlowFlood,
                     state: AlertState::Firing,
-                    severity: "warning".into(),
+                    severity: crate::model::Severity::Warning,
                     node: String::new(),
                     scenario: Scenario::Unknown,
                     protocol: String::new(),

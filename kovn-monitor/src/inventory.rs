@@ -76,48 +76,7 @@ fn in_network(ip: IpAddr, net: &str) -> bool {
     }
 }
 
-/// One end of a flow, as the API shows it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Endpoint {
-    /// `pod|service|node|external|unknown`
-    pub kind: EndpointKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub workload: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    /// For a service VIP: the load balancer's `ip:port` and backends.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
-    /// For a service VIP: its backend pods (`namespace/pod`, or the address when no pod is
-    /// known), from the EndpointSlices or OVN's load balancer.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub backends: Vec<String>,
-}
-
-/// The tunnel a cross-node flow crosses on this node: from the kernel when the underlay NIC
-/// (or tunnel device) is watched, else from the inventory.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TunnelPeer {
-    /// The other node (by its tunnel endpoint IP, or the remote pod's node).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote_node: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote_ip: Option<IpAddr>,
-    /// `geneve|vxlan`, the VNI, the largest outer packet (L3 bytes) and how many outer packets
-    /// this node saw: only when observed on the wire.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub encap: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub vni: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub outer_max_bytes: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub outer_packets: Option<u32>,
-}
+pub use crate::model::{Endpoint, TunnelPeer};
 
 #[derive(Debug, Default)]
 pub struct Inventory {

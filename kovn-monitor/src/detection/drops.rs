@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use time::OffsetDateTime;
 
-use super::{Alert, Detector, DropEvidence, Evidence, Tracked, alert_id, who};
+use super::{Alert, Detector, DropEvidence, Evidence, Severity, Tracked, alert_id, who};
 use crate::flows::Flow;
 use crate::model::{AlertKind, AlertState, IfaceKind, Protocol, Scenario, rfc3339};
 
 /// The severity of a drops finding: packets are lost, but the path may still mostly work.
-const SEVERITY: &str = "warning";
+const SEVERITY: Severity = Severity::Warning;
 
 /// One poll's rise of one kernel drop record.
 pub(super) struct DropDelta {
@@ -148,7 +148,7 @@ impl Detector {
                     id: id.clone(),
                     kind: AlertKind::Drops,
                     state: AlertState::Firing,
-                    severity: SEVERITY.into(),
+                    severity: SEVERITY,
                     node: String::new(),
                     scenario: Scenario::Unknown,
                     protocol: String::new(),

@@ -4,6 +4,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::model::IfaceKind;
 
 pub(crate) const T0: &str = "2026-01-01T00:00:00Z";
 

@@ -9,13 +9,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::flows::Flow;
 use crate::inventory::{Endpoint, EndpointKind};
 pub use crate::model::{AlertKind, AlertState};
-use crate::model::{IfaceKind, Protocol, Scenario, parse_rfc3339 as parse_time, rfc3339};
+use crate::model::{Protocol, Scenario, parse_rfc3339 as parse_time, rfc3339};
 
 mod drops;
 #[cfg(test)]
@@ -26,117 +25,10 @@ mod tunnel;
 mod unanswered;
 pub mod verdict;
 
-pub use verdict::{CommandContext, EndpointFacts, PeerView, next_commands, verdict};
+pub use verdict::{CommandContext, EndpointFacts, next_commands, verdict};
 
-/// One finding. Its `id` is stable for the same kind, pair, destination port and protocol,
-/// so a problem that persists is one alert, not a flood.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Alert {
-    pub id: String,
-    /// `request_without_reply|connection_refused|mtu|tunnel|drops|flow_flood`
-    pub kind: AlertKind,
-    /// `firing|resolved`
-    pub state: AlertState,
-    /// `critical|warning|info`
-    pub severity: String,
-    pub node: String,
-    pub scenario: Scenario,
-    /// The protocols of the finding's flows, e.g. `tcp` or `tcp,udp`.
-    pub protocol: String,
-    pub src_ip: std::net::IpAddr,
-    pub dst_ip: std::net::IpAddr,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dst_port: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub src: Option<Endpoint>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dst: Option<Endpoint>,
-    /// For tunnel findings: the remote node.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote_node: Option<String>,
-    /// For requests to a service VIP: the service and the backend its load balancer chose for
-    /// them (when this node saw the post-DNAT packets), whose path the verdict follows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<ServiceBackend>,
-    /// RFC 3339.
-    pub first_seen: String,
-    pub last_seen: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resolved_at: Option<String>,
-    pub summary: String,
-    pub evidence: Evidence,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<Verdict>,
-    /// Flow ids behind this finding (for `trace --flow`).
-    pub flows: Vec<String>,
-    /// The OVS/OVN drill-down run when it fired (`kovn-monitor trace --alert ID` for details).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drilldown: Option<crate::drilldown::AlertDrillDown>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct Evidence {
-    pub requests: u64,
-    pub requests_unanswered: u64,
-    pub replies: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rst: Option<u64>,
-    /// The largest request seen (L3 bytes) and the MTU it crossed, for MTU findings.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_request_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub path_mtu: Option<u32>,
-    /// Answered flows of the same pair (for the MTU black hole and tunnel findings).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub answered_flows: Option<u64>,
-    /// Where this node saw the requests: interface names and hooks.
-    pub seen_at: Vec<String>,
-    /// Kernel drops (skb:kfree_skb) of the finding's flows within the drop window: by reason
-    /// and interface. For `drops` findings, the burst itself.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub drops: Vec<DropEvidence>,
-}
-
-/// The backend a service flow was load-balanced to: OVN's load balancer rewrites the VIP
-/// inside OVS (conntrack DNAT), so the kernel shows the same source address and port towards
-/// the backend's address and port (on the tunnel device or underlay NIC for a backend on
-/// another node, on the backend's veth for one on this node).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ServiceBackend {
-    /// `namespace/name` of the service (or the load balancer's `vip -> backends`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
-    pub ip: std::net::IpAddr,
-    pub port: u16,
-    /// The backend pod (namespace, pod, node), when the inventory knows it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<Endpoint>,
-    /// The post-DNAT flow's id (the same on every node: ask the backend's node about it).
-    pub flow: String,
-}
-
-/// Packets the kernel dropped, by reason and where.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DropEvidence {
-    /// The kernel's `skb_drop_reason` name, e.g. `NETFILTER_DROP`.
-    pub reason: String,
-    pub interface: String,
-    /// `pod|tunnel|underlay|host`
-    pub location: IfaceKind,
-    /// Drops within the window.
-    pub count: u64,
-}
-
-/// Where packets stop, and what to run next (the seeds' diagnosis commands).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct Verdict {
-    /// `never_left_source|lost_in_tunnel|lost_before_destination_pod|no_reply_from_destination|
-    /// refused_by_destination|no_backends|dropped_in_source_pod|dropped_in_destination_pod|
-    /// dropped_at_<location>|unknown`
-    pub hop: String,
-    pub summary: String,
-    pub next_commands: Vec<String>,
-}
+/// The published finding types, at their old paths.
+pub use crate::model::{Alert, DropEvidence, Evidence, Hop, PeerView, ServiceBackend, Severity, Verdict};
 
 /// Thresholds of the detectors (flags of `kovn-monitor run`).
 #[derive(Clone, Debug)]
@@ -185,7 +77,7 @@ impl Default for DetectorConfig {
 /// (`refused::is_refused`, `mtu::black_hole`, `tunnel::is_tunnel`, `unanswered::is_failing`).
 trait PathDetector {
     const KIND: AlertKind;
-    const SEVERITY: &'static str;
+    const SEVERITY: Severity;
     /// The finding's one-line summary, `src -> dst: ...`.
     fn summary(src: &str, dst: &str, failing: &[&Flow], evidence: &Evidence, protocols: &[&str]) -> String;
 }
@@ -198,14 +90,14 @@ fn describe(
     failing: &[&Flow],
     evidence: &Evidence,
     protocols: &[&str],
-) -> (&'static str, String) {
+) -> (Severity, String) {
     fn by<D: PathDetector>(
         src: &str,
         dst: &str,
         failing: &[&Flow],
         evidence: &Evidence,
         protocols: &[&str],
-    ) -> (&'static str, String) {
+    ) -> (Severity, String) {
         debug_assert!(failing.is_empty() || D::KIND != AlertKind::Drops);
         (D::SEVERITY, D::summary(src, dst, failing, evidence, protocols))
     }
@@ -536,7 +428,7 @@ impl Detector {
                 id: id.clone(),
                 kind,
                 state: AlertState::Firing,
-                severity: severity.into(),
+                severity,
                 node: String::new(),
                 scenario: first.scenario,
                 protocol: String::new(),

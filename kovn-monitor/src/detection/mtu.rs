@@ -3,7 +3,7 @@
 //! big for the path directly.
 
 use super::unanswered::avg_request;
-use super::{DetectorConfig, Evidence, PathDetector};
+use super::{DetectorConfig, Evidence, PathDetector, Severity};
 use crate::flows::Flow;
 use crate::model::AlertKind;
 
@@ -28,7 +28,7 @@ pub(super) fn black_hole(
 
 impl PathDetector for Mtu {
     const KIND: AlertKind = AlertKind::Mtu;
-    const SEVERITY: &'static str = "critical";
+    const SEVERITY: Severity = Severity::Critical;
 
     fn summary(
         src: &str,

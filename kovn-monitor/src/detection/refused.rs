@@ -1,7 +1,7 @@
 //! Connection refused: a TCP connection the destination answered with a reset and nothing
 //! else (nothing listens on the port, or a firewall rejects).
 
-use super::{Evidence, PathDetector};
+use super::{Evidence, PathDetector, Severity};
 use crate::flows::Flow;
 use crate::model::{AlertKind, FlowState};
 
@@ -14,7 +14,7 @@ pub(super) fn is_refused(f: &Flow) -> bool {
 
 impl PathDetector for Refused {
     const KIND: AlertKind = AlertKind::ConnectionRefused;
-    const SEVERITY: &'static str = "warning";
+    const SEVERITY: Severity = Severity::Warning;
 
     fn summary(src: &str, dst: &str, failing: &[&Flow], _evidence: &Evidence, _protocols: &[&str]) -> String {
         format!("{src} -> {dst}:{}: connection refused (RST)", failing[0].dst_port)

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::{Evidence, PairRound, PathDetector, destination, through_tunnel, who};
+use super::{Evidence, PairRound, PathDetector, Severity, destination, through_tunnel, who};
 use crate::flows::Flow;
 use crate::model::{AlertKind, Scenario, parse_rfc3339 as parse_time};
 
@@ -77,7 +77,7 @@ pub(super) fn is_tunnel<'a>(
 
 impl PathDetector for Tunnel {
     const KIND: AlertKind = AlertKind::Tunnel;
-    const SEVERITY: &'static str = "critical";
+    const SEVERITY: Severity = Severity::Critical;
 
     fn summary(src: &str, dst: &str, failing: &[&Flow], _evidence: &Evidence, _protocols: &[&str]) -> String {
         let mut p: Vec<String> = failing

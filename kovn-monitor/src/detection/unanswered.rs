@@ -4,7 +4,7 @@
 
 use time::OffsetDateTime;
 
-use super::{Evidence, PairRound, PathDetector};
+use super::{Evidence, PairRound, PathDetector, Severity};
 use crate::flows::Flow;
 use crate::model::{AlertKind, parse_rfc3339 as parse_time};
 
@@ -44,7 +44,7 @@ pub(super) fn forget_healed(round: &mut PairRound) {
 
 impl PathDetector for Unanswered {
     const KIND: AlertKind = AlertKind::RequestWithoutReply;
-    const SEVERITY: &'static str = "critical";
+    const SEVERITY: Severity = Severity::Critical;
 
     fn summary(src: &str, dst: &str, _failing: &[&Flow], evidence: &Evidence, protocols: &[&str]) -> String {
         format!(

@@ -9,6 +9,7 @@ use crate::inventory::{Endpoint, EndpointKind};
 use crate::model::{AlertKind, Direction as HookDirection, FlowDirection, IfaceKind, Protocol, Scenario};
 
 use super::{Alert, Verdict, who};
+use crate::model::{Hop, PeerView};
 
 /// Where a drop burst happens and what to look at, by the kernel's reason.
 pub(super) fn drop_verdict(reason: &str, interface: &str, location: IfaceKind, node: &str) -> Verdict {
@@ -41,7 +42,7 @@ pub(super) fn drop_verdict(reason: &str, interface: &str, location: IfaceKind, n
         _ => {}
     }
     Verdict {
-        hop: format!("dropped_at_{location}"),
+        hop: Hop::dropped_at(location),
         summary: format!(
             "the kernel on {node} drops packets on {interface} ({location}) with reason {reason}: {why}"
         ),
@@ -61,15 +62,6 @@ pub struct CommandContext {
     pub netns: Option<String>,
     /// The logical switch pods sit on (Kube-OVN's default subnet: `ovn-default`).
     pub logical_switch: String,
-}
-
-/// What the destination's node saw of the same flow (from its monitor's API).
-#[derive(Clone, Debug)]
-pub enum PeerView {
-    /// The peer answered: the flow as it saw it, if it saw it at all.
-    Seen(Option<Box<Flow>>),
-    /// The peer's monitor could not be asked (with why).
-    Unreachable(String),
 }
 
 /// Per-endpoint facts the commands need (from the inventory).
@@ -154,7 +146,7 @@ pub fn next_commands(
 /// For a service connection whose backend is known (`a.backend`), `f` is the post-DNAT flow
 /// (towards the backend) and `peer` the backend node's view of it: the backend's path is
 /// judged exactly like a pod-to-pod one.
-pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: bool) -> (String, String) {
+pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: bool) -> (Hop, String) {
     let src = who(a.src.as_ref(), a.src_ip);
     let dst = match (&a.backend, a.dst.as_ref().filter(|d| d.kind == EndpointKind::Service)) {
         (Some(b), _) => format!(
@@ -168,11 +160,11 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
     let node = &a.node;
     let remote =
         f.tunnel.as_ref().and_then(|t| t.remote_node.clone()).unwrap_or_else(|| "the other node".into());
-    let hop = |h: &str, s: String| (h.to_string(), s);
+    let hop = |h: Hop, s: String| (h, s);
     match a.kind {
         AlertKind::ConnectionRefused => {
             return hop(
-                "refused_by_destination",
+                Hop::RefusedByDestination,
                 format!(
                     "{dst} answered port {} with a TCP reset: nothing listens there, or a firewall rejects",
                     f.dst_port
@@ -182,7 +174,7 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
         AlertKind::Mtu => {
             let mtu = a.evidence.path_mtu.map(|m| format!(" ({m})")).unwrap_or_default();
             return hop(
-                "lost_in_tunnel",
+                Hop::LostInTunnel,
                 format!(
                     "packets of {} bytes from {src} get no answer while smaller ones do: larger than the overlay path MTU{mtu}; compare the pod MTU with the underlay MTU minus the tunnel overhead (Geneve 100)",
                     a.evidence.max_request_bytes.unwrap_or_default()
@@ -193,7 +185,7 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
     }
     if let Some(svc) = a.dst.as_ref().filter(|d| d.kind == EndpointKind::Service && d.backends.is_empty()) {
         return hop(
-            "no_backends",
+            Hop::NoBackends,
             format!(
                 "{src} sends to service {} ({}:{}), which has no backends: no ready endpoints (EndpointSlices) or an empty OVN load balancer",
                 svc.service.as_deref().unwrap_or("?"),
@@ -210,7 +202,7 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
         // backend conntrack chose is then not visible to the kernel hooks.
         if underlay_watched && seen(f, IfaceKind::Pod, HookDirection::Ingress, FlowDirection::Fwd) {
             return hop(
-                "never_left_source",
+                Hop::NeverLeftSource,
                 format!(
                     "the request from {src} to {dst} ({}:{}) never left {node}: no packet towards any of its backends went out on the wire or reached a backend's veth here; dropped in OVS br-int on {node} at or after the load balancer (ACL/NetworkPolicy, flow tables); the chosen backend is in OVS's conntrack (ovs-appctl dpctl/dump-conntrack)",
                     a.dst_ip, f.dst_port
@@ -218,7 +210,7 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
             );
         }
         return hop(
-            "unknown",
+            Hop::Unknown,
             format!(
                 "the request left {src} for {dst} ({}:{}) on {node}; no reply came back, and no packet towards one of its backends was seen on {node}: dropped before or in the load balancer (OVS br-int), or the backend is on this node and the request never reached its veth",
                 a.dst_ip, f.dst_port
@@ -231,7 +223,7 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
             let v =
                 iface_of(f, IfaceKind::Pod, HookDirection::Egress, FlowDirection::Fwd).unwrap_or("its veth");
             hop(
-                "no_reply_from_destination",
+                Hop::NoReplyFromDestination,
                 format!(
                     "the request reached {dst} ({v} on {node}); no reply came back: {dst} itself (application, firewall) or its policy"
                 ),
@@ -242,18 +234,18 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
             .is_some_and(|d| d.kind == EndpointKind::Pod && d.node.as_deref() == Some(node.as_str()))
         {
             hop(
-                "lost_before_destination_pod",
+                Hop::LostBeforeDestinationPod,
                 format!(
                     "the request left {src} but never reached {dst}'s veth on {node}: dropped in OVS br-int on {node} (ACL/NetworkPolicy, flow tables)"
                 ),
             )
         } else {
-            hop("unknown", format!("the request left {src} on {node}; no reply came back"))
+            hop(Hop::Unknown, format!("the request left {src} on {node}; no reply came back"))
         };
     }
     if underlay_watched && !seen(f, IfaceKind::Underlay, HookDirection::Egress, FlowDirection::Fwd) {
         return hop(
-            "never_left_source",
+            Hop::NeverLeftSource,
             format!(
                 "the request from {src} never left {node} for {remote}: dropped on {node} before the wire, in OVS br-int (ACL/NetworkPolicy, flow tables) or by the node's own firewall on its NIC"
             ),
@@ -268,21 +260,21 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
         Some(PeerView::Seen(Some(pf))) => {
             if pf.packets_rev > 0 {
                 hop(
-                    "lost_in_tunnel",
+                    Hop::LostInTunnel,
                     format!(
                         "the request {left} and {dst} on {remote} replied, but the reply never came back: loss between {remote} and {node} (tunnel, underlay)"
                     ),
                 )
             } else if seen(pf, IfaceKind::Pod, HookDirection::Egress, FlowDirection::Fwd) {
                 hop(
-                    "no_reply_from_destination",
+                    Hop::NoReplyFromDestination,
                     format!(
                         "the request {left} and reached {dst} on {remote}; no reply: {dst} itself (application, firewall) or its policy"
                     ),
                 )
             } else {
                 hop(
-                    "lost_before_destination_pod",
+                    Hop::LostBeforeDestinationPod,
                     format!(
                         "the request {left} and arrived on {remote}, but was not delivered to {dst}: dropped in OVS br-int on {remote} (ACL/NetworkPolicy, flow tables)"
                     ),
@@ -290,18 +282,18 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
             }
         }
         Some(PeerView::Seen(None)) => hop(
-            "lost_in_tunnel",
+            Hop::LostInTunnel,
             format!(
                 "the request {left}; it never arrived on {remote}: loss in the underlay or tunnel between {node} and {remote}"
             ),
         ),
         Some(PeerView::Unreachable(why)) => hop(
-            "unknown",
+            Hop::Unknown,
             format!(
                 "the request {left}; {remote}'s monitor could not be asked ({why}): check the tunnel and {dst} there"
             ),
         ),
-        None => hop("unknown", format!("the request {left}; no reply came back")),
+        None => hop(Hop::Unknown, format!("the request {left}; no reply came back")),
     }
 }
 

@@ -1333,17 +1333,6 @@ pub fn router(t: Arc<Tracer>) -> axum::Router {
     axum::Router::new().route("/api/v1/trace", axum::routing::get(trace_handler)).with_state(t)
 }
 
-/// The drill-down attached to a finding when it fired.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct AlertDrillDown {
-    /// The trace's verdict line (empty when it failed).
-    pub verdict: String,
-    /// RFC 3339.
-    pub time: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
 /// A finding's episode: its id and when it (last) started firing. A finding that resolves
 /// and fires again keeps its id but is a new episode, with a new drill-down.
 type Episode = (String, String);
@@ -1352,7 +1341,7 @@ type Episode = (String, String);
 /// every `MIN_GAP`, in the background; results are kept by episode.
 pub struct OnAlert {
     tracer: Arc<Tracer>,
-    done: Arc<std::sync::Mutex<std::collections::HashMap<Episode, AlertDrillDown>>>,
+    done: Arc<std::sync::Mutex<std::collections::HashMap<Episode, crate::model::AlertDrillDown>>>,
     started: std::collections::HashSet<Episode>,
     last: Option<std::time::Instant>,
     running: Arc<std::sync::atomic::AtomicBool>,
@@ -1395,10 +1384,12 @@ impl OnAlert {
                 };
                 let now = crate::model::rfc3339(time::OffsetDateTime::now_utc());
                 let d = match r {
-                    Ok(r) => AlertDrillDown { verdict: r.verdict, time: now, error: None },
-                    Err(e) => {
-                        AlertDrillDown { verdict: String::new(), time: now, error: Some(e.to_string()) }
-                    }
+                    Ok(r) => crate::model::AlertDrillDown { verdict: r.verdict, time: now, error: None },
+                    Err(e) => crate::model::AlertDrillDown {
+                        verdict: String::new(),
+                        time: now,
+                        error: Some(e.to_string()),
+                    },
                 };
                 log::info!("drill-down of {id}: {}", d.error.as_deref().unwrap_or(&d.verdict));
                 done.lock().unwrap_or_else(|p| p.into_inner()).insert(key, d);

@@ -255,6 +255,18 @@ pub mod protocol_or_non_ip {
     }
 }
 
+// The published structs, by subject (after `names!`, which they use).
+mod alert;
+mod drop;
+mod endpoint;
+pub mod kube;
+
+pub use alert::{
+    Alert, AlertDrillDown, DropEvidence, Evidence, Hop, PeerView, ServiceBackend, Severity, Verdict,
+};
+pub use drop::{DropDirection, DropLocation, FlowDrop};
+pub use endpoint::{Endpoint, TunnelPeer};
+
 #[cfg(test)]
 mod tests {
     use super::*;
