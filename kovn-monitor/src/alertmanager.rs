@@ -147,7 +147,7 @@ pub fn postable(a: &Alert, endpoint: &str, ends_at: &str) -> Postable {
     Postable {
         labels,
         annotations,
-        starts_at: a.first_seen.clone(),
+        starts_at: rfc3339(a.first_seen),
         ends_at: ends_at.to_string(),
         generator_url: format!("{}/api/v1/alerts?kind={}", endpoint.trim_end_matches('/'), a.kind),
     }
@@ -224,7 +224,7 @@ pub async fn run(url: reqwest::Url, endpoint: String, resend: Duration, mut rx: 
             .iter()
             .map(|a| {
                 let ends = match (a.state, &a.resolved_at) {
-                    (AlertState::Resolved, Some(r)) => r.clone(),
+                    (AlertState::Resolved, Some(r)) => rfc3339(*r),
                     (AlertState::Resolved, None) => rfc3339(now),
                     _ => rfc3339(now + ahead),
                 };
@@ -261,6 +261,10 @@ mod tests {
     use super::*;
     use crate::detection::{Evidence, Verdict};
 
+    fn t(s: &str) -> time::OffsetDateTime {
+        crate::model::parse_rfc3339(s).expect("an RFC 3339 time")
+    }
+
     fn alert(id: &str, state: &str) -> Alert {
         let pod = |ns: &str, p: &str, w: &str| Endpoint {
             kind: "pod".into(),
@@ -286,9 +290,9 @@ mod tests {
             dst: Some(Endpoint { node: Some("node2".into()), ..pod("shop", "db-0", "StatefulSet/db") }),
             remote_node: Some("node2".into()),
             backend: None,
-            first_seen: "2026-01-01T00:00:00Z".into(),
-            last_seen: "2026-01-01T00:00:05Z".into(),
-            resolved_at: (state == "resolved").then(|| "2026-01-01T00:01:00Z".into()),
+            first_seen: t("2026-01-01T00:00:00Z"),
+            last_seen: t("2026-01-01T00:00:05Z"),
+            resolved_at: (state == "resolved").then(|| t("2026-01-01T00:01:00Z")),
             summary: "default/web-1 -> shop/db-0: 3 request(s) without reply (tcp)".into(),
             evidence: Evidence::default(),
             verdict: Some(Verdict {

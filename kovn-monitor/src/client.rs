@@ -98,7 +98,7 @@ pub fn render_alerts(alerts: &[crate::detection::Alert]) -> String {
             a.scenario,
             a.summary,
             a.node,
-            a.first_seen,
+            crate::model::rfc3339(a.first_seen),
             a.id
         ));
         if a.state == crate::model::AlertState::Firing

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use super::{Alert, Detector, DropEvidence, Evidence, Severity, Tracked, alert_id, who};
 use crate::flows::Flow;
-use crate::model::{AlertKind, AlertState, IfaceKind, Protocol, Scenario, rfc3339};
+use crate::model::{AlertKind, AlertState, IfaceKind, Protocol, Scenario};
 
 /// The severity of a drops finding: packets are lost, but the path may still mostly work.
 const SEVERITY: Severity = Severity::Warning;
@@ -159,8 +159,8 @@ impl Detector {
                     dst: None,
                     remote_node: None,
                     backend: None,
-                    first_seen: rfc3339(now),
-                    last_seen: String::new(),
+                    first_seen: now,
+                    last_seen: now,
                     resolved_at: None,
                     summary: String::new(),
                     evidence: Evidence::default(),
@@ -174,7 +174,7 @@ impl Detector {
             if a.state != AlertState::Firing {
                 a.state = AlertState::Firing;
                 a.resolved_at = None;
-                a.first_seen = rfc3339(now);
+                a.first_seen = now;
             }
             a.node = self.node.clone();
             if let Some(f) = flow {
@@ -187,7 +187,7 @@ impl Detector {
             }
             a.src_ip = src_ip;
             a.dst_ip = dst_ip;
-            a.last_seen = rfc3339(now);
+            a.last_seen = now;
             a.summary = summary;
             a.evidence = Evidence { drops: vec![evidence], ..Default::default() };
             a.flows = per_flow.keys().filter(|f| !f.is_empty()).cloned().collect();

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use crate::flows::Flow;
 use crate::inventory::{Endpoint, EndpointKind};
 pub use crate::model::{AlertKind, AlertState};
-use crate::model::{Protocol, Scenario, parse_rfc3339 as parse_time, rfc3339};
+use crate::model::{Protocol, Scenario, parse_rfc3339 as parse_time};
 
 mod drops;
 #[cfg(test)]
@@ -366,13 +366,12 @@ impl Detector {
                     .is_some_and(|r| !r.answered.is_empty() && r.failing.is_empty());
             if healed || now - t.last_failure >= resolve_after {
                 t.alert.state = AlertState::Resolved;
-                t.alert.resolved_at = Some(rfc3339(now));
+                t.alert.resolved_at = Some(now);
             }
         }
         let retention = time::Duration::try_from(self.cfg.retention).unwrap_or(time::Duration::minutes(10));
         self.tracked.retain(|_, t| {
-            t.alert.state == AlertState::Firing
-                || t.alert.resolved_at.as_deref().and_then(parse_time).is_none_or(|r| now - r < retention)
+            t.alert.state == AlertState::Firing || t.alert.resolved_at.is_none_or(|r| now - r < retention)
         });
         let mut out: Vec<Alert> = self.tracked.values().map(|t| t.alert.clone()).collect();
         out.sort_by(|a, b| {
@@ -422,7 +421,9 @@ impl Detector {
             p
         };
         let (severity, summary) = describe(kind, src, dst, failing, &evidence, &protocols);
-        let first_seen = failing.iter().map(|f| f.first_seen.clone()).min().unwrap_or_default();
+        // Flow times are RFC 3339 text (the flow table's); a flow without one counts as now.
+        let first_seen = failing.iter().filter_map(|f| parse_time(&f.first_seen)).min().unwrap_or(now);
+        let last_seen = failing.iter().filter_map(|f| parse_time(&f.last_seen)).max().unwrap_or(now);
         let entry = self.tracked.entry(id.clone()).or_insert_with(|| Tracked {
             alert: Alert {
                 id: id.clone(),
@@ -439,8 +440,8 @@ impl Detector {
                 dst: first.dst.clone(),
                 remote_node: None,
                 backend: None,
-                first_seen: first_seen.clone(),
-                last_seen: String::new(),
+                first_seen,
+                last_seen,
                 resolved_at: None,
                 summary: String::new(),
                 evidence: Evidence::default(),
@@ -462,7 +463,7 @@ impl Detector {
         a.protocol = protocols.join(",");
         a.dst_port = (!first.protocol.is_icmp()).then_some(first.dst_port);
         a.remote_node = first.tunnel.as_ref().and_then(|t| t.remote_node.clone());
-        a.last_seen = failing.iter().map(|f| f.last_seen.clone()).max().unwrap_or_default();
+        a.last_seen = last_seen;
         a.summary = summary;
         a.evidence = evidence;
         a.flows = failing.iter().map(|f| f.id.clone()).collect();

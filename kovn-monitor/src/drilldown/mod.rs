@@ -1335,7 +1335,7 @@ pub fn router(t: Arc<Tracer>) -> axum::Router {
 
 /// A finding's episode: its id and when it (last) started firing. A finding that resolves
 /// and fires again keeps its id but is a new episode, with a new drill-down.
-type Episode = (String, String);
+type Episode = (String, time::OffsetDateTime);
 
 /// Runs the drill-down once per firing episode of a finding, one at a time and at most one
 /// every `MIN_GAP`, in the background; results are kept by episode.
@@ -1365,7 +1365,7 @@ impl OnAlert {
     pub fn update(&mut self, alerts: &mut [crate::detection::Alert], flows: &[crate::flows::Flow]) {
         use std::sync::atomic::Ordering;
         let ready = !self.running.load(Ordering::Acquire) && self.last.is_none_or(|t| t.elapsed() >= MIN_GAP);
-        let episode = |a: &crate::detection::Alert| (a.id.clone(), a.first_seen.clone());
+        let episode = |a: &crate::detection::Alert| (a.id.clone(), a.first_seen);
         if ready
             && let Some(a) =
                 alerts.iter().find(|a| a.state == AlertState::Firing && !self.started.contains(&episode(a)))

@@ -2,6 +2,7 @@
 //! alert, its evidence, its verdict (the hop where packets stop) and its drill-down.
 
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use super::{AlertKind, AlertState, Endpoint, IfaceKind, Scenario, UnknownName};
 use crate::flows::Flow;
@@ -93,11 +94,13 @@ pub struct Alert {
     /// them (when this node saw the post-DNAT packets), whose path the verdict follows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<ServiceBackend>,
-    /// RFC 3339.
-    pub first_seen: String,
-    pub last_seen: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resolved_at: Option<String>,
+    /// RFC 3339 on the wire ([`super::rfc3339_serde`]).
+    #[serde(with = "super::rfc3339_serde")]
+    pub first_seen: OffsetDateTime,
+    #[serde(with = "super::rfc3339_serde")]
+    pub last_seen: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "super::rfc3339_serde::option")]
+    pub resolved_at: Option<OffsetDateTime>,
     pub summary: String,
     pub evidence: Evidence,
     #[serde(skip_serializing_if = "Option::is_none")]
