@@ -810,9 +810,9 @@ pub struct PodDropVerdict {
     pub next_commands: Vec<String>,
 }
 
-fn endpoint_name(e: Option<&crate::inventory::Endpoint>, ip: IpAddr) -> String {
+fn endpoint_name(e: Option<&crate::model::Endpoint>, ip: IpAddr) -> String {
     match e {
-        Some(crate::inventory::Endpoint { namespace: Some(ns), pod: Some(p), .. }) => format!("{ns}/{p}"),
+        Some(crate::model::Endpoint { namespace: Some(ns), pod: Some(p), .. }) => format!("{ns}/{p}"),
         _ => ip.to_string(),
     }
 }

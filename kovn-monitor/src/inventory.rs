@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kube::{KubeSnapshot, KubeUpdate, PortProto, SubnetInfo};
+use crate::model::kube::{KubeSnapshot, KubeUpdate, PortProto, SubnetInfo};
 pub use crate::model::EndpointKind;
 use crate::model::Scenario;
 use crate::ovsdb::{RESET_PREFIX, Row, Updates, atom_string, map_column, set_column};
