@@ -8,9 +8,9 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::kube::{KubeSnapshot, KubeUpdate, PortProto, SubnetInfo};
 pub use crate::model::EndpointKind;
 use crate::model::Scenario;
+use crate::model::kube::{KubeSnapshot, KubeUpdate, PortProto, SubnetInfo};
 use crate::ovsdb::{RESET_PREFIX, Row, Updates, atom_string, map_column, set_column};
 
 /// Tables and columns read from the node's Open_vSwitch database.
@@ -115,14 +115,6 @@ fn split_mac_ips(entry: &str) -> (Option<String>, Vec<IpAddr>) {
 fn pod_of_port(port: &str) -> Option<(String, String)> {
     let (pod, ns) = port.rsplit_once('.')?;
     (!pod.is_empty() && !ns.is_empty()).then(|| (ns.to_string(), pod.to_string()))
-}
-
-fn proto_number(p: &str) -> u8 {
-    match p {
-        "udp" => 17,
-        "sctp" => 132,
-        _ => 6, // OVN's default load-balancer protocol is tcp.
-    }
 }
 
 fn parse_vip(vip: &str) -> Option<(IpAddr, u16)> {
@@ -281,7 +273,8 @@ impl Inventory {
     fn service_index(&self) -> HashMap<(IpAddr, u16, u8), ServiceEntry> {
         let mut out = HashMap::new();
         for r in self.rows("Load_Balancer") {
-            let proto = proto_number(&r.get("protocol").map(atom_string).unwrap_or_default());
+            let proto =
+                crate::model::Protocol::service_port_number(r.get("protocol").map(atom_string).as_deref());
             for (vip, backends) in map_column(r.get("vips")) {
                 let Some((ip, port)) = parse_vip(&vip) else { continue };
                 // "backend:port,backend:port" as OVN's Load_Balancer lists them.

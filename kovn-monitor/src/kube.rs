@@ -127,16 +127,11 @@ impl KubeSnapshot {
 // ---------------------------------------------------------------------------------------------
 // From API objects to records.
 
-fn proto_number(p: Option<&str>) -> u8 {
-    match p {
-        Some("UDP") => 17,
-        Some("SCTP") => 132,
-        _ => 6, // The API's default protocol is TCP.
-    }
-}
-
 fn port_proto(port: Option<i32>, proto: Option<&str>) -> Option<PortProto> {
-    Some(PortProto { port: u16::try_from(port?).ok()?, proto: proto_number(proto) })
+    Some(PortProto {
+        port: u16::try_from(port?).ok()?,
+        proto: crate::model::Protocol::service_port_number(proto),
+    })
 }
 
 fn parse_ips<'a>(addrs: impl IntoIterator<Item = &'a str>) -> Vec<IpAddr> {

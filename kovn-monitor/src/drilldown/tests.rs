@@ -1,3 +1,5 @@
+use super::tracer::*;
+use super::verdict::*;
 use super::*;
 use proptest::prelude::*;
 

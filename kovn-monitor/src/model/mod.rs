@@ -147,6 +147,16 @@ impl Protocol {
         }
     }
 
+    /// The IP protocol number of a service port's protocol as OVN's load balancers (`udp`)
+    /// and the Kubernetes API (`UDP`) name it: TCP when absent or anything else (both default
+    /// to TCP, and services carry only TCP, UDP and SCTP).
+    pub fn service_port_number(name: Option<&str>) -> u8 {
+        match name.map(str::to_ascii_lowercase).as_deref().map(str::parse::<Self>) {
+            Some(Ok(p @ (Self::Udp | Self::Sctp))) => p.number().unwrap_or(6),
+            _ => 6,
+        }
+    }
+
     /// ICMP or ICMPv6: no ports.
     pub fn is_icmp(self) -> bool {
         matches!(self, Self::Icmp | Self::Icmpv6)
