@@ -203,6 +203,8 @@ async fn post(client: &reqwest::Client, url: &reqwest::Url, batch: &[Postable]) 
 
 /// Sends what is due whenever the findings change, and at least every `resend`.
 pub async fn run(url: reqwest::Url, endpoint: String, resend: Duration, mut rx: watch::Receiver<Vec<Alert>>) {
+    // Alertmanager is not a kovn monitor: no API token or kovn CA (client::ApiClient's), its own
+    // client.
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
     let mut sender = Sender::default();
     let mut failing = false;

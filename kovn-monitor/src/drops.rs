@@ -6,6 +6,9 @@
 //! the kinds needed: structs/unions with their anonymous members, enums, typedefs and function
 //! prototypes). Where something is missing the hook is reported unavailable in one log line
 //! and `/healthz`, and the daemon carries on.
+//!
+//! Size: the drop hook's whole userspace side (BTF reason names, the map read, pod attribution, pod
+//! verdicts); a fifth of it is tests.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

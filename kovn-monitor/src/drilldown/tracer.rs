@@ -1,6 +1,9 @@
 //! The tracer: one drill-down of a packet through this node's br-int (`ofproto/trace` from the
 //! pod's OpenFlow port), OVN's logical pipelines (`ovn-trace`), the br-int rules for the
 //! destination, and for cross-node flows the destination node's half (asked of its monitor).
+//!
+//! Size: the steps of one trace (ofproto/trace, ovn-trace, dump-flows, logical flows and ACLs, the
+//! peer's half) fill one report from one set of facts; split further they would pass both around.
 
 use super::command::shown;
 use super::http::num_of;
@@ -513,7 +516,8 @@ pub fn packet_of_flow(f: &crate::flows::Flow) -> Result<Packet, TraceError> {
         src_mac: None,
         dst_mac: None,
         // Answered (or answered and closed with FINs): the connection was established.
-        established: proto == Proto::Tcp && matches!(f.state.as_str(), "answered" | "closed"),
+        established: proto == Proto::Tcp
+            && matches!(f.state, crate::model::FlowState::Answered | crate::model::FlowState::Closed),
         size: f.mtu.as_ref().map(|m| m.oversized_max_bytes).filter(|b| *b > 0),
     })
 }

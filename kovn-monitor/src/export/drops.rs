@@ -5,6 +5,15 @@ use super::*;
 
 /// `(location, namespace, workload)` of the drop, oversize and frag-needed families (+ `reason`
 /// for drops, in front).
+/// Which families a site's label set belongs to (for the series TTL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum SiteFamily {
+    /// `kovn_drops_total`.
+    Drops,
+    /// `kovn_oversized_packets_total` and `kovn_frag_needed_total`.
+    Mtu,
+}
+
 pub(super) type SiteKey = Vec<String>;
 
 pub(super) fn site_labels(k: &SiteKey) -> Labels {
@@ -21,8 +30,8 @@ impl Exporter {
     /// (a record that went down or is new was recreated: all of it is new).
     pub(super) fn update_drops(&mut self, snap: &Snapshot, now: Instant) {
         let pod_labels = self.cfg.pod_labels;
-        let kinds: HashMap<&str, &str> =
-            snap.health.attached_interfaces.iter().map(|a| (a.name.as_str(), a.kind.as_str())).collect();
+        let kinds: HashMap<&str, IfaceKind> =
+            snap.health.attached_interfaces.iter().map(|a| (a.name.as_str(), a.kind)).collect();
         let flows: HashMap<&str, &Flow> = snap.flows.iter().map(|f| (f.id.as_str(), f)).collect();
         let mut next = HashMap::with_capacity(snap.drops.len());
         let mut sums: HashMap<[&str; 5], u64> = HashMap::new();
@@ -36,10 +45,8 @@ impl Exporter {
             // The interface the skb was on when it died, as kovn knows it; anything else
             // (a bridge port, loopback, no device) is the host.
             let location = match kinds.get(d.interface.as_str()) {
-                Some(&"pod") => "pod",
-                Some(&"tunnel") => "tunnel",
-                Some(&"underlay") => "underlay",
-                _ => "host",
+                Some(k @ (IfaceKind::Pod | IfaceKind::Tunnel | IfaceKind::Underlay)) => k.as_str(),
+                _ => IfaceKind::Host.as_str(),
             };
             let (ns, wl) = flows.get(d.flow_id.as_str()).map_or(("", "unknown"), |f| pod_end(f, pod_labels));
             // The protocol (a known set) tells a reason's ordinary cases from its faults, e.g.
@@ -51,7 +58,7 @@ impl Exporter {
         for (site, n) in sums {
             let key: SiteKey = site.iter().map(|s| s.to_string()).collect();
             self.metrics.drops.get_or_create(&site_labels(&key)).inc_by(n);
-            self.sites.insert(("drops", key), now);
+            self.sites.insert((SiteFamily::Drops, key), now);
         }
     }
 }

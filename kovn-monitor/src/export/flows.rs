@@ -314,7 +314,7 @@ impl Exporter {
             let l = site_labels(&key);
             m.oversized.get_or_create(&l).inc_by(oversized);
             m.frag_needed.get_or_create(&l).inc_by(too_big);
-            self.sites.insert(("mtu", key), now);
+            self.sites.insert((SiteFamily::Mtu, key), now);
         }
     }
 

@@ -7,7 +7,7 @@ use super::*;
 /// `skb:kfree_skb` tracepoint) report through `Health::hooks` instead.
 pub fn hook_of_program(name: &str) -> Option<String> {
     let (kind, dir) = name.strip_prefix("kovn_")?.rsplit_once('_')?;
-    matches!(dir, "ingress" | "egress").then(|| format!("tc_{kind}"))
+    dir.parse::<crate::model::Direction>().is_ok().then(|| format!("tc_{kind}"))
 }
 
 impl Exporter {

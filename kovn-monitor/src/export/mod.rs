@@ -79,7 +79,7 @@ mod registry;
 #[cfg(test)]
 mod tests;
 
-use drops::{SiteKey, site_labels};
+use drops::{SiteFamily, SiteKey, site_labels};
 use flows::{DIRECTIONS, PairKey, PathKey, Seen, path_labels, pod_end, rtt_labels, tunnel_labels};
 pub use health::hook_of_program;
 pub use http::{TEXT_CONTENT_TYPE, metrics_router, to_prometheus_text};
@@ -100,7 +100,7 @@ pub struct Exporter {
     tunnels: HashMap<String, Instant>,
     paths: HashMap<PathKey, Instant>,
     /// Label sets of the drop / oversize / frag-needed families, for the series TTL.
-    sites: HashMap<(&'static str, SiteKey), Instant>,
+    sites: HashMap<(SiteFamily, SiteKey), Instant>,
     /// Last cumulative count of each kernel drop record: (flow id, reason, ifindex).
     drops: HashMap<(String, String, u32), u64>,
     /// Last cumulative kernel counters, by reason.
@@ -215,7 +215,7 @@ impl Exporter {
                 return true;
             }
             let l = site_labels(k);
-            if *family == "drops" {
+            if *family == SiteFamily::Drops {
                 m.drops.remove(&l);
             } else {
                 m.oversized.remove(&l);

@@ -1,6 +1,8 @@
 //! `kovn-monitor top`: the live flow view over one or more monitors. [`model`] turns answers
 //! into rows (pure), [`app`] holds the state and the key map (pure), [`render`] draws; this
 //! module fetches, reads keys and owns the terminal.
+//!
+//! Size: the terminal loop and the fetching tasks that feed it; a quarter of it is tests.
 
 pub mod app;
 pub mod discover;
