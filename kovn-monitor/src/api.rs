@@ -343,6 +343,7 @@ pub fn router(shared: Shared) -> Router {
         .with_state(shared)
 }
 
+/// `/metrics` is the exporter's (`export::http`); re-exported at its old path.
 pub use crate::export::metrics_router;
 
 /// Serves until `shutdown` resolves (limits, TLS and auth from `opts`).
