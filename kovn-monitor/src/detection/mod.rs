@@ -79,6 +79,7 @@ impl Default for DetectorConfig {
 /// severity and how the finding reads. Which flows it claims is its module's own function
 /// (`refused::is_refused`, `mtu::black_hole`, `tunnel::is_tunnel`, `unanswered::is_failing`).
 trait PathDetector {
+    /// The kind `evaluate` raises for it (and `describe` dispatches on).
     const KIND: AlertKind;
     const SEVERITY: Severity;
     /// The finding's one-line summary, `src -> dst: ...`.
@@ -101,7 +102,6 @@ fn describe(
         evidence: &Evidence,
         protocols: &[&str],
     ) -> (Severity, String) {
-        debug_assert!(failing.is_empty() || D::KIND != AlertKind::Drops);
         (D::SEVERITY, D::summary(src, dst, failing, evidence, protocols))
     }
     match kind {
@@ -311,8 +311,7 @@ impl Detector {
         let mut tunnel_failing: BTreeMap<String, Vec<&Flow>> = BTreeMap::new();
         for ((src, dst), round) in &pairs {
             if !round.refused.is_empty() {
-                let id =
-                    self.raise(AlertKind::ConnectionRefused, src, dst, &round.refused, &round.answered, now);
+                let id = self.raise(refused::Refused::KIND, src, dst, &round.refused, &round.answered, now);
                 self.name_backend(&id, dst, &round.refused, &backend_of);
                 seen_now.push(id);
             }
@@ -321,14 +320,14 @@ impl Detector {
             }
             let mtu_hole = mtu::black_hole(&self.cfg, &round.failing, &round.answered);
             let kind = if mtu_hole.is_some() {
-                AlertKind::Mtu
+                mtu::Mtu::KIND
             } else if tunnel::is_tunnel(&round.failing, path, same_node_ok, &by_remote) {
-                AlertKind::Tunnel
+                tunnel::Tunnel::KIND
             } else {
-                AlertKind::RequestWithoutReply
+                unanswered::Unanswered::KIND
             };
-            if kind == AlertKind::Tunnel {
-                self.supersede(src, dst, AlertKind::Tunnel);
+            if kind == tunnel::Tunnel::KIND {
+                self.supersede(src, dst, tunnel::Tunnel::KIND);
                 for f in &round.failing {
                     if let Some(n) = path(f).tunnel.as_ref().and_then(|t| t.remote_node.clone()) {
                         tunnel_failing.entry(n).or_default().push(f);
@@ -347,7 +346,7 @@ impl Detector {
         }
         let local = self.node.clone();
         for (remote, failing) in &tunnel_failing {
-            seen_now.push(self.raise(AlertKind::Tunnel, &local, remote, failing, &[], now));
+            seen_now.push(self.raise(tunnel::Tunnel::KIND, &local, remote, failing, &[], now));
         }
         for id in &seen_now {
             if let Some(t) = self.tracked.get_mut(id) {
