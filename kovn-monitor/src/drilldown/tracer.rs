@@ -327,7 +327,7 @@ impl Tracer {
             None,
         ) = (&trace.outcome, &tunnel_in)
         {
-            match self.ask_peer(&p, *rip, *lip, *vni, geneve_option.as_deref()).await {
+            match self.trace_on_peer(&p, *rip, *lip, *vni, geneve_option.as_deref()).await {
                 Ok(r) => report.remote = Some(Box::new(r)),
                 Err(e) => report.remote_error = Some(e),
             }
@@ -463,7 +463,7 @@ impl Tracer {
         Some(lf)
     }
 
-    async fn ask_peer(
+    async fn trace_on_peer(
         &self,
         p: &Packet,
         remote: IpAddr,

@@ -333,4 +333,26 @@ mod tests {
         assert_eq!(e.to_string(), "unknown FlowState \"nope\"");
         assert_eq!(AlertState::names(), "firing, resolved");
     }
+
+    #[test]
+    fn alert_times_are_written_as_rfc3339_writes_them_and_read_as_parse_reads_them() {
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct T {
+            #[serde(with = "rfc3339_serde")]
+            at: time::OffsetDateTime,
+            #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339_serde::option")]
+            until: Option<time::OffsetDateTime>,
+        }
+        for text in ["2026-01-01T00:00:00Z", "2026-11-23T04:00:00.123456789Z"] {
+            let at = parse_rfc3339(text).expect(text);
+            let json = serde_json::to_string(&T { at, until: Some(at) }).expect("json");
+            assert_eq!(json, format!("{{\"at\":\"{}\",\"until\":\"{}\"}}", rfc3339(at), rfc3339(at)));
+            assert_eq!(rfc3339(at), text, "the flow table's text survives the round trip");
+            assert_eq!(serde_json::from_str::<T>(&json).expect("back"), T { at, until: Some(at) });
+        }
+        let none: T = serde_json::from_str(r#"{"at":"2026-01-01T00:00:00Z"}"#).expect("no until");
+        assert_eq!(none.until, None);
+        let e = serde_json::from_str::<T>(r#"{"at":""}"#).expect_err("empty is no time");
+        assert!(e.to_string().contains("not an RFC 3339 time"), "{e}");
+    }
 }
