@@ -88,7 +88,7 @@ fn end_labels(prefix: &str, e: Option<&Endpoint>, out: &mut std::collections::BT
 pub fn postable(a: &Alert, endpoint: &str, ends_at: &str) -> Postable {
     let mut labels = std::collections::BTreeMap::new();
     labels.insert("alertname".into(), alertname(a.kind).into());
-    labels.insert("severity".into(), a.severity.clone());
+    labels.insert("severity".into(), a.severity.as_str().to_string());
     labels.insert("kind".into(), a.kind.as_str().into());
     labels.insert("scenario".into(), a.scenario.as_str().into());
     labels.insert("node".into(), a.node.clone());
@@ -110,7 +110,7 @@ pub fn postable(a: &Alert, endpoint: &str, ends_at: &str) -> Postable {
     annotations.insert("summary".into(), a.summary.clone());
     if let Some(v) = &a.verdict {
         annotations.insert("description".into(), v.summary.clone());
-        annotations.insert("hop".into(), v.hop.clone());
+        annotations.insert("hop".into(), v.hop.as_str().to_string());
         if !v.next_commands.is_empty() {
             annotations.insert("next_commands".into(), v.next_commands.join("\n"));
         }
@@ -147,7 +147,7 @@ pub fn postable(a: &Alert, endpoint: &str, ends_at: &str) -> Postable {
     Postable {
         labels,
         annotations,
-        starts_at: a.first_seen.clone(),
+        starts_at: rfc3339(a.first_seen),
         ends_at: ends_at.to_string(),
         generator_url: format!("{}/api/v1/alerts?kind={}", endpoint.trim_end_matches('/'), a.kind),
     }
@@ -203,6 +203,8 @@ async fn post(client: &reqwest::Client, url: &reqwest::Url, batch: &[Postable]) 
 
 /// Sends what is due whenever the findings change, and at least every `resend`.
 pub async fn run(url: reqwest::Url, endpoint: String, resend: Duration, mut rx: watch::Receiver<Vec<Alert>>) {
+    // Alertmanager is not a kovn monitor: no API token or kovn CA (client::ApiClient's), its own
+    // client.
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
     let mut sender = Sender::default();
     let mut failing = false;
@@ -224,7 +226,7 @@ pub async fn run(url: reqwest::Url, endpoint: String, resend: Duration, mut rx: 
             .iter()
             .map(|a| {
                 let ends = match (a.state, &a.resolved_at) {
-                    (AlertState::Resolved, Some(r)) => r.clone(),
+                    (AlertState::Resolved, Some(r)) => rfc3339(*r),
                     (AlertState::Resolved, None) => rfc3339(now),
                     _ => rfc3339(now + ahead),
                 };
@@ -261,6 +263,10 @@ mod tests {
     use super::*;
     use crate::detection::{Evidence, Verdict};
 
+    fn t(s: &str) -> time::OffsetDateTime {
+        crate::model::parse_rfc3339(s).expect("an RFC 3339 time")
+    }
+
     fn alert(id: &str, state: &str) -> Alert {
         let pod = |ns: &str, p: &str, w: &str| Endpoint {
             kind: "pod".into(),
@@ -286,9 +292,9 @@ mod tests {
             dst: Some(Endpoint { node: Some("node2".into()), ..pod("shop", "db-0", "StatefulSet/db") }),
             remote_node: Some("node2".into()),
             backend: None,
-            first_seen: "2026-01-01T00:00:00Z".into(),
-            last_seen: "2026-01-01T00:00:05Z".into(),
-            resolved_at: (state == "resolved").then(|| "2026-01-01T00:01:00Z".into()),
+            first_seen: t("2026-01-01T00:00:00Z"),
+            last_seen: t("2026-01-01T00:00:05Z"),
+            resolved_at: (state == "resolved").then(|| t("2026-01-01T00:01:00Z")),
             summary: "default/web-1 -> shop/db-0: 3 request(s) without reply (tcp)".into(),
             evidence: Evidence::default(),
             verdict: Some(Verdict {
@@ -330,7 +336,7 @@ mod tests {
         assert!(p.annotations["drilldown"].contains("--endpoint http://172.31.250.11:9474"));
         assert!(!p.annotations.contains_key("trace"), "no drill-down ran yet");
         let mut traced = alert("a1", "firing");
-        traced.drilldown = Some(crate::drilldown::AlertDrillDown {
+        traced.drilldown = Some(crate::model::AlertDrillDown {
             verdict: "dropped by table 0, priority 65535, cookie 0x6b6f766e on node1".into(),
             ..Default::default()
         });

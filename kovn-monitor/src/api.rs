@@ -297,32 +297,8 @@ pub fn router(shared: Shared) -> Router {
         .with_state(shared)
 }
 
-/// `GET /metrics`: encoded per scrape from the live families (no copy of the snapshot).
-/// OpenMetrics when the scraper asks for it (Prometheus does), the Prometheus text format
-/// otherwise (curl, promtool, older scrapers), as the Go client's promhttp negotiates.
-async fn metrics(State(m): State<Arc<crate::export::Metrics>>, headers: axum::http::HeaderMap) -> Response {
-    let openmetrics = headers
-        .get_all(axum::http::header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
-    match m.encode() {
-        Ok(text) if openmetrics => {
-            ([(axum::http::header::CONTENT_TYPE, crate::export::CONTENT_TYPE)], text).into_response()
-        }
-        Ok(text) => (
-            [(axum::http::header::CONTENT_TYPE, crate::export::TEXT_CONTENT_TYPE)],
-            crate::export::to_prometheus_text(&text),
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
-}
-
-/// `/metrics` has its own state (the exporter's registry), so it is a router of its own.
-pub fn metrics_router(m: Arc<crate::export::Metrics>) -> Router {
-    Router::new().route("/metrics", get(metrics)).with_state(m)
-}
+/// `/metrics` is the exporter's (`export::http`); re-exported at its old path.
+pub use crate::export::metrics_router;
 
 /// Serves until `shutdown` resolves (limits, TLS and auth from `opts`).
 pub async fn serve(

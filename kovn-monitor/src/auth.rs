@@ -11,6 +11,9 @@
 //!
 //! Decisions are cached per (token, path, verb): allowed for [`ALLOW_TTL`], refused for
 //! [`DENY_TTL`], at most [`CACHE_MAX`] entries (expired ones dropped first, then the oldest).
+//!
+//! Size: the server side (tokens, TokenReview, the middleware) and the client side of one scheme;
+//! 40% of it is tests.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,9 @@
 //! The kernel side as seen from userspace: load the embedded eBPF object, attach its
 //! classifiers to interfaces (tcx on Linux >= 6.6, clsact + cls_bpf before), read and expire
 //! the flow map, and detach everything on the way out.
+//!
+//! Size: the loader and the attach paths (tcx and legacy tc, per kernel) of one eBPF object share
+//! its handles and error paths; not split while the kernel matrix is what tests it.
 
 use std::collections::BTreeMap;
 

@@ -48,17 +48,43 @@ impl ApiClient {
         query: &[(&str, String)],
         timeout: Duration,
     ) -> Result<T> {
-        let url = self.base.join(path).with_context(|| format!("invalid path {path:?}"))?;
-        let resp =
-            self.http.get(url.clone()).query(query).timeout(timeout).send().await.with_context(|| {
-                format!("cannot reach kovn-monitor at {}", self.base.as_str().trim_end_matches('/'))
-            })?;
-        let status = resp.status();
-        let body = resp.text().await.context("reading the response")?;
+        let url = self.url(path)?;
+        let (status, body) = self.get_text(path, query, timeout).await?;
         if !status.is_success() {
             bail!("{url}: {status}: {}", body.trim());
         }
         serde_json::from_str(&body).with_context(|| format!("{url}: unexpected response"))
+    }
+
+    /// The URL of `path` on this monitor.
+    pub fn url(&self, path: &str) -> Result<reqwest::Url> {
+        self.base.join(path).with_context(|| format!("invalid path {path:?}"))
+    }
+
+    /// GET `path` and hand back the status and body as they are, for callers that read an
+    /// error answer themselves (the trace API's `{"error": ...}` and its `429`).
+    pub async fn get_text(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<(reqwest::StatusCode, String)> {
+        let url = self.url(path)?;
+        let resp = self.http.get(url).query(query).timeout(timeout).send().await.with_context(|| {
+            format!("cannot reach kovn-monitor at {}", self.base.as_str().trim_end_matches('/'))
+        })?;
+        let status = resp.status();
+        let body = resp.text().await.context("reading the response")?;
+        Ok((status, body))
+    }
+
+    /// `GET /api/v1/trace` with `query`: the status and body (see [`Self::get_text`]).
+    pub async fn trace(
+        &self,
+        query: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<(reqwest::StatusCode, String)> {
+        self.get_text("/api/v1/trace", query, timeout).await
     }
 
     pub async fn flows(&self, query: &[(&str, String)], timeout: Duration) -> Result<FlowsResponse> {
@@ -76,6 +102,14 @@ impl ApiClient {
     pub async fn health(&self) -> Result<crate::api::Health> {
         self.get("/healthz", &[], TIMEOUT).await
     }
+}
+
+/// An API error answer's message: its `error` field, else the body (trimmed).
+pub fn error_message(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| body.trim().to_string())
 }
 
 /// Checks an endpoint is an http URL with a host, before anything is sent.
@@ -98,7 +132,7 @@ pub fn render_alerts(alerts: &[crate::detection::Alert]) -> String {
             a.scenario,
             a.summary,
             a.node,
-            a.first_seen,
+            crate::model::rfc3339(a.first_seen),
             a.id
         ));
         if a.state == crate::model::AlertState::Firing

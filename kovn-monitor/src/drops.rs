@@ -6,6 +6,9 @@
 //! the kinds needed: structs/unions with their anonymous members, enums, typedefs and function
 //! prototypes). Where something is missing the hook is reported unavailable in one log line
 //! and `/healthz`, and the daemon carries on.
+//!
+//! Size: the drop hook's whole userspace side (BTF reason names, the map read, pod attribution, pod
+//! verdicts); a fifth of it is tests.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -19,9 +22,9 @@ use kovn_ebpf_common::{
     DCNT_MAX, DROP_COUNTER_NAMES, DROP_POD_NETNS, DROP_POD_NETNS_SLOT_COUNT, DROP_POD_NETNS_SLOT_MAP,
     DropKey, DropStats, PodNetnsSlot, SIDE_A,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::flows::{Clock, Flow, flow_id, ip_of};
+pub use crate::model::DropRecord;
 use crate::model::Protocol;
 
 pub const DROP_MAP: &str = "DROPS";
@@ -589,137 +592,7 @@ pub fn read_counters(ebpf: &Ebpf) -> BTreeMap<&'static str, u64> {
 // ---------------------------------------------------------------------------------------------
 // API model.
 
-/// Where the kernel dropped a packet.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum DropLocation {
-    /// In the node's network namespace (the monitor's), on `interface`.
-    #[default]
-    Node,
-    /// Inside the network namespace of one of this node's pods (its firewall, its sockets);
-    /// `interface` is the pod's host-side veth.
-    Pod,
-}
-
-impl DropLocation {
-    pub fn is_node(&self) -> bool {
-        *self == Self::Node
-    }
-}
-
-/// Which way the dropped packets went, relative to their flow (its initiator is `src`).
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum DropDirection {
-    /// From the flow's source to its destination.
-    Request,
-    /// From the destination back to the source.
-    Reply,
-    /// Both ways.
-    Both,
-}
-
-impl DropDirection {
-    fn merge(self, other: Self) -> Self {
-        if self == other { self } else { Self::Both }
-    }
-}
-
-/// One line of `GET /api/v1/drops`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct DropRecord {
-    /// The flow's id (as in `/api/v1/flows`); empty for non-IP drops.
-    pub flow_id: String,
-    pub src_ip: Option<IpAddr>,
-    pub dst_ip: Option<IpAddr>,
-    pub src_port: u16,
-    pub dst_port: u16,
-    /// `tcp|udp|sctp|icmp|icmpv6|other`, or `non_ip`.
-    #[serde(with = "crate::model::protocol_or_non_ip")]
-    pub protocol: Option<Protocol>,
-    pub ip_proto: u8,
-    /// The kernel's `enum skb_drop_reason` name without `SKB_DROP_REASON_`, e.g. `NETFILTER_DROP`.
-    pub reason: String,
-    pub reason_code: u32,
-    /// `node`: in the node's namespace, on `interface`; `pod`: inside the pod's own namespace
-    /// (`interface` is then the pod's host veth).
-    #[serde(default)]
-    pub location: DropLocation,
-    pub interface: String,
-    pub ifindex: u32,
-    /// For `location: pod`: the pod (`namespace/name`) when the inventory knows it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-    /// For `location: pod`: the inode of the pod's network namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub netns_inode: Option<u32>,
-    /// For `location: pod`: the namespace's name under `/run/netns`, when it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub netns: Option<String>,
-    /// Which way the dropped packets went relative to `src`/`dst` (as the flow is oriented;
-    /// without a flow, the lower port is taken for the server's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direction: Option<DropDirection>,
-    pub count: u64,
-    pub bytes: u64,
-    /// RFC 3339 on the wire.
-    #[serde(with = "time::serde::rfc3339")]
-    pub last_seen: time::OffsetDateTime,
-}
-
-impl DropRecord {
-    /// Drops that are the kernel's normal way of finishing with a packet, whatever the node:
-    /// never a finding (still in `/metrics` and `/api/v1/drops`).
-    ///
-    /// ICMP and ICMPv6 with `NO_SOCKET`: an echo reply goes to every raw socket first
-    /// (`raw_local_deliver`, `ping` and most probes use one), then to `ping_rcv`, which looks
-    /// for a datagram ICMP socket (`net.ipv4.ping_group_range`) and, finding none, frees the
-    /// skb with `SKB_DROP_REASON_NO_SOCKET` (Linux 6.0+, net/ipv4/ping.c). Every answered
-    /// raw-socket ping thus shows one such drop inside the pinging pod.
-    pub fn is_routine(&self) -> bool {
-        self.reason == "NO_SOCKET" && matches!(self.ip_proto, 1 | 58)
-    }
-}
-
-/// A flow's drops, in the flow JSON (`drops: [{reason, count, ...}]`): what a peer monitor
-/// also returns for its view of a cross-node flow.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FlowDrop {
-    pub reason: String,
-    pub count: u64,
-    /// `pod` when the drops happened inside a pod's own namespace (absent: the node's).
-    #[serde(default, skip_serializing_if = "DropLocation::is_node")]
-    pub location: DropLocation,
-    /// The pod they happened in (`namespace/name`), for `location: pod`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-    /// The pod's host veth, for `location: pod`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interface: Option<String>,
-    /// The pod's namespace name under `/run/netns`, when it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub netns: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direction: Option<DropDirection>,
-}
-
-impl FlowDrop {
-    /// One line for `top`'s detail pane: `NETFILTER_DROP 3` or, inside a pod,
-    /// `NETFILTER_DROP 3 inside pod default/web (request)`.
-    pub fn describe(&self) -> String {
-        if self.location != DropLocation::Pod {
-            return format!("{} {}", self.reason, self.count);
-        }
-        let pod = self.pod.as_deref().or(self.interface.as_deref()).unwrap_or("?");
-        let dir = match self.direction {
-            Some(DropDirection::Request) => " (request)",
-            Some(DropDirection::Reply) => " (reply)",
-            Some(DropDirection::Both) => " (both ways)",
-            None => "",
-        };
-        format!("{} {} inside pod {pod}{dir}", self.reason, self.count)
-    }
-}
+pub use crate::model::{DropDirection, DropLocation, FlowDrop};
 
 fn iface_name(ifindex: u32) -> String {
     let mut buf: [libc::c_char; libc::IF_NAMESIZE] = [0; libc::IF_NAMESIZE];
@@ -896,14 +769,14 @@ pub fn by_flow(records: &[DropRecord]) -> HashMap<String, Vec<FlowDrop>> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodDropVerdict {
     /// `dropped_in_destination_pod` or `dropped_in_source_pod`.
-    pub hop: String,
+    pub hop: crate::model::Hop,
     pub summary: String,
     pub next_commands: Vec<String>,
 }
 
-fn endpoint_name(e: Option<&crate::inventory::Endpoint>, ip: IpAddr) -> String {
+fn endpoint_name(e: Option<&crate::model::Endpoint>, ip: IpAddr) -> String {
     match e {
-        Some(crate::inventory::Endpoint { namespace: Some(ns), pod: Some(p), .. }) => format!("{ns}/{p}"),
+        Some(crate::model::Endpoint { namespace: Some(ns), pod: Some(p), .. }) => format!("{ns}/{p}"),
         _ => ip.to_string(),
     }
 }
@@ -944,9 +817,9 @@ pub fn pod_drop_verdict(f: &Flow, peer: Option<&Flow>) -> Option<PodDropVerdict>
         _ => reply,
     };
     let (hop, pod) = if in_source {
-        ("dropped_in_source_pod", d.pod.clone().unwrap_or_else(|| src.clone()))
+        (crate::model::Hop::DroppedInSourcePod, d.pod.clone().unwrap_or_else(|| src.clone()))
     } else {
-        ("dropped_in_destination_pod", d.pod.clone().unwrap_or_else(|| dst.clone()))
+        (crate::model::Hop::DroppedInDestinationPod, d.pod.clone().unwrap_or_else(|| dst.clone()))
     };
     let n = d.count;
     let proto = f.protocol.as_str();
@@ -992,7 +865,7 @@ pub fn pod_drop_verdict(f: &Flow, peer: Option<&Flow>) -> Option<PodDropVerdict>
             vec![in_pod_command(d, "nstat -az"), in_pod_command(d, "nft list ruleset")],
         ),
     };
-    Some(PodDropVerdict { hop: hop.into(), summary, next_commands: commands })
+    Some(PodDropVerdict { hop, summary, next_commands: commands })
 }
 
 /// A drop record as the kernel map yields it, for other modules' tests: a TCP flow

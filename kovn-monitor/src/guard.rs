@@ -304,7 +304,6 @@ impl FloodDetector {
 
     /// Takes this poll's per-pod counts; returns every finding (firing and recently resolved).
     pub fn evaluate(&mut self, pods: &[PodGuardReport], now: OffsetDateTime) -> Vec<Alert> {
-        let fmt = crate::model::rfc3339;
         for p in pods {
             let who = match (&p.namespace, &p.pod) {
                 (Some(ns), Some(name)) => format!("{ns}/{name}"),
@@ -327,7 +326,7 @@ impl FloodDetector {
                     id: flood_id(&p.interface),
                     kind: AlertKind::FlowFlood,
                     state: AlertState::Firing,
-                    severity: "warning".into(),
+                    severity: crate::model::Severity::Warning,
                     node: String::new(),
                     scenario: Scenario::Unknown,
                     protocol: String::new(),
@@ -338,8 +337,8 @@ impl FloodDetector {
                     dst: None,
                     remote_node: None,
                     backend: None,
-                    first_seen: fmt(now),
-                    last_seen: String::new(),
+                    first_seen: now,
+                    last_seen: now,
                     resolved_at: None,
                     summary: String::new(),
                     evidence: Evidence::default(),
@@ -355,7 +354,7 @@ impl FloodDetector {
             if a.state != AlertState::Firing {
                 a.state = AlertState::Firing;
                 a.resolved_at = None;
-                a.first_seen = fmt(now);
+                a.first_seen = now;
             }
             a.node = self.node.clone();
             a.src = Some(Endpoint {
@@ -366,7 +365,7 @@ impl FloodDetector {
                 workload: p.workload.clone(),
                 ..Endpoint::default()
             });
-            a.last_seen = fmt(now);
+            a.last_seen = now;
             a.evidence =
                 Evidence { seen_at: vec![format!("{}/ingress", p.interface)], ..Evidence::default() };
             a.evidence.requests = p.refused;
@@ -384,7 +383,7 @@ impl FloodDetector {
         for (a, _, last) in self.tracked.values_mut() {
             if a.state == AlertState::Firing && now - *last >= resolve_after {
                 a.state = AlertState::Resolved;
-                a.resolved_at = Some(fmt(now));
+                a.resolved_at = Some(now);
             }
         }
         let mut out: Vec<Alert> = self.tracked.values().map(|(a, _, _)| a.clone()).collect();

@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::api::Shared;
+use crate::model::Published as Shared;
 
 /// The capabilities the daemon needs (kernel ≥ 5.8): loading BPF programs and maps (BPF),
 /// the `kfree_skb` tracepoint (PERFMON), tc/tcx attachment and netlink (NET_ADMIN).

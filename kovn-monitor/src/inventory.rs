@@ -2,15 +2,18 @@
 //! Open_vSwitch database (Kube-OVN writes each pod's identity into its Interface row) and,
 //! optionally, the OVN southbound database (pods of every node, chassis and their tunnel
 //! IPs, load-balancer VIPs). Flows are annotated from it with endpoints and a scenario.
+//!
+//! Size: one index merged from four sources under one lock (OVSDB, OVN southbound, Kubernetes, a
+//! file); a sixth of it is tests.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kube::{KubeSnapshot, KubeUpdate, PortProto, SubnetInfo};
 pub use crate::model::EndpointKind;
 use crate::model::Scenario;
+use crate::model::kube::{KubeSnapshot, KubeUpdate, PortProto, SubnetInfo};
 use crate::ovsdb::{RESET_PREFIX, Row, Updates, atom_string, map_column, set_column};
 
 /// Tables and columns read from the node's Open_vSwitch database.
@@ -27,24 +30,7 @@ pub const SB_TABLES: &[(&str, &[&str])] = &[
     ("Load_Balancer", &["name", "vips", "protocol"]),
 ];
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PodInfo {
-    pub namespace: String,
-    pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    pub ips: Vec<IpAddr>,
-    /// The pod's host-side veth, for pods of this node.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_iface: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mac: Option<String>,
-    /// `Kind/name` of the owning workload, from the Kubernetes API.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<String>,
-    /// `ovsdb` (this node), `ovn-sb` or `kubernetes` (known from the API only).
-    pub source: String,
-}
+pub use crate::model::PodInfo;
 
 /// A port of this node's OVS (see [`Inventory::ovs_ports`]).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -76,48 +62,7 @@ fn in_network(ip: IpAddr, net: &str) -> bool {
     }
 }
 
-/// One end of a flow, as the API shows it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Endpoint {
-    /// `pod|service|node|external|unknown`
-    pub kind: EndpointKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub workload: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    /// For a service VIP: the load balancer's `ip:port` and backends.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
-    /// For a service VIP: its backend pods (`namespace/pod`, or the address when no pod is
-    /// known), from the EndpointSlices or OVN's load balancer.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub backends: Vec<String>,
-}
-
-/// The tunnel a cross-node flow crosses on this node: from the kernel when the underlay NIC
-/// (or tunnel device) is watched, else from the inventory.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TunnelPeer {
-    /// The other node (by its tunnel endpoint IP, or the remote pod's node).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote_node: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote_ip: Option<IpAddr>,
-    /// `geneve|vxlan`, the VNI, the largest outer packet (L3 bytes) and how many outer packets
-    /// this node saw: only when observed on the wire.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub encap: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub vni: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub outer_max_bytes: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub outer_packets: Option<u32>,
-}
+pub use crate::model::{Endpoint, TunnelPeer};
 
 #[derive(Debug, Default)]
 pub struct Inventory {
@@ -158,14 +103,6 @@ fn split_mac_ips(entry: &str) -> (Option<String>, Vec<IpAddr>) {
 fn pod_of_port(port: &str) -> Option<(String, String)> {
     let (pod, ns) = port.rsplit_once('.')?;
     (!pod.is_empty() && !ns.is_empty()).then(|| (ns.to_string(), pod.to_string()))
-}
-
-fn proto_number(p: &str) -> u8 {
-    match p {
-        "udp" => 17,
-        "sctp" => 132,
-        _ => 6, // OVN's default load-balancer protocol is tcp.
-    }
 }
 
 fn parse_vip(vip: &str) -> Option<(IpAddr, u16)> {
@@ -344,7 +281,8 @@ impl Inventory {
     fn service_index(&self) -> HashMap<(IpAddr, u16, u8), ServiceEntry> {
         let mut out = HashMap::new();
         for r in self.rows("Load_Balancer") {
-            let proto = proto_number(&r.get("protocol").map(atom_string).unwrap_or_default());
+            let proto =
+                crate::model::Protocol::service_port_number(r.get("protocol").map(atom_string).as_deref());
             for (vip, backends) in map_column(r.get("vips")) {
                 let Some((ip, port)) = parse_vip(&vip) else { continue };
                 // "backend:port,backend:port" as OVN's Load_Balancer lists them.

@@ -2,6 +2,8 @@
 //! for an initial snapshot plus change notifications, and `echo` answered so the server keeps
 //! the session. kovn reads the node's Open_vSwitch database (Kube-OVN's pod interfaces) and,
 //! optionally, the OVN southbound database this way: watching, never polling CLIs.
+//!
+//! Size: one protocol (RFC 7047 JSON-RPC, `monitor` and its updates); a quarter of it is tests.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -6,4 +6,5 @@ pub mod demo;
 pub mod image;
 pub mod kernels;
 pub mod lab;
+pub mod modgraph;
 pub mod soak;

@@ -28,7 +28,8 @@ enum Task {
     /// The kovn-monitor OCI image from Debian packages (mmdebstrap, umoci): writes an OCI
     /// archive under target/image and prints its digest.
     Image(xtask::image::ImageArgs),
-    /// Formatting and clippy (warnings are errors), as CI runs them.
+    /// Formatting, no import cycles between kovn-monitor's modules, and clippy (warnings are
+    /// errors), as CI runs them.
     Lint,
     /// The kernel matrix: the verifier, classifier, daemon, kill -9 and kernel-datapath lab test
     /// groups on Debian's Linux 5.10, 6.1 and 6.12 in QEMU VMs and on the host kernel (no lab
@@ -208,6 +209,8 @@ fn lint() -> Result<()> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run(&mut fmt)?;
+    // No import cycles between kovn-monitor's modules (xtask::modgraph).
+    xtask::modgraph::check(&workspace_root().join("kovn-monitor/src"))?;
     let mut clippy = cargo();
     clippy.args(["clippy", "--workspace", "--exclude", "kovn-ebpf", "--all-targets", "--", "-D", "warnings"]);
     run(&mut clippy)?;

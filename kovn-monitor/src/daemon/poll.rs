@@ -407,7 +407,7 @@ pub(crate) fn link_flows_to_alerts(snap: &mut Snapshot) {
                 FlowAlert {
                     id: a.id.clone(),
                     kind: a.kind,
-                    hop: a.verdict.as_ref().map(|v| v.hop.clone()),
+                    hop: a.verdict.as_ref().map(|v| v.hop),
                     verdict: a.verdict.as_ref().map(|v| v.summary.clone()),
                 },
             );

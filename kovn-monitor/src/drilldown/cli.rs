@@ -75,21 +75,12 @@ pub async fn run(args: TraceCliArgs) -> Result<()> {
             q.push((k, v));
         }
     }
-    let url = crate::client::endpoint_url(&args.endpoint, "/api/v1/trace")?;
-    let resp = crate::auth::client()
-        .get(url.clone())
-        .query(&q)
-        .timeout(std::time::Duration::from_secs(90))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach kovn-monitor at {}", args.endpoint))?;
-    let status = resp.status();
-    let body = resp.text().await.context("reading the response")?;
+    let api = crate::client::ApiClient::new(&args.endpoint)?;
+    let url = api.url("/api/v1/trace")?;
+    // A trace runs up to a few command timeouts here and on the peer.
+    let (status, body) = api.trace(&q, std::time::Duration::from_secs(90)).await?;
     if !status.is_success() {
-        let msg = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error")?.as_str().map(str::to_string))
-            .unwrap_or_else(|| body.trim().to_string());
+        let msg = crate::client::error_message(&body);
         bail!("{} ({})", msg.lines().next().unwrap_or(""), status.as_u16());
     }
     let report: TraceReport =

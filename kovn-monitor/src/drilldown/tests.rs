@@ -1,3 +1,5 @@
+use super::tracer::*;
+use super::verdict::*;
 use super::*;
 use proptest::prelude::*;
 
@@ -382,8 +384,8 @@ fn alert(id: &str) -> crate::detection::Alert {
     serde_json::from_value(serde_json::json!({
         "id": id, "kind": "request_without_reply", "state": "firing", "severity": "critical",
         "node": "node1", "scenario": "pod_to_pod_cross_node", "protocol": "tcp",
-        "src_ip": "10.16.0.2", "dst_ip": "10.16.0.5", "dst_port": 8080, "first_seen": "",
-        "last_seen": "", "summary": "", "evidence": {"requests": 1, "requests_unanswered": 1,
+        "src_ip": "10.16.0.2", "dst_ip": "10.16.0.5", "dst_port": 8080, "first_seen": "2026-01-01T00:00:00Z",
+        "last_seen": "2026-01-01T00:00:00Z", "summary": "", "evidence": {"requests": 1, "requests_unanswered": 1,
         "replies": 0, "seen_at": []}, "flows": []
     }))
     .expect("alert")
@@ -420,11 +422,11 @@ async fn drilldown_on_alert_runs_once_per_finding_and_one_at_a_time() {
     );
     // The second finding waits for the rate limit (10 s between drill-downs).
     on.update(&mut alerts, &[]);
-    let key = |id: &str| (id.to_string(), String::new());
+    let key = |id: &str| (id.to_string(), crate::model::parse_rfc3339("2026-01-01T00:00:00Z").expect("time"));
     assert!(alerts[1].drilldown.is_none() && !on.started.contains(&key("a2")));
     // The same finding firing again later (a new first_seen) is a new episode: the old
     // drill-down is not shown for it.
-    alerts[0].first_seen = "2026-11-23T04:00:00Z".into();
+    alerts[0].first_seen = crate::model::parse_rfc3339("2026-11-23T04:00:00Z").expect("time");
     on.update(&mut alerts, &[]);
     assert!(alerts[0].drilldown.is_none(), "{:?}", alerts[0].drilldown);
     // A finding that is gone is forgotten.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{AlertKind, Direction as HookDirection, FlowDirection, FlowState, IfaceKind, Protocol, Scenario};
-use crate::inventory::{Endpoint, TunnelPeer};
+use super::{Endpoint, TunnelPeer};
 
 /// A flow as the API shows it. `fwd` is initiator → responder, `rev` the answer direction.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -74,7 +74,7 @@ pub struct Flow {
     pub alert: Option<FlowAlert>,
     /// Drops of this flow with the kernel's reason (kfree_skb), summed over interfaces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub drops: Vec<crate::drops::FlowDrop>,
+    pub drops: Vec<super::FlowDrop>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -97,7 +97,7 @@ pub struct FlowAlert {
     pub id: String,
     pub kind: AlertKind,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub hop: Option<String>,
+    pub hop: Option<super::Hop>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verdict: Option<String>,
 }

@@ -153,6 +153,16 @@ impl Protocol {
         }
     }
 
+    /// The IP protocol number of a service port's protocol as OVN's load balancers (`udp`)
+    /// and the Kubernetes API (`UDP`) name it: TCP when absent or anything else (both default
+    /// to TCP, and services carry only TCP, UDP and SCTP).
+    pub fn service_port_number(name: Option<&str>) -> u8 {
+        match name.map(str::to_ascii_lowercase).as_deref().map(str::parse::<Self>) {
+            Some(Ok(p @ (Self::Udp | Self::Sctp))) => p.number().unwrap_or(6),
+            _ => 6,
+        }
+    }
+
     /// ICMP or ICMPv6: no ports.
     pub fn is_icmp(self) -> bool {
         matches!(self, Self::Icmp | Self::Icmpv6)
@@ -238,6 +248,43 @@ pub fn parse_rfc3339(s: &str) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
 }
 
+/// Serde for times as RFC 3339: writes exactly what [`rfc3339`] writes, reads what
+/// [`parse_rfc3339`] reads (anything else is an error naming the text).
+pub mod rfc3339_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use time::OffsetDateTime;
+
+    pub fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::rfc3339(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        super::parse_rfc3339(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 time: {text:?}")))
+    }
+
+    /// The same for an optional time (`null` or absent: `None`; use with `default`).
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+        use time::OffsetDateTime;
+
+        pub fn serialize<S: Serializer>(t: &Option<OffsetDateTime>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<OffsetDateTime>, D::Error> {
+            let Some(text) = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)? else { return Ok(None) };
+            super::super::parse_rfc3339(&text)
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 time: {text:?}")))
+        }
+    }
+}
+
 /// A drop record's protocol: a flow's, or `non_ip` (ARP, LLDP, ...) on the wire.
 pub mod protocol_or_non_ip {
     use super::Protocol;
@@ -261,6 +308,18 @@ pub mod protocol_or_non_ip {
     }
 }
 
+// The published structs, by subject (after `names!`, which they use).
+mod alert;
+mod drop;
+mod endpoint;
+pub mod kube;
+
+pub use alert::{
+    Alert, AlertDrillDown, DropEvidence, Evidence, Hop, PeerView, ServiceBackend, Severity, Verdict,
+};
+pub use drop::{DropDirection, DropLocation, DropRecord, FlowDrop};
+pub use endpoint::{Endpoint, PodInfo, TunnelPeer};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +338,27 @@ mod tests {
         let e = "nope".parse::<FlowState>().expect_err("unknown");
         assert_eq!(e.to_string(), "unknown FlowState \"nope\"");
         assert_eq!(AlertState::names(), "firing, resolved");
+    }
+
+    #[test]
+    fn alert_times_are_written_as_rfc3339_writes_them_and_read_as_parse_reads_them() {
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct T {
+            #[serde(with = "rfc3339_serde")]
+            at: time::OffsetDateTime,
+            #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339_serde::option")]
+            until: Option<time::OffsetDateTime>,
+        }
+        for text in ["2026-01-01T00:00:00Z", "2026-11-23T04:00:00.123456789Z"] {
+            let at = parse_rfc3339(text).expect(text);
+            let json = serde_json::to_string(&T { at, until: Some(at) }).expect("json");
+            assert_eq!(json, format!("{{\"at\":\"{}\",\"until\":\"{}\"}}", rfc3339(at), rfc3339(at)));
+            assert_eq!(rfc3339(at), text, "the flow table's text survives the round trip");
+            assert_eq!(serde_json::from_str::<T>(&json).expect("back"), T { at, until: Some(at) });
+        }
+        let none: T = serde_json::from_str(r#"{"at":"2026-01-01T00:00:00Z"}"#).expect("no until");
+        assert_eq!(none.until, None);
+        let e = serde_json::from_str::<T>(r#"{"at":""}"#).expect_err("empty is no time");
+        assert!(e.to_string().contains("not an RFC 3339 time"), "{e}");
     }
 }

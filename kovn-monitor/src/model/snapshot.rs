@@ -8,8 +8,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::PodInfo;
 use super::{Flow, IfaceKind};
-use crate::inventory::PodInfo;
 
 /// What the poller publishes after each read of the kernel maps.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -24,11 +24,11 @@ pub struct Snapshot {
     /// Pods the inventory knows (this node's from OVSDB, others' from OVN southbound).
     pub pods: Vec<PodInfo>,
     /// Findings: firing, and resolved within the retention time.
-    pub alerts: Vec<crate::detection::Alert>,
+    pub alerts: Vec<super::Alert>,
     pub health: Health,
     /// Drops with the kernel's reason (`GET /api/v1/drops`), most frequent first.
     #[serde(default)]
-    pub drops: Vec<crate::drops::DropRecord>,
+    pub drops: Vec<super::DropRecord>,
 }
 
 impl Default for Snapshot {

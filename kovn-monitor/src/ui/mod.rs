@@ -1,6 +1,8 @@
 //! `kovn-monitor top`: the live flow view over one or more monitors. [`model`] turns answers
 //! into rows (pure), [`app`] holds the state and the key map (pure), [`render`] draws; this
 //! module fetches, reads keys and owns the terminal.
+//!
+//! Size: the terminal loop and the fetching tasks that feed it; a quarter of it is tests.
 
 pub mod app;
 pub mod discover;
@@ -156,19 +158,16 @@ async fn fetch(api: &client::ApiClient, endpoint: &str) -> Result<NodeSnapshot, 
 
 /// `GET /api/v1/trace?flow=ID`: the verdict line and the other top-level fields, or why not.
 async fn fetch_trace(endpoint: &str, flow: &str) -> Trace {
-    let url = match client::endpoint_url(endpoint, "/api/v1/trace") {
-        Ok(u) => u,
+    let api = match client::ApiClient::new(endpoint) {
+        Ok(a) => a,
         Err(e) => return Trace::Unavailable(format!("{e:#}")),
     };
-    let resp =
-        crate::auth::client().get(url).query(&[("flow", flow)]).timeout(Duration::from_secs(15)).send().await;
-    let resp = match resp {
-        Ok(r) => r,
-        Err(e) => return Trace::Unavailable(format!("cannot reach {endpoint}: {e}")),
-    };
-    let status = resp.status();
-    let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
-    trace_from(status.as_u16(), &body)
+    match api.trace(&[("flow", flow.to_string())], Duration::from_secs(15)).await {
+        Ok((status, body)) => {
+            trace_from(status.as_u16(), &serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+        }
+        Err(e) => Trace::Unavailable(format!("{e:#}")),
+    }
 }
 
 /// The drill-down answer as the detail pane shows it.

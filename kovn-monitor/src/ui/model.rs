@@ -1,6 +1,9 @@
 //! The view model of `kovn-monitor top`: what the monitors answered, turned into rows, rates,
 //! totals and the columns that fit. Pure (no terminal, no network, no clock) so every rule the
 //! screen follows is unit-tested here.
+//!
+//! Size: the view model (rows, columns, filters, sort, merge of several monitors); 28% of it is
+//! tests.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -419,7 +422,7 @@ impl Column {
 pub fn verdict_text(r: &Row) -> String {
     match &r.alert {
         Some(FlowAlert { hop: Some(h), verdict: Some(v), .. }) => format!("{h}: {v}"),
-        Some(FlowAlert { hop: Some(h), .. }) => h.clone(),
+        Some(FlowAlert { hop: Some(h), .. }) => h.to_string(),
         Some(FlowAlert { verdict: Some(v), .. }) => v.clone(),
         Some(a) => a.kind.to_string(),
         None if r.suspect && r.requests_unanswered > 0 => {

@@ -181,7 +181,12 @@ pub fn detail_lines(r: &Row, trace: Option<&Trace>) -> Vec<String> {
         ),
     ];
     if let Some(a) = &r.alert {
-        out.push(format!("finding {} ({}), hop {}", a.id, a.kind, a.hop.as_deref().unwrap_or("-")));
+        out.push(format!(
+            "finding {} ({}), hop {}",
+            a.id,
+            a.kind,
+            a.hop.map_or("-", crate::model::Hop::as_str)
+        ));
     }
     out.push(match trace {
         Some(Trace::Verdict { verdict, .. }) => format!("drill-down: {verdict}"),
