@@ -37,6 +37,16 @@ impl Seen {
     }
 }
 
+/// What the exporter keeps of one flow between polls.
+#[derive(Debug)]
+pub(super) struct FlowMemo {
+    /// The flow as last counted.
+    flow: Arc<Flow>,
+    seen: Seen,
+    /// The last poll that had it.
+    poll: u64,
+}
+
 /// What one poll adds for one flow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Delta {
@@ -246,15 +256,30 @@ pub(super) fn path_labels(k: &PathKey) -> Labels {
 impl Exporter {
     pub(super) fn update_flows(&mut self, flows: &[Arc<Flow>], now: Instant) {
         let pod_labels = self.cfg.pod_labels;
-        let mut pairs: HashMap<Pair<&str>, Delta> = HashMap::new();
+        let mut pairs: foldhash::HashMap<Pair<&str>, Delta> = foldhash::HashMap::default();
         let mut rtts: HashMap<(&str, &str), Vec<f64>> = HashMap::new();
         let mut tunnels: HashMap<Cow<'_, str>, Delta> = HashMap::new();
         let mut mtu: HashMap<[&str; 3], (u64, u64)> = HashMap::new();
-        let mut next = HashMap::with_capacity(flows.len());
+        self.polls += 1;
+        let poll = self.polls;
         for f in flows {
-            let cur = Seen::of(f);
-            let (d, seen) = delta(self.flows.get(&f.id), &cur);
-            next.insert(f.id.clone(), seen);
+            let d = match self.flows.get_mut(f.id.as_str()) {
+                // The very flow of the last poll (the flow table reuses unchanged flows).
+                Some(memo) if Arc::ptr_eq(&memo.flow, f) => {
+                    memo.poll = poll;
+                    Delta::default()
+                }
+                Some(memo) => {
+                    let (d, seen) = delta(Some(&memo.seen), &Seen::of(f));
+                    *memo = FlowMemo { flow: f.clone(), seen, poll };
+                    d
+                }
+                None => {
+                    let (d, seen) = delta(None, &Seen::of(f));
+                    self.flows.insert(f.id.clone(), FlowMemo { flow: f.clone(), seen, poll });
+                    d
+                }
+            };
             if f.mtu.is_some() {
                 let (ns, wl) = pod_end(f, pod_labels);
                 let e = mtu.entry([flow_location(f), ns, wl]).or_default();
@@ -280,7 +305,7 @@ impl Exporter {
         }
         // Flows absent from this snapshot are dropped from `self.flows` here: their last
         // values are already counted, and a later flow with the same id starts from zero.
-        self.flows = next;
+        self.flows.retain(|_, memo| memo.poll == poll);
 
         let m = &self.metrics;
         for (pair, d) in pairs {

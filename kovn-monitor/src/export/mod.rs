@@ -80,7 +80,7 @@ mod registry;
 mod tests;
 
 use drops::{SiteFamily, SiteKey, site_labels};
-use flows::{DIRECTIONS, PairKey, PathKey, Seen, path_labels, pod_end, rtt_labels, tunnel_labels};
+use flows::{DIRECTIONS, FlowMemo, PairKey, PathKey, path_labels, pod_end, rtt_labels, tunnel_labels};
 pub use health::hook_of_program;
 pub use http::{TEXT_CONTENT_TYPE, metrics_router, to_prometheus_text};
 use registry::Labels;
@@ -92,8 +92,11 @@ pub use registry::Metrics;
 pub struct Exporter {
     cfg: MetricsConfig,
     metrics: Arc<Metrics>,
-    /// Last values of each flow of the previous snapshot, by flow id.
-    flows: HashMap<String, Seen>,
+    /// Last values of each flow of the previous snapshot, by flow id, with the flow they
+    /// were taken from (a flow that is the same `Arc` again has not changed: nothing to add).
+    flows: foldhash::HashMap<String, FlowMemo>,
+    /// Polls seen (marks the flows of the current one in `flows`).
+    polls: u64,
     /// When each label set last had a flow (or a firing alert), for the series TTL.
     pairs: HashMap<PairKey, Instant>,
     rtts: HashMap<(String, String), Instant>,
@@ -124,7 +127,8 @@ impl Exporter {
         Self {
             cfg,
             metrics,
-            flows: HashMap::new(),
+            flows: foldhash::HashMap::default(),
+            polls: 0,
             pairs: HashMap::new(),
             rtts: HashMap::new(),
             tunnels: HashMap::new(),

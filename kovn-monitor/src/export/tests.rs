@@ -19,7 +19,7 @@ fn a_flow_back_with_the_same_counts_is_a_new_incarnation() {
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use super::flows::delta;
+use super::flows::{Seen, delta};
 use super::*;
 use crate::api::{AttachedInterface, Health, ProgramInfo};
 use crate::detection::{Alert, Evidence};
@@ -125,6 +125,26 @@ fn counters_add_deltas_of_cumulative_flows() {
     e.update(&snap(vec![web_db("a", [15, 7], [1500, 700]), web_db("b", [1, 1], [60, 60])]), t0);
     assert_eq!(packets(&text(&e), "request"), Some(16.0));
     assert_eq!(e.tracked_flows(), 2);
+}
+
+/// The flow table hands the same `Arc` again for a flow that did not change: it adds nothing
+/// and keeps its series alive; the next version of it adds only its growth.
+#[test]
+fn a_flow_handed_again_unchanged_adds_nothing() {
+    let mut e = exporter();
+    let t0 = Instant::now();
+    let a = Arc::new(web_db("a", [10, 5], [1000, 500]));
+    let with =
+        |f: &Arc<Flow>| Snapshot { node: "node1".into(), flows: vec![f.clone()], ..Default::default() };
+    e.update(&with(&a), t0);
+    e.update(&with(&a), t0);
+    e.update(&with(&a), t0);
+    assert_eq!(packets(&text(&e), "request"), Some(10.0), "the same flow three times is counted once");
+    let grown = Arc::new(web_db("a", [12, 6], [1200, 600]));
+    e.update(&with(&grown), t0);
+    assert_eq!(packets(&text(&e), "request"), Some(12.0));
+    assert_eq!(packets(&text(&e), "reply"), Some(6.0));
+    assert_eq!(e.tracked_flows(), 1);
 }
 
 #[test]
