@@ -30,7 +30,7 @@ pub const SB_TABLES: &[(&str, &[&str])] = &[
     ("Load_Balancer", &["name", "vips", "protocol"]),
 ];
 
-pub use crate::model::PodInfo;
+pub use crate::model::{PodInfo, PodSource};
 
 /// A port of this node's OVS (see [`Inventory::ovs_ports`]).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -194,7 +194,7 @@ impl Inventory {
                     host_iface: None,
                     mac,
                     workload: None,
-                    source: "ovn-sb".into(),
+                    source: PodSource::OvnSb,
                 };
                 for ip in ips {
                     pods.insert(ip, info.clone());
@@ -224,7 +224,7 @@ impl Inventory {
                     .cloned()
                     .or_else(|| ips.iter().find_map(|ip| pods.get(ip).and_then(|p: &PodInfo| p.mac.clone()))),
                 workload: None,
-                source: "ovsdb".into(),
+                source: PodSource::Ovsdb,
             };
             for ip in ips {
                 pods.insert(ip, info.clone());
@@ -465,7 +465,7 @@ impl Inventory {
                     host_iface: kp.host_iface.clone(),
                     mac: None,
                     workload: None,
-                    source: "kubernetes".into(),
+                    source: PodSource::Kubernetes,
                 });
                 // An address OVN still has for another pod: OVN's binding is what carries
                 // traffic, so it keeps the address (the API catches up or OVN does).
@@ -476,7 +476,7 @@ impl Inventory {
                 if info.host_iface.is_none() {
                     info.host_iface = kp.host_iface.clone();
                 }
-                if info.source != "ovsdb" && kp.node.is_some() {
+                if info.source != PodSource::Ovsdb && kp.node.is_some() {
                     info.node = kp.node.clone();
                 }
             }

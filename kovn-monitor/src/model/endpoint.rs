@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::EndpointKind;
+use super::{EndpointKind, UnknownName};
 
 /// One end of a flow, as the API shows it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -66,5 +66,17 @@ pub struct PodInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<String>,
     /// `ovsdb` (this node), `ovn-sb` or `kubernetes` (known from the API only).
-    pub source: String,
+    pub source: PodSource,
+}
+
+names! {
+    /// Where the inventory learnt of a pod.
+    pub enum PodSource {
+        /// This node's Open_vSwitch database (Kube-OVN's `iface-id` on the pod's port).
+        Ovsdb => "ovsdb",
+        /// The OVN southbound database (a pod of another node).
+        OvnSb => "ovn-sb",
+        /// The Kubernetes API only.
+        Kubernetes => "kubernetes",
+    }
 }

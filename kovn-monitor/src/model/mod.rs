@@ -318,7 +318,7 @@ pub use alert::{
     Alert, AlertDrillDown, DropEvidence, Evidence, Hop, PeerView, ServiceBackend, Severity, Verdict,
 };
 pub use drop::{DropDirection, DropLocation, DropRecord, FlowDrop};
-pub use endpoint::{Endpoint, PodInfo, TunnelPeer};
+pub use endpoint::{Endpoint, PodInfo, PodSource, TunnelPeer};
 
 #[cfg(test)]
 mod tests {
