@@ -324,6 +324,22 @@ fn test_kernels(args: &xtask::kernels::KernelsArgs) -> Result<bool> {
     xtask::kernels::run(args, &built, &xtask_bin)
 }
 
+/// `./x test`'s last privileged step: a soak of a minute and a half with every disturbance
+/// (README, "Soak": the thresholds of a short run). A child process: the soak installs its own
+/// Ctrl-C handler and exits non-zero on any failure.
+fn short_soak() -> Result<()> {
+    let name = format!("ci{}", std::process::id() % 100_000);
+    let mut soak = Command::new(std::env::current_exe().context("the xtask binary")?);
+    soak.args(["soak", "--minutes", "1.5", "--name", &name])
+        .args(["--fault-every", "30", "--fault-hold", "10", "--resolve-within", "60"])
+        .args(["--alertmanager-restart-every", "30", "--ovsdb-restart-every", "40"])
+        .args(["--sample-every", "3", "--udp-flows-per-second", "150"])
+        // Growth is not judged on a run this short (the tables are still filling); the debug
+        // build's RSS is bounded generously.
+        .args(["--rss-max", "1024", "--rss-slope-limit", "1000000"]);
+    run(&mut soak)
+}
+
 fn test(unprivileged_only: bool, kernels: &str, fuzz_seconds: u64, args: &[String]) -> Result<()> {
     // Unit tests: no privileges, every crate but the privileged test crate.
     let mut unit = cargo();
@@ -357,7 +373,11 @@ fn test(unprivileged_only: bool, kernels: &str, fuzz_seconds: u64, args: &[Strin
         ])
         .args(args);
     run(&mut privileged)?;
-    if kernels == "none" || !args.is_empty() {
+    if !args.is_empty() {
+        return Ok(());
+    }
+    short_soak()?;
+    if kernels == "none" {
         return Ok(());
     }
     // The kernel matrix (VMs with Debian's kernels; see `test-kernels`).
