@@ -125,6 +125,32 @@ pub struct ChaosRecord {
 
 pub type Shared = Arc<Mutex<ChaosRecord>>;
 
+/// `f` on a thread of its own inside the node's network namespace `netns`. The soak reads the
+/// monitors from there (the node IP is local: no lab network in between): with a node's OVSDB
+/// server stopped, the root netns cannot reach the node's IP at all (measured: ping and TCP to
+/// it fail until ovsdb-server is back; the lab's path goes through OVS's br-phy), which says
+/// nothing about the monitor.
+pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let netns = netns.to_string();
+    thread::spawn(move || {
+        super::load::enter_netns(&netns)?;
+        f()
+    })
+    .join()
+    .unwrap_or_else(|_| bail!("a reader thread panicked"))
+}
+
+/// `GET url` (JSON) from inside `netns`.
+pub fn get_json_in(netns: &str, url: &str, timeout: Duration) -> Result<Value> {
+    let url = url.to_string();
+    in_netns(netns, move || get_json(&url, timeout))
+}
+
+/// Alertmanager's and the OVSDB server's restarts take turns: while a node's OVSDB server is
+/// down its monitor cannot reach Alertmanager either (the lab's path, see [`in_netns`]), which
+/// would make a late delivery the lab's doing.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 fn secs(start: Instant) -> f64 {
     start.elapsed().as_secs_f64()
 }
@@ -169,17 +195,19 @@ pub fn pods_missing(expected: &[String], v: &Value) -> Vec<String> {
     expected.iter().filter(|p| !have.contains(*p)).cloned().collect()
 }
 
-/// Every monitor's firing findings; a monitor that does not answer adds nothing (its health is
-/// the sampler's to judge).
-fn firing_everywhere(ctx: &Ctx) -> BTreeSet<FindingRef> {
+/// Every monitor's firing findings, and whether every monitor answered (one that did not adds
+/// nothing; its health is the sampler's to judge, but no conclusion is drawn from its silence).
+fn firing_everywhere(ctx: &Ctx) -> (BTreeSet<FindingRef>, bool) {
     let mut out = BTreeSet::new();
+    let mut all = true;
     for n in &ctx.lab.nodes {
         let url = format!("{}/api/v1/alerts?state=firing", monitors::monitor_url(&ctx.lab, &n.name));
-        if let Ok(v) = get_json(&url, Duration::from_secs(3)) {
-            out.extend(firing(&n.name, &v));
+        match get_json_in(&n.netns, &url, Duration::from_secs(3)) {
+            Ok(v) => out.extend(firing(&n.name, &v)),
+            Err(_) => all = false,
         }
     }
-    out
+    (out, all)
 }
 
 // ---------------------------------------------------------------- Alertmanager
@@ -279,6 +307,7 @@ pub fn alertmanager_restarts(
                     }
                 }
             }
+            let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
             let mut r = AmRestart { down_at_s: secs(start), ..AmRestart::default() };
             am.lock().unwrap_or_else(|p| p.into_inner()).stop();
             // Not interruptible: a stopped soak still starts it again (the record must end up).
@@ -291,7 +320,7 @@ pub fn alertmanager_restarts(
                 return;
             }
             let up = Instant::now();
-            r.firing = firing_everywhere(&ctx).into_iter().collect();
+            r.firing = firing_everywhere(&ctx).0.into_iter().collect();
             let bound = AM_RESEND * 2 + AM_SLACK;
             let mut missing = r.firing.clone();
             while !missing.is_empty() && up.elapsed() < bound {
@@ -305,8 +334,9 @@ pub fn alertmanager_restarts(
                 r.delivered_after_s = Some(up.elapsed().as_secs_f64());
             } else {
                 // One that resolved meanwhile is no longer firing: nothing to deliver as firing.
-                let now = firing_everywhere(&ctx);
-                r.missing = missing.into_iter().filter(|f| now.contains(f)).collect();
+                // (When a monitor does not answer, all of its findings count as still firing.)
+                let (now, all) = firing_everywhere(&ctx);
+                r.missing = missing.into_iter().filter(|f| !all || now.contains(f)).collect();
             }
             record.lock().unwrap_or_else(|p| p.into_inner()).am_restarts.push(r);
         }
@@ -328,6 +358,7 @@ pub fn ovsdb_restarts(ctx: &Ctx, every: Duration, start: Instant, record: Shared
         let pidfile = node.ovs_rundir.join("ovsdb-server.pid");
         let vswitchd_pidfile = node.ovs_rundir.join("ovs-vswitchd.pid");
         while ctx.sleep(every) {
+            let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
             let mut r = OvsdbRestart { node: node.name.clone(), down_at_s: secs(start), ..OvsdbRestart::default() };
             let vswitchd = sys::live_pid(&vswitchd_pidfile, "ovs-vswitchd");
             let Some(pid) = sys::live_pid(&pidfile, "ovsdb-server") else {
@@ -342,7 +373,7 @@ pub fn ovsdb_restarts(ctx: &Ctx, every: Duration, start: Instant, record: Shared
             }
             // Not interruptible: the lab must get its db server back whatever happens.
             thread::sleep(OVSDB_DOWN / 2);
-            r.pods_named_while_down = get_json(&format!("{url}/api/v1/pods"), Duration::from_secs(3))
+            r.pods_named_while_down = get_json_in(&node.netns, &format!("{url}/api/v1/pods"), Duration::from_secs(3))
                 .ok()
                 .map(|v| pods.len() - pods_missing(&pods, &v).len());
             thread::sleep(OVSDB_DOWN / 2);
@@ -356,7 +387,7 @@ pub fn ovsdb_restarts(ctx: &Ctx, every: Duration, start: Instant, record: Shared
             let up = Instant::now();
             let mut missing = pods.clone();
             while up.elapsed() < INVENTORY_WITHIN {
-                if let Ok(v) = get_json(&format!("{url}/api/v1/pods"), Duration::from_secs(3)) {
+                if let Ok(v) = get_json_in(&node.netns, &format!("{url}/api/v1/pods"), Duration::from_secs(3)) {
                     missing = pods_missing(&pods, &v);
                     if missing.is_empty() {
                         r.inventory_back_after_s = Some(up.elapsed().as_secs_f64());
@@ -385,7 +416,7 @@ struct Slow {
 /// The header a trickling client sends a byte at a time (never the blank line that ends it).
 const SLOW_HEADER: &[u8] = b"GET /api/v1/flows HTTP/1.1\r\nHost: soak\r\nUser-Agent: kovn-soak-slow-client\r\nX-Slow: ";
 
-/// `n` connections to every monitor's API, half of them sending nothing, half a header byte
+/// `n` connections to every monitor's API (from its node's namespace), half of them sending nothing, half a header byte
 /// every [`TRICKLE_EVERY`]; one the server closes is opened again at once. One thread per
 /// monitor, non-blocking sockets: `n` fds each, no thread per connection.
 pub fn slow_clients(ctx: &Ctx, n: u32, record: Shared) -> Vec<JoinHandle<()>> {
@@ -398,7 +429,13 @@ pub fn slow_clients(ctx: &Ctx, n: u32, record: Shared) -> Vec<JoinHandle<()>> {
         };
         let ctx = ctx.clone();
         let record = record.clone();
+        let netns = node.netns.clone();
         out.push(thread::spawn(move || {
+            // From the node's namespace, as the sampler (see [`in_netns`]).
+            if let Err(e) = super::load::enter_netns(&netns) {
+                ctx.counts.error(format!("slow clients: {e:#}"));
+                return;
+            }
             let now = Instant::now();
             let mut conns: Vec<Slow> = (0..n)
                 .map(|i| Slow {
@@ -490,17 +527,17 @@ pub fn watch_fault(ctx: &Ctx, hold: Duration) -> BTreeSet<FindingRef> {
     let end = Instant::now() + hold;
     let mut seen = BTreeSet::new();
     while Instant::now() < end && !ctx.stopped() {
-        seen.extend(firing_everywhere(ctx));
+        seen.extend(firing_everywhere(ctx).0);
         let left = end.saturating_duration_since(Instant::now());
         thread::sleep(left.min(Duration::from_secs(2)));
     }
-    seen.extend(firing_everywhere(ctx));
+    seen.extend(firing_everywhere(ctx).0);
     seen
 }
 
 /// Pairs with [`watch_fault`]: the baseline before an injection.
 pub fn baseline(ctx: &Ctx) -> BTreeSet<FindingRef> {
-    firing_everywhere(ctx)
+    firing_everywhere(ctx).0
 }
 
 /// Takes healed faults and watches their findings until they stop firing or `within` after the
@@ -512,8 +549,11 @@ pub fn resolver(ctx: &Ctx, rx: Receiver<Healed>, within: Duration, record: Share
         for Healed { mut watch, healed } in rx {
             let mut still: Vec<FindingRef> = watch.fired.clone();
             loop {
-                let now = firing_everywhere(&ctx);
-                still.retain(|f| now.contains(f));
+                // Resolved only on the word of every monitor.
+                let (now, all) = firing_everywhere(&ctx);
+                if all {
+                    still.retain(|f| now.contains(f));
+                }
                 if still.is_empty() {
                     watch.resolved_after_s = Some(healed.elapsed().as_secs_f64());
                     break;

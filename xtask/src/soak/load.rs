@@ -62,7 +62,7 @@ impl Counts {
 }
 
 /// Enters the network namespace `/run/netns/<netns>` on this thread only.
-fn enter_netns(netns: &str) -> Result<()> {
+pub(crate) fn enter_netns(netns: &str) -> Result<()> {
     let path = format!("/run/netns/{netns}");
     let f = File::open(&path).with_context(|| format!("opening {path}"))?;
     // SAFETY: setns on a descriptor we hold; it changes only the calling thread's namespace.

@@ -36,7 +36,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use serde::Serialize;
 
-use crate::lab::monitors::{self, get_json, get_text};
+use crate::lab::monitors::{self, get_text};
 use crate::lab::{self, Lab, UpOptions};
 pub use judge::{Failure, Figures, Limits, Sample};
 
@@ -555,7 +555,8 @@ impl Sampler {
         if let Some(pid) = s.pid {
             read_proc(pid, &mut s);
             let asked = Instant::now();
-            let health = get_json(&format!("{}/healthz", self.url), Duration::from_secs(3));
+            // From inside the node's namespace (see chaos::in_netns for why).
+            let health = chaos::get_json_in(&self.netns, &format!("{}/healthz", self.url), Duration::from_secs(3));
             s.healthz_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
             match health {
                 Ok(h) if h["status"] == "ok" => {
@@ -592,7 +593,9 @@ impl Sampler {
                 Err(e) => s.healthz_error = Some(format!("{e:#}")),
             }
             let asked = Instant::now();
-            let metrics = get_text(&format!("{}/metrics", self.url), Duration::from_secs(5));
+            let url = format!("{}/metrics", self.url);
+            let metrics =
+                chaos::in_netns(&self.netns, move || get_text(&url, Duration::from_secs(5)));
             s.metrics_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
             if let Err(e) = &metrics {
                 s.metrics_error = Some(format!("{e:#}"));
