@@ -110,6 +110,9 @@ pub struct FaultWatch {
     pub unresolved: Vec<FindingRef>,
     /// Seconds after the heal until none of them was firing.
     pub resolved_after_s: Option<f64>,
+    /// The bound counted from here (s since the start): the heal, or the end of an OVSDB
+    /// restart after it (see [`OVSDB_OUTAGE`]).
+    pub bound_from_s: f64,
 }
 
 /// Everything the disturbances recorded.
@@ -150,6 +153,20 @@ pub fn get_json_in(netns: &str, url: &str, timeout: Duration) -> Result<Value> {
 /// down its monitor cannot reach Alertmanager either (the lab's path, see [`in_netns`]), which
 /// would make a late delivery the lab's doing.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// While a node's OVSDB server is down its IP is unreachable through OVS (see [`in_netns`]) and
+/// its pods' requests may fail, and findings that fired during a fault may be fed again by them. The
+/// resolution bound therefore counts from the later of the heal and the OVSDB server's return.
+/// (down now, when it was last back)
+static OVSDB_OUTAGE: Mutex<(bool, Option<Instant>)> = Mutex::new((false, None));
+
+fn set_ovsdb_down(down: bool) {
+    let mut o = OVSDB_OUTAGE.lock().unwrap_or_else(|p| p.into_inner());
+    o.0 = down;
+    if !down {
+        o.1 = Some(Instant::now());
+    }
+}
 
 fn secs(start: Instant) -> f64 {
     start.elapsed().as_secs_f64()
@@ -267,7 +284,9 @@ impl Alertmanager {
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let pid = c.id() as i32;
+            set_ovsdb_down(true);
             if !sys::terminate(pid, false, Duration::from_secs(5)) {
+                set_ovsdb_down(false);
                 let _ = c.kill();
             }
             let _ = c.wait();
@@ -378,6 +397,7 @@ pub fn ovsdb_restarts(ctx: &Ctx, every: Duration, start: Instant, record: Shared
                 .map(|v| pods.len() - pods_missing(&pods, &v).len());
             thread::sleep(OVSDB_DOWN / 2);
             let started = lab::start_node_ovsdb(&node);
+            set_ovsdb_down(false);
             r.up_at_s = secs(start);
             if let Err(e) = started {
                 r.error = Some(format!("starting ovsdb-server again: {e:#}"));
@@ -548,7 +568,11 @@ pub fn resolver(ctx: &Ctx, rx: Receiver<Healed>, within: Duration, record: Share
     thread::spawn(move || {
         for Healed { mut watch, healed } in rx {
             let mut still: Vec<FindingRef> = watch.fired.clone();
+            let heal_s = watch.healed_at_s;
             loop {
+                let (down, back) = *OVSDB_OUTAGE.lock().unwrap_or_else(|p| p.into_inner());
+                let from = back.filter(|b| *b > healed).unwrap_or(healed);
+                watch.bound_from_s = heal_s + from.duration_since(healed).as_secs_f64();
                 // Resolved only on the word of every monitor.
                 let (now, all) = firing_everywhere(&ctx);
                 if all {
@@ -558,7 +582,7 @@ pub fn resolver(ctx: &Ctx, rx: Receiver<Healed>, within: Duration, record: Share
                     watch.resolved_after_s = Some(healed.elapsed().as_secs_f64());
                     break;
                 }
-                if healed.elapsed() >= within {
+                if !down && from.elapsed() >= within {
                     break;
                 }
                 thread::sleep(Duration::from_secs(2));

@@ -649,6 +649,7 @@ fn read_proc(pid: i32, s: &mut Sample) {
         s.threads = field("Threads:");
     }
     s.fds = fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
+    s.api_conn_fds = api_conn_fds(pid);
     if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
         // Fields after the command name (which may hold spaces): state is the first, utime
         // and stime the 12th and 13th.
@@ -659,6 +660,32 @@ fn read_proc(pid: i32, s: &mut Sample) {
         let ticks = |i: usize| rest.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         s.cpu_s = (ticks(11) + ticks(12)) / hz;
     }
+}
+
+/// The process's fds that are established TCP connections of its API port (accepted ones:
+/// local port [`monitors::MONITOR_PORT`]), from /proc/PID/net/tcp{,6} (its netns) and the
+/// `socket:[inode]` links of /proc/PID/fd.
+fn api_conn_fds(pid: i32) -> u64 {
+    let mut inodes = BTreeSet::new();
+    for f in ["tcp", "tcp6"] {
+        let text = fs::read_to_string(format!("/proc/{pid}/net/{f}")).unwrap_or_default();
+        for l in text.lines().skip(1) {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            // local_address is ADDR:PORT in hex, st 01 is ESTABLISHED, inode the 10th column.
+            let port = cols.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+            if port == Some(monitors::MONITOR_PORT)
+                && cols.get(3) == Some(&"01")
+                && let Some(inode) = cols.get(9)
+            {
+                inodes.insert(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| fs::read_link(e.path()).is_ok_and(|l| inodes.contains(l.to_string_lossy().as_ref())))
+            .count() as u64
+    })
 }
 
 fn progress(start: Instant, samplers: &[Sampler], counts: &load::Counts) -> String {
