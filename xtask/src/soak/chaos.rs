@@ -256,7 +256,8 @@ impl Alertmanager {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("alertmanager.log"))?;
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("alertmanager.log"))?;
         let child = Command::new("prometheus-alertmanager")
             .arg(format!("--config.file={}", self.dir.join("alertmanager.yml").display()))
             .arg(format!("--storage.path={}", self.dir.join("data").display()))
@@ -372,13 +373,19 @@ pub fn ovsdb_restarts(ctx: &Ctx, every: Duration, start: Instant, record: Shared
     thread::spawn(move || {
         let Some(node) = ctx.lab.nodes.first().cloned() else { return };
         let url = monitors::monitor_url(&ctx.lab, &node.name);
-        let pods: Vec<String> =
-            ctx.lab.pods.iter().filter(|p| p.node == node.name).map(|p| format!("{}/{}", p.namespace, p.name)).collect();
+        let pods: Vec<String> = ctx
+            .lab
+            .pods
+            .iter()
+            .filter(|p| p.node == node.name)
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect();
         let pidfile = node.ovs_rundir.join("ovsdb-server.pid");
         let vswitchd_pidfile = node.ovs_rundir.join("ovs-vswitchd.pid");
         while ctx.sleep(every) {
             let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-            let mut r = OvsdbRestart { node: node.name.clone(), down_at_s: secs(start), ..OvsdbRestart::default() };
+            let mut r =
+                OvsdbRestart { node: node.name.clone(), down_at_s: secs(start), ..OvsdbRestart::default() };
             let vswitchd = sys::live_pid(&vswitchd_pidfile, "ovs-vswitchd");
             let Some(pid) = sys::live_pid(&pidfile, "ovsdb-server") else {
                 r.error = Some(format!("no ovsdb-server running ({})", pidfile.display()));
@@ -392,9 +399,10 @@ pub fn ovsdb_restarts(ctx: &Ctx, every: Duration, start: Instant, record: Shared
             }
             // Not interruptible: the lab must get its db server back whatever happens.
             thread::sleep(OVSDB_DOWN / 2);
-            r.pods_named_while_down = get_json_in(&node.netns, &format!("{url}/api/v1/pods"), Duration::from_secs(3))
-                .ok()
-                .map(|v| pods.len() - pods_missing(&pods, &v).len());
+            r.pods_named_while_down =
+                get_json_in(&node.netns, &format!("{url}/api/v1/pods"), Duration::from_secs(3))
+                    .ok()
+                    .map(|v| pods.len() - pods_missing(&pods, &v).len());
             thread::sleep(OVSDB_DOWN / 2);
             let started = lab::start_node_ovsdb(&node);
             set_ovsdb_down(false);
@@ -407,7 +415,8 @@ pub fn ovsdb_restarts(ctx: &Ctx, every: Duration, start: Instant, record: Shared
             let up = Instant::now();
             let mut missing = pods.clone();
             while up.elapsed() < INVENTORY_WITHIN {
-                if let Ok(v) = get_json_in(&node.netns, &format!("{url}/api/v1/pods"), Duration::from_secs(3)) {
+                if let Ok(v) = get_json_in(&node.netns, &format!("{url}/api/v1/pods"), Duration::from_secs(3))
+                {
                     missing = pods_missing(&pods, &v);
                     if missing.is_empty() {
                         r.inventory_back_after_s = Some(up.elapsed().as_secs_f64());
@@ -417,7 +426,8 @@ pub fn ovsdb_restarts(ctx: &Ctx, every: Duration, start: Instant, record: Shared
                 thread::sleep(Duration::from_millis(500));
             }
             r.missing_pods = missing;
-            r.vswitchd_kept = vswitchd.is_some() && sys::live_pid(&vswitchd_pidfile, "ovs-vswitchd") == vswitchd;
+            r.vswitchd_kept =
+                vswitchd.is_some() && sys::live_pid(&vswitchd_pidfile, "ovs-vswitchd") == vswitchd;
             record.lock().unwrap_or_else(|p| p.into_inner()).ovsdb_restarts.push(r);
         }
     })
@@ -434,7 +444,8 @@ struct Slow {
 }
 
 /// The header a trickling client sends a byte at a time (never the blank line that ends it).
-const SLOW_HEADER: &[u8] = b"GET /api/v1/flows HTTP/1.1\r\nHost: soak\r\nUser-Agent: kovn-soak-slow-client\r\nX-Slow: ";
+const SLOW_HEADER: &[u8] =
+    b"GET /api/v1/flows HTTP/1.1\r\nHost: soak\r\nUser-Agent: kovn-soak-slow-client\r\nX-Slow: ";
 
 /// `n` connections to every monitor's API (from its node's namespace), half of them sending nothing, half a header byte
 /// every [`TRICKLE_EVERY`]; one the server closes is opened again at once. One thread per
@@ -442,7 +453,8 @@ const SLOW_HEADER: &[u8] = b"GET /api/v1/flows HTTP/1.1\r\nHost: soak\r\nUser-Ag
 pub fn slow_clients(ctx: &Ctx, n: u32, record: Shared) -> Vec<JoinHandle<()>> {
     let mut out = Vec::new();
     for node in &ctx.lab.nodes {
-        let Ok(addr) = monitors::monitor_url(&ctx.lab, &node.name).trim_start_matches("http://").parse::<SocketAddr>()
+        let Ok(addr) =
+            monitors::monitor_url(&ctx.lab, &node.name).trim_start_matches("http://").parse::<SocketAddr>()
         else {
             ctx.counts.error(format!("slow clients: no address for {}'s monitor", node.name));
             continue;
@@ -499,9 +511,9 @@ pub fn slow_clients(ctx: &Ctx, n: u32, record: Shared) -> Vec<JoinHandle<()>> {
                             let byte = [SLOW_HEADER.get(c.sent).copied().unwrap_or(b'x')];
                             c.sent += 1;
                             match s.write(&byte) {
-                                Ok(_) => {
+                                Ok(n) => {
                                     counts(&|s| {
-                                        s.bytes_sent.fetch_add(1, Ordering::Relaxed);
+                                        s.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
                                     });
                                     false
                                 }

@@ -85,6 +85,10 @@ pub struct Limits {
     pub warmup_fraction: f64,
     /// The poll interval, ms: a poll longer than this missed its tick.
     pub tick_ms: f64,
+    /// The share of polls that may miss their tick (0: none may; CI's short soak of the debug
+    /// build allows some, see README "Soak").
+    #[serde(default)]
+    pub polls_over_tick_fraction: f64,
 }
 
 impl Default for Limits {
@@ -97,6 +101,7 @@ impl Default for Limits {
             thread_growth: 8,
             warmup_fraction: 0.5,
             tick_ms: 1000.0,
+            polls_over_tick_fraction: 0.0,
         }
     }
 }
@@ -225,7 +230,9 @@ impl std::fmt::Display for Failure {
                 "at {t_s:.0}s {missed} pod veths present for a sample interval were not attached, {stale} gone \
                  for one were still attached"
             ),
-            Failure::MetricsUnanswered { t_s, error } => write!(f, "/metrics not answered at {t_s:.0}s: {error}"),
+            Failure::MetricsUnanswered { t_s, error } => {
+                write!(f, "/metrics not answered at {t_s:.0}s: {error}")
+            }
             Failure::NotResolved { fault, finding, healed_at_s, within_s } => write!(
                 f,
                 "finding {finding} (fired during {fault}) still firing {within_s:.0}s after the heal (or an OVSDB \
@@ -469,7 +476,12 @@ pub fn judge(
     fig.poll_mean_ms = if polls > 0 { sum * 1e3 / polls as f64 } else { 0.0 };
     fig.cpu_per_poll_ms = if polls > 0 { fig.cpu_s * 1e3 / polls as f64 } else { 0.0 };
     fig.max_last_poll_ms = running.iter().filter_map(|s| s.last_poll_ms).fold(0.0, f64::max);
-    if over > 0 || fig.max_last_poll_ms > limits.tick_ms {
+    let too_many = if limits.polls_over_tick_fraction > 0.0 {
+        over as f64 > limits.polls_over_tick_fraction * polls as f64
+    } else {
+        over > 0 || fig.max_last_poll_ms > limits.tick_ms
+    };
+    if too_many {
         failures.push(Failure::PollOverTick {
             polls: over,
             max_last_poll_ms: fig.max_last_poll_ms,
@@ -571,15 +583,23 @@ pub fn chaos_failures(
     let mut out = Vec::new();
     for r in am {
         if let Some(e) = &r.error {
-            out.push(Failure::Disturbance { what: format!("Alertmanager restart at {:.0}s: {e}", r.down_at_s) });
+            out.push(Failure::Disturbance {
+                what: format!("Alertmanager restart at {:.0}s: {e}", r.down_at_s),
+            });
         }
         for f in &r.missing {
-            out.push(Failure::AlertNotRedelivered { finding: f.to_string(), up_at_s: r.up_at_s, within_s: am_within_s });
+            out.push(Failure::AlertNotRedelivered {
+                finding: f.to_string(),
+                up_at_s: r.up_at_s,
+                within_s: am_within_s,
+            });
         }
     }
     for r in ovsdb {
         if let Some(e) = &r.error {
-            out.push(Failure::Disturbance { what: format!("OVSDB restart on {} at {:.0}s: {e}", r.node, r.down_at_s) });
+            out.push(Failure::Disturbance {
+                what: format!("OVSDB restart on {} at {:.0}s: {e}", r.node, r.down_at_s),
+            });
             continue;
         }
         if !r.vswitchd_kept {
@@ -747,19 +767,39 @@ mod tests {
     }
 
     fn finding(node: &str, id: &str) -> crate::soak::chaos::FindingRef {
-        crate::soak::chaos::FindingRef { node: node.into(), id: id.into(), kind: "request_without_reply".into() }
+        crate::soak::chaos::FindingRef {
+            node: node.into(),
+            id: id.into(),
+            kind: "request_without_reply".into(),
+        }
+    }
+
+    #[test]
+    fn a_share_of_slow_polls_may_be_allowed() {
+        let mut s = run(|_| 20.0);
+        // 600 polls, 60 of them over the tick by the end.
+        for (i, x) in s.iter_mut().enumerate() {
+            x.polls_over_tick = Some(i as u64 / 2);
+        }
+        let strict = Limits::default();
+        assert_eq!(kinds(&judge(&s, &[], 600.0, &strict).1), ["poll_over_tick"]);
+        let lenient = Limits { polls_over_tick_fraction: 0.2, ..Limits::default() };
+        assert!(judge(&s, &[], 600.0, &lenient).1.is_empty());
+        let tight = Limits { polls_over_tick_fraction: 0.05, ..Limits::default() };
+        assert_eq!(kinds(&judge(&s, &[], 600.0, &tight).1), ["poll_over_tick"]);
     }
 
     #[test]
     fn api_connections_are_not_fd_growth_other_fds_are() {
+        // 200 more fds in the last part of the judged half.
         let mut s = run(|_| 20.0);
-        for x in s.iter_mut().skip(60) {
+        for x in s.iter_mut().skip(100) {
             x.fds += 200;
             x.api_conn_fds = 200;
         }
         let (_, failures) = judge(&s, &[], 600.0, &Limits::default());
         assert!(failures.is_empty(), "{failures:?}");
-        for x in s.iter_mut().skip(60) {
+        for x in s.iter_mut().skip(100) {
             x.api_conn_fds = 150;
         }
         let (_, failures) = judge(&s, &[], 600.0, &Limits::default());
@@ -779,15 +819,37 @@ mod tests {
     #[test]
     fn disturbances_fail_on_unresolved_findings_lost_alerts_and_inventory() {
         use crate::soak::chaos::{AmRestart, FaultWatch, OvsdbRestart};
-        let ok_am = AmRestart { firing: vec![finding("node1", "a")], delivered_after_s: Some(3.0), ..Default::default() };
-        let ok_db = OvsdbRestart { node: "node1".into(), vswitchd_kept: true, inventory_back_after_s: Some(2.0), ..Default::default() };
-        let ok_fault = FaultWatch { fault: "ReplyDrop".into(), fired: vec![finding("node2", "b")], resolved_after_s: Some(20.0), ..Default::default() };
-        let f = chaos_failures(&[ok_am.clone()], &[ok_db.clone()], &[ok_fault.clone()], 30.0, 30.0, 90.0);
+        let ok_am = AmRestart {
+            firing: vec![finding("node1", "a")],
+            delivered_after_s: Some(3.0),
+            ..Default::default()
+        };
+        let ok_db = OvsdbRestart {
+            node: "node1".into(),
+            vswitchd_kept: true,
+            inventory_back_after_s: Some(2.0),
+            ..Default::default()
+        };
+        let ok_fault = FaultWatch {
+            fault: "ReplyDrop".into(),
+            fired: vec![finding("node2", "b")],
+            resolved_after_s: Some(20.0),
+            ..Default::default()
+        };
+        let f = chaos_failures(
+            std::slice::from_ref(&ok_am),
+            std::slice::from_ref(&ok_db),
+            std::slice::from_ref(&ok_fault),
+            30.0,
+            30.0,
+            90.0,
+        );
         assert!(f.is_empty(), "{f:?}");
 
         let lost = AmRestart { missing: vec![finding("node1", "a")], ..ok_am };
         let gone = OvsdbRestart { missing_pods: vec!["default/web-0".into()], vswitchd_kept: false, ..ok_db };
-        let stuck = FaultWatch { unresolved: vec![finding("node2", "b")], resolved_after_s: None, ..ok_fault };
+        let stuck =
+            FaultWatch { unresolved: vec![finding("node2", "b")], resolved_after_s: None, ..ok_fault };
         let f = chaos_failures(&[lost], &[gone], &[stuck], 30.0, 30.0, 90.0);
         assert_eq!(kinds(&f), ["alert_not_redelivered", "disturbance", "inventory_not_back", "not_resolved"]);
         // The message names the finding that did not resolve and its fault.

@@ -111,6 +111,9 @@ pub struct SoakArgs {
     /// Fail when RSS ever exceeds this (MiB).
     #[arg(long, default_value_t = 256.0)]
     pub rss_max: f64,
+    /// The share of polls that may take longer than the poll interval (0: none may).
+    #[arg(long, default_value_t = 0.0)]
+    pub polls_over_tick_fraction: f64,
     /// Fail when open fds grow by more than this after warm-up.
     #[arg(long, default_value_t = 16)]
     pub fd_growth_limit: u64,
@@ -142,6 +145,7 @@ impl SoakArgs {
             fd_growth: self.fd_growth_limit,
             warmup_fraction: self.warmup_fraction,
             tick_ms: monitors::POLL_INTERVAL.as_secs_f64() * 1e3,
+            polls_over_tick_fraction: self.polls_over_tick_fraction,
             ..Limits::default()
         }
     }
@@ -273,7 +277,7 @@ pub fn run(args: &SoakArgs, bin: &Path, out_root: &Path) -> Result<Report> {
     if !args.with_services {
         without_load_balancers(&lab)?;
     }
-    let report = soak(args, &lab, bin, &run_args, am.clone(), &stop)?;
+    let report = soak(args, &lab, bin, &run_args, am, &stop)?;
     let dir = out_root.join(format!(
         "{}-{}",
         args.name,
@@ -330,9 +334,8 @@ fn soak(
     threads.push(load::probe_mix(&ctx, args.with_services));
     threads.push(load::veth_churn(&ctx, args.veth_churn_per_minute));
     let (healed_tx, healed_rx) = std::sync::mpsc::channel();
-    let resolver = (args.fault_every > 0 && args.resolve_within > 0).then(|| {
-        chaos::resolver(&ctx, healed_rx, Duration::from_secs(args.resolve_within), record.clone())
-    });
+    let resolver = (args.fault_every > 0 && args.resolve_within > 0)
+        .then(|| chaos::resolver(&ctx, healed_rx, Duration::from_secs(args.resolve_within), record.clone()));
     if args.fault_every > 0 {
         threads.push(load::faults(
             &ctx,
@@ -356,7 +359,12 @@ fn soak(
         ));
     }
     if args.ovsdb_restart_every > 0 {
-        threads.push(chaos::ovsdb_restarts(&ctx, Duration::from_secs(args.ovsdb_restart_every), start, record.clone()));
+        threads.push(chaos::ovsdb_restarts(
+            &ctx,
+            Duration::from_secs(args.ovsdb_restart_every),
+            start,
+            record.clone(),
+        ));
     }
     if args.slow_clients > 0 {
         threads.extend(chaos::slow_clients(&ctx, args.slow_clients, record.clone()));
@@ -556,7 +564,8 @@ impl Sampler {
             read_proc(pid, &mut s);
             let asked = Instant::now();
             // From inside the node's namespace (see chaos::in_netns for why).
-            let health = chaos::get_json_in(&self.netns, &format!("{}/healthz", self.url), Duration::from_secs(3));
+            let health =
+                chaos::get_json_in(&self.netns, &format!("{}/healthz", self.url), Duration::from_secs(3));
             s.healthz_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
             match health {
                 Ok(h) if h["status"] == "ok" => {
@@ -594,8 +603,7 @@ impl Sampler {
             }
             let asked = Instant::now();
             let url = format!("{}/metrics", self.url);
-            let metrics =
-                chaos::in_netns(&self.netns, move || get_text(&url, Duration::from_secs(5)));
+            let metrics = chaos::in_netns(&self.netns, move || get_text(&url, Duration::from_secs(5)));
             s.metrics_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
             if let Err(e) = &metrics {
                 s.metrics_error = Some(format!("{e:#}"));
@@ -672,7 +680,8 @@ fn api_conn_fds(pid: i32) -> u64 {
         for l in text.lines().skip(1) {
             let cols: Vec<&str> = l.split_whitespace().collect();
             // local_address is ADDR:PORT in hex, st 01 is ESTABLISHED, inode the 10th column.
-            let port = cols.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+            let port =
+                cols.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
             if port == Some(monitors::MONITOR_PORT)
                 && cols.get(3) == Some(&"01")
                 && let Some(inode) = cols.get(9)
