@@ -87,8 +87,14 @@ pub struct OvsdbRestart {
     pub node: String,
     pub down_at_s: f64,
     pub up_at_s: f64,
-    /// The node's lab pods (`namespace/name`) `/api/v1/pods` named while the server was down.
+    /// The node's lab pods (`namespace/name`) `/api/v1/pods` named while the server was down
+    /// (the monitor keeps its last view, and the lab also gives it a static inventory file).
     pub pods_named_while_down: Option<usize>,
+    /// `/readyz` said ready while the server was down (it says `inventory not synced: ovsdb`
+    /// from the monitor's reconnection until its new snapshot).
+    pub ready_while_down: Option<bool>,
+    /// Seconds after `up_at_s` until `/readyz` was ready again: the OVSDB source re-synced.
+    pub ready_after_s: Option<f64>,
     /// Seconds after `up_at_s` until `/api/v1/pods` named every pod of the node again.
     pub inventory_back_after_s: Option<f64>,
     /// Pods still not named at the bound.
@@ -403,6 +409,8 @@ pub fn ovsdb_restarts(ctx: &Ctx, every: Duration, start: Instant, record: Shared
                 get_json_in(&node.netns, &format!("{url}/api/v1/pods"), Duration::from_secs(3))
                     .ok()
                     .map(|v| pods.len() - pods_missing(&pods, &v).len());
+            r.ready_while_down =
+                Some(get_json_in(&node.netns, &format!("{url}/readyz"), Duration::from_secs(3)).is_ok());
             thread::sleep(OVSDB_DOWN / 2);
             let started = lab::start_node_ovsdb(&node);
             set_ovsdb_down(false);
@@ -415,7 +423,15 @@ pub fn ovsdb_restarts(ctx: &Ctx, every: Duration, start: Instant, record: Shared
             let up = Instant::now();
             let mut missing = pods.clone();
             while up.elapsed() < INVENTORY_WITHIN {
-                if let Ok(v) = get_json_in(&node.netns, &format!("{url}/api/v1/pods"), Duration::from_secs(3))
+                // Ready again (a 200 from /readyz) means the monitor reconnected and re-synced.
+                if r.ready_after_s.is_none()
+                    && get_json_in(&node.netns, &format!("{url}/readyz"), Duration::from_secs(3)).is_ok()
+                {
+                    r.ready_after_s = Some(up.elapsed().as_secs_f64());
+                }
+                if r.ready_after_s.is_some()
+                    && let Ok(v) =
+                        get_json_in(&node.netns, &format!("{url}/api/v1/pods"), Duration::from_secs(3))
                 {
                     missing = pods_missing(&pods, &v);
                     if missing.is_empty() {

@@ -244,8 +244,8 @@ impl std::fmt::Display for Failure {
             ),
             Failure::InventoryNotBack { node, up_at_s, missing, within_s } => write!(
                 f,
-                "{node}: {} pods not named in /api/v1/pods {within_s:.0}s after the OVSDB server came back at \
-                 {up_at_s:.0}s: {}",
+                "{node}: not ready (/readyz) or {} pods not named in /api/v1/pods {within_s:.0}s after the OVSDB \
+                 server came back at {up_at_s:.0}s: {}",
                 missing.len(),
                 missing.join(", ")
             ),
@@ -607,7 +607,7 @@ pub fn chaos_failures(
                 what: format!("ovs-vswitchd of {} did not keep running through the OVSDB restart", r.node),
             });
         }
-        if !r.missing_pods.is_empty() {
+        if !r.missing_pods.is_empty() || r.ready_after_s.is_none() {
             out.push(Failure::InventoryNotBack {
                 node: r.node.clone(),
                 up_at_s: r.up_at_s,
@@ -828,6 +828,7 @@ mod tests {
             node: "node1".into(),
             vswitchd_kept: true,
             inventory_back_after_s: Some(2.0),
+            ready_after_s: Some(1.0),
             ..Default::default()
         };
         let ok_fault = FaultWatch {
@@ -847,9 +848,16 @@ mod tests {
         assert!(f.is_empty(), "{f:?}");
 
         let lost = AmRestart { missing: vec![finding("node1", "a")], ..ok_am };
-        let gone = OvsdbRestart { missing_pods: vec!["default/web-0".into()], vswitchd_kept: false, ..ok_db };
+        let gone = OvsdbRestart {
+            missing_pods: vec!["default/web-0".into()],
+            vswitchd_kept: false,
+            ..ok_db.clone()
+        };
         let stuck =
             FaultWatch { unresolved: vec![finding("node2", "b")], resolved_after_s: None, ..ok_fault };
+        // Never ready again is a failure on its own.
+        let unready = OvsdbRestart { ready_after_s: None, ..ok_db.clone() };
+        assert_eq!(kinds(&chaos_failures(&[], &[unready], &[], 30.0, 30.0, 90.0)), ["inventory_not_back"]);
         let f = chaos_failures(&[lost], &[gone], &[stuck], 30.0, 30.0, 90.0);
         assert_eq!(kinds(&f), ["alert_not_redelivered", "disturbance", "inventory_not_back", "not_resolved"]);
         // The message names the finding that did not resolve and its fault.

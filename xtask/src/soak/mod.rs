@@ -845,13 +845,14 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(
         t,
         "alertmanager restarts: {} ({} findings firing when it came back, delivered within {}); \
-         OVSDB restarts: {} (inventory back within {}); faults watched: {} ({} findings fired, all \
+         OVSDB restarts: {} (ready again within {}, pods named within {}); faults watched: {} ({} findings fired, all \
          resolved within {}); slow clients: {} per monitor, {} held at most, {} closed by the server, \
          {} connect failures",
         ch.am_restarts.len(),
         ch.am_restarts.iter().map(|a| a.firing.len()).sum::<usize>(),
         max_s(ch.am_restarts.iter().map(|a| a.delivered_after_s)),
         ch.ovsdb_restarts.len(),
+        max_s(ch.ovsdb_restarts.iter().map(|o| o.ready_after_s)),
         max_s(ch.ovsdb_restarts.iter().map(|o| o.inventory_back_after_s)),
         ch.faults.len(),
         ch.faults.iter().map(|f| f.fired.len()).sum::<usize>(),
