@@ -333,11 +333,12 @@ fn short_soak() -> Result<()> {
     soak.args(["soak", "--minutes", "1.5", "--name", &name])
         .args(["--fault-every", "30", "--fault-hold", "10", "--resolve-within", "60"])
         .args(["--alertmanager-restart-every", "30", "--ovsdb-restart-every", "40"])
-        .args(["--sample-every", "3", "--udp-flows-per-second", "150"])
-        // Growth is not judged on a run this short (the tables are still filling); the debug
-        // build's RSS is bounded generously, and its polls (0.5-1.7 s at this load here) may
-        // miss a quarter of their ticks.
-        .args(["--rss-max", "1024", "--rss-slope-limit", "1000000", "--polls-over-tick-fraction", "0.25"]);
+        .args(["--sample-every", "3", "--udp-flows-per-second", "50"])
+        // A light flow load: the debug build keeps its 1 s tick at ~3,800 flows (none missed
+        // here, longest poll 0.65 s) but not at ~8,500 (12-24 % missed). Growth is not judged on
+        // a run this short (the tables are still filling), the debug build's RSS is bounded
+        // generously, and a tenth of the polls may miss the tick on a busy CI machine.
+        .args(["--rss-max", "1024", "--rss-slope-limit", "1000000", "--polls-over-tick-fraction", "0.1"]);
     run(&mut soak)
 }
 

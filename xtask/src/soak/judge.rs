@@ -856,7 +856,7 @@ mod tests {
         let stuck =
             FaultWatch { unresolved: vec![finding("node2", "b")], resolved_after_s: None, ..ok_fault };
         // Never ready again is a failure on its own.
-        let unready = OvsdbRestart { ready_after_s: None, ..ok_db.clone() };
+        let unready = OvsdbRestart { ready_after_s: None, ..ok_db };
         assert_eq!(kinds(&chaos_failures(&[], &[unready], &[], 30.0, 30.0, 90.0)), ["inventory_not_back"]);
         let f = chaos_failures(&[lost], &[gone], &[stuck], 30.0, 30.0, 90.0);
         assert_eq!(kinds(&f), ["alert_not_redelivered", "disturbance", "inventory_not_back", "not_resolved"]);
