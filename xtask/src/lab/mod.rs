@@ -67,6 +67,7 @@ pub use plan::{SHOP_SUBNET, UpOptions, host_veth_name, plan, pod_mac, validate_n
 pub use probe::{Probe, ProbeResult};
 pub use status::{health, healthy};
 pub use traffic::{Scenario, TrafficOptions, TrafficReport};
+pub use up::start_node_ovsdb;
 pub use up::{UpOutcome, port_bindings, up};
 
 /// Which lab a command is about.

@@ -316,19 +316,27 @@ pub fn root_veth_checksums(node: &Node) -> Result<()> {
     Ok(())
 }
 
+/// A node's ovsdb-server (Open_vSwitch) on its existing `conf.db`: at `lab up`, and again when
+/// the soak restarts it (`--ovsdb-restart-every`), the same way both times.
+pub fn start_node_ovsdb(node: &Node) -> Result<()> {
+    let dir = &node.ovs_rundir;
+    let mut args = daemon_flags(dir, "ovsdb-server");
+    args.extend([
+        format!("--remote=punix:{}", node.ovsdb_sock.display()),
+        format!("--unixctl={}", dir.join("ovsdb-server.ctl").display()),
+        dir.join("conf.db").display().to_string(),
+    ]);
+    // `ip netns exec` keeps our environment, so OVS_RUNDIR reaches the daemon.
+    run_env("ip", &sys::in_netns(&node.netns, "ovsdb-server", &args), &ovs_env(dir))?;
+    Ok(())
+}
+
 fn start_node_ovs(node: &Node) -> Result<()> {
     let dir = &node.ovs_rundir;
     sys::mkdir(dir)?;
     let db = dir.join("conf.db");
     cmd::run("ovsdb-tool", &[Path::new("create"), &db, Path::new(VSWITCH_SCHEMA)])?;
-    let mut args = daemon_flags(dir, "ovsdb-server");
-    args.extend([
-        format!("--remote=punix:{}", node.ovsdb_sock.display()),
-        format!("--unixctl={}", dir.join("ovsdb-server.ctl").display()),
-        db.display().to_string(),
-    ]);
-    // `ip netns exec` keeps our environment, so OVS_RUNDIR reaches the daemon.
-    run_env("ip", &sys::in_netns(&node.netns, "ovsdb-server", &args), &ovs_env(dir))?;
+    start_node_ovsdb(node)?;
     vsctl(node, &["--no-wait", "init"])?;
     // ovs-vswitchd runs inside the node netns: its netdev ports (AF_PACKET sockets) and the tap
     // devices of its bridges belong there.

@@ -62,7 +62,7 @@ impl Counts {
 }
 
 /// Enters the network namespace `/run/netns/<netns>` on this thread only.
-fn enter_netns(netns: &str) -> Result<()> {
+pub(crate) fn enter_netns(netns: &str) -> Result<()> {
     let path = format!("/run/netns/{netns}");
     let f = File::open(&path).with_context(|| format!("opening {path}"))?;
     // SAFETY: setns on a descriptor we hold; it changes only the calling thread's namespace.
@@ -80,12 +80,12 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn stopped(&self) -> bool {
+    pub(crate) fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
 
     /// Sleeps up to `d`, waking early when the soak stops; false when it stopped.
-    fn sleep(&self, d: Duration) -> bool {
+    pub(crate) fn sleep(&self, d: Duration) -> bool {
         let end = Instant::now() + d;
         while !self.stopped() {
             let left = end.saturating_duration_since(Instant::now());
@@ -268,27 +268,57 @@ fn fault_rotation(lab: &Lab) -> Vec<FaultSpec> {
     out
 }
 
-/// Every `every`, the next fault of the rotation for `hold`, then healed.
-pub fn faults(ctx: &Ctx, every: Duration, hold: Duration) -> JoinHandle<()> {
+/// Every `every`, the next fault of the rotation for `hold`, then healed; none injected that
+/// would still be held at `end`. With `healed`, the findings that fired while it was held (and
+/// not before it) go there after the heal, for the resolution watch ([`super::chaos::resolver`]).
+pub fn faults(
+    ctx: &Ctx,
+    every: Duration,
+    hold: Duration,
+    end: Instant,
+    start: Instant,
+    healed: Option<super::chaos::HealedTx>,
+) -> JoinHandle<()> {
     let ctx = ctx.clone();
     thread::spawn(move || {
         let mut lab = ctx.lab.clone();
         let rotation = fault_rotation(&lab);
         let mut i = 0;
         while !rotation.is_empty() && ctx.sleep(every.saturating_sub(hold)) {
+            if Instant::now() + hold > end {
+                break;
+            }
             let spec = rotation[i % rotation.len()].clone();
             i += 1;
+            let name = format!("{spec:?}");
+            let before = healed.as_ref().map(|_| super::chaos::baseline(&ctx));
+            let injected_at_s = start.elapsed().as_secs_f64();
             match lab.inject(spec) {
                 Ok(f) => {
                     ctx.counts.faults_injected.fetch_add(1, Ordering::Relaxed);
-                    ctx.sleep(hold);
-                    match lab.heal(Some(&f.id)) {
-                        Ok(_) => ctx.counts.faults_healed.fetch_add(1, Ordering::Relaxed),
-                        Err(e) => {
-                            ctx.counts.error(format!("heal {}: {e:#}", f.id));
-                            0
+                    let seen = match &before {
+                        Some(_) => super::chaos::watch_fault(&ctx, hold),
+                        None => {
+                            ctx.sleep(hold);
+                            Default::default()
                         }
                     };
+                    match lab.heal(Some(&f.id)) {
+                        Ok(_) => {
+                            ctx.counts.faults_healed.fetch_add(1, Ordering::Relaxed);
+                            if let (Some(tx), Some(before)) = (&healed, &before) {
+                                let watch = super::chaos::FaultWatch {
+                                    fault: name,
+                                    injected_at_s,
+                                    healed_at_s: start.elapsed().as_secs_f64(),
+                                    fired: super::chaos::new_findings(before, &seen),
+                                    ..Default::default()
+                                };
+                                let _ = tx.send(super::chaos::Healed { watch, healed: Instant::now() });
+                            }
+                        }
+                        Err(e) => ctx.counts.error(format!("heal {}: {e:#}", f.id)),
+                    }
                 }
                 Err(e) => ctx.counts.error(format!("inject: {e:#}")),
             }

@@ -19,6 +19,7 @@
 //! abort found in a node's ovs-vswitchd.log is reported as that OVS bug, apart from kovn's
 //! verdict (the run is then inconclusive).
 
+pub mod chaos;
 pub mod judge;
 pub mod kmaps;
 pub mod load;
@@ -35,7 +36,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use serde::Serialize;
 
-use crate::lab::monitors::{self, get_json, get_text};
+use crate::lab::monitors::{self, get_text};
 use crate::lab::{self, Lab, UpOptions};
 pub use judge::{Failure, Figures, Limits, Sample};
 
@@ -80,6 +81,23 @@ pub struct SoakArgs {
     /// Planned restarts are not failures; counters may reset across them.
     #[arg(long, default_value_t = 0)]
     pub kill_every: u64,
+    /// Seconds between stops of the soak's Alertmanager (each for 20 s, starting at the next
+    /// fault's injection, so findings fire while it is down), which the monitors push to; then
+    /// the findings firing must reach it again. 0: no Alertmanager.
+    #[arg(long, default_value_t = 150)]
+    pub alertmanager_restart_every: u64,
+    /// Seconds between stops of the first node's OVSDB server (each for 10 s); then its monitor
+    /// must name the node's pods again within 30 s. 0: off.
+    #[arg(long, default_value_t = 180)]
+    pub ovsdb_restart_every: u64,
+    /// Slow HTTP clients held against each monitor's API (half send nothing, half a header byte
+    /// every 2 s); 0: none.
+    #[arg(long, default_value_t = 200)]
+    pub slow_clients: u32,
+    /// Every finding that fired during a fault must be resolved (or gone) this many seconds
+    /// after the heal; 0: not checked.
+    #[arg(long, default_value_t = 90)]
+    pub resolve_within: u64,
     /// Include the lab's service (OVN load-balancer) probes. Off by default: OVS 3.1's
     /// userspace datapath aborts on them after a minute or two (see README, `cargo xtask soak`).
     #[arg(long)]
@@ -93,6 +111,9 @@ pub struct SoakArgs {
     /// Fail when RSS ever exceeds this (MiB).
     #[arg(long, default_value_t = 256.0)]
     pub rss_max: f64,
+    /// The share of polls that may take longer than the poll interval (0: none may).
+    #[arg(long, default_value_t = 0.0)]
+    pub polls_over_tick_fraction: f64,
     /// Fail when open fds grow by more than this after warm-up.
     #[arg(long, default_value_t = 16)]
     pub fd_growth_limit: u64,
@@ -124,6 +145,7 @@ impl SoakArgs {
             fd_growth: self.fd_growth_limit,
             warmup_fraction: self.warmup_fraction,
             tick_ms: monitors::POLL_INTERVAL.as_secs_f64() * 1e3,
+            polls_over_tick_fraction: self.polls_over_tick_fraction,
             ..Limits::default()
         }
     }
@@ -167,6 +189,9 @@ pub struct Report {
     pub load_errors: Vec<String>,
     pub leftover_veths: Vec<String>,
     pub nodes: Vec<NodeReport>,
+    /// What the disturbances did and saw (Alertmanager, OVSDB, slow clients, faults' findings).
+    pub chaos: chaos::ChaosRecord,
+    pub chaos_failures: Vec<Failure>,
     /// No kovn failure (an OVS abort is not one, but makes the run inconclusive).
     pub passed: bool,
     pub interrupted: bool,
@@ -232,12 +257,27 @@ pub fn run(args: &SoakArgs, bin: &Path, out_root: &Path) -> Result<Report> {
     eprintln!("==> lab {} up ({} nodes, {} pods per node)", args.name, args.nodes, args.pods_per_node);
     let _guard = LabGuard { name: args.name.clone(), keep: args.keep_lab };
     let lab = lab::up(&opts)?.into_lab();
-    monitors::start_with(&lab, bin, &args.run_args)?;
+    let mut run_args = args.run_args.clone();
+    // Declared after the lab's guard: stopped before the lab goes.
+    let am = if args.alertmanager_restart_every > 0 {
+        let am = chaos::Alertmanager::start(lab.underlay.host_ip, lab.state_dir.join("soak-alertmanager"))?;
+        eprintln!("==> alertmanager on {}", am.url);
+        run_args.extend([
+            "--alertmanager-url".to_string(),
+            am.url.clone(),
+            "--alertmanager-resend-interval".to_string(),
+            format!("{}s", chaos::AM_RESEND.as_secs()),
+        ]);
+        Some(Arc::new(Mutex::new(am)))
+    } else {
+        None
+    };
+    monitors::start_with(&lab, bin, &run_args)?;
     let lab = lab::load(&lab.state_dir.to_string_lossy())?;
     if !args.with_services {
         without_load_balancers(&lab)?;
     }
-    let report = soak(args, &lab, bin, &stop)?;
+    let report = soak(args, &lab, bin, &run_args, am, &stop)?;
     let dir = out_root.join(format!(
         "{}-{}",
         args.name,
@@ -254,7 +294,14 @@ pub fn run(args: &SoakArgs, bin: &Path, out_root: &Path) -> Result<Report> {
     Ok(report)
 }
 
-fn soak(args: &SoakArgs, lab: &Lab, bin: &Path, stop: &Arc<AtomicBool>) -> Result<Report> {
+fn soak(
+    args: &SoakArgs,
+    lab: &Lab,
+    bin: &Path,
+    run_args: &[String],
+    am: Option<Arc<Mutex<chaos::Alertmanager>>>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Report> {
     let counts = Arc::new(load::Counts::default());
     let ctx = load::Ctx { lab: lab.clone(), stop: stop.clone(), counts: counts.clone() };
     let killed: Arc<Mutex<Vec<Vec<i32>>>> = Arc::new(Mutex::new(vec![Vec::new(); lab.nodes.len()]));
@@ -274,29 +321,63 @@ fn soak(args: &SoakArgs, lab: &Lab, bin: &Path, stop: &Arc<AtomicBool>) -> Resul
             String::new()
         }
     );
+    let record: chaos::Shared = Arc::new(Mutex::new(chaos::ChaosRecord {
+        alertmanager_url: am.as_ref().map(|a| a.lock().unwrap_or_else(|p| p.into_inner()).url.clone()),
+        slow_clients_per_monitor: args.slow_clients,
+        ..chaos::ChaosRecord::default()
+    }));
+    let start = Instant::now();
     let mut threads = load::udp_responders(&ctx);
     // Let the responders bind before the first datagrams.
     std::thread::sleep(Duration::from_millis(300));
     threads.extend(load::flow_churn(&ctx, args.udp_flows_per_second, args.tcp_connections_per_second, 7));
     threads.push(load::probe_mix(&ctx, args.with_services));
     threads.push(load::veth_churn(&ctx, args.veth_churn_per_minute));
+    let (healed_tx, healed_rx) = std::sync::mpsc::channel();
+    let resolver = (args.fault_every > 0 && args.resolve_within > 0)
+        .then(|| chaos::resolver(&ctx, healed_rx, Duration::from_secs(args.resolve_within), record.clone()));
     if args.fault_every > 0 {
         threads.push(load::faults(
             &ctx,
             Duration::from_secs(args.fault_every),
             Duration::from_secs(args.fault_hold.min(args.fault_every)),
+            start + duration,
+            start,
+            resolver.is_some().then(|| healed_tx.clone()),
         ));
+    }
+    // The fault thread holds the only sender left: the resolver ends after its last heal.
+    drop(healed_tx);
+    if let Some(am) = &am {
+        threads.push(chaos::alertmanager_restarts(
+            &ctx,
+            am.clone(),
+            Duration::from_secs(args.alertmanager_restart_every),
+            args.fault_every > 0,
+            start,
+            record.clone(),
+        ));
+    }
+    if args.ovsdb_restart_every > 0 {
+        threads.push(chaos::ovsdb_restarts(
+            &ctx,
+            Duration::from_secs(args.ovsdb_restart_every),
+            start,
+            record.clone(),
+        ));
+    }
+    if args.slow_clients > 0 {
+        threads.extend(chaos::slow_clients(&ctx, args.slow_clients, record.clone()));
     }
     if args.kill_every > 0 {
         threads.push(load::killer(
             &ctx,
             Duration::from_secs(args.kill_every),
             bin.to_path_buf(),
-            args.run_args.clone(),
+            run_args.to_vec(),
             killed.clone(),
         ));
     }
-    let start = Instant::now();
     let start_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let mut samplers: Vec<Sampler> = lab.nodes.iter().map(|n| Sampler::new(lab, &n.name)).collect();
     let every = Duration::from_secs(args.sample_every.max(1));
@@ -321,6 +402,10 @@ fn soak(args: &SoakArgs, lab: &Lab, bin: &Path, stop: &Arc<AtomicBool>) -> Resul
     eprintln!("==> load stopping");
     for t in threads {
         let _ = t.join();
+    }
+    if let Some(r) = resolver {
+        eprintln!("==> waiting for the last fault's findings to resolve (at most {}s)", args.resolve_within);
+        let _ = r.join();
     }
     // What the monitors held in the kernel, then stop them and check it is gone.
     let mut held: Vec<(Vec<u32>, Vec<u32>)> = samplers.iter().map(Sampler::kernel_objects).collect();
@@ -369,7 +454,17 @@ fn soak(args: &SoakArgs, lab: &Lab, bin: &Path, stop: &Arc<AtomicBool>) -> Resul
     }
     let load_errors: Vec<String> =
         counts.errors.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+    let chaos = std::mem::take(&mut *record.lock().unwrap_or_else(|p| p.into_inner()));
+    let chaos_failures = judge::chaos_failures(
+        &chaos.am_restarts,
+        &chaos.ovsdb_restarts,
+        &chaos.faults,
+        (chaos::AM_RESEND * 2 + chaos::AM_SLACK).as_secs_f64(),
+        chaos::INVENTORY_WITHIN.as_secs_f64(),
+        args.resolve_within as f64,
+    );
     let passed = !interrupted
+        && chaos_failures.is_empty()
         && leftover_veths.is_empty()
         && nodes
             .iter()
@@ -383,6 +478,8 @@ fn soak(args: &SoakArgs, lab: &Lab, bin: &Path, stop: &Arc<AtomicBool>) -> Resul
         load_errors,
         leftover_veths,
         nodes,
+        chaos,
+        chaos_failures,
         passed,
         interrupted,
     })
@@ -465,7 +562,12 @@ impl Sampler {
         let before = pod_veths(&self.netns);
         if let Some(pid) = s.pid {
             read_proc(pid, &mut s);
-            match get_json(&format!("{}/healthz", self.url), Duration::from_secs(3)) {
+            let asked = Instant::now();
+            // From inside the node's namespace (see chaos::in_netns for why).
+            let health =
+                chaos::get_json_in(&self.netns, &format!("{}/healthz", self.url), Duration::from_secs(3));
+            s.healthz_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
+            match health {
                 Ok(h) if h["status"] == "ok" => {
                     s.healthz_ok = true;
                     let attached: BTreeSet<String> = h["attached_interfaces"]
@@ -499,7 +601,14 @@ impl Sampler {
                 Ok(h) => s.healthz_error = Some(format!("status {}", h["status"])),
                 Err(e) => s.healthz_error = Some(format!("{e:#}")),
             }
-            if let Ok(text) = get_text(&format!("{}/metrics", self.url), Duration::from_secs(5)) {
+            let asked = Instant::now();
+            let url = format!("{}/metrics", self.url);
+            let metrics = chaos::in_netns(&self.netns, move || get_text(&url, Duration::from_secs(5)));
+            s.metrics_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
+            if let Err(e) = &metrics {
+                s.metrics_error = Some(format!("{e:#}"));
+            }
+            if let Ok(text) = metrics {
                 s.table_entries = judge::gauge(&text, "kovn_flow_table_entries").map(|v| v as u64);
                 s.table_capacity = judge::gauge(&text, "kovn_flow_table_capacity").map(|v| v as u64);
                 s.counters = judge::parse_counters(&text);
@@ -548,6 +657,7 @@ fn read_proc(pid: i32, s: &mut Sample) {
         s.threads = field("Threads:");
     }
     s.fds = fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
+    s.api_conn_fds = api_conn_fds(pid);
     if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
         // Fields after the command name (which may hold spaces): state is the first, utime
         // and stime the 12th and 13th.
@@ -558,6 +668,33 @@ fn read_proc(pid: i32, s: &mut Sample) {
         let ticks = |i: usize| rest.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         s.cpu_s = (ticks(11) + ticks(12)) / hz;
     }
+}
+
+/// The process's fds that are established TCP connections of its API port (accepted ones:
+/// local port [`monitors::MONITOR_PORT`]), from /proc/PID/net/tcp{,6} (its netns) and the
+/// `socket:[inode]` links of /proc/PID/fd.
+fn api_conn_fds(pid: i32) -> u64 {
+    let mut inodes = BTreeSet::new();
+    for f in ["tcp", "tcp6"] {
+        let text = fs::read_to_string(format!("/proc/{pid}/net/{f}")).unwrap_or_default();
+        for l in text.lines().skip(1) {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            // local_address is ADDR:PORT in hex, st 01 is ESTABLISHED, inode the 10th column.
+            let port =
+                cols.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+            if port == Some(monitors::MONITOR_PORT)
+                && cols.get(3) == Some(&"01")
+                && let Some(inode) = cols.get(9)
+            {
+                inodes.insert(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| fs::read_link(e.path()).is_ok_and(|l| inodes.contains(l.to_string_lossy().as_ref())))
+            .count() as u64
+    })
 }
 
 fn progress(start: Instant, samplers: &[Sampler], counts: &load::Counts) -> String {
@@ -704,6 +841,42 @@ pub fn render(r: &Report) -> String {
             );
         }
     }
+    let ch = &r.chaos;
+    let _ = writeln!(
+        t,
+        "alertmanager restarts: {} ({} findings firing when it came back, delivered within {}); \
+         OVSDB restarts: {} (ready again within {}, pods named within {}); faults watched: {} ({} findings fired, all \
+         resolved within {}); slow clients: {} per monitor, {} held at most, {} closed by the server, \
+         {} connect failures",
+        ch.am_restarts.len(),
+        ch.am_restarts.iter().map(|a| a.firing.len()).sum::<usize>(),
+        max_s(ch.am_restarts.iter().map(|a| a.delivered_after_s)),
+        ch.ovsdb_restarts.len(),
+        max_s(ch.ovsdb_restarts.iter().map(|o| o.ready_after_s)),
+        max_s(ch.ovsdb_restarts.iter().map(|o| o.inventory_back_after_s)),
+        ch.faults.len(),
+        ch.faults.iter().map(|f| f.fired.len()).sum::<usize>(),
+        max_s(ch.faults.iter().map(|f| f.resolved_after_s)),
+        ch.slow_clients_per_monitor,
+        ch.slow.held_max.load(Ordering::Relaxed),
+        ch.slow.closed_by_server.load(Ordering::Relaxed),
+        ch.slow.connect_failures.load(Ordering::Relaxed),
+    );
+    for n in &r.nodes {
+        let f = &n.figures;
+        if f.samples > 0 {
+            let _ = writeln!(
+                t,
+                "{}: slowest sampled answer: /healthz {:.0} ms, /metrics {:.0} ms",
+                n.node,
+                n.samples.iter().filter_map(|x| x.healthz_ms).fold(0.0, f64::max),
+                n.samples.iter().filter_map(|x| x.metrics_ms).fold(0.0, f64::max),
+            );
+        }
+    }
+    for f in &r.chaos_failures {
+        let _ = writeln!(t, "FAIL {f}");
+    }
     if !r.leftover_veths.is_empty() {
         let _ = writeln!(t, "FAIL churn veths left: {:?}", r.leftover_veths);
     }
@@ -721,4 +894,17 @@ pub fn render(r: &Report) -> String {
     };
     let _ = writeln!(t, "{verdict}");
     t
+}
+
+/// The largest of some durations, `12.3s`, `-` when there were none, `NOT ALL` when one is
+/// missing (it did not happen within its bound).
+fn max_s(v: impl Iterator<Item = Option<f64>>) -> String {
+    let v: Vec<Option<f64>> = v.collect();
+    if v.is_empty() {
+        "-".into()
+    } else if v.iter().any(Option::is_none) {
+        "NOT ALL".into()
+    } else {
+        format!("{:.1}s", v.into_iter().flatten().fold(0.0, f64::max))
+    }
 }
