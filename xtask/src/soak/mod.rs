@@ -850,7 +850,14 @@ pub fn render(r: &Report) -> String {
          {} connect failures",
         ch.am_restarts.len(),
         ch.am_restarts.iter().map(|a| a.firing.len()).sum::<usize>(),
-        max_s(ch.am_restarts.iter().map(|a| a.delivered_after_s)),
+        // A restart whose findings all resolved before they reached it has nothing delivered
+        // and nothing missing: not a delay to report.
+        max_s(
+            ch.am_restarts
+                .iter()
+                .filter(|a| a.delivered_after_s.is_some() || !a.missing.is_empty())
+                .map(|a| a.delivered_after_s)
+        ),
         ch.ovsdb_restarts.len(),
         max_s(ch.ovsdb_restarts.iter().map(|o| o.ready_after_s)),
         max_s(ch.ovsdb_restarts.iter().map(|o| o.inventory_back_after_s)),
