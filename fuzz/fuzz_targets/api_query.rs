@@ -27,7 +27,7 @@ fn flow(id: &str, scenario: &str, state: &str, proto: &str) -> Flow {
     serde_json::from_value(serde_json::json!({
         "id": id, "src_ip": "10.16.0.2", "dst_ip": "10.16.0.3", "src_port": 40000, "dst_port": 80,
         "protocol": proto, "ip_proto": 6, "packets_fwd": 1, "bytes_fwd": 60, "packets_rev": 0,
-        "bytes_rev": 0, "first_seen": "", "last_seen": "", "state": state, "requests": 1,
+        "bytes_rev": 0, "first_seen": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:01Z", "state": state, "requests": 1,
         "replies": 0, "requests_unanswered": 1, "rst_fwd": 0, "rst_rev": 0, "tcp_flags_fwd": "SYN",
         "tcp_flags_rev": "", "initiator_guessed": false, "fragment": false, "interfaces": [],
         "scenario": scenario,
@@ -43,12 +43,12 @@ fn world() -> &'static World {
         let snap = Snapshot {
             node: "node1".into(),
             flows: vec![
-                flow("1", "pod_to_pod_cross_node", "unanswered", "tcp"),
-                flow("2", "pod_to_service", "answered", "udp"),
+                Arc::new(flow("1", "pod_to_pod_cross_node", "unanswered", "tcp")),
+                Arc::new(flow("2", "pod_to_service", "answered", "udp")),
             ],
             ..Default::default()
         };
-        let shared: Shared = Arc::new(RwLock::new(snap));
+        let shared = Shared::new(snap);
         let cfg = TraceConfig {
             ovs_rundir: "/nonexistent".into(),
             bridge: "br-int".into(),
