@@ -7,6 +7,9 @@
 //!
 //! Per packet: one optional `bpf_skb_pull_data` (only when the headers are not in the linear
 //! area, which is rare), one hash lookup, a handful of atomic adds. No ring buffer, no logging.
+//!
+//! Size: every hook's program shares the packet walk, the flow-record update and the maps of
+//! one object (the verifier sees one program per hook); the per-area code is in modules beside it.
 #![no_std]
 #![no_main]
 // The BPF target has no compare-and-swap in its target spec, so core's Atomic*::fetch_add is

@@ -10,6 +10,9 @@
 //! `--status-file`); otherwise (piped, CI) the story goes to stdout with a table snapshot
 //! every `--refresh`. Ctrl-C (or `q` in top, or `--duration`) heals, stops the monitors and
 //! removes the lab, unless `--keep`.
+//!
+//! Size: the demo's one unattended script (lab, monitors, traffic, the fault cycle, the story it
+//! prints).
 
 use std::io::{IsTerminal as _, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};

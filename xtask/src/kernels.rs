@@ -11,6 +11,9 @@
 //! Nothing is left behind: each VM runs in its own process group, killed (QEMU included) on
 //! timeout, on Ctrl-C/SIGTERM and on every other exit; namespaces and tmpfs mounts of the tests
 //! live inside the VM's kernel and die with it.
+//!
+//! Size: one VM runner (kernel packages, virtme-ng, KVM fallback) and the matrix's test groups of
+//! one shape.
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -1,5 +1,7 @@
 //! The exporter's tests: metric families, deltas, label bounds, series expiry, the text
 //! formats, a real scrape.
+//!
+//! Size: only tests (one per metric family, delta, bound and format), beside the code they test.
 
 #[test]
 fn a_flow_back_with_the_same_counts_is_a_new_incarnation() {

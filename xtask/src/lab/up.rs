@@ -1,6 +1,9 @@
 //! `lab up`: nodes as network namespaces each running its own ovsdb-server, ovs-vswitchd
 //! (userspace/netdev datapath) and ovn-controller; one OVN central; pods bound to the
 //! `ovn-default` logical switch the way Kube-OVN's CNI binds them.
+//!
+//! Size: one lab's bring-up in order (per node: OVSDB, vswitchd, OVN controller, pods, tunnel),
+//! each step a function.
 
 use std::collections::HashMap;
 use std::fs;

@@ -4,6 +4,9 @@
 //!
 //! Each records what it did and saw ([`AmRestart`], [`OvsdbRestart`], [`FaultWatch`]); the
 //! verdict on those records is [`super::judge::chaos_failures`] (pure, unit-tested).
+//!
+//! Size: the soak's disturbances (Alertmanager, OVSDB, slow clients, veth churn, faults), one
+//! function each.
 
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read as _, Write as _};
