@@ -416,6 +416,7 @@ impl FlowTable {
             // After a flood the map would keep its peak's memory for good.
             self.entries.shrink_to_fit();
         }
+        crate::headroom::keep_headroom(&mut self.entries);
         before - self.entries.len()
     }
 

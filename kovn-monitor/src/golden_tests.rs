@@ -401,6 +401,7 @@ fn snapshot() -> Snapshot {
         poll_duration_ms: 1.5,
         hooks: [("kfree_skb".to_string(), true), ("ovs_vport_mtu_kprobe".to_string(), false)].into(),
         hooks_unavailable: [("ovs_vport_mtu_kprobe".to_string(), "no kprobe program".to_string())].into(),
+        heap: Some(crate::model::HeapStats { allocated_bytes: 52_428_800, resident_bytes: 62_914_560 }),
     };
     let mut snap = Snapshot {
         node: "node1".into(),

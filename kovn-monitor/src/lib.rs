@@ -23,7 +23,9 @@ pub mod flows;
 #[cfg(test)]
 mod golden_tests;
 pub mod guard;
+pub mod headroom;
 pub mod health;
+pub mod heap;
 pub mod interfaces;
 pub mod inventory;
 pub mod inventory_file;

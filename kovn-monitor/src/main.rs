@@ -1,5 +1,8 @@
 //! `kovn-monitor`: the node daemon (`run`) and the operator's CLI (`flows`, `alerts`, `top`,
 //! `trace`).
+//!
+//! Size: the CLI's flags, one documented field each (the README lists the same flags); the
+//! commands' work is in the library.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,6 +10,35 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use kovn_monitor::{client, daemon, kube, ovsdb};
+
+/// The process's allocator. The daemon frees one snapshot of the flow table and builds the next
+/// on every poll (tens of thousands of small objects a second); glibc's heap kept those holes in
+/// the middle of its arenas and the resident size crept up by tens of MiB an hour even with
+/// periodic `malloc_trim` (RELIABILITY.md, "Endurance"). jemalloc's size classes and its
+/// time-based purging keep it flat. Its configuration is [`JEMALLOC_CONF`].
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// A C string jemalloc reads at its initialisation (`malloc_conf`, see jemalloc(3)).
+#[repr(transparent)]
+struct MallocConf(*const u8);
+// SAFETY: the pointer is to a `'static` immutable string; nothing writes through it.
+unsafe impl Sync for MallocConf {}
+
+/// jemalloc's options, read once before the first allocation (the `_rjem_` prefix is the one
+/// tikv-jemalloc-sys builds with):
+/// - `background_thread:true`: one thread returns unused pages to the kernel on time, not
+///   only when some allocation happens to run the purge;
+/// - `dirty_decay_ms:1000`: freed pages go back to the kernel after about a second (default
+///   10 s), so a poll's buffers do not stay resident until the next ones;
+/// - `narenas:2`: the daemon has a handful of threads; the default (4 per CPU) would give each
+///   of a large node's cores its own arena of cached pages.
+///
+/// `MALLOC_CONF`-style overrides stay possible through the `_RJEM_MALLOC_CONF` environment
+/// variable (read after this string, so it wins).
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_CONF: MallocConf =
+    MallocConf(c"background_thread:true,dirty_decay_ms:1000,narenas:2".as_ptr().cast());
 
 #[derive(Debug, Parser)]
 #[command(

@@ -114,8 +114,6 @@ struct Daemon {
     /// Flows with drops as the last poll published them, by id: (the table's flow, the copy
     /// with its drops). Bounded by the drop map's records.
     with_drops: std::collections::HashMap<String, (Arc<crate::flows::Flow>, Arc<crate::flows::Flow>)>,
-    /// Polls done (for the periodic heap trim, see `poll::release_free_memory`).
-    polls: u64,
 }
 
 impl Daemon {
@@ -317,26 +315,7 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-/// Large allocations straight from `mmap`, given back to the kernel when freed. Each poll
-/// allocates and frees buffers of megabytes (the kernel read, the flow list, per-poll maps);
-/// glibc's dynamic mmap threshold rises to the size of the largest one freed (up to 32 MiB),
-/// after which they come from the heap and leave it fragmented: the resident size then creeps
-/// up by tens of MiB on a node with tens of thousands of flows. A fixed threshold keeps them
-/// out of the heap (a few `mmap`/`munmap` calls per poll).
-const MMAP_THRESHOLD: libc::c_int = 256 * 1024;
-
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `mallopt` only sets a parameter of the allocator; called once at start.
-    unsafe {
-        if libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 {
-            log::warn!("mallopt(M_MMAP_THRESHOLD) refused: large buffers may fragment the heap");
-        }
-    }
-}
-
 pub async fn run(cfg: RunConfig) -> Result<()> {
-    tune_allocator();
     let selector = Selector::new(&cfg.pod_patterns, &cfg.ifaces, &cfg.underlay_ifaces, &cfg.tunnel_ifaces)?;
     for name in selector.explicit() {
         if ifindex_of(name).is_none() {
@@ -417,7 +396,6 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             cfg.detector.retention,
         ),
         kernel_fill: 0,
-        polls: 0,
         with_drops: std::collections::HashMap::new(),
     };
     log::info!("OVS over-MTU kprobe unavailable: {}", d.ovs_kprobe_why);

@@ -354,6 +354,8 @@ impl Daemon {
                 // attached; see capture::program_required).
                 .chain(self.capture.hooks_unavailable().iter().map(|(p, w)| (p.to_string(), w.clone())))
                 .collect(),
+            // As the previous poll left it (this one has only just begun).
+            heap: crate::heap::stats(),
         }
     }
 
@@ -372,27 +374,6 @@ impl Daemon {
         }
         self.shared.publish(snap);
         self.cfg.server.probe.polled(self.capture.programs().len());
-        self.polls += 1;
-        if self.polls.is_multiple_of(TRIM_EVERY) {
-            release_free_memory();
-        }
-    }
-}
-
-/// Polls between two heap trims.
-const TRIM_EVERY: u64 = 10;
-
-/// Gives the heap's free pages back to the kernel. Each poll frees the previous snapshot and
-/// builds the next one; glibc's allocator keeps freed memory in the middle of its heap for
-/// reuse and returns only the top, so under churn the resident size creeps up with
-/// fragmentation that nothing uses. `malloc_trim` releases free pages anywhere in the heap
-/// (`madvise(MADV_DONTNEED)`); it takes a few milliseconds on a heap of a few hundred MiB.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `malloc_trim` only walks and trims the allocator's own free lists; it has no
-    // preconditions and is thread-safe in glibc.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

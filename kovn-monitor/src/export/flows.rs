@@ -306,6 +306,7 @@ impl Exporter {
         // Flows absent from this snapshot are dropped from `self.flows` here: their last
         // values are already counted, and a later flow with the same id starts from zero.
         self.flows.retain(|_, memo| memo.poll == poll);
+        crate::headroom::keep_headroom(&mut self.flows);
 
         let m = &self.metrics;
         for (pair, d) in pairs {

@@ -64,6 +64,13 @@ impl Exporter {
             m.kernel_lost.get_or_create(&vec![("reason", reason.clone())]).inc_by(d);
         }
         m.poll_duration.observe(h.poll_duration_ms / 1e3);
+        if let Some(heap) = h.heap {
+            for (kind, v) in [("allocated", heap.allocated_bytes), ("resident", heap.resident_bytes)] {
+                m.heap
+                    .get_or_create(&vec![("kind", kind.to_string())])
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            }
+        }
         let mut hooks: BTreeMap<String, i64> = HOOKS.iter().map(|h| (h.to_string(), 0)).collect();
         for p in &h.programs {
             if let Some(hook) = hook_of_program(&p.name) {

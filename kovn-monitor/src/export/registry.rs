@@ -39,6 +39,7 @@ pub struct Metrics {
     pub(super) kernel_lost: Family<Labels, Counter>,
     pub(super) poll_duration: Histogram,
     pub(super) hook_available: Family<Labels, Gauge>,
+    pub(super) heap: Family<Labels, Gauge>,
     pub(super) drops: Family<Labels, Counter>,
     pub(super) oversized: Family<Labels, Counter>,
     pub(super) frag_needed: Family<Labels, Counter>,
@@ -64,6 +65,7 @@ impl Metrics {
             kernel_lost: Family::default(),
             poll_duration: Histogram::new(POLL_BUCKETS),
             hook_available: Family::default(),
+            heap: Family::default(),
             drops: Family::default(),
             oversized: Family::default(),
             frag_needed: Family::default(),
@@ -163,6 +165,12 @@ impl Metrics {
             "kovn_hook_available",
             "1 for each kernel hook kovn runs (tc_pod, tc_host, tc_underlay, tc_tunnel, kfree_skb, ovs_vport_mtu_kprobe)",
             m.hook_available.clone(),
+        );
+        registry.register_with_unit(
+            "kovn_heap",
+            "Memory the daemon's allocator holds, by kind: allocated (its live objects; grows with a leak) and resident (the pages kept for them; grows with fragmentation)",
+            Unit::Bytes,
+            m.heap.clone(),
         );
         registry.register(
             "kovn_drops",

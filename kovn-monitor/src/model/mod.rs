@@ -13,7 +13,7 @@ pub mod flow;
 pub mod snapshot;
 
 pub use flow::{Flow, FlowAlert, FlowInterface, FlowMtu};
-pub use snapshot::{AttachedInterface, Health, ProgramInfo, Published, Snapshot};
+pub use snapshot::{AttachedInterface, Health, HeapStats, ProgramInfo, Published, Snapshot};
 
 /// A closed set of names: the enum, its wire spelling per variant, `as_str`, `ALL`, `FromStr`
 /// (the error names the valid values), `Display`, and serde through the same table.

@@ -64,6 +64,20 @@ pub struct Health {
     /// Why a hook is unavailable (hook name → reason).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub hooks_unavailable: BTreeMap<String, String>,
+    /// The allocator's view of the process's memory after the last poll (absent when it cannot
+    /// be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heap: Option<HeapStats>,
+}
+
+/// What the allocator (jemalloc) holds: `allocated_bytes` is what the program's live objects
+/// use (it grows with a leak), `resident_bytes` the pages the allocator keeps mapped for them,
+/// including free space inside partly used pages and pages not yet returned to the kernel
+/// (it grows with fragmentation). RSS is about `resident_bytes` plus the binary and the stacks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeapStats {
+    pub allocated_bytes: u64,
+    pub resident_bytes: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

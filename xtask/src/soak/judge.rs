@@ -3,6 +3,8 @@
 //! A sample is what the harness read of one node's kovn-monitor from the outside at one moment
 //! (/proc, `/healthz`, `/metrics`, the kernel maps). [`judge`] turns a node's samples into its
 //! figures and the failures the soak exits non-zero on.
+//!
+//! Size: pure judging functions of one sample shape; over a third of it is tests.
 
 use std::collections::BTreeMap;
 
@@ -43,6 +45,10 @@ pub struct Sample {
     pub metrics_ms: Option<f64>,
     /// `/healthz` `poll_duration_ms`: the last poll's duration.
     pub last_poll_ms: Option<f64>,
+    /// `/healthz` `heap.allocated_bytes` (the allocator's live bytes), KiB; absent from a
+    /// monitor that does not report it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heap_allocated_kib: Option<u64>,
     /// `kovn_flow_table_entries` / `kovn_flow_table_capacity`.
     pub table_entries: Option<u64>,
     pub table_capacity: Option<u64>,
@@ -130,6 +136,12 @@ pub enum Failure {
         growth_mib: f64,
         limit_mib_per_h: f64,
     },
+    /// The allocator's live bytes grow after warm-up: a leak.
+    HeapSlope {
+        mib_per_h: f64,
+        growth_mib: f64,
+        limit_mib_per_h: f64,
+    },
     RssMax {
         mib: f64,
         limit_mib: f64,
@@ -211,6 +223,11 @@ impl std::fmt::Display for Failure {
                 f,
                 "RSS grows {mib_per_h:.1} MiB/h after warm-up ({growth_mib:.1} MiB fitted; limit {limit_mib_per_h} MiB/h)"
             ),
+            Failure::HeapSlope { mib_per_h, growth_mib, limit_mib_per_h } => write!(
+                f,
+                "the heap's live bytes grow {mib_per_h:.1} MiB/h after warm-up ({growth_mib:.1} MiB fitted; \
+                 limit {limit_mib_per_h} MiB/h): a leak"
+            ),
             Failure::RssMax { mib, limit_mib } => {
                 write!(f, "RSS reached {mib:.1} MiB (limit {limit_mib} MiB)")
             }
@@ -267,6 +284,14 @@ pub struct Figures {
     pub rss_max_mib: f64,
     /// Least-squares slope of RSS over the judged part (last pid epoch, after warm-up).
     pub rss_slope_mib_per_h: f64,
+    /// The allocator's live bytes (`/healthz` `heap.allocated_bytes`): at the start of the judged
+    /// part, at the end, and their least-squares slope over it; absent when not reported.
+    #[serde(default)]
+    pub heap_warm_mib: Option<f64>,
+    #[serde(default)]
+    pub heap_end_mib: Option<f64>,
+    #[serde(default)]
+    pub heap_slope_mib_per_h: Option<f64>,
     pub fds_start: u64,
     pub fds_end: u64,
     pub fds_max: u64,
@@ -421,15 +446,33 @@ pub fn judge(
     fig.threads_start = first.threads;
     fig.threads_end = last.threads;
     if judged.len() >= 3 {
+        let span = judged.last().map_or(0.0, |s| s.t_s) - judged[0].t_s;
         let points: Vec<(f64, f64)> = judged.iter().map(|s| (s.t_s, mib(s))).collect();
         let per_s = slope(&points);
         fig.rss_slope_mib_per_h = per_s * 3600.0;
-        let span = judged.last().map_or(0.0, |s| s.t_s) - judged[0].t_s;
-        let growth = per_s * span;
-        if fig.rss_slope_mib_per_h > limits.rss_slope_mib_per_h && growth > limits.rss_noise_mib {
+        // A leak is judged on the allocator's live bytes when the monitor reports them: RSS also
+        // moves with what the allocator keeps for reuse (a burst's pages, partly used pages),
+        // which is bounded by `rss_max` but is no leak. Without them, on RSS itself.
+        let heap: Option<Vec<(f64, f64)>> =
+            judged.iter().map(|s| s.heap_allocated_kib.map(|k| (s.t_s, k as f64 / MIB))).collect();
+        if let Some(heap) = heap {
+            let per_s = slope(&heap);
+            let mib_per_h = per_s * 3600.0;
+            fig.heap_slope_mib_per_h = Some(mib_per_h);
+            fig.heap_warm_mib = heap.first().map(|p| p.1);
+            fig.heap_end_mib = heap.last().map(|p| p.1);
+            if mib_per_h > limits.rss_slope_mib_per_h && per_s * span > limits.rss_noise_mib {
+                failures.push(Failure::HeapSlope {
+                    mib_per_h,
+                    growth_mib: per_s * span,
+                    limit_mib_per_h: limits.rss_slope_mib_per_h,
+                });
+            }
+        } else if fig.rss_slope_mib_per_h > limits.rss_slope_mib_per_h && per_s * span > limits.rss_noise_mib
+        {
             failures.push(Failure::RssSlope {
                 mib_per_h: fig.rss_slope_mib_per_h,
-                growth_mib: growth,
+                growth_mib: per_s * span,
                 limit_mib_per_h: limits.rss_slope_mib_per_h,
             });
         }
@@ -671,6 +714,31 @@ mod tests {
         assert_eq!(fig.polls, 600);
         assert!((fig.poll_mean_ms - 20.0).abs() < 1e-6, "{fig:?}");
         assert!((fig.cpu_s - 6.0).abs() < 1e-9 && (fig.cpu_percent - 1.0).abs() < 1e-6, "{fig:?}");
+    }
+
+    #[test]
+    fn a_leak_is_judged_on_the_heaps_live_bytes_when_reported() {
+        // RSS steps up 40 MiB after warm-up (a burst's pages kept for reuse) while the live
+        // bytes stay flat: no leak, and under the RSS bound.
+        let mut s = run(|t| if t < 390.0 { 150.0 } else { 190.0 });
+        for x in &mut s {
+            x.heap_allocated_kib = Some(100 * 1024);
+        }
+        let (fig, failures) = judge(&s, &[], 600.0, &Limits::default());
+        assert!(failures.is_empty(), "{failures:?} {fig:?}");
+        assert!(fig.rss_slope_mib_per_h > 100.0, "the RSS slope is still reported: {fig:?}");
+        assert_eq!((fig.heap_warm_mib, fig.heap_end_mib), (Some(100.0), Some(100.0)));
+        // The same RSS with live bytes growing 1 MiB a minute after warm-up: a leak.
+        for x in &mut s {
+            x.heap_allocated_kib = Some(((100.0 + (x.t_s - 300.0).max(0.0) / 60.0) * MIB) as u64);
+        }
+        let (fig, failures) = judge(&s, &[], 600.0, &Limits::default());
+        assert_eq!(kinds(&failures), ["heap_slope"], "{fig:?}");
+        assert!((fig.heap_slope_mib_per_h.unwrap() - 60.0).abs() < 0.5, "{fig:?}");
+        // One sample without the figure (a monitor that does not report it): judged on RSS.
+        s[100].heap_allocated_kib = None;
+        let (_, failures) = judge(&s, &[], 600.0, &Limits::default());
+        assert_eq!(kinds(&failures), ["rss_slope"]);
     }
 
     #[test]

@@ -18,6 +18,9 @@
 //! conntrack in the path, see [`without_load_balancers`]) and sends no service traffic; an
 //! abort found in a node's ovs-vswitchd.log is reported as that OVS bug, apart from kovn's
 //! verdict (the run is then inconclusive).
+//!
+//! Size: the run's flags (each documented) and its main loop; the load, the disturbances and
+//! the judgement are in `load`, `chaos` and `judge`.
 
 pub mod chaos;
 pub mod judge;
@@ -102,7 +105,8 @@ pub struct SoakArgs {
     /// userspace datapath aborts on them after a minute or two (see README, `cargo xtask soak`).
     #[arg(long)]
     pub with_services: bool,
-    /// Fail when RSS grows faster than this after warm-up (MiB per hour, least squares)...
+    /// Fail when the heap's live bytes (`/healthz` `heap.allocated_bytes`; RSS when the monitor
+    /// does not report them) grow faster than this after warm-up (MiB per hour, least squares)...
     #[arg(long, default_value_t = 16.0)]
     pub rss_slope_limit: f64,
     /// ...and the fitted growth over the judged part exceeds this (MiB).
@@ -592,6 +596,7 @@ impl Sampler {
                             .count() as u64;
                     }
                     s.last_poll_ms = h["poll_duration_ms"].as_f64();
+                    s.heap_allocated_kib = h["heap"]["allocated_bytes"].as_u64().map(|b| b / 1024);
                     for p in h["programs"].as_array().into_iter().flatten() {
                         if let Some(id) = p["id"].as_u64() {
                             self.programs.insert(id as u32, ());
@@ -792,6 +797,17 @@ pub fn render(r: &Report) -> String {
             f.kernel_flows_max,
             format!("{}+{}", f.restarts_planned, f.restarts_unplanned),
         );
+    }
+    for n in &r.nodes {
+        let f = &n.figures;
+        if let (Some(w), Some(e), Some(sl)) = (f.heap_warm_mib, f.heap_end_mib, f.heap_slope_mib_per_h) {
+            let _ = writeln!(
+                t,
+                "{}: heap live bytes (jemalloc allocated) {w:.1} -> {e:.1} MiB over the judged part, \
+                 {sl:.2} MiB/h (the leak judge); RSS {:.2} MiB/h",
+                n.node, f.rss_slope_mib_per_h
+            );
+        }
     }
     for n in &r.nodes {
         if let (Some(c), Some(l)) = (&n.table_vs_kernel, &n.table_vs_kernel_last) {
