@@ -433,6 +433,14 @@ fn self_metrics_follow_health() {
     assert_eq!(sample(&t, "kovn_hook_available", &[("hook", "tc_pod")]), Some(1.0));
     assert_eq!(sample(&t, "kovn_hook_available", &[("hook", "tc_host")]), Some(0.0));
     assert_eq!(sample(&t, "kovn_hook_available", &[("hook", "tc_underlay")]), Some(1.0));
+    // The allocator's figures only once `/healthz` has them.
+    assert_eq!(sample(&t, "kovn_heap_bytes", &[("kind", "allocated")]), None);
+    let mut s = health_snap(7);
+    s.health.heap = Some(crate::model::HeapStats { allocated_bytes: 1 << 20, resident_bytes: 3 << 20 });
+    e.update(&s, t0);
+    let t = text(&e);
+    assert_eq!(sample(&t, "kovn_heap_bytes", &[("kind", "allocated")]), Some(1048576.0));
+    assert_eq!(sample(&t, "kovn_heap_bytes", &[("kind", "resident")]), Some(3145728.0));
 }
 
 use crate::drops::test_record as drop_record;
