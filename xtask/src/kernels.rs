@@ -441,7 +441,15 @@ fn vng_command(args: &KernelsArgs, image: &Path, out: &Path, guest: &[String]) -
         }
         words.push(format!("'{w}'"));
     }
-    let mut c = Command::new(vng);
+    let mut c = Command::new(&vng);
+    // vng starts its companions (`virtme-run`, ...) by name, and they sit beside it: in
+    // setup.sh's venv, whose bin directory is not on PATH (on a fresh machine every VM failed
+    // with "virtme-run: not found").
+    if let Some(dir) = vng.parent() {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let dirs = std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&path));
+        c.env("PATH", std::env::join_paths(dirs).context("PATH for vng")?);
+    }
     if !args.kvm {
         c.arg("--disable-kvm");
     }
