@@ -412,10 +412,7 @@ impl FlowTable {
                 keep
             });
         }
-        if self.entries.capacity() > 4 * self.entries.len().max(1024) {
-            // After a flood the map would keep its peak's memory for good.
-            self.entries.shrink_to_fit();
-        }
+        // Room for the churn, and a flood's memory given back.
         crate::headroom::keep_headroom(&mut self.entries);
         before - self.entries.len()
     }

@@ -9,7 +9,8 @@
 //! "Endurance"), which looks like a leak and is not. [`keep_headroom`] gives such a map twice
 //! its entries in capacity as it grows, which is where the churn takes it anyway: its memory
 //! follows the number of flows from the start, and a churning map then rehashes in place, or
-//! into a map of the same size, about once per its length in new entries.
+//! into a map of the same size, about once per its length in new entries. After a flood, the
+//! same call gives the memory back.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
@@ -17,13 +18,17 @@ use std::hash::{BuildHasher, Hash};
 /// Below this many entries a map is left to the standard library's own policy.
 const FLOOR: usize = 4096;
 
-/// Reserves so that the map has room for twice its current entries (once per poll, after the
-/// poll's insertions and removals). Cheap when there is room (a comparison); otherwise one
-/// rehash.
+/// Keeps the map's capacity between twice and eight times its entries (once per poll, after
+/// the poll's insertions and removals): reserves room for twice its entries as it grows, and
+/// gives a flood's memory back once the entries fell to an eighth of it (the gap keeps a map
+/// near either edge from rehashing every poll). Cheap when inside (two comparisons);
+/// otherwise one rehash.
 pub fn keep_headroom<K: Eq + Hash, V, S: BuildHasher>(map: &mut HashMap<K, V, S>) {
     let len = map.len();
     if len >= FLOOR && map.capacity() < 2 * len {
         map.reserve(len);
+    } else if map.capacity() > 8 * len.max(FLOOR) {
+        map.shrink_to(2 * len);
     }
 }
 
@@ -61,6 +66,26 @@ mod tests {
             assert!(m.capacity() >= 2 * m.len() && m.capacity() <= 4 * m.len(), "capacity {}", m.capacity());
         }
         assert_eq!(m.len(), 40_000);
+    }
+
+    #[test]
+    fn a_flood_is_given_back_once_it_is_over() {
+        let mut m: HashMap<u32, u64> = (0..200_000).map(|i| (i, 0)).collect();
+        keep_headroom(&mut m);
+        let flood = m.capacity();
+        m.retain(|&k, _| k < 80_000);
+        // Still more than an eighth of the flood: kept (no rehash back and forth; removals'
+        // tombstones only lower the reported capacity a little).
+        keep_headroom(&mut m);
+        assert!(m.capacity() > flood / 2, "capacity {} after {flood}", m.capacity());
+        m.retain(|&k, _| k < 10_000);
+        keep_headroom(&mut m);
+        assert!(
+            m.capacity() >= 20_000 && m.capacity() < flood / 8,
+            "capacity {} after {flood}",
+            m.capacity()
+        );
+        assert_eq!(m.len(), 10_000);
     }
 
     #[test]
