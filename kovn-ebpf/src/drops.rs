@@ -11,7 +11,7 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use crate::parse::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
+use crate::parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
@@ -279,13 +279,14 @@ fn flow_of(skb: u64) -> Option<(FlowKey, u8)> {
         let src = [h[2], h[3], h[4], h[5]];
         let dst = [h[6], h[7], h[8], h[9]];
         // Extension headers: the kernel's transport_header, when set past the IPv6 header.
-        let l4 = if next == IPPROTO_TCP || next == IPPROTO_UDP || next == IPPROTO_SCTP {
-            l3 + 40
-        } else if th != HDR_UNSET && th > nh + 40 {
-            head + u64::from(th)
-        } else {
-            0
-        };
+        let l4 =
+            if next == IPPROTO_TCP || next == IPPROTO_UDP || next == IPPROTO_SCTP || next == IPPROTO_ICMPV6 {
+                l3 + 40
+            } else if th != HDR_UNSET && th > nh + 40 {
+                head + u64::from(th)
+            } else {
+                0
+            };
         (src, dst, next, l4)
     } else {
         return None;
@@ -295,6 +296,19 @@ fn flow_of(skb: u64) -> Option<(FlowKey, u8)> {
         let p: [u8; 4] = rd(l4)?;
         sport = u16::from_be_bytes([p[0], p[1]]);
         dport = u16::from_be_bytes([p[2], p[3]]);
+    } else if l4 != 0 && (l4proto == IPPROTO_ICMP || l4proto == IPPROTO_ICMPV6) {
+        // Echo request/reply (RFC 792, RFC 4443): the identifier stands in for the requester's
+        // port, as in the classifier's key (parse.rs), so a dropped ping joins its flow. Other
+        // ICMP messages keep ports 0; a header that cannot be read keeps the addresses.
+        if let Some(p) = rd::<[u8; 6]>(l4) {
+            let id = u16::from_be_bytes([p[4], p[5]]);
+            let (req, rep) = if l4proto == IPPROTO_ICMP { (8, 0) } else { (128, 129) };
+            if p[0] == req {
+                sport = id;
+            } else if p[0] == rep {
+                dport = id;
+            }
+        }
     }
     Some(FlowKey::canonical(src, dst, sport, dport, l4proto))
 }

@@ -128,6 +128,11 @@ pub struct Capture {
     slots_mask: u32,
     /// The pod guards written to the kernel.
     guards: crate::guard::GuardMaps,
+    /// Keys the last [`Capture::read_flows`] found both in their slot and in the hash map (a
+    /// slot freed and reclaimed while another CPU inserted the flow): expiring such a flow must
+    /// delete both, or the hash entry outlives it and comes back as a new flow. Bounded by the
+    /// hash map's size; rebuilt on every read.
+    in_both: std::sync::Mutex<std::collections::HashSet<FlowKey>>,
 }
 
 /// What the running kernel offers that the programs adapt to, passed to them as read-only
@@ -419,6 +424,7 @@ impl Capture {
             slots,
             slots_mask: globals.slots_mask,
             guards: crate::guard::GuardMaps::default(),
+            in_both: Default::default(),
         })
     }
 
@@ -478,6 +484,11 @@ impl Capture {
     /// The kfree_skb drop hook: availability and reason names.
     pub fn drop_hook(&self) -> &crate::drops::DropHook {
         &self.drops
+    }
+
+    /// The drop hook, to learn reason names from module BTF (`DropHook::learn_reasons`).
+    pub fn drop_hook_mut(&mut self) -> &mut crate::drops::DropHook {
+        &mut self.drops
     }
 
     /// Every entry of the drop map (empty when the hook is unavailable).
@@ -689,9 +700,14 @@ impl Capture {
         }
         let mut at: std::collections::HashMap<FlowKey, usize> =
             out.iter().enumerate().map(|(i, (k, _))| (*k, i)).collect();
+        let mut in_both = self.in_both.lock().unwrap_or_else(|p| p.into_inner());
+        in_both.clear();
         for (k, s) in t.hash {
             match at.get(&k) {
-                Some(&i) => merge_flow(&mut out[i].1, &s),
+                Some(&i) => {
+                    merge_flow(&mut out[i].1, &s);
+                    in_both.insert(k);
+                }
                 None => {
                     at.insert(k, out.len());
                     out.push((k, s));
@@ -706,6 +722,7 @@ impl Capture {
     pub fn remove_flows(&mut self, keys: &[FlowKey]) -> Result<usize, CaptureError> {
         let mut removed = 0;
         let mut rest = Vec::with_capacity(keys.len());
+        let in_both = std::mem::take(&mut *self.in_both.lock().unwrap_or_else(|p| p.into_inner()));
         for k in keys {
             let freed = self
                 .slots
@@ -713,16 +730,18 @@ impl Capture {
                 .is_some_and(|t| t.free(kovn_ebpf_common::slot_index(k, self.slots_mask) as usize, k));
             if freed {
                 removed += 1;
-            } else {
-                rest.push(k);
+            }
+            // A flow read from both places leaves both (its counts were merged in the read).
+            if !freed || in_both.contains(k) {
+                rest.push((k, freed));
             }
         }
         let map = self.ebpf.map_mut(FLOW_MAP).ok_or(CaptureError::MissingMap(FLOW_MAP))?;
         let mut map: BpfHashMap<&mut MapData, FlowKey, FlowStats> =
             BpfHashMap::try_from(map).map_err(|source| CaptureError::Map { name: FLOW_MAP, source })?;
-        for k in rest {
+        for (k, counted) in rest {
             match map.remove(k) {
-                Ok(()) => removed += 1,
+                Ok(()) => removed += usize::from(!counted),
                 Err(MapError::KeyNotFound) => {}
                 // The delete syscall says ENOENT for a key that is not there (expired twice).
                 Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}

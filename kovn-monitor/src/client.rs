@@ -96,7 +96,11 @@ impl ApiClient {
     }
 
     pub async fn drops(&self) -> Result<DropsResponse> {
-        self.get("/api/v1/drops", &[], TIMEOUT).await
+        self.drops_within(TIMEOUT).await
+    }
+
+    pub async fn drops_within(&self, timeout: Duration) -> Result<DropsResponse> {
+        self.get("/api/v1/drops", &[], timeout).await
     }
 
     pub async fn health(&self) -> Result<crate::api::Health> {

@@ -105,16 +105,38 @@ impl Btf {
     }
 
     pub fn parse(b: &[u8]) -> Result<Self, String> {
+        Self::parse_with(b, &[])
+    }
+
+    /// A module's BTF (`/sys/kernel/btf/<module>`), split from `base` (vmlinux's blob): its
+    /// string offsets continue after the base's strings, so the two string sections joined
+    /// resolve every name. Its type ids continue after the base's too; this reader does not
+    /// join those, so a split BTF answers the enum queries ([`Btf::enum_values`],
+    /// [`Btf::enums_ending_with`]) and nothing that follows a type reference.
+    pub fn parse_split(b: &[u8], base: &[u8]) -> Result<Self, String> {
+        let (hdr_len, str_off, str_len) = Self::header(base)?;
+        let base_strings =
+            base.get(hdr_len + str_off..hdr_len + str_off + str_len).ok_or("BTF strings truncated")?;
+        Self::parse_with(b, base_strings)
+    }
+
+    /// Header length and the string section's offset and length.
+    fn header(b: &[u8]) -> Result<(usize, usize, usize), String> {
         if b.len() < 24 || u16::from_le_bytes([b[0], b[1]]) != 0xeb9f {
             return Err("not little-endian BTF (bad magic)".into());
         }
-        let hdr_len = rd_u32(b, 4)? as usize;
+        Ok((rd_u32(b, 4)? as usize, rd_u32(b, 16)? as usize, rd_u32(b, 20)? as usize))
+    }
+
+    fn parse_with(b: &[u8], base_strings: &[u8]) -> Result<Self, String> {
+        let (hdr_len, str_off, str_len) = Self::header(b)?;
         let type_off = rd_u32(b, 8)? as usize;
         let type_len = rd_u32(b, 12)? as usize;
-        let str_off = rd_u32(b, 16)? as usize;
-        let str_len = rd_u32(b, 20)? as usize;
-        let strings =
-            b.get(hdr_len + str_off..hdr_len + str_off + str_len).ok_or("BTF strings truncated")?.to_vec();
+        let mut strings = Vec::with_capacity(base_strings.len() + str_len);
+        strings.extend_from_slice(base_strings);
+        strings.extend_from_slice(
+            b.get(hdr_len + str_off..hdr_len + str_off + str_len).ok_or("BTF strings truncated")?,
+        );
         let tb = b.get(hdr_len + type_off..hdr_len + type_off + type_len).ok_or("BTF types truncated")?;
         let mut types =
             vec![BtfType { name: 0, kind: 0, size_or_type: 0, members: vec![], values: vec![], vlen: 0 }];
@@ -350,6 +372,38 @@ pub fn reason_names(btf: &Btf) -> BTreeMap<u32, String> {
     out
 }
 
+/// Where the kernel publishes its BTF: `vmlinux` and one split blob per loaded module.
+pub const KERNEL_BTF_DIR: &str = "/sys/kernel/btf";
+
+/// Subsystem drop reasons defined in modules: OVS's `enum ovs_drop_reason` (Linux >= 6.4) is in
+/// the openvswitch module's BTF, not vmlinux's. Reads the module blobs under `dir` that mention
+/// a `drop_reason` (the others are skipped unparsed) against `vmlinux`'s blob. A blob that
+/// cannot be read or parsed is skipped: its reasons stay numbered (`reason_<code>`).
+pub fn module_reason_names(dir: &std::path::Path, vmlinux: &[u8]) -> BTreeMap<u32, String> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        if e.file_name() == "vmlinux" {
+            continue;
+        }
+        let Ok(blob) = std::fs::read(e.path()) else { continue };
+        if !blob.windows(b"drop_reason".len()).any(|w| w == b"drop_reason") {
+            continue;
+        }
+        match Btf::parse_split(&blob, vmlinux) {
+            Ok(btf) => {
+                for (code, name) in reason_names(&btf) {
+                    if code > 0xffff {
+                        out.entry(code).or_insert(name);
+                    }
+                }
+            }
+            Err(why) => log::warn!("drop reasons: module BTF {} skipped: {why}", e.path().display()),
+        }
+    }
+    out
+}
+
 impl DropConfig {
     /// Everything from the running kernel's BTF; `netns_inum` from /proc/self/ns/net.
     pub fn from_btf(btf: &Btf, netns_inum: u32) -> Result<Self, String> {
@@ -395,8 +449,13 @@ impl DropConfig {
     }
 
     pub fn resolve() -> Result<Self, String> {
-        let btf = Btf::from_file(VMLINUX_BTF)?;
-        Self::from_btf(&btf, own_netns_inum()?)
+        let blob = std::fs::read(VMLINUX_BTF).map_err(|e| format!("reading {VMLINUX_BTF}: {e}"))?;
+        let btf = Btf::parse(&blob)?;
+        let mut cfg = Self::from_btf(&btf, own_netns_inum()?)?;
+        for (code, name) in module_reason_names(std::path::Path::new(KERNEL_BTF_DIR), &blob) {
+            cfg.reasons.entry(code).or_insert(name);
+        }
+        Ok(cfg)
     }
 
     /// Sets the program's globals.
@@ -442,7 +501,13 @@ pub struct DropHook {
     /// The tracepoint lacks the reason argument (Linux < 5.17): every drop is reason 0.
     pub no_reason: bool,
     pub reasons: BTreeMap<u32, String>,
+    /// When the module BTFs were last read for a subsystem reason not named yet.
+    pub modules_read: Option<std::time::Instant>,
 }
+
+/// How often the module BTFs are read again while a subsystem reason has no name (a module
+/// such as openvswitch loaded after the monitor started): reading them is a few MiB of I/O.
+const MODULE_REASONS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl DropHook {
     pub fn unavailable(why: String) -> Self {
@@ -476,7 +541,37 @@ impl DropHook {
             );
         }
         log::info!("drop monitoring on (tracepoint kfree_skb, netns inode {})", cfg.netns_inum);
-        Self { available: true, why: None, no_reason: cfg.has_reason == 0, reasons: cfg.reasons }
+        Self {
+            available: true,
+            why: None,
+            no_reason: cfg.has_reason == 0,
+            reasons: cfg.reasons,
+            modules_read: None,
+        }
+    }
+
+    /// Names the subsystem reasons (above 0xffff) among `entries` that have no name yet from
+    /// the module BTFs, reading them at most every [`MODULE_REASONS_EVERY`].
+    pub fn learn_reasons(&mut self, entries: &[(DropKey, DropStats)]) {
+        if self.no_reason
+            || !entries.iter().any(|(k, _)| k.reason > 0xffff && !self.reasons.contains_key(&k.reason))
+            || self.modules_read.is_some_and(|t| t.elapsed() < MODULE_REASONS_EVERY)
+        {
+            return;
+        }
+        self.modules_read = Some(std::time::Instant::now());
+        let Ok(vmlinux) = std::fs::read(VMLINUX_BTF) else { return };
+        let learned = module_reason_names(std::path::Path::new(KERNEL_BTF_DIR), &vmlinux);
+        let before = self.reasons.len();
+        for (code, name) in learned {
+            self.reasons.entry(code).or_insert(name);
+        }
+        if self.reasons.len() > before {
+            log::info!(
+                "drop reasons: {} subsystem reason(s) named from module BTF",
+                self.reasons.len() - before
+            );
+        }
     }
 
     pub fn reason_name(&self, reason: u32) -> String {
@@ -923,6 +1018,62 @@ mod tests {
         assert!(cfg.skb_sk > cfg.skb_dev, "{cfg:?}");
         assert!(cfg.reason_netfilter_drop > 0, "{cfg:?}");
         assert_eq!(cfg.has_reason, 1, "6.x kernels pass the reason");
+    }
+
+    /// A BTF blob: header, the given type section, then the strings.
+    fn blob(types: &[u8], strings: &[u8]) -> Vec<u8> {
+        let mut b = vec![0x9f, 0xeb, 1, 0];
+        for v in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(types);
+        b.extend_from_slice(strings);
+        b
+    }
+
+    /// A module's split BTF (as `/sys/kernel/btf/openvswitch`): its string offsets continue
+    /// after vmlinux's, and a name vmlinux already has is referenced there; its subsystem
+    /// reasons (above 0xffff) are named, the subsystem's base value is not. A blob cut short
+    /// is an error, not a panic.
+    #[test]
+    fn module_btf_names_subsystem_reasons() {
+        let base_strings = b"\0int\0OVS_DROP_METER\0";
+        let base = blob(&[], base_strings);
+        let own = b"ovs_drop_reason\0OVS_DROP_LAST_ACTION\0__OVS_DROP_REASON\0";
+        let off = |s: &[u8], name: &str| {
+            s.windows(name.len()).position(|w| w == name.as_bytes()).expect("string") as u32
+        };
+        let n = base_strings.len() as u32;
+        let mut ty = Vec::new();
+        // enum ovs_drop_reason { __OVS_DROP_REASON = 0x30000, OVS_DROP_LAST_ACTION, .., OVS_DROP_METER = 0x30005 }
+        for v in [n + off(own, "ovs_drop_reason"), (BTF_KIND_ENUM << 24) | 3, 4] {
+            ty.extend_from_slice(&v.to_le_bytes());
+        }
+        for (name, value) in [
+            (n + off(own, "__OVS_DROP_REASON"), 0x30000u32),
+            (n + off(own, "OVS_DROP_LAST_ACTION"), 0x30001),
+            (off(base_strings, "OVS_DROP_METER"), 0x30005),
+        ] {
+            ty.extend_from_slice(&name.to_le_bytes());
+            ty.extend_from_slice(&value.to_le_bytes());
+        }
+        let module = blob(&ty, own);
+        let btf = Btf::parse_split(&module, &base).expect("split BTF");
+        assert_eq!(btf.enums_ending_with("drop_reason"), ["ovs_drop_reason"]);
+        let names = reason_names(&btf);
+        assert_eq!(names.get(&0x30001).map(String::as_str), Some("OVS_DROP_LAST_ACTION"), "{names:?}");
+        assert_eq!(names.get(&0x30005).map(String::as_str), Some("OVS_DROP_METER"), "{names:?}");
+        assert_eq!(names.get(&0x30000).map(String::as_str), Some("__OVS_DROP_REASON"), "{names:?}");
+        // Through the directory, as the daemon reads it: vmlinux skipped, the module read.
+        let dir = std::env::temp_dir().join(format!("kovn-btf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("vmlinux"), &base).expect("write");
+        std::fs::write(dir.join("openvswitch"), &module).expect("write");
+        std::fs::write(dir.join("cut"), &module[..module.len() - 30]).expect("write");
+        let named = module_reason_names(&dir, &base);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+        assert_eq!(named.get(&0x30001).map(String::as_str), Some("OVS_DROP_LAST_ACTION"), "{named:?}");
+        assert!(Btf::parse_split(&module[..module.len() - 30], &base).is_err());
     }
 
     #[test]

@@ -402,6 +402,14 @@ fn snapshot() -> Snapshot {
         hooks: [("kfree_skb".to_string(), true), ("ovs_vport_mtu_kprobe".to_string(), false)].into(),
         hooks_unavailable: [("ovs_vport_mtu_kprobe".to_string(), "no kprobe program".to_string())].into(),
         heap: Some(crate::model::HeapStats { allocated_bytes: 52_428_800, resident_bytes: 62_914_560 }),
+        underlay: vec![crate::model::UnderlayLink {
+            interface: "eth0".into(),
+            state: crate::model::UnderlayState::Up,
+            up: true,
+            carrier: true,
+            addresses: vec!["172.31.250.11".parse().expect("an address")],
+            since: at(0),
+        }],
     };
     let mut snap = Snapshot {
         node: "node1".into(),

@@ -8,7 +8,8 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::{
     RouteNetlinkMessage,
-    link::{LinkAttribute, LinkMessage},
+    address::{AddressAttribute, AddressMessage},
+    link::{LinkAttribute, LinkFlags, LinkMessage},
 };
 use rtnetlink::{MulticastGroup, new_multicast_connection};
 use tokio::sync::mpsc;
@@ -132,6 +133,10 @@ pub struct Link {
     /// `IFLA_LINK_NETNSID`: the nsid of the namespace a veth's peer is in, when not ours (a
     /// pod veth's: the pod's network namespace, see `crate::netns`).
     pub peer_nsid: Option<i32>,
+    /// Administratively up (`IFF_UP` in the RTM_NEWLINK header).
+    pub up: bool,
+    /// Carrier (`IFF_LOWER_UP`): a cable, or a veth whose peer is up.
+    pub carrier: bool,
 }
 
 #[derive(Debug)]
@@ -143,6 +148,10 @@ pub enum LinkEvent {
     /// A full dump ended: these are every link there is now (after the `Present` of each).
     /// Anything else the receiver holds is gone, its RTM_DELLINK possibly lost in an overflow.
     Listed(Vec<u32>),
+    /// RTM_NEWADDR / RTM_DELADDR: an address added to or removed from a link.
+    Address { index: u32, addr: std::net::IpAddr, present: bool },
+    /// A full address dump (after `Listed`): every (link, address) there is now.
+    Addresses(Vec<(u32, std::net::IpAddr)>),
 }
 
 fn link_of(msg: &LinkMessage) -> Option<Link> {
@@ -157,21 +166,48 @@ fn link_of(msg: &LinkMessage) -> Option<Link> {
             _ => {}
         }
     }
-    Some(Link { index: msg.header.index, name: name?, mtu, peer_nsid })
+    Some(Link {
+        index: msg.header.index,
+        name: name?,
+        mtu,
+        peer_nsid,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        carrier: msg.header.flags.contains(LinkFlags::LowerUp),
+    })
+}
+
+/// The address of an RTM_NEWADDR/RTM_DELADDR: `IFA_LOCAL` (the interface's own address on
+/// point-to-point links), else `IFA_ADDRESS`.
+fn address_of(msg: &AddressMessage) -> Option<(u32, std::net::IpAddr)> {
+    let mut address = None;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Local(a) => return Some((msg.header.index, *a)),
+            AddressAttribute::Address(a) => address = Some(*a),
+            _ => {}
+        }
+    }
+    Some((msg.header.index, address?))
 }
 
 /// How often the link list is dumped again although no overflow was reported (an overflow
 /// the socket did not report, a bug anywhere on the way): `kovn-monitor run` uses 5 minutes.
 pub const RELIST_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// Subscribes to link events first, then dumps the current links, so no link that appears
-/// in between is missed (a duplicate `Present` is harmless: attaching is idempotent).
+/// Subscribes to link and address events first, then dumps the current links and addresses,
+/// so no link that appears in between is missed (a duplicate `Present` is harmless: attaching
+/// is idempotent). Address events are few (a node's addresses rarely change); the daemon keeps
+/// them for the underlay NICs only.
 /// The subscription's socket buffer can overflow when links come and go faster than they are
 /// read (the kernel then drops events and reports ENOBUFS, an `Overrun`): the links are dumped
 /// again then, and every `relist_every` in any case; each dump ends with [`LinkEvent::Listed`].
 /// Runs until the receiver is dropped.
 pub async fn watch(tx: mpsc::Sender<LinkEvent>, relist_every: std::time::Duration) -> std::io::Result<()> {
-    let (conn, handle, mut messages) = new_multicast_connection(&[MulticastGroup::Link])?;
+    let (conn, handle, mut messages) = new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv6Ifaddr,
+    ])?;
     tokio::spawn(conn);
     let mut relist = tokio::time::interval(relist_every);
     relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -189,6 +225,12 @@ pub async fn watch(tx: mpsc::Sender<LinkEvent>, relist_every: std::time::Duratio
                     }
                     NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
                         Some(LinkEvent::Gone(m.header.index))
+                    }
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(m)) => {
+                        address_of(&m).map(|(index, addr)| LinkEvent::Address { index, addr, present: true })
+                    }
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(m)) => {
+                        address_of(&m).map(|(index, addr)| LinkEvent::Address { index, addr, present: false })
                     }
                     NetlinkPayload::Overrun(_) => {
                         overruns += 1;
@@ -220,7 +262,8 @@ pub async fn watch(tx: mpsc::Sender<LinkEvent>, relist_every: std::time::Duratio
     }
 }
 
-/// Dumps every link as `Present`, then `Listed`. False when the receiver is gone.
+/// Dumps every link as `Present`, then `Listed`, then every address as `Addresses`. False
+/// when the receiver is gone.
 async fn dump(handle: &rtnetlink::Handle, tx: &mpsc::Sender<LinkEvent>) -> std::io::Result<bool> {
     let mut links = handle.link().get().execute();
     let mut seen = Vec::new();
@@ -238,7 +281,19 @@ async fn dump(handle: &rtnetlink::Handle, tx: &mpsc::Sender<LinkEvent>) -> std::
             Err(e) => return Err(std::io::Error::other(format!("link dump failed: {e}"))),
         }
     }
-    Ok(tx.send(LinkEvent::Listed(seen)).await.is_ok())
+    if tx.send(LinkEvent::Listed(seen)).await.is_err() {
+        return Ok(false);
+    }
+    let mut addresses = handle.address().get().execute();
+    let mut all = Vec::new();
+    loop {
+        match addresses.try_next().await {
+            Ok(Some(msg)) => all.extend(address_of(&msg)),
+            Ok(None) => break,
+            Err(e) => return Err(std::io::Error::other(format!("address dump failed: {e}"))),
+        }
+    }
+    Ok(tx.send(LinkEvent::Addresses(all)).await.is_ok())
 }
 
 #[cfg(test)]

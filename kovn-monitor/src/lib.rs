@@ -35,3 +35,4 @@ pub mod netns;
 pub mod ovsdb;
 pub mod server;
 pub mod ui;
+pub mod underlay;

@@ -7,6 +7,7 @@
 pub mod frames;
 pub mod lab_fixture;
 pub mod pcap;
+pub mod pod_probe;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};

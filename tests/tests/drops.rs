@@ -104,6 +104,55 @@ fn netfilter_drops_are_reported_with_their_reason_and_only_in_our_netns() {
     assert!(!log.contains("drop monitoring unavailable"), "{log}");
 }
 
+/// Pings dropped by a netfilter rule in the daemon's namespace: the drop record carries the
+/// ping's echo identifier where a port would be (as the classifier's flow key does), so it joins
+/// the ping's own flow, with the rule's own counter as its count.
+#[test]
+fn dropped_pings_join_their_icmp_flow() {
+    let pair = Pair::new(64);
+    let daemon = Daemon::start(&pair.b, 19488, &["--iface", &pair.b_if], 1);
+    let table = "kovn_drop_icmp";
+    pair.b.run("nft", &["add", "table", "inet", table]);
+    pair.b.run("nft", &["add", "chain", "inet", table, "input", "{ type filter hook input priority 0; }"]);
+    pair.b.run(
+        "nft",
+        &["add", "rule", "inet", table, "input", "icmp", "type", "echo-request", "counter", "drop"],
+    );
+    let ping = std::process::Command::new("ip")
+        .args(["netns", "exec", &pair.a.name, "ping", "-c", "3", "-i", "0.3", "-W", "1", &pair.b_ip])
+        .output()
+        .expect("ping");
+    assert!(!ping.status.success(), "the pings are dropped: {}", String::from_utf8_lossy(&ping.stdout));
+    let dropped = nft_packets(&pair.b, table);
+    assert!(dropped >= 3, "the rule's counter: {dropped}");
+    daemon.settle();
+    daemon.settle();
+    let flows = daemon.get("/api/v1/flows").expect("flows");
+    let pings: Vec<&serde_json::Value> = flows["flows"]
+        .as_array()
+        .expect("flows list")
+        .iter()
+        .filter(|f| {
+            f["protocol"] == "icmp" && f["src_ip"] == pair.a_ip.as_str() && f["dst_ip"] == pair.b_ip.as_str()
+        })
+        .collect();
+    assert_eq!(pings.len(), 1, "one ping flow: {flows:#}");
+    let flow = pings[0];
+    assert_eq!(flow["drops"][0]["reason"], "NETFILTER_DROP", "the drops joined the ping's flow: {flow:#}");
+    assert_eq!(flow["drops"][0]["count"].as_u64(), Some(dropped), "kovn vs the nft rule's counter: {flow:#}");
+    let drops = daemon.get("/api/v1/drops").expect("drops");
+    let record = drops["drops"]
+        .as_array()
+        .expect("drops list")
+        .iter()
+        .find(|r| r["protocol"] == "icmp")
+        .unwrap_or_else(|| panic!("no icmp drop record: {drops:#}"));
+    assert_eq!(record["flow_id"], flow["id"], "{record:#}");
+    assert_eq!(record["direction"], "request", "{record:#}");
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Drops inside pods: a node namespace with a bridge and Kube-OVN-named host veths
 // (`<12hex>_h`) whose peers are `eth0` in the pods' own namespaces.

@@ -41,6 +41,9 @@ const KILL9_TEST: &str = "one_set_of_hooks_after_kill_9_and_restart";
 /// datapath, run where the kernel has the modules (in the VM).
 const LAB_TEST: &str = "inner_kernel_datapath_lab";
 
+/// Its healthy-mix test (the `mix` group).
+const MIX_TEST: &str = "inner_kernel_datapath_mix";
+
 /// A test group of the matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -58,6 +61,10 @@ pub enum Group {
     /// per node and a cross-node flow's tunnel leg learned on `genev_sys_6081`. Needs the
     /// `openvswitch` and `geneve` modules: VMs only (the host's kernel has neither).
     Lab,
+    /// tests/tests/kernel_datapath.rs's healthy mix: the same lab with three pods per node and
+    /// `lab traffic`'s mix (same node, cross node, service VIPs) for `--mix-minutes`; no finding
+    /// may be raised. Long: only when asked for (`6.12:mix`), never by default or in CI.
+    Mix,
 }
 
 impl Group {
@@ -66,7 +73,15 @@ impl Group {
     /// Whether the group runs on the host's kernel by default (`lab` needs OVS's kernel module,
     /// which the host kernel has not; asked for explicitly, `host:lab` fails with that error).
     fn on_host_by_default(self) -> bool {
-        self != Group::Lab
+        !matches!(self, Group::Lab | Group::Mix)
+    }
+
+    /// Wall-clock time a group runs on top of its scaled budget (the mix's minutes).
+    fn extra(self, mix_minutes: u32) -> Duration {
+        match self {
+            Group::Mix => Duration::from_secs(60 * u64::from(mix_minutes)),
+            _ => Duration::ZERO,
+        }
     }
 
     fn name(self) -> &'static str {
@@ -76,6 +91,7 @@ impl Group {
             Group::Daemon => "daemon",
             Group::Kill9 => "kill9",
             Group::Lab => "lab",
+            Group::Mix => "mix",
         }
     }
 
@@ -88,6 +104,8 @@ impl Group {
             Group::Kill9 => 90,
             // lab up (~1 min on the host), monitors, a ping, the flows polled.
             Group::Lab => 180,
+            // lab up and monitors (~2 min on the host) plus the mix; minutes are added.
+            Group::Mix => 240,
         })
     }
 }
@@ -118,6 +136,9 @@ pub struct KernelsArgs {
     /// (`KOVN_TEST_TIMEOUT_SCALE`).
     #[arg(long, default_value_t = 10)]
     pub timeout_scale: u32,
+    /// How long the `mix` group runs its healthy traffic, in minutes.
+    #[arg(long, default_value_t = 10)]
+    pub mix_minutes: u32,
 }
 
 impl Default for KernelsArgs {
@@ -129,6 +150,7 @@ impl Default for KernelsArgs {
             cpus: 2,
             kvm: false,
             timeout_scale: 10,
+            mix_minutes: 10,
         }
     }
 }
@@ -153,6 +175,8 @@ pub struct GuestArgs {
     pub groups: Vec<Group>,
     #[arg(long, default_value_t = 1)]
     pub timeout_scale: u32,
+    #[arg(long, default_value_t = 10)]
+    pub mix_minutes: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,7 +303,7 @@ fn split_spec(spec: &str) -> Result<(&str, Option<Vec<Group>>)> {
         .map(|g| {
             <Group as clap::ValueEnum>::from_str(g, true).map_err(|e| {
                 anyhow::anyhow!(
-                    "unknown test group {g:?} in {spec:?} ({e}; verifier, classifier, daemon, kill9, lab)"
+                    "unknown test group {g:?} in {spec:?} ({e}; verifier, classifier, daemon, kill9, lab, mix)"
                 )
             })
         })
@@ -369,8 +393,10 @@ pub fn run(args: &KernelsArgs, built: &Built, xtask: &Path) -> Result<bool> {
             &out,
             &these,
             if matches!(target, Target::Host) { 1 } else { args.timeout_scale },
+            args.mix_minutes,
         );
         let budget: Duration = these.iter().map(|g| g.budget()).sum::<Duration>() * args.timeout_scale
+            + these.iter().map(|g| g.extra(args.mix_minutes)).sum::<Duration>()
             + Duration::from_secs(300);
         eprintln!(
             "kernel matrix: {label}: {} ...",
@@ -403,7 +429,14 @@ pub fn run(args: &KernelsArgs, built: &Built, xtask: &Path) -> Result<bool> {
     }))
 }
 
-fn guest_argv(xtask: &Path, built: &Built, out: &Path, groups: &[Group], scale: u32) -> Vec<String> {
+fn guest_argv(
+    xtask: &Path,
+    built: &Built,
+    out: &Path,
+    groups: &[Group],
+    scale: u32,
+    mix_minutes: u32,
+) -> Vec<String> {
     let p = |p: &Path| p.to_string_lossy().into_owned();
     let mut v = vec![
         p(xtask),
@@ -422,6 +455,8 @@ fn guest_argv(xtask: &Path, built: &Built, out: &Path, groups: &[Group], scale: 
         p(&built.workdir),
         "--timeout-scale".into(),
         scale.to_string(),
+        "--mix-minutes".into(),
+        mix_minutes.to_string(),
     ];
     for g in groups {
         v.push("--group".into());
@@ -726,7 +761,7 @@ fn run_bounded(mut cmd: Command, log_path: &Path, stdout_path: &Path, budget: Du
 }
 
 fn run_group(g: Group, args: &GuestArgs, results: &mut GuestResults) -> GroupResult {
-    let budget = g.budget() * args.timeout_scale;
+    let budget = g.budget() * args.timeout_scale + g.extra(args.mix_minutes);
     let log = args.out.join(format!("{}.log", g.name()));
     let stdout = args.out.join(format!("{}.out", g.name()));
     let mut cmd;
@@ -750,6 +785,11 @@ fn run_group(g: Group, args: &GuestArgs, results: &mut GuestResults) -> GroupRes
         Group::Lab => {
             cmd = Command::new(&args.kernel_datapath);
             cmd.args(["--ignored", "--exact", LAB_TEST, "--nocapture", "--test-threads=1"]);
+        }
+        Group::Mix => {
+            cmd = Command::new(&args.kernel_datapath);
+            cmd.args(["--ignored", "--exact", MIX_TEST, "--nocapture", "--test-threads=1"]);
+            cmd.env("KOVN_MIX_MINUTES", args.mix_minutes.to_string());
         }
     }
     cmd.current_dir(&args.workdir).env("KOVN_TEST_TIMEOUT_SCALE", args.timeout_scale.to_string());
@@ -946,6 +986,11 @@ mod tests {
         let (_, g) = split_spec("6.1:verifier+kill9+lab").expect("with the lab");
         assert_eq!(g, Some(vec![Group::Verifier, Group::Kill9, Group::Lab]));
         assert!(!Group::Lab.on_host_by_default(), "the host kernel has no OVS module");
+        let (_, g) = split_spec("6.12:mix").expect("the healthy mix");
+        assert_eq!(g, Some(vec![Group::Mix]));
+        assert!(!Group::ALL.contains(&Group::Mix), "the mix runs only when asked for");
+        assert_eq!(Group::Mix.extra(3), Duration::from_secs(180), "its minutes on top of its bound");
+        assert_eq!(Group::Lab.extra(3), Duration::ZERO);
         assert!(split_spec("6.12:bogus").is_err());
     }
 

@@ -114,12 +114,20 @@ struct Daemon {
     /// Flows with drops as the last poll published them, by id: (the table's flow, the copy
     /// with its drops). Bounded by the drop map's records.
     with_drops: std::collections::HashMap<String, (Arc<crate::flows::Flow>, Arc<crate::flows::Flow>)>,
+    /// The underlay NICs' link state and addresses (`--underlay-iface`), from netlink.
+    underlay: crate::underlay::Underlay,
 }
 
 impl Daemon {
     fn on_link(&mut self, ev: LinkEvent) {
+        let now = time::OffsetDateTime::now_utc();
         match ev {
+            LinkEvent::Address { index, addr, present } => {
+                self.underlay.on_address(index, addr, present, now)
+            }
+            LinkEvent::Addresses(all) => self.underlay.on_addresses(&all, now),
             LinkEvent::Present(link) => {
+                self.underlay.on_link(&link, now);
                 let kind = self.selector.classify(&link.name);
                 self.follow_pod_netns(&link, kind);
                 let Some(kind) = kind else {
@@ -147,6 +155,7 @@ impl Daemon {
                 }
             }
             LinkEvent::Gone(index) => {
+                self.underlay.on_gone(index, now);
                 self.unwatch_pod_netns(index);
                 self.table.iface_gone(index);
                 if let Some(a) = self.capture.detach(index) {
@@ -154,6 +163,7 @@ impl Daemon {
                 }
             }
             LinkEvent::Listed(present) => {
+                self.underlay.on_listed(&present, now);
                 // A full list: whatever we hold that is not in it went while events were lost.
                 let present: std::collections::HashSet<u32> = present.into_iter().collect();
                 let gone: Vec<u32> = self
@@ -397,6 +407,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         ),
         kernel_fill: 0,
         with_drops: std::collections::HashMap::new(),
+        underlay: crate::underlay::Underlay::new(&cfg.underlay_ifaces, time::OffsetDateTime::now_utc()),
     };
     log::info!("OVS over-MTU kprobe unavailable: {}", d.ovs_kprobe_why);
     if let Some((url, resend)) = cfg.alertmanager.clone() {

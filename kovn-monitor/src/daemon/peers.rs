@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::detection::PeerView;
+use crate::detection::{DropEvidence, PeerView};
 use crate::flows::Flow;
 
 /// Questions (and answers) waiting at most.
@@ -35,6 +35,10 @@ pub struct Question {
     /// may not be in the peer's table until its next poll.
     pub flow: Arc<Flow>,
     pub also: Vec<String>,
+    /// This node's tunnel addresses (its underlay NICs'): when the peer never saw the flow,
+    /// its drops of tunnel packets from or to them say whether its firewall is why. Empty:
+    /// any tunnel drop of the peer's counts.
+    pub local: Vec<IpAddr>,
 }
 
 #[derive(Debug)]
@@ -63,7 +67,7 @@ impl Peers {
                 let Ok(permit) = permits.clone().acquire_owned().await else { break };
                 let atx = atx.clone();
                 tokio::spawn(async move {
-                    let view = ask(q.ip, port, &q.flow, &q.also).await;
+                    let view = ask(q.ip, port, &q.flow, &q.also, &q.local).await;
                     drop(permit);
                     // The poll is gone (shutdown) when this fails: nothing to tell.
                     let _ = atx.send(Answer { alert: q.alert, view }).await;
@@ -110,24 +114,93 @@ impl Peers {
 }
 
 /// Asks the monitor of the flow's other node for its view of the same flow: the flow itself
-/// when the peer has it, else another flow of the same finding (`also`).
-async fn ask(ip: IpAddr, port: u16, f: &Flow, also: &[String]) -> PeerView {
+/// when the peer has it, else another flow of the same finding (`also`). When it has neither,
+/// its drops say whether its firewall dropped our tunnel packets (`PeerView::Firewalled`).
+async fn ask(ip: IpAddr, port: u16, f: &Flow, also: &[String], local: &[IpAddr]) -> PeerView {
     let query = [("ip", f.src_ip.to_string()), ("protocol", f.protocol.to_string())];
-    let body = match crate::client::ApiClient::peer(ip, port) {
-        Ok(peer) => peer.flows(&query, TIMEOUT).await,
-        Err(e) => Err(e),
+    let peer = match crate::client::ApiClient::peer(ip, port) {
+        Ok(peer) => peer,
+        Err(e) => return PeerView::Unreachable(format!("{e:#}")),
     };
-    match body {
+    match peer.flows(&query, TIMEOUT).await {
         Ok(b) => {
             let mut flows = b.flows;
             let pick = flows
                 .iter()
                 .position(|p| p.id == f.id)
                 .or_else(|| flows.iter().position(|p| also.contains(&p.id)));
-            PeerView::Seen(pick.map(|i| Box::new(flows.swap_remove(i))))
+            let seen = pick.map(|i| Box::new(flows.swap_remove(i)));
+            if seen.as_deref().is_some_and(delivered) {
+                return PeerView::Seen(seen);
+            }
+            // Never arrived, or arrived only on the peer's NIC (tc ingress runs before the
+            // host firewall's input chain): the peer's own firewall is the first suspect a
+            // Kube-OVN operator checks. A peer that cannot list its drops says only what it saw.
+            match peer.drops_within(TIMEOUT).await {
+                Ok(d) => firewall_of(
+                    &d.drops,
+                    ip,
+                    local,
+                    f.first_seen - CLOCK_SLACK,
+                    time::OffsetDateTime::now_utc(),
+                )
+                .map_or(PeerView::Seen(seen), PeerView::Firewalled),
+                Err(_) => PeerView::Seen(seen),
+            }
         }
         Err(e) => PeerView::Unreachable(format!("{e:#}")),
     }
+}
+
+/// The peer delivered the request to the pod (its veth's egress) or something came back.
+fn delivered(p: &Flow) -> bool {
+    use crate::model::{Direction, FlowDirection, IfaceKind};
+    p.packets_rev > 0
+        || p.interfaces.iter().any(|i| {
+            i.kind == IfaceKind::Pod
+                && i.direction == Direction::Egress
+                && i.flow_direction == FlowDirection::Fwd
+        })
+}
+
+/// How recent a peer's tunnel drop must be to explain a request that is failing now.
+const FIREWALL_RECENT: time::Duration = time::Duration::seconds(60);
+
+/// How far the peer's clock may be behind ours (NTP keeps nodes well within it).
+const CLOCK_SLACK: time::Duration = time::Duration::seconds(5);
+
+/// The peer's netfilter drops of tunnel packets between it (`peer`) and us (`local`, or any
+/// other address when we do not know ours), seen since the request began (`since`: drops that
+/// stopped before it are an earlier episode's) and within `FIREWALL_RECENT`: summed into one.
+fn firewall_of(
+    drops: &[crate::drops::DropRecord],
+    peer: IpAddr,
+    local: &[IpAddr],
+    since: time::OffsetDateTime,
+    now: time::OffsetDateTime,
+) -> Option<DropEvidence> {
+    let ours = |ip: Option<IpAddr>| {
+        ip.is_some_and(|ip| if local.is_empty() { ip != peer } else { local.contains(&ip) })
+    };
+    let mut hits = drops.iter().filter(|d| {
+        d.reason == "NETFILTER_DROP"
+            && d.protocol == Some(crate::model::Protocol::Udp)
+            && crate::model::is_tunnel_port(d.dst_port)
+            && (ours(d.src_ip) || ours(d.dst_ip))
+            && now - d.last_seen <= FIREWALL_RECENT
+            && d.last_seen >= since
+    });
+    let first = hits.next()?;
+    let mut e = DropEvidence {
+        reason: first.reason.clone(),
+        interface: first.interface.clone(),
+        location: crate::model::IfaceKind::Unknown,
+        count: first.count,
+    };
+    for d in hits {
+        e.count += d.count;
+    }
+    Some(e)
 }
 
 #[cfg(test)]
@@ -170,6 +243,7 @@ mod tests {
             ip: "127.0.0.1".parse().expect("ip"),
             flow: flow(),
             also: Vec::new(),
+            local: Vec::new(),
         };
         let t = std::time::Instant::now();
         assert!(peers.ask(q()), "the first question is queued");
@@ -189,6 +263,48 @@ mod tests {
         assert!(peers.ask(q()), "asked again once answered");
     }
 
+    /// A peer that never saw the flow names its firewall only for recent netfilter drops of
+    /// tunnel packets between it and us; other drops, other nodes' and old ones do not count.
+    #[test]
+    fn the_peers_firewall_is_named_by_its_tunnel_drops_with_us() {
+        let now = time::OffsetDateTime::now_utc();
+        let peer: IpAddr = "172.31.0.12".parse().expect("ip");
+        let us: IpAddr = "172.31.0.11".parse().expect("ip");
+        let other: IpAddr = "172.31.0.13".parse().expect("ip");
+        let rec = |reason: &str, src: IpAddr, dst: IpAddr, port: u16, count: u64, age: i64| {
+            crate::drops::DropRecord {
+                protocol: Some(crate::model::Protocol::Udp),
+                src_ip: Some(src),
+                dst_ip: Some(dst),
+                dst_port: port,
+                interface: "eth0".into(),
+                last_seen: now - time::Duration::seconds(age),
+                ..crate::drops::test_record("", reason, "eth0", count)
+            }
+        };
+        let drops = vec![
+            rec("NETFILTER_DROP", us, peer, 6081, 7, 1),
+            rec("NETFILTER_DROP", peer, us, 6081, 3, 2),
+            rec("NETFILTER_DROP", other, peer, 6081, 100, 1),
+            rec("NETFILTER_DROP", us, peer, 53, 100, 1),
+            rec("NO_SOCKET", us, peer, 6081, 100, 1),
+            rec("NETFILTER_DROP", us, peer, 4789, 100, 300),
+        ];
+        let since = now - time::Duration::seconds(30);
+        let e = firewall_of(&drops, peer, &[us], since, now).expect("our tunnel packets were dropped");
+        assert_eq!((e.reason.as_str(), e.interface.as_str(), e.count), ("NETFILTER_DROP", "eth0", 10));
+        assert!(
+            firewall_of(&drops[2..], peer, &[us], since, now).is_none(),
+            "{:?}",
+            firewall_of(&drops[2..], peer, &[us], since, now)
+        );
+        // Not knowing our address, any other end than the peer counts.
+        assert_eq!(firewall_of(&drops[2..3], peer, &[], since, now).map(|e| e.count), Some(100));
+        // Drops that stopped before the request began are an earlier episode's (a firewall
+        // removed a moment ago), not this request's cause.
+        assert!(firewall_of(&drops, peer, &[us], now, now).is_none(), "last seen 1-2 s before the request");
+    }
+
     /// More questions than the queue holds: the rest are skipped and counted, none blocks.
     #[tokio::test]
     async fn a_full_queue_skips_and_counts() {
@@ -202,6 +318,7 @@ mod tests {
                 ip: "127.0.0.1".parse().expect("ip"),
                 flow: flow(),
                 also: Vec::new(),
+                local: Vec::new(),
             };
             queued += usize::from(peers.ask(q));
         }

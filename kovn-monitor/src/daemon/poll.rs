@@ -124,6 +124,8 @@ impl Daemon {
             self.with_drops.clear();
             return Vec::new();
         }
+        // A subsystem's reasons (OVS's) come from its module's BTF, which may load after us.
+        self.capture.drop_hook_mut().learn_reasons(entries);
         let table = &self.table;
         let mut drops =
             crate::drops::records(entries, self.capture.drop_hook(), clock, |key| table.initiator_of(key));
@@ -164,6 +166,7 @@ impl Daemon {
         let kinds: HashMap<&str, IfaceKind> =
             self.capture.attachments().values().map(|a| (a.name.as_str(), a.kind.into())).collect();
         self.detector.observe_drops(drops, |iface| kinds.get(iface).copied().unwrap_or(IfaceKind::Host), now);
+        self.detector.observe_underlay(self.underlay.links(), self.underlay.addresses(), now);
         let mut alerts = self.detector.evaluate(flows, now);
         let guards = self.pod_guards();
         alerts.extend(self.flood.evaluate(&guards, now));
@@ -228,6 +231,12 @@ impl Daemon {
                 self.drops_verdict(a, &by_id);
                 continue;
             }
+            if self.detector.own_verdict(&a.id) {
+                // The detector knows the cause (the underlay NIC's state, this node's firewall
+                // dropping the tunnel): only our namespace's prefix is added to its commands.
+                self.prefix_commands(a);
+                continue;
+            }
             let answered = self.peer_answers.contains_key(&a.id);
             let fresh = self.verdict_at.get(&a.id).is_some_and(|t| t.elapsed() < VERDICT_REFRESH);
             if fresh && a.verdict.is_some() && !answered {
@@ -248,6 +257,7 @@ impl Daemon {
                             ip,
                             flow: f.clone(),
                             also: a.flows.clone(),
+                            local: self.underlay.addresses(),
                         });
                         continue;
                     }
@@ -301,11 +311,7 @@ impl Daemon {
     /// A drops finding: the detector names the drop site itself; the namespace prefix of its
     /// commands is ours, and drops inside a pod are named by the pod's own reason.
     fn drops_verdict(&self, a: &mut Alert, by_id: &HashMap<&str, &Arc<Flow>>) {
-        if let (Some(ns), Some(v)) = (&self.commands.netns, a.verdict.as_mut()) {
-            for c in &mut v.next_commands {
-                *c = format!("ip netns exec {ns} {c}");
-            }
-        }
+        self.prefix_commands(a);
         let flow = a.flows.first().and_then(|id| by_id.get(id.as_str()).copied());
         if let (Some(pv), Some(v)) =
             (flow.and_then(|f| crate::drops::pod_drop_verdict(f, None)), a.verdict.as_mut())
@@ -313,6 +319,16 @@ impl Daemon {
             v.hop = pv.hop;
             v.summary = pv.summary;
             v.next_commands.splice(0..0, pv.next_commands);
+        }
+    }
+
+    /// Commands of a verdict the detector made run in this monitor's network namespace (the
+    /// lab's), like the ones the daemon phrases.
+    fn prefix_commands(&self, a: &mut Alert) {
+        if let (Some(ns), Some(v)) = (&self.commands.netns, a.verdict.as_mut()) {
+            for c in &mut v.next_commands {
+                *c = format!("ip netns exec {ns} {c}");
+            }
         }
     }
 
@@ -356,6 +372,7 @@ impl Daemon {
                 .collect(),
             // As the previous poll left it (this one has only just begun).
             heap: crate::heap::stats(),
+            underlay: self.underlay.links(),
         }
     }
 

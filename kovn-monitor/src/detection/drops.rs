@@ -13,6 +13,14 @@ use crate::model::{AlertKind, AlertState, IfaceKind, Protocol, Scenario};
 /// The severity of a drops finding: packets are lost, but the path may still mostly work.
 const SEVERITY: Severity = Severity::Warning;
 
+/// The kernel's reason for a packet a netfilter rule dropped.
+pub(super) const NETFILTER_DROP: &str = "NETFILTER_DROP";
+
+/// A drop of an encapsulated packet: UDP to the Geneve (6081) or VXLAN (4789) port.
+fn encapsulated(d: &DropDelta) -> bool {
+    d.protocol == Some(Protocol::Udp) && crate::model::is_tunnel_port(d.dst_port)
+}
+
 /// One poll's rise of one kernel drop record.
 pub(super) struct DropDelta {
     at: OffsetDateTime,
@@ -69,6 +77,25 @@ impl Detector {
         }
     }
 
+    /// Netfilter drops of encapsulated tunnel packets (UDP to the Geneve or VXLAN port) within
+    /// the drop window, by the address at the other end (not one of this node's): the node's
+    /// firewall blocks the tunnel to or from that node.
+    pub(super) fn tunnel_firewall(&self) -> HashMap<std::net::IpAddr, DropEvidence> {
+        let mut out: HashMap<std::net::IpAddr, DropEvidence> = HashMap::new();
+        for d in self.drop_window.iter().filter(|d| d.reason == NETFILTER_DROP && encapsulated(d)) {
+            for ip in [d.src_ip, d.dst_ip].into_iter().flatten().filter(|ip| !self.local_ips.contains(ip)) {
+                let e = out.entry(ip).or_insert_with(|| DropEvidence {
+                    reason: d.reason.clone(),
+                    interface: d.interface.clone(),
+                    location: d.location,
+                    count: 0,
+                });
+                e.count += d.count;
+            }
+        }
+        out
+    }
+
     /// Bursts of drops: attached as evidence to the path findings whose flows they hit, else
     /// raised as `drops` findings of their own (one per reason and interface).
     pub(super) fn evaluate_drops(
@@ -103,7 +130,7 @@ impl Detector {
         let mut sites: Sites = BTreeMap::new();
         let mut explained: BTreeMap<(String, String, String, IfaceKind), u64> = BTreeMap::new();
         for d in &self.drop_window {
-            let encapsulated = d.protocol == Some(Protocol::Udp) && matches!(d.dst_port, 6081 | 4789);
+            let encapsulated = encapsulated(d);
             let owner = covers.iter().find(|(_, fl, remotes)| {
                 (!d.flow_id.is_empty() && fl.contains(&d.flow_id))
                     || (encapsulated && [d.src_ip, d.dst_ip].iter().flatten().any(|ip| remotes.contains(ip)))
@@ -112,6 +139,16 @@ impl Detector {
                 *explained
                     .entry((id.clone(), d.reason.clone(), d.interface.clone(), d.location))
                     .or_default() += d.count;
+                continue;
+            }
+            // This node's firewall dropping tunnel packets to or from another node is that
+            // tunnel's problem: the requesting node's monitor raises it (it asks this one and
+            // names this firewall), once per node pair, not as drops here too.
+            if encapsulated
+                && d.reason == NETFILTER_DROP
+                && !self.local_ips.is_empty()
+                && [d.src_ip, d.dst_ip].iter().flatten().any(|ip| !self.local_ips.contains(ip))
+            {
                 continue;
             }
             let e = sites
@@ -174,6 +211,7 @@ impl Detector {
                     drilldown: None,
                 },
                 last_failure: now,
+                own_verdict: true,
             });
             let a = &mut entry.alert;
             if a.state != AlertState::Firing {

@@ -26,6 +26,7 @@ mod mtu;
 mod refused;
 mod tunnel;
 mod unanswered;
+mod underlay;
 pub mod verdict;
 
 pub use verdict::{CommandContext, EndpointFacts, next_commands, verdict};
@@ -230,6 +231,9 @@ struct PairRound<'a> {
 struct Tracked {
     alert: Alert,
     last_failure: OffsetDateTime,
+    /// The detector set the verdict itself (it knows the cause: the underlay NIC's state, the
+    /// node's firewall dropping the tunnel); the daemon keeps it.
+    own_verdict: bool,
 }
 
 /// The detectors' state across polls: findings by id.
@@ -241,6 +245,10 @@ pub struct Detector {
     drop_counts: HashMap<(String, String, u32), u64>,
     /// Drop rises within the drop window, oldest first.
     drop_window: std::collections::VecDeque<drops::DropDelta>,
+    /// The underlay NIC's last failure (`underlay`).
+    underlay: Option<underlay::Episode>,
+    /// This node's tunnel endpoint addresses (its underlay NICs'), as last known.
+    local_ips: Vec<std::net::IpAddr>,
 }
 
 impl Detector {
@@ -251,7 +259,14 @@ impl Detector {
             tracked: BTreeMap::new(),
             drop_counts: HashMap::new(),
             drop_window: Default::default(),
+            underlay: None,
+            local_ips: Vec::new(),
         }
+    }
+
+    /// Whether the detector set this finding's verdict itself (the daemon then keeps it).
+    pub fn own_verdict(&self, id: &str) -> bool {
+        self.tracked.get(id).is_some_and(|t| t.own_verdict)
     }
 
     pub fn config(&self) -> &DetectorConfig {
@@ -281,11 +296,18 @@ impl Detector {
             backend_of.get(f.id.as_str()).copied().unwrap_or(f)
         }
         let path = |f: &'a Flow| on_path(&backend_of, f);
+        // Failing cross-node requests while this node's underlay NIC is down are that
+        // finding's evidence, not pairs of their own.
+        let mut absorbed: Vec<&Flow> = Vec::new();
         for f in flows.iter().filter(|f| reported_here(f, &self.node) && (is_pod(&f.src) || is_pod(&f.dst))) {
             if f.protocol == Protocol::Udp && self.cfg.udp_oneway_ports.contains(&f.dst_port) {
                 continue;
             }
             if post_dnat.contains(f.id.as_str()) {
+                continue;
+            }
+            if unanswered::is_failing(f, now, timeout) && self.explained_by_underlay(path(f), timeout) {
+                absorbed.push(f);
                 continue;
             }
             let backend = backend_of.get(f.id.as_str()).map(|b| service_backend(f, b));
@@ -309,9 +331,11 @@ impl Detector {
             unanswered::forget_healed(round);
         }
         // Cross-node pairs failing towards a node while its other pairs and same-node traffic
-        // work point at the tunnel: counted per remote node.
+        // work point at the tunnel: counted per remote node. The node's firewall dropping the
+        // encapsulated packets to or from a node names the cause at once, for any pair.
         let by_remote = tunnel::ByRemote::count(pairs.values(), path);
         let same_node_ok = tunnel::same_node_works(pairs.values());
+        let firewall = self.tunnel_firewall();
         let mut seen_now = Vec::new();
         // Tunnel findings are per node pair: every pod pair failing towards that node is one
         // problem of the tunnel, raised once below.
@@ -328,7 +352,9 @@ impl Detector {
             let mtu_hole = mtu::black_hole(&self.cfg, &round.failing, &round.answered);
             let kind = if mtu_hole.is_some() {
                 mtu::Mtu::KIND
-            } else if tunnel::is_tunnel(&round.failing, path, same_node_ok, &by_remote) {
+            } else if tunnel::is_tunnel(&round.failing, path, same_node_ok, &by_remote)
+                || tunnel::firewalled(&round.failing, path, &firewall).is_some()
+            {
                 tunnel::Tunnel::KIND
             } else {
                 unanswered::Unanswered::KIND
@@ -353,8 +379,20 @@ impl Detector {
         }
         let local = self.node.clone();
         for (remote, failing) in &tunnel_failing {
-            seen_now.push(self.raise(tunnel::Tunnel::KIND, &local, remote, failing, &[], now));
+            let id = self.raise(tunnel::Tunnel::KIND, &local, remote, failing, &[], now);
+            let blocked = tunnel::firewalled(failing, path, &firewall);
+            if let Some(t) = self.tracked.get_mut(&id) {
+                t.own_verdict = blocked.is_some();
+                if let Some((ip, drops)) = blocked {
+                    t.alert.verdict = Some(tunnel::firewall_verdict(&local, remote, ip, drops));
+                } else if t.alert.verdict.as_ref().is_some_and(|v| v.hop == Hop::TunnelBlockedByFirewall) {
+                    // The drops stopped but the pairs still fail: the daemon judges it afresh.
+                    t.alert.verdict = None;
+                }
+            }
+            seen_now.push(id);
         }
+        self.evaluate_underlay(&absorbed, &mut seen_now, now, timeout);
         for id in &seen_now {
             if let Some(t) = self.tracked.get_mut(id) {
                 t.alert.evidence.drops.clear();
@@ -459,6 +497,7 @@ impl Detector {
                 flows: Vec::new(),
             },
             last_failure: now,
+            own_verdict: false,
         });
         let a = &mut entry.alert;
         if a.state != AlertState::Firing {

@@ -6,7 +6,10 @@
 
 use crate::flows::Flow;
 use crate::inventory::{Endpoint, EndpointKind};
-use crate::model::{AlertKind, Direction as HookDirection, FlowDirection, IfaceKind, Protocol, Scenario};
+use crate::model::{
+    AlertKind, Direction as HookDirection, DropDirection, DropLocation, FlowDirection, IfaceKind, Protocol,
+    Scenario,
+};
 
 use super::{Alert, Verdict, who};
 use crate::model::{Hop, PeerView};
@@ -17,10 +20,8 @@ pub(super) fn drop_verdict(reason: &str, interface: &str, location: IfaceKind, n
         "NETFILTER_DROP" => {
             "a netfilter rule (iptables/nftables: the node's firewall, kube-proxy or a NetworkPolicy implemented there)"
         }
-        "OPENVSWITCH_DROP_ACTION" | "OVS_DROP_ACTION" => {
-            "an OpenFlow drop action in OVS (flow tables, ACL/NetworkPolicy)"
-        }
-        r if r.starts_with("OVS_DROP") || r.starts_with("OPENVSWITCH") => "the OVS kernel datapath",
+        // OVS's own reasons (`enum ovs_drop_reason`, Linux >= 6.4).
+        r if r.starts_with("OVS_DROP_") => ovs_drop_cause(r),
         "PKT_TOO_BIG" | "PKT_TOO_SMALL" => "packet size (MTU)",
         "NO_SOCKET" | "SOCKET_FILTER" | "TCP_INVALID_SEQUENCE" | "TCP_OLD_DATA" => {
             "the local stack (no listener, or stale TCP)"
@@ -35,7 +36,7 @@ pub(super) fn drop_verdict(reason: &str, interface: &str, location: IfaceKind, n
         vec![format!("ip -s link show {interface}"), format!("tcpdump -c 20 -nei {interface}")];
     match reason {
         "NETFILTER_DROP" => next_commands.insert(0, "nft list ruleset".to_string()),
-        r if r.contains("OVS") || r.contains("OPENVSWITCH") => {
+        r if r.starts_with("OVS_DROP_") => {
             next_commands.insert(0, "ovs-appctl dpctl/dump-flows -m".to_string());
             next_commands.insert(1, "ovs-ofctl dump-flows br-int | grep -i drop".to_string());
         }
@@ -87,6 +88,54 @@ fn iface_of(
         .iter()
         .find(|i| i.kind == kind && i.direction == direction && i.flow_direction == flow_direction)
         .map(|i| i.name.as_str())
+}
+
+/// What an `OVS_DROP_*` reason (the OVS kernel datapath's own drop reasons, Linux >= 6.4:
+/// `net/openvswitch/drop.h`) says about the cause.
+fn ovs_drop_cause(reason: &str) -> &'static str {
+    match reason {
+        "OVS_DROP_LAST_ACTION" => {
+            "the datapath flow ended without output: an OpenFlow drop, an ACL/NetworkPolicy or no matching flow"
+        }
+        "OVS_DROP_EXPLICIT" | "OVS_DROP_EXPLICIT_WITH_ERROR" => {
+            "an explicit drop action: an OpenFlow drop or an ACL/NetworkPolicy"
+        }
+        "OVS_DROP_ACTION_ERROR" => "an action failed",
+        "OVS_DROP_METER" => "a meter: a QoS rate limit on the port",
+        "OVS_DROP_RECURSION_LIMIT" | "OVS_DROP_DEFERRED_LIMIT" => {
+            "too many recirculations or deferred actions"
+        }
+        "OVS_DROP_FRAG_L2_TOO_LONG" | "OVS_DROP_FRAG_INVALID_PROTO" => "fragmentation on output",
+        "OVS_DROP_CONNTRACK" => "conntrack refused it (invalid state, zone limit)",
+        "OVS_DROP_IP_TTL" => "its TTL ran out",
+        _ => "the OVS kernel datapath",
+    }
+}
+
+/// The OVS kernel datapath's drops of this flow's requests on `node`, as a clause to end a
+/// verdict with (empty when there are none): `; OVS's kernel datapath on node2 dropped 3 of
+/// them with reason OVS_DROP_LAST_ACTION (...)`. Only kernels >= 6.4 name these drops (older
+/// ones free the packet as consumed, so nothing is recorded there); the reason with most
+/// packets is named.
+fn ovs_dropped(f: &Flow, node: &str) -> String {
+    let top = f
+        .drops
+        .iter()
+        .filter(|d| {
+            d.reason.starts_with("OVS_DROP")
+                && d.location == DropLocation::Node
+                && d.direction != Some(DropDirection::Reply)
+        })
+        .max_by_key(|d| d.count);
+    match top {
+        Some(d) => format!(
+            "; OVS's kernel datapath on {node} dropped {} of them with reason {} ({})",
+            d.count,
+            d.reason,
+            ovs_drop_cause(&d.reason)
+        ),
+        None => String::new(),
+    }
 }
 
 fn l4_match(f: &Flow) -> String {
@@ -204,8 +253,11 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
             return hop(
                 Hop::NeverLeftSource,
                 format!(
-                    "the request from {src} to {dst} ({}:{}) never left {node}: no packet towards any of its backends went out on the wire or reached a backend's veth here; dropped in OVS br-int on {node} at or after the load balancer (ACL/NetworkPolicy, flow tables); the chosen backend is in OVS's conntrack (ovs-appctl dpctl/dump-conntrack)",
-                    a.dst_ip, f.dst_port
+                    "the request from {src} to {dst} ({}:{}) never left {node}: no packet towards any of its backends went out on the wire or reached a backend's veth here; dropped in OVS br-int on {node} at or after the load balancer (ACL/NetworkPolicy, flow tables); {}{}",
+                    a.dst_ip,
+                    f.dst_port,
+                    crate::model::CONNTRACK_BACKEND_HINT,
+                    ovs_dropped(f, node)
                 ),
             );
         }
@@ -236,7 +288,8 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
             hop(
                 Hop::LostBeforeDestinationPod,
                 format!(
-                    "the request left {src} but never reached {dst}'s veth on {node}: dropped in OVS br-int on {node} (ACL/NetworkPolicy, flow tables)"
+                    "the request left {src} but never reached {dst}'s veth on {node}: dropped in OVS br-int on {node} (ACL/NetworkPolicy, flow tables){}",
+                    ovs_dropped(f, node)
                 ),
             )
         } else {
@@ -247,7 +300,8 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
         return hop(
             Hop::NeverLeftSource,
             format!(
-                "the request from {src} never left {node} for {remote}: dropped on {node} before the wire, in OVS br-int (ACL/NetworkPolicy, flow tables) or by the node's own firewall on its NIC"
+                "the request from {src} never left {node} for {remote}: dropped on {node} before the wire, in OVS br-int (ACL/NetworkPolicy, flow tables) or by the node's own firewall on its NIC{}",
+                ovs_dropped(f, node)
             ),
         );
     }
@@ -276,11 +330,19 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
                 hop(
                     Hop::LostBeforeDestinationPod,
                     format!(
-                        "the request {left} and arrived on {remote}, but was not delivered to {dst}: dropped in OVS br-int on {remote} (ACL/NetworkPolicy, flow tables)"
+                        "the request {left} and arrived on {remote}, but was not delivered to {dst}: dropped in OVS br-int on {remote} (ACL/NetworkPolicy, flow tables){}",
+                        ovs_dropped(pf, &remote)
                     ),
                 )
             }
         }
+        Some(PeerView::Firewalled(d)) => hop(
+            Hop::TunnelBlockedByFirewall,
+            format!(
+                "the request {left}; it was not delivered on {remote}: the firewall on {remote} drops the tunnel's packets from {node} ({} encapsulated packet(s) dropped by netfilter on {}); allow the tunnel's UDP port (Geneve 6081, VXLAN 4789) between the nodes",
+                d.count, d.interface
+            ),
+        ),
         Some(PeerView::Seen(None)) => hop(
             Hop::LostInTunnel,
             format!(
@@ -339,6 +401,61 @@ mod tests {
         at_peer.packets_rev = 2;
         assert_eq!(verdict(&a, &x, Some(&PeerView::Seen(Some(Box::new(at_peer)))), true).0, "lost_in_tunnel");
         assert_eq!(verdict(&a, &x, Some(&PeerView::Unreachable("timeout".into())), true).0, "unknown");
+        // The peer never saw it and its firewall drops our tunnel packets: that is the cause.
+        let fw = crate::model::DropEvidence {
+            reason: "NETFILTER_DROP".into(),
+            interface: "eth0".into(),
+            location: IfaceKind::Unknown,
+            count: 9,
+        };
+        let (hop, summary) = verdict(&a, &x, Some(&PeerView::Firewalled(fw)), true);
+        assert_eq!(hop, "tunnel_blocked_by_firewall");
+        assert!(summary.contains("the firewall on node2") && summary.contains("9 encapsulated"), "{summary}");
+    }
+
+    /// The OVS kernel datapath's own drop reason (Linux >= 6.4) on the peer's flow, or on this
+    /// node's, ends the verdict; a reply's drops or another reason do not.
+    #[test]
+    fn ovs_kernel_datapath_drops_are_named_in_the_verdict() {
+        let mut d = detector();
+        let x = cross("x", (3, 0, 0), "db-2");
+        let a = d
+            .evaluate(std::slice::from_ref(&x), at(5))
+            .into_iter()
+            .find(|a| a.scenario == "pod_to_pod_cross_node")
+            .expect("cross");
+        let drop = |reason: &str, direction: &str, count: u64| -> crate::model::FlowDrop {
+            serde_json::from_value(
+                serde_json::json!({"reason": reason, "count": count, "direction": direction}),
+            )
+            .expect("flow drop")
+        };
+        let mut at_peer = x.clone();
+        at_peer.interfaces =
+            vec![serde_json::from_value(iface("underlay", "ingress", "fwd")).expect("iface")];
+        at_peer.drops = vec![drop("NO_SOCKET", "request", 9), drop("OVS_DROP_LAST_ACTION", "request", 3)];
+        let (hop, summary) = verdict(&a, &x, Some(&PeerView::Seen(Some(Box::new(at_peer.clone())))), true);
+        assert_eq!(hop, "lost_before_destination_pod");
+        assert!(
+            summary.ends_with(
+                "OVS's kernel datapath on node2 dropped 3 of them with reason OVS_DROP_LAST_ACTION (the datapath flow ended without output: an OpenFlow drop, an ACL/NetworkPolicy or no matching flow)"
+            ),
+            "{summary}"
+        );
+        at_peer.drops = vec![drop("OVS_DROP_METER", "reply", 4)];
+        let (_, summary) = verdict(&a, &x, Some(&PeerView::Seen(Some(Box::new(at_peer)))), true);
+        assert!(!summary.contains("OVS_DROP"), "a reply's drops are not the request's: {summary}");
+        // This node's own datapath dropped the request before the wire.
+        let mut stuck = x.clone();
+        stuck.interfaces.retain(|i| i.kind == "pod");
+        stuck.drops = vec![drop("OVS_DROP_METER", "both", 5)];
+        let (hop, summary) = verdict(&a, &stuck, None, true);
+        assert_eq!(hop, "never_left_source");
+        assert!(
+            summary
+                .contains("on node1 dropped 5 of them with reason OVS_DROP_METER (a meter: a QoS rate limit"),
+            "{summary}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@
 
 pub mod cli;
 mod command;
+pub mod conntrack;
 pub mod dumpflows;
 mod http;
 pub mod ofproto;

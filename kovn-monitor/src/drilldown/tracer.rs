@@ -141,6 +141,32 @@ impl Tracer {
         )))
     }
 
+    /// The backend OVN's load balancer chose for the service connection `p` (client → VIP),
+    /// from the datapath's conntrack (`ovs-appctl dpctl/dump-conntrack`); None when no entry
+    /// of it was DNATed (no longer tracked, or dropped before the load balancer).
+    pub async fn conntrack_backend(&self, p: &Packet) -> Result<Option<(IpAddr, u16)>, TraceError> {
+        let proto = match p.proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            _ => return Ok(None),
+        };
+        let ctl = self.vswitchd_ctl()?;
+        let args = vec![
+            format!("--timeout={}", self.cfg.timeout.as_secs().max(1)),
+            "-t".to_string(),
+            ctl.display().to_string(),
+            "dpctl/dump-conntrack".to_string(),
+        ];
+        let dump = run_command("ovs-appctl", &args, self.cfg.timeout).await?;
+        Ok(conntrack::chosen_backend(&dump, proto, p.src, p.sport, p.dst, p.dport))
+    }
+
+    /// The pod behind an address, as the inventory knows it.
+    pub fn endpoint_of(&self, ip: IpAddr) -> Option<crate::inventory::Endpoint> {
+        let inv = self.inventory.read().unwrap_or_else(|e| e.into_inner());
+        inv.pod(ip).map(|_| inv.endpoint(ip, 0, 0))
+    }
+
     /// The whole drill-down for one packet on this node (and, through the tunnel, the next).
     pub async fn trace(&self, q: &TraceQuery) -> Result<TraceReport, TraceError> {
         let (p, tunnel_in, flow_id) = self.resolve(q)?;

@@ -71,6 +71,12 @@ impl Exporter {
                     .set(i64::try_from(v).unwrap_or(i64::MAX));
             }
         }
+        // One series per --underlay-iface (the flags bound it), kept while the NIC is missing.
+        for u in &h.underlay {
+            m.underlay_up
+                .get_or_create(&vec![("interface", u.interface.clone())])
+                .set(i64::from(u.state == crate::model::UnderlayState::Up));
+        }
         let mut hooks: BTreeMap<String, i64> = HOOKS.iter().map(|h| (h.to_string(), 0)).collect();
         for p in &h.programs {
             if let Some(hook) = hook_of_program(&p.name) {

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub(super) poll_duration: Histogram,
     pub(super) hook_available: Family<Labels, Gauge>,
     pub(super) heap: Family<Labels, Gauge>,
+    pub(super) underlay_up: Family<Labels, Gauge>,
     pub(super) drops: Family<Labels, Counter>,
     pub(super) oversized: Family<Labels, Counter>,
     pub(super) frag_needed: Family<Labels, Counter>,
@@ -66,6 +67,7 @@ impl Metrics {
             poll_duration: Histogram::new(POLL_BUCKETS),
             hook_available: Family::default(),
             heap: Family::default(),
+            underlay_up: Family::default(),
             drops: Family::default(),
             oversized: Family::default(),
             frag_needed: Family::default(),
@@ -171,6 +173,11 @@ impl Metrics {
             "Memory the daemon's allocator holds, by kind: allocated (its live objects; grows with a leak) and resident (the pages kept for them; grows with fragmentation)",
             Unit::Bytes,
             m.heap.clone(),
+        );
+        registry.register(
+            "kovn_underlay_up",
+            "1 while the underlay NIC (--underlay-iface) is up with carrier and its address, else 0 (down, no_carrier, no_address, missing: the node reaches no other node through the tunnel)",
+            m.underlay_up.clone(),
         );
         registry.register(
             "kovn_drops",

@@ -441,6 +441,22 @@ fn self_metrics_follow_health() {
     let t = text(&e);
     assert_eq!(sample(&t, "kovn_heap_bytes", &[("kind", "allocated")]), Some(1048576.0));
     assert_eq!(sample(&t, "kovn_heap_bytes", &[("kind", "resident")]), Some(3145728.0));
+    // The underlay NIC's state, one series per NIC.
+    assert_eq!(sample(&t, "kovn_underlay_up", &[("interface", "eth0")]), None);
+    let nic = |state| crate::model::UnderlayLink {
+        interface: "eth0".into(),
+        state,
+        up: true,
+        carrier: true,
+        addresses: Vec::new(),
+        since: time::OffsetDateTime::UNIX_EPOCH,
+    };
+    s.health.underlay = vec![nic(crate::model::UnderlayState::Up)];
+    e.update(&s, t0);
+    assert_eq!(sample(&text(&e), "kovn_underlay_up", &[("interface", "eth0")]), Some(1.0));
+    s.health.underlay = vec![nic(crate::model::UnderlayState::NoCarrier)];
+    e.update(&s, t0);
+    assert_eq!(sample(&text(&e), "kovn_underlay_up", &[("interface", "eth0")]), Some(0.0));
 }
 
 use crate::drops::test_record as drop_record;

@@ -28,6 +28,12 @@ names! {
         NeverLeftSource => "never_left_source",
         /// Between the nodes: the tunnel or the underlay (also the MTU black hole).
         LostInTunnel => "lost_in_tunnel",
+        /// This node's underlay NIC is down, has no carrier or lost its address: nothing
+        /// crosses the tunnel to or from any other node.
+        UnderlayDown => "underlay_down",
+        /// A node's firewall (netfilter) drops the encapsulated tunnel packets (Geneve UDP 6081,
+        /// VXLAN UDP 4789) between the two nodes.
+        TunnelBlockedByFirewall => "tunnel_blocked_by_firewall",
         /// Arrived on the destination's node, not delivered to the pod's veth.
         LostBeforeDestinationPod => "lost_before_destination_pod",
         /// Delivered to the destination pod, which did not answer.
@@ -178,6 +184,9 @@ pub struct Verdict {
 pub enum PeerView {
     /// The peer answered: the flow as it saw it, if it saw it at all.
     Seen(Option<Box<Flow>>),
+    /// The peer never saw the flow, and its firewall drops the tunnel packets from this node
+    /// (netfilter drops of UDP to the tunnel port, from one of this node's addresses).
+    Firewalled(DropEvidence),
     /// The peer's monitor could not be asked (with why).
     Unreachable(String),
 }
@@ -191,4 +200,14 @@ pub struct AlertDrillDown {
     pub time: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For a service connection whose backend the kernel hooks did not see: the backend OVN's
+    /// load balancer chose, from OVS's conntrack (`dpctl/dump-conntrack`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<ServiceBackend>,
 }
+
+/// What a service verdict says when the request died in the source node's br-int at or after
+/// the load balancer and the kernel hooks cannot tell the backend: the drill-down replaces it
+/// with the backend OVS's conntrack names, when it finds one.
+pub const CONNTRACK_BACKEND_HINT: &str =
+    "the chosen backend is in OVS's conntrack (ovs-appctl dpctl/dump-conntrack)";

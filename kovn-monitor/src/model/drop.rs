@@ -138,3 +138,9 @@ impl DropRecord {
         self.reason == "NO_SOCKET" && matches!(self.ip_proto, 1 | 58)
     }
 }
+
+/// The UDP destination ports of the overlay's encapsulated packets: Geneve (RFC 8926, 6081)
+/// and VXLAN (RFC 7348, 4789).
+pub fn is_tunnel_port(port: u16) -> bool {
+    matches!(port, 6081 | 4789)
+}

@@ -13,7 +13,7 @@ pub mod flow;
 pub mod snapshot;
 
 pub use flow::{Flow, FlowAlert, FlowInterface, FlowMtu};
-pub use snapshot::{AttachedInterface, Health, HeapStats, ProgramInfo, Published, Snapshot};
+pub use snapshot::{AttachedInterface, Health, HeapStats, ProgramInfo, Published, Snapshot, UnderlayLink};
 
 /// A closed set of names: the enum, its wire spelling per variant, `as_str`, `ALL`, `FromStr`
 /// (the error names the valid values), `Display`, and serde through the same table.
@@ -209,6 +209,20 @@ names! {
 }
 
 names! {
+    /// An underlay NIC's state: `up` carries the tunnel; the others cut this node off from
+    /// every other node's pods. `no_address` only after the NIC had an address while watched
+    /// (a NIC whose node address sits on a bridge above it never has one); `missing`: the
+    /// interface is gone.
+    pub enum UnderlayState {
+        Up => "up",
+        Down => "down",
+        NoCarrier => "no_carrier",
+        NoAddress => "no_address",
+        Missing => "missing",
+    }
+}
+
+names! {
     /// The hook of an observation point: packets entering or leaving the interface.
     pub enum Direction {
         Ingress => "ingress",
@@ -315,9 +329,10 @@ mod endpoint;
 pub mod kube;
 
 pub use alert::{
-    Alert, AlertDrillDown, DropEvidence, Evidence, Hop, PeerView, ServiceBackend, Severity, Verdict,
+    Alert, AlertDrillDown, CONNTRACK_BACKEND_HINT, DropEvidence, Evidence, Hop, PeerView, ServiceBackend,
+    Severity, Verdict,
 };
-pub use drop::{DropDirection, DropLocation, DropRecord, FlowDrop};
+pub use drop::{DropDirection, DropLocation, DropRecord, FlowDrop, is_tunnel_port};
 pub use endpoint::{Endpoint, PodInfo, PodSource, TunnelPeer};
 
 #[cfg(test)]

@@ -68,6 +68,25 @@ pub struct Health {
     /// be read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heap: Option<HeapStats>,
+    /// The state of each underlay NIC (`--underlay-iface`), as netlink reports it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub underlay: Vec<UnderlayLink>,
+}
+
+/// One underlay NIC: its link state and addresses, and since when it is in that state.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnderlayLink {
+    pub interface: String,
+    /// `up|down|no_carrier|no_address|missing`
+    pub state: super::UnderlayState,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// The link has carrier (`IFF_LOWER_UP`).
+    pub carrier: bool,
+    pub addresses: Vec<std::net::IpAddr>,
+    /// When the link entered `state` (RFC 3339), as this monitor saw it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
 }
 
 /// What the allocator (jemalloc) holds: `allocated_bytes` is what the program's live objects

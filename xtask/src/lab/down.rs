@@ -1,6 +1,6 @@
-//! `lab down`: stops every process, deletes every namespace, link and file a lab made. Works
-//! from lab.json when there is one and from the naming rules when there is not (an `up` that
-//! died half-way), so it can always be re-run.
+//! `lab down`: stops every process, deletes every namespace, link, root-netns nftables table and
+//! file a lab made. Works from lab.json when there is one and from the naming rules when there is
+//! not (an `up` that died half-way), so it can always be re-run.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
+use super::faults::tunnel_path_prefix;
 use super::model::{Lab, STATE_ROOT, load, state_dir_of};
 use super::monitors;
 use super::plan::validate_name;
@@ -47,6 +48,37 @@ pub fn is_lab_link(name: &str, link: &str) -> bool {
         .is_some_and(|r| r == "l" || (!r.is_empty() && r.bytes().all(|b| b.is_ascii_digit())))
 }
 
+/// Whether `table` (a `bridge` table of the root netns) is one of lab `name`'s: a `tunnel-cut
+/// --how path` fault's. The faults in a node's netns go with the netns; these do not.
+pub(super) fn is_lab_table(name: &str, table: &str) -> bool {
+    table.starts_with(&tunnel_path_prefix(name))
+}
+
+/// Names of the root netns's `bridge` tables (`nft list tables bridge`: `table bridge NAME`).
+pub(super) fn parse_nft_tables(listing: &str, family: &str) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            ["table", f, name] if f == family => Some(name.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn lab_tables(name: &str) -> Vec<String> {
+    let listing = cmd::stdout("nft", &["list", "tables", "bridge"]).unwrap_or_default();
+    parse_nft_tables(&listing, "bridge").into_iter().filter(|t| is_lab_table(name, t)).collect()
+}
+
+/// Deletes them; a failure does not stop the teardown (`verify_gone` reports what is left).
+fn remove_tables(name: &str) {
+    for table in lab_tables(name) {
+        if let Err(e) = cmd::run("nft", &["delete", "table", "bridge", &table]) {
+            eprintln!("cannot delete nftables table bridge {table}: {e:#}");
+        }
+    }
+}
+
 fn netns_list() -> Vec<String> {
     cmd::stdout("ip", &["netns", "list"])
         .unwrap_or_default()
@@ -74,15 +106,17 @@ fn lab_links(name: &str) -> Vec<String> {
     root_links().into_iter().filter(|l| is_lab_link(name, l)).collect()
 }
 
-/// Fails if namespaces or links of lab `name` exist although no lab.json describes them.
+/// Fails if namespaces, links or root-netns nftables tables of lab `name` exist although no
+/// lab.json describes them.
 pub fn refuse_leftovers(name: &str) -> Result<()> {
-    let (ns, links) = (lab_netns(name), lab_links(name));
-    if !ns.is_empty() || !links.is_empty() {
+    let (ns, links, tables) = (lab_netns(name), lab_links(name), lab_tables(name));
+    if !ns.is_empty() || !links.is_empty() || !tables.is_empty() {
         bail!(
-            "leftovers of a lab named {name} exist (namespaces: {}; links: {}); \
+            "leftovers of a lab named {name} exist (namespaces: {}; links: {}; nftables: {}); \
              run `cargo xtask lab down --name {name}` first",
             ns.join(" "),
-            links.join(" ")
+            links.join(" "),
+            tables.join(" ")
         );
     }
     Ok(())
@@ -118,6 +152,7 @@ pub fn down(name_or_state_dir: &str) -> Result<DownOutcome> {
         && dir.symlink_metadata().is_err()
         && lab_netns(&name).is_empty()
         && lab_links(&name).is_empty()
+        && lab_tables(&name).is_empty()
         && sys::pids_referencing(&real_dir).is_empty();
     if nothing {
         return Ok(DownOutcome::NothingUp { name });
@@ -126,10 +161,13 @@ pub fn down(name_or_state_dir: &str) -> Result<DownOutcome> {
     Ok(DownOutcome::Removed { name })
 }
 
-/// Removes everything of lab `name`: processes (pidfiles, namespaces, anything still pointing at
-/// `state_dir`), namespaces, root links, files. Verifies nothing is left.
+/// Removes everything of lab `name`: root-netns nftables tables its faults left (by name, whether
+/// or not lab.json records the fault), processes (pidfiles, namespaces, anything still pointing
+/// at `state_dir`), namespaces, root links, files. Verifies nothing is left.
 pub fn teardown(name: &str, state_dir: &Path, lab: Option<&Lab>) -> Result<()> {
     validate_name(name)?;
+    // First: the only lab state outside its namespaces and links that nothing else removes.
+    remove_tables(name);
     let ours = lab_pids(name, state_dir, lab);
     if let Some(lab) = lab {
         // Monitors first, with SIGINT, so they detach from the interfaces while those exist.
@@ -261,13 +299,15 @@ fn verify_gone(name: &str, state_dir: &Path) -> Result<()> {
     let gone = sys::wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
         lab_netns(name).is_empty()
             && lab_links(name).is_empty()
+            && lab_tables(name).is_empty()
             && sys::pids_referencing(state_dir).is_empty()
     });
     if !gone {
         bail!(
-            "lab {name} not fully removed: namespaces [{}], links [{}], processes {:?}",
+            "lab {name} not fully removed: namespaces [{}], links [{}], nftables [{}], processes {:?}",
             lab_netns(name).join(" "),
             lab_links(name).join(" "),
+            lab_tables(name).join(" "),
             sys::pids_referencing(state_dir)
         );
     }

@@ -3,11 +3,13 @@
 //! in lab.json, and undone from its record alone by `heal`.
 
 use std::fs;
+use std::net::Ipv4Addr;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use super::model::{CutHow, FAULT_COOKIE, Fault, FaultSpec, Lab, Node, Pod, Protocol, load};
+use super::model::{CutHow, Datapath, FAULT_COOKIE, Fault, FaultSpec, Lab, Node, Pod, Protocol, load};
 use super::ovs::{bare_values, nbctl, ofctl, transaction};
 use super::sys::{self, StateLock, run_in};
 use super::up;
@@ -166,11 +168,15 @@ fn fault_file(lab: &Lab, id: &str, ext: &str) -> Result<std::path::PathBuf> {
     Ok(dir.join(format!("{safe}.{ext}")))
 }
 
-/// Loads an nftables ruleset file inside `netns` (files rather than a pipe: they stay in the
-/// state dir for whoever debugs the fault).
-fn nft_load(netns: &str, path: &std::path::Path, ruleset: &str) -> Result<()> {
+/// Loads an nftables ruleset file inside `netns`, or in the root netns when `None` (files rather
+/// than a pipe: they stay in the state dir for whoever debugs the fault).
+fn nft_load(netns: Option<&str>, path: &Path, ruleset: &str) -> Result<()> {
     fs::write(path, ruleset).with_context(|| format!("cannot write {}", path.display()))?;
-    run_in(netns, "nft", &[std::ffi::OsStr::new("-f"), path.as_os_str()])?;
+    let args = [std::ffi::OsStr::new("-f"), path.as_os_str()];
+    match netns {
+        Some(netns) => run_in(netns, "nft", &args)?,
+        None => cmd::run("nft", &args)?,
+    };
     Ok(())
 }
 
@@ -192,7 +198,7 @@ fn reply_drop(lab: &Lab, pod: &Pod) -> Result<String> {
         udp = pod.udp_port,
     );
     let path = fault_file(lab, &format!("reply-drop:{}", pod.name), "nft")?;
-    nft_load(&pod.netns, &path, &ruleset)?;
+    nft_load(Some(&pod.netns), &path, &ruleset)?;
     Ok(format!("nftables table inet {REPLY_DROP_TABLE} in netns {} ({})", pod.netns, path.display()))
 }
 
@@ -242,6 +248,86 @@ fn tunnel_table(to: &str) -> String {
     format!("kovn_fault_tunnel_cut_{to}")
 }
 
+/// `s` as a piece of an nftables identifier (letters, digits, underscores): anything else, such
+/// as `-`, becomes `_`.
+fn nft_ident(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+}
+
+/// `inet` table of `tunnel-cut --how firewall`, in the to-node's netns: one per from-node.
+pub(super) fn tunnel_firewall_table(from: &str) -> String {
+    format!("kovn_fault_tunnel_fw_{}", nft_ident(from))
+}
+
+/// What every `bridge` table of `tunnel-cut --how path` of lab `lab` starts with. The root netns
+/// is shared by every lab, so the name carries the lab's; `lab down` deletes whatever starts
+/// with it. Lab names are letters and digits (`validate_name`), so no lab's prefix is another's.
+pub(super) fn tunnel_path_prefix(lab: &str) -> String {
+    format!("kovn_fault_tunnel_path_{}_", nft_ident(lab))
+}
+
+/// `bridge` table of `tunnel-cut --how path` between two nodes of lab `lab`, in the root netns.
+pub(super) fn tunnel_path_table(lab: &str, from: &str, to: &str) -> String {
+    format!("{}{}_{}", tunnel_path_prefix(lab), nft_ident(from), nft_ident(to))
+}
+
+/// The to-node's host firewall: its input hook drops the tunnel's UDP from the from-node.
+pub(super) fn tunnel_firewall_ruleset(table: &str, from_ip: Ipv4Addr, port: u16) -> String {
+    format!(
+        "table inet {table} {{\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority 0; policy accept;\n\
+         \t\tip saddr {from_ip} udp dport {port} counter drop\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// The underlay between two nodes: the root netns's bridge family forward hook drops the
+/// tunnel's UDP between them, both ways, as the underlay bridge forwards it. Each rule also
+/// matches the port the sender's frames enter by (its NIC's root end), so nothing but this
+/// lab's bridge is touched. (Not `meta ibrname`: it needs CONFIG_NFT_BRIDGE_META, which some
+/// kernels lack.)
+pub(super) fn tunnel_path_ruleset(table: &str, a: &Node, b: &Node, port: u16) -> String {
+    let rule = |from: &Node, to: &Node| {
+        format!(
+            "iifname \"{}\" ip saddr {} ip daddr {} udp dport {port} counter drop",
+            from.root_veth, from.ip, to.ip
+        )
+    };
+    format!(
+        "table bridge {table} {{\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority 0; policy accept;\n\
+         \t\t{}\n\
+         \t\t{}\n\
+         \t}}\n\
+         }}\n",
+        rule(a, b),
+        rule(b, a)
+    )
+}
+
+/// Whether `how` can cut a tunnel on `datapath`. A host firewall's input hook only sees tunnel
+/// packets the node's IP stack receives: with the kernel datapath the `genev_sys_6081` UDP
+/// socket does; OVS's userspace datapath reads them off the NIC with AF_PACKET instead.
+pub(super) fn check_cut_supported(how: CutHow, datapath: Datapath) -> Result<()> {
+    if how == CutHow::Firewall && datapath == Datapath::Userspace {
+        bail!(
+            "--how firewall needs the kernel datapath (`lab up --datapath kernel`): this lab runs \
+             OVS's userspace datapath, which sends and receives tunnel packets through AF_PACKET \
+             sockets on the NIC, bypassing the node's IP stack, so a host firewall's input chain \
+             never sees them; use --how drop-udp (drops them at the NICs' egress) instead"
+        );
+    }
+    Ok(())
+}
+
+/// Whether network namespace `netns` exists (`ip netns add` names it under /run/netns).
+fn netns_exists(netns: &str) -> bool {
+    Path::new("/run/netns").join(netns).exists()
+}
+
 /// Cuts the overlay between two nodes.
 ///
 /// `drop-udp`: with userspace tunnelling OVS sends and receives the encapsulated packets on the
@@ -249,9 +335,17 @@ fn tunnel_table(to: &str) -> String {
 /// them; and packet sockets receive a copy before any ingress hook could drop it. What does see
 /// them is the `netdev` egress hook of the NIC. So each node's NIC egress drops UDP to the tunnel
 /// port of the other node: the from-node for from->to, the to-node for to->from.
+///
+/// `firewall`: the to-node's `inet` input chain drops UDP to the tunnel port from the from-node,
+/// one direction, as a node firewall blocking Geneve does (kernel datapath only, see
+/// [`check_cut_supported`]).
+///
+/// `path`: neither node; the root netns's `bridge` forward chain drops the tunnel's UDP between
+/// the two node IPs both ways, as a broken underlay network would.
 fn tunnel_cut(lab: &Lab, from: &str, to: &str, how: CutHow) -> Result<String> {
     let (a, b) = (lab.node(from)?, lab.node(to)?);
     ensure!(a.name != b.name, "--from and --to must differ");
+    check_cut_supported(how, lab.datapath)?;
     match how {
         CutHow::DropUdp => drop_tunnel_udp(lab, a, b).inspect_err(|_| {
             // Half a cut must not stay behind unrecorded.
@@ -260,6 +354,27 @@ fn tunnel_cut(lab: &Lab, from: &str, to: &str, how: CutHow) -> Result<String> {
         CutHow::Down => {
             cmd::run("ip", &["-n", &a.netns, "link", "set", &a.underlay_iface, "down"])?;
             Ok(format!("{} {} down (cuts {} from every node)", a.netns, a.underlay_iface, a.name))
+        }
+        // One `nft -f` each: atomic, nothing half-installed to undo on failure.
+        CutHow::Firewall => {
+            let port = lab.tunnel.udp_port();
+            let table = tunnel_firewall_table(&a.name);
+            let path = fault_file(lab, &format!("tunnel-cut:{}:{}:firewall", a.name, b.name), "nft")?;
+            nft_load(Some(&b.netns), &path, &tunnel_firewall_ruleset(&table, a.ip, port))?;
+            Ok(format!("{} inet {table}: input drops UDP {port} from {} ({})", b.netns, a.ip, path.display()))
+        }
+        CutHow::Path => {
+            let port = lab.tunnel.udp_port();
+            let bridge = &lab.underlay.bridge;
+            let table = tunnel_path_table(&lab.name, &a.name, &b.name);
+            let path = fault_file(lab, &format!("tunnel-cut:{}:{}:path", a.name, b.name), "nft")?;
+            nft_load(None, &path, &tunnel_path_ruleset(&table, a, b, port))?;
+            Ok(format!(
+                "root netns bridge {table}: {bridge} forward drops UDP {port} between {} and {} ({})",
+                a.ip,
+                b.ip,
+                path.display()
+            ))
         }
     }
 }
@@ -281,7 +396,7 @@ fn drop_tunnel_udp(lab: &Lab, a: &Node, b: &Node) -> Result<String> {
         );
         let id = format!("tunnel-cut:{}:{}:{}", a.name, b.name, here.name);
         let path = fault_file(lab, &id, "nft")?;
-        nft_load(&here.netns, &path, &ruleset)?;
+        nft_load(Some(&here.netns), &path, &ruleset)?;
         installed
             .push(format!("{} netdev {table} (egress {} to {})", here.netns, here.underlay_iface, there.ip));
     }
@@ -308,6 +423,19 @@ fn heal_tunnel_cut(lab: &Lab, from: &str, to: &str, how: CutHow) -> Result<()> {
         }
         CutHow::Down => {
             cmd::run("ip", &["-n", &a.netns, "link", "set", &a.underlay_iface, "up"])?;
+        }
+        CutHow::Firewall => {
+            let table = tunnel_firewall_table(&a.name);
+            if let Err(e) = run_in(&b.netns, "nft", &["delete", "table", "inet", &table]) {
+                // A node netns that is gone took its tables with it; otherwise it is an error.
+                if netns_exists(&b.netns) {
+                    return Err(e);
+                }
+            }
+        }
+        CutHow::Path => {
+            let table = tunnel_path_table(&lab.name, &a.name, &b.name);
+            cmd::run("nft", &["delete", "table", "bridge", &table])?;
         }
     }
     Ok(())

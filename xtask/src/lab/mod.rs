@@ -200,7 +200,12 @@ pub enum FaultCommand {
         /// Node name.
         #[arg(long)]
         to: String,
-        /// drop-udp: nftables drops the tunnel's UDP both ways; down: --from's NIC goes down.
+        /// drop-udp: each node's NIC egress drops the tunnel's UDP to the other (both ways; found
+        /// as tunnel_blocked_by_firewall). down: --from's underlay NIC goes down (underlay_down).
+        /// firewall: --to's host firewall (nftables inet input) drops the tunnel's UDP from
+        /// --from (tunnel_blocked_by_firewall; kernel datapath only). path: the underlay bridge
+        /// between the nodes drops their tunnel packets both ways, on neither node
+        /// (lost_in_tunnel).
         #[arg(long, value_enum, default_value_t = CutHow::DropUdp)]
         how: CutHow,
     },

@@ -280,14 +280,27 @@ impl Service {
     }
 }
 
-/// How `tunnel-cut` cuts the tunnel.
+/// How `tunnel-cut` cuts the tunnel, each the way a real incident does it, so each should produce
+/// its own finding in kovn-monitor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum CutHow {
-    /// nftables drops the encapsulated UDP between the two node IPs.
+    /// Both nodes drop the encapsulated UDP to the other node (nftables `netdev` egress on each
+    /// NIC, the one hook the userspace datapath's AF_PACKET traffic passes), both ways. Meant to
+    /// be found as `tunnel_blocked_by_firewall`.
     DropUdp,
-    /// The from-node's underlay NIC goes down (cuts it from every node).
+    /// The from-node's underlay NIC goes down (cuts it from every node). Meant to be found as
+    /// `underlay_down`.
     Down,
+    /// The to-node's host firewall drops the tunnel's incoming UDP from the from-node (nftables
+    /// `inet` input chain in its netns), as a node firewall blocking Geneve does. Kernel datapath
+    /// only: the userspace datapath's tunnel packets bypass the IP stack. Meant to be found as
+    /// `tunnel_blocked_by_firewall`.
+    Firewall,
+    /// The underlay network between the two nodes drops their tunnel packets, both ways, on
+    /// neither node (nftables `bridge` forward chain on the lab's underlay bridge in the root
+    /// netns). Meant to be found as `lost_in_tunnel`.
+    Path,
 }
 
 /// A fault as asked for; everything needed to undo it follows from it and the lab.

@@ -4,11 +4,18 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use super::model::{CutHow, Fault, FaultSpec, Lab, MonitorInfo, Protocol, Tunnel};
+use clap::Parser;
+
+use super::down::{is_lab_table, parse_nft_tables};
+use super::faults::{
+    check_cut_supported, tunnel_firewall_ruleset, tunnel_firewall_table, tunnel_path_prefix,
+    tunnel_path_ruleset, tunnel_path_table,
+};
+use super::model::{CutHow, Datapath, Fault, FaultSpec, Lab, MonitorInfo, Protocol, Tunnel};
 use super::net::Cidr;
 use super::plan::{self, UpOptions, choose_underlay, fnv1a64, host_veth_name, pod_mac, validate_name};
 use super::traffic::{self, Scenario};
-use super::{is_lab_link, is_lab_netns};
+use super::{FaultCommand, LabCommand, is_lab_link, is_lab_netns};
 
 fn cidr(s: &str) -> Cidr {
     s.parse().unwrap()
@@ -405,4 +412,146 @@ fn tunnel_cuts_between_the_same_nodes_conflict() {
     let drop = FaultSpec::ReplyDrop { pod: "web-1".into() };
     assert!(drop.conflicts_with(&drop.clone()));
     assert!(!drop.conflicts_with(&FaultSpec::ReplyDrop { pod: "web-2".into() }));
+}
+
+#[test]
+fn every_tunnel_cut_conflicts_with_every_other_between_the_same_nodes() {
+    let cut = |from: &str, to: &str, how| FaultSpec::TunnelCut { from: from.into(), to: to.into(), how };
+    let all = [CutHow::DropUdp, CutHow::Down, CutHow::Firewall, CutHow::Path];
+    for x in all {
+        for y in all {
+            assert!(cut("node1", "node2", x).conflicts_with(&cut("node1", "node2", y)), "{x:?} {y:?}");
+            assert!(cut("node1", "node2", x).conflicts_with(&cut("node2", "node1", y)), "{x:?} {y:?}");
+            assert!(!cut("node1", "node2", x).conflicts_with(&cut("node1", "node3", y)), "{x:?} {y:?}");
+        }
+    }
+}
+
+/// `xtask lab ...` as the CLI parses it.
+#[derive(Debug, Parser)]
+struct LabCli {
+    #[command(subcommand)]
+    command: LabCommand,
+}
+
+fn parse_how(extra: &[&str]) -> Result<CutHow, clap::Error> {
+    let mut args = vec!["lab", "fault", "--name", "hq1", "tunnel-cut", "--from", "node1", "--to", "node2"];
+    args.extend_from_slice(extra);
+    match LabCli::try_parse_from(args)?.command {
+        LabCommand::Fault { lab, fault: FaultCommand::TunnelCut { from, to, how } } => {
+            assert_eq!((lab.name.as_str(), from.as_str(), to.as_str()), ("hq1", "node1", "node2"));
+            Ok(how)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn tunnel_cut_cli_takes_every_how() {
+    <LabCli as clap::CommandFactory>::command().debug_assert();
+    assert_eq!(parse_how(&[]).unwrap(), CutHow::DropUdp);
+    for (arg, how) in [
+        ("drop-udp", CutHow::DropUdp),
+        ("down", CutHow::Down),
+        ("firewall", CutHow::Firewall),
+        ("path", CutHow::Path),
+    ] {
+        assert_eq!(parse_how(&["--how", arg]).unwrap(), how);
+        // lab.json spells it the same way.
+        assert_eq!(serde_json::to_value(how).unwrap(), arg);
+        assert_eq!(serde_json::from_value::<CutHow>(arg.into()).unwrap(), how);
+    }
+    assert!(parse_how(&["--how", "iptables"]).is_err());
+}
+
+#[test]
+fn firewall_cut_is_refused_on_the_userspace_datapath() {
+    let err = check_cut_supported(CutHow::Firewall, Datapath::Userspace).unwrap_err().to_string();
+    assert!(err.contains("userspace") && err.contains("AF_PACKET") && err.contains("drop-udp"), "{err}");
+    assert!(check_cut_supported(CutHow::Firewall, Datapath::Kernel).is_ok());
+    for datapath in [Datapath::Userspace, Datapath::Kernel] {
+        for how in [CutHow::DropUdp, CutHow::Down, CutHow::Path] {
+            assert!(check_cut_supported(how, datapath).is_ok(), "{how:?} {datapath:?}");
+        }
+    }
+    // A lab as `up` plans it by default is on the userspace datapath.
+    assert_eq!(default_lab().datapath, Datapath::Userspace);
+    let kernel = lab_with(&UpOptions { datapath: Datapath::Kernel, ..UpOptions::default() });
+    assert_eq!(serde_json::to_value(&kernel).unwrap()["datapath"], "kernel");
+}
+
+#[test]
+fn firewall_cut_ruleset_drops_the_tunnel_from_one_node_on_input() {
+    let table = tunnel_firewall_table("node1");
+    assert_eq!(table, "kovn_fault_tunnel_fw_node1");
+    assert_ne!(table, tunnel_firewall_table("node3"));
+    assert_eq!(
+        tunnel_firewall_ruleset(&table, Ipv4Addr::new(172, 31, 250, 11), 6081),
+        "table inet kovn_fault_tunnel_fw_node1 {\n\
+         \tchain input {\n\
+         \t\ttype filter hook input priority 0; policy accept;\n\
+         \t\tip saddr 172.31.250.11 udp dport 6081 counter drop\n\
+         \t}\n\
+         }\n"
+    );
+}
+
+#[test]
+fn path_cut_ruleset_drops_the_tunnel_both_ways_on_the_underlay_bridge() {
+    let lab = default_lab();
+    let (a, b) = (&lab.nodes[0], &lab.nodes[1]);
+    let table = tunnel_path_table(&lab.name, &a.name, &b.name);
+    assert_eq!(table, "kovn_fault_tunnel_path_kovn_node1_node2");
+    let ruleset = tunnel_path_ruleset(&table, a, b, Tunnel::Vxlan.udp_port());
+    assert_eq!(
+        ruleset,
+        "table bridge kovn_fault_tunnel_path_kovn_node1_node2 {\n\
+         \tchain forward {\n\
+         \t\ttype filter hook forward priority 0; policy accept;\n\
+         \t\tiifname \"kovn-u1\" ip saddr 172.31.250.11 ip daddr 172.31.250.12 udp dport 4789 counter drop\n\
+         \t\tiifname \"kovn-u2\" ip saddr 172.31.250.12 ip daddr 172.31.250.11 udp dport 4789 counter drop\n\
+         \t}\n\
+         }\n"
+    );
+}
+
+#[test]
+fn path_cut_tables_are_valid_names_unique_per_lab_and_pair() {
+    let valid = |t: &str| {
+        t.starts_with(|c: char| c.is_ascii_alphabetic())
+            && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    let names = [
+        tunnel_path_table("kovn", "node1", "node2"),
+        tunnel_path_table("kovn", "node2", "node1"),
+        tunnel_path_table("kovn", "node1", "node3"),
+        tunnel_path_table("kovn2", "node1", "node2"),
+        tunnel_path_table("hq1", "node1", "node2"),
+    ];
+    assert_eq!(names.iter().collect::<HashSet<_>>().len(), names.len());
+    assert!(names.iter().all(|t| valid(t)), "{names:?}");
+    assert_eq!(tunnel_path_table("my-lab", "node1", "node2"), "kovn_fault_tunnel_path_my_lab_node1_node2");
+    assert!(valid(&tunnel_path_table("my-lab", "node-1", "node.2")));
+    assert!(valid(&tunnel_firewall_table("node-1")));
+    // `lab down` finds a lab's tables, and only its own, by prefix.
+    assert!(names[0].starts_with(&tunnel_path_prefix("kovn")));
+    assert!(is_lab_table("kovn", &names[0]));
+    assert!(is_lab_table("kovn", &names[2]));
+    assert!(!is_lab_table("kovn", &names[3]));
+    assert!(!is_lab_table("kov", &names[0]));
+    assert!(!is_lab_table("kovn2", &names[0]));
+    assert!(is_lab_table("hq1", &names[4]));
+    assert!(!is_lab_table("kovn", "kovn_fault_tunnel_cut_node2"));
+    assert!(!is_lab_table("kovn", "filter"));
+}
+
+#[test]
+fn nft_table_listings_parse() {
+    let listing = "table bridge kovn_fault_tunnel_path_hq1_node1_node2\n\
+                   table bridge filter\n\
+                   table inet firewalld\n\
+                   \n";
+    assert_eq!(parse_nft_tables(listing, "bridge"), ["kovn_fault_tunnel_path_hq1_node1_node2", "filter"]);
+    assert_eq!(parse_nft_tables(listing, "inet"), ["firewalld"]);
+    assert!(parse_nft_tables("", "bridge").is_empty());
 }
