@@ -33,6 +33,10 @@ pub struct DropStats {
     pub last_ns: u64,
     /// Sum of `skb->len` at the drop point.
     pub bytes: u64,
+    /// The tracepoint's `location` for the latest drop: the code address that freed the skb
+    /// (the caller of `kfree_skb`/`kfree_skb_reason`, or of `sk_skb_reason_drop` since 6.11),
+    /// which userspace names from `/proc/kallsyms`. Never shown as an address.
+    pub location: u64,
 }
 
 /// The network namespaces of this node's pods, kept by userspace from the pods' veths; drops
@@ -95,5 +99,5 @@ assert_layout!(DropKey {
     pod_ifindex: 52,
     sender: 56
 });
-assert_layout!(DropStats { size: 24, align: 8, count: 0, last_ns: 8, bytes: 16 });
+assert_layout!(DropStats { size: 32, align: 8, count: 0, last_ns: 8, bytes: 16, location: 24 });
 assert_layout!(PodNetnsSlot { size: 12, align: 4, inode: 0, host_ifindex: 4, overflow: 8 });

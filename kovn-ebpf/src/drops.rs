@@ -1,7 +1,7 @@
 //! Drops with the kernel's reason: a BTF tracepoint on `kfree_skb` (args: skb, location,
 //! reason[, rx_sk]) that records each drop in the monitor's network namespace and in the
 //! namespaces of this node's pods (`DROP_POD_NETNS`, kept by userspace from the pods' veths)
-//! by flow, reason, interface, namespace and direction.
+//! by flow, reason, interface, namespace and direction, with the code address of the latest.
 //!
 //! It runs for every skb the kernel frees with kfree_skb, in every namespace, so the first
 //! thing it does is the netns filter (three kernel reads, and one hash lookup when the
@@ -209,7 +209,7 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let stats = match DROPS.get_ptr_mut(&key) {
         Some(s) => s,
         None => {
-            let fresh = DropStats { count: 0, last_ns: now, bytes: 0 };
+            let fresh = DropStats { count: 0, last_ns: now, bytes: 0, location: 0 };
             if DROPS.insert(&key, &fresh, BPF_NOEXIST).is_err() && DROPS.get_ptr(&key).is_none() {
                 dcount(DCNT_MAP_FULL);
                 return Ok(());
@@ -228,6 +228,10 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), ()> {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*stats).count, 1);
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*stats).bytes, u64::from(len));
         (*stats).last_ns = now;
+        // Where the kernel freed it (the tracepoint's second argument on every kernel since
+        // the tracepoint exists): which function dropped is what a reason like NOT_SPECIFIED
+        // does not say.
+        (*stats).location = ctx.arg::<u64>(1);
     }
     Ok(())
 }

@@ -503,6 +503,8 @@ pub struct DropHook {
     pub reasons: BTreeMap<u32, String>,
     /// When the module BTFs were last read for a subsystem reason not named yet.
     pub modules_read: Option<std::time::Instant>,
+    /// The functions that freed the dropped packets (`/proc/kallsyms`).
+    pub sites: crate::ksyms::KernelSymbols,
 }
 
 /// How often the module BTFs are read again while a subsystem reason has no name (a module
@@ -547,6 +549,7 @@ impl DropHook {
             no_reason: cfg.has_reason == 0,
             reasons: cfg.reasons,
             modules_read: None,
+            sites: Default::default(),
         }
     }
 
@@ -572,6 +575,11 @@ impl DropHook {
                 self.reasons.len() - before
             );
         }
+    }
+
+    /// Names the kernel functions that freed `entries`' latest drops (see [`crate::ksyms`]).
+    pub fn learn_sites(&mut self, entries: &[(DropKey, DropStats)]) {
+        self.sites.learn(entries.iter().map(|(_, s)| s.location));
     }
 
     pub fn reason_name(&self, reason: u32) -> String {
@@ -713,10 +721,11 @@ pub fn records(
     let mut names: HashMap<u32, String> = HashMap::new();
     let mut netns_names: HashMap<u32, Option<String>> = HashMap::new();
     // Keyed by the kernel's flow key (the flow id is computed once per record, not per entry).
-    let mut merged: foldhash::HashMap<
-        (kovn_ebpf_common::FlowKey, u32, DropLocation, u32),
-        (DropRecord, u64),
-    > = foldhash::HashMap::with_capacity_and_hasher(entries.len(), Default::default());
+    // Per (flow, reason, location, interface): the record, its latest drop's time and where the
+    // kernel freed that one.
+    type Place = (kovn_ebpf_common::FlowKey, u32, DropLocation, u32);
+    let mut merged: foldhash::HashMap<Place, (DropRecord, u64, u64)> =
+        foldhash::HashMap::with_capacity_and_hasher(entries.len(), Default::default());
     for (k, s) in entries {
         let f = &k.flow;
         let ip = f.proto != 0 || f.addr_a != [0; 4] || f.addr_b != [0; 4];
@@ -735,7 +744,7 @@ pub fn records(
         });
         let (location, ifindex) =
             if k.netns == 0 { (DropLocation::Node, k.ifindex) } else { (DropLocation::Pod, k.pod_ifindex) };
-        let (r, last) = merged.entry((*f, k.reason, location, ifindex)).or_insert_with(|| {
+        let (r, last, site) = merged.entry((*f, k.reason, location, ifindex)).or_insert_with(|| {
             let record = DropRecord {
                 flow_id: if ip { flow_id(f) } else { String::new() },
                 src_ip: ip.then_some(src.0),
@@ -760,12 +769,16 @@ pub fn records(
                 count: 0,
                 bytes: 0,
                 last_seen: time::OffsetDateTime::UNIX_EPOCH,
+                kernel_function: None,
             };
-            (record, 0)
+            (record, 0, 0)
         });
         r.count += s.count;
         r.bytes += s.bytes;
-        *last = (*last).max(s.last_ns);
+        if s.last_ns >= *last {
+            *last = s.last_ns;
+            *site = s.location;
+        }
         r.direction = match (r.direction, direction) {
             (Some(x), Some(y)) => Some(x.merge(y)),
             (x, y) => x.or(y),
@@ -773,8 +786,9 @@ pub fn records(
     }
     let mut out: Vec<DropRecord> = merged
         .into_values()
-        .map(|(mut r, last)| {
+        .map(|(mut r, last, site)| {
             r.last_seen = clock.time(last);
+            r.kernel_function = hook.sites.name(site).map(str::to_string);
             r
         })
         .collect();
@@ -821,7 +835,9 @@ pub fn name_pods(
 /// Per-flow drops by flow id, summed over the node's interfaces; drops inside pods per pod.
 pub fn by_flow(records: &[DropRecord]) -> HashMap<String, Vec<FlowDrop>> {
     type Where = (String, DropLocation, Option<String>, Option<String>, Option<String>);
-    let mut acc: HashMap<String, BTreeMap<Where, (u64, Option<DropDirection>)>> = HashMap::new();
+    // Per place: the count, the direction, and the latest record's function with its time.
+    type Sum = (u64, Option<DropDirection>, Option<(time::OffsetDateTime, String)>);
+    let mut acc: HashMap<String, BTreeMap<Where, Sum>> = HashMap::new();
     for r in records.iter().filter(|r| !r.flow_id.is_empty()) {
         let pod_side = r.location == DropLocation::Pod;
         let at = (
@@ -831,8 +847,13 @@ pub fn by_flow(records: &[DropRecord]) -> HashMap<String, Vec<FlowDrop>> {
             pod_side.then(|| r.interface.clone()),
             r.netns.clone(),
         );
-        let e = acc.entry(r.flow_id.clone()).or_default().entry(at).or_insert((0, r.direction));
+        let e = acc.entry(r.flow_id.clone()).or_default().entry(at).or_insert((0, r.direction, None));
         e.0 += r.count;
+        if let Some(f) = &r.kernel_function
+            && e.2.as_ref().is_none_or(|(t, _)| r.last_seen >= *t)
+        {
+            e.2 = Some((r.last_seen, f.clone()));
+        }
         e.1 = match (e.1, r.direction) {
             (Some(x), Some(y)) => Some(x.merge(y)),
             (x, y) => x.or(y),
@@ -842,7 +863,7 @@ pub fn by_flow(records: &[DropRecord]) -> HashMap<String, Vec<FlowDrop>> {
         .map(|(id, m)| {
             let drops = m
                 .into_iter()
-                .map(|((reason, location, pod, interface, netns), (count, direction))| FlowDrop {
+                .map(|((reason, location, pod, interface, netns), (count, direction, function))| FlowDrop {
                     reason,
                     count,
                     location,
@@ -850,6 +871,7 @@ pub fn by_flow(records: &[DropRecord]) -> HashMap<String, Vec<FlowDrop>> {
                     interface,
                     netns,
                     direction: direction.filter(|_| location == DropLocation::Pod),
+                    kernel_function: function.map(|(_, f)| f),
                 })
                 .collect();
             (id, drops)
@@ -987,6 +1009,7 @@ pub(crate) fn test_record(flow_id: &str, reason: &str, interface: &str, count: u
         count,
         bytes: 0,
         last_seen: time::OffsetDateTime::UNIX_EPOCH,
+        kernel_function: None,
     }
 }
 
@@ -1202,8 +1225,8 @@ mod tests {
         let pod =
             |ifindex, sender| DropKey { flow, reason: 6, ifindex, netns: 4026532999, pod_ifindex: 1, sender };
         let e = [
-            (pod(2, u32::from(side)), DropStats { count: 3, last_ns: 0, bytes: 180 }),
-            (pod(1, u32::from(side)), DropStats { count: 1, last_ns: 0, bytes: 60 }),
+            (pod(2, u32::from(side)), DropStats { count: 3, last_ns: 0, bytes: 180, location: 0 }),
+            (pod(1, u32::from(side)), DropStats { count: 1, last_ns: 0, bytes: 60, location: 0 }),
         ];
         let r = records(&e, &hook, &Clock::fixed(0, 0), |_| None);
         assert_eq!(r.len(), 1, "devices inside the pod merge: {r:?}");
@@ -1212,7 +1235,7 @@ mod tests {
         // Sent by 10.0.0.2:40000 (the client by port): a request.
         assert_eq!(r[0].direction, Some(DropDirection::Request));
         let other = if side == SIDE_B { 0 } else { 1 };
-        let both = [e[0], (pod(2, other), DropStats { count: 1, last_ns: 0, bytes: 60 })];
+        let both = [e[0], (pod(2, other), DropStats { count: 1, last_ns: 0, bytes: 60, location: 0 })];
         let r = records(&both, &hook, &Clock::fixed(0, 0), |_| None);
         assert_eq!(r[0].direction, Some(DropDirection::Both));
         assert_eq!(by_flow(&r)[&r[0].flow_id][0].location, DropLocation::Pod);
@@ -1238,8 +1261,8 @@ mod tests {
             ..Default::default()
         };
         let e = [
-            (key(flow, 1), DropStats { count: 3, last_ns: 0, bytes: 180 }),
-            (key(flow, 2), DropStats { count: 1, last_ns: 0, bytes: 60 }),
+            (key(flow, 1), DropStats { count: 3, last_ns: 0, bytes: 180, location: 0 }),
+            (key(flow, 2), DropStats { count: 1, last_ns: 0, bytes: 60, location: 0 }),
         ];
         let r = records(&e, &hook, &Clock::fixed(0, 0), |_| None);
         assert_eq!(r[0].dst_port, 80);

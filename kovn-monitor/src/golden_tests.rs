@@ -294,6 +294,7 @@ fn drop_record(f: &Flow, reason: &str, location: DropLocation, iface: (&str, u32
         count,
         bytes: count * 60,
         last_seen: Clock::fixed(0, EPOCH_NS).time(19 * SEC),
+        kernel_function: None,
     }
 }
 

@@ -2,7 +2,7 @@
 //! Kubernetes clusters running Kube-OVN.
 //!
 //! One module per concern: [`capture`] (the eBPF programs and maps), [`interfaces`] (which
-//! interfaces, following them via netlink), [`drops`] (the `kfree_skb` hook and its BTF), [`netns`] (a pod veth's network namespace),
+//! interfaces, following them via netlink), [`drops`] (the `kfree_skb` hook and its BTF), [`ksyms`] (the kernel function a drop happened in), [`netns`] (a pod veth's network namespace),
 //! [`inventory`], [`ovsdb`], [`kube`] and [`inventory_file`] (who is behind an address: the
 //! node's OVSDB, OVN southbound, the Kubernetes API or a static file), [`model`] (the published
 //! vocabulary as enums), [`flows`] (the flow table and its JSON model), [`detection`] (findings and verdicts), [`export`] (`/metrics`),
@@ -29,6 +29,7 @@ pub mod heap;
 pub mod interfaces;
 pub mod inventory;
 pub mod inventory_file;
+pub mod ksyms;
 pub mod kube;
 pub mod model;
 pub mod netns;

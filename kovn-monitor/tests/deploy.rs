@@ -71,7 +71,8 @@ fn the_example_prometheus_config_is_valid() {
 }
 
 /// The overlays a cluster applies (`kubectl apply -k deploy/kubernetes/overlays/NAME`).
-const OVERLAYS: [&str; 4] = ["prometheus-operator", "plain-prometheus", "drilldown", "kernel-before-5.11"];
+const OVERLAYS: [&str; 5] =
+    ["prometheus-operator", "plain-prometheus", "drilldown", "kernel-before-5.11", "drop-sites"];
 
 /// What `./x image` builds (xtask/src/image.rs): repository and tag.
 const IMAGE_REPOSITORY: &str = "ghcr.io/kovn/kovn-monitor";
@@ -123,8 +124,11 @@ fn every_overlay_renders_a_hardened_daemonset_this_binary_runs() {
         assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{overlay}");
         // What the running kernel needs (`health::NEEDED_CAPS`), and on kernels before 5.11
         // the right to raise RLIMIT_MEMLOCK (`health::memlock_needs_sys_resource`).
+        // `drop-sites`: reading kernel addresses in /proc/kallsyms (`ksyms`).
         let caps = if overlay == "kernel-before-5.11" {
             serde_json::json!(["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"])
+        } else if overlay == "drop-sites" {
+            serde_json::json!(["BPF", "NET_ADMIN", "PERFMON", "SYSLOG"])
         } else {
             serde_json::json!(["BPF", "NET_ADMIN", "PERFMON"])
         };

@@ -226,11 +226,12 @@ fn inner_kernel_datapath_lab() {
         lab.pods.iter().find(|p| p.node == "node1" && p.name != a.name).expect("second pod on node1").clone();
     let b2 =
         lab.pods.iter().find(|p| p.node == "node2" && p.name != b.name).expect("second pod on node2").clone();
-    let pairs = [(a.clone(), b.clone()), (a2, b2)];
+    let pairs = [(a.clone(), b.clone()), (a2.clone(), b2)];
     let lab = firewall_blocks_the_tunnel(lab, &pairs);
     let lab = cut_is_named(lab, &pairs, lab::CutHow::Path, "lost_in_tunnel");
     let lab = cut_is_named(lab, &pairs, lab::CutHow::Down, "underlay_down");
     let lab = ovs_drop_named(lab, &a, &b);
+    let lab = mtu_same_node_named(lab, &a, &a2);
     // The three backend faults behind the service VIP (OVN's load balancer in OVS's kernel
     // datapath, conntrack DNAT), each judged on the backend's path with the backend named.
     let lab = vip_fault_named(lab, VipFault::OvsDrop, "lost_before_destination_pod", 43100);
@@ -511,6 +512,98 @@ fn ovs_drop_named(mut lab: Lab, a: &lab::Pod, b: &lab::Pod) -> Lab {
         } else {
             " (no OVS drop reasons before Linux 6.4)".to_string()
         },
+        t.elapsed().as_secs_f32()
+    );
+    lab
+}
+
+/// A DF ping from `a` to `b` on the same node (`size` bytes of payload, `count` echoes): whether
+/// every echo was answered, and what ping printed.
+fn df_ping(a: &lab::Pod, b: &lab::Pod, size: u32, count: &str) -> (bool, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &a.netns, "ping", "-M", "do", "-s", &size.to_string()])
+        .args(["-c", count, "-i", "0.5", "-W", "2"])
+        .arg(b.ip.to_string())
+        .output()
+        .expect("ping");
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+/// The seeds' MTU mismatch on one node (`fault mtu`: pod `a`'s eth0 and host veth at 1500, the
+/// overlay's pods at 1400) while `a` sends full-size DF pings to `b` on the same node: OVS's
+/// kernel datapath drops each at `b`'s port (`ovs_vport_send`; the kernel's own log line
+/// "dropped over-mtu packet" is the independent truth), small pings still pass. node1 raises
+/// exactly one firing `mtu` finding for the pair, `pod_to_pod_same_node`, hop
+/// `lost_before_destination_pod`, whose verdict says OVS's kernel datapath freed them, with the
+/// function (the monitor runs as root here, so it reads kernel addresses; the drop in
+/// `ovs_vport_send` is a tail call, so the site named is in its caller, in the openvswitch
+/// module), as does its drop record. Healed, it resolves.
+fn mtu_same_node_named(mut lab: Lab, a: &lab::Pod, b: &lab::Pod) -> Lab {
+    let t = Instant::now();
+    lab.inject(lab::FaultSpec::Mtu { pod: a.name.clone(), mtu: 1500 }).expect("mtu fault");
+    let big = 1500 - 28;
+    let (ok, out) = df_ping(a, b, big, "3");
+    assert!(!ok, "a 1500-byte DF ping into a 1400-byte port passed: {out}");
+    let (ok, out) = df_ping(a, b, 56, "2");
+    assert!(ok, "small pings still pass: {out}");
+    let dmesg = sh("dmesg", &[]);
+    assert!(
+        dmesg.contains(&format!("{}: dropped over-mtu packet", b.host_veth)),
+        "OVS's kernel datapath should log the drop at {}'s port; dmesg tail:\n{}",
+        b.name,
+        dmesg.lines().rev().take(15).collect::<Vec<_>>().join("\n")
+    );
+    let in_ovs = |d: &Value| d["kernel_function"].as_str().is_some_and(|f| f.ends_with(" [openvswitch]"));
+    let node1_drops = || -> Value {
+        let m = lab.monitors.iter().find(|m| m.node == "node1").expect("monitor of node1");
+        monitors::get_json(&format!("{}/api/v1/drops", m.url), Duration::from_secs(5)).expect("drops")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30) * kovn_tests::timeout_scale();
+    let finding = loop {
+        let _ = df_ping(a, b, big, "1");
+        let all = alerts(&lab, "node1");
+        let firing: Vec<&Value> = all.iter().filter(|x| x["state"] == "firing").collect();
+        let summary = firing.first().and_then(|f| f["verdict"]["summary"].as_str()).unwrap_or("");
+        if firing.len() == 1
+            && firing[0]["kind"] == "mtu"
+            && firing[0]["scenario"] == "pod_to_pod_same_node"
+            && firing[0]["verdict"]["hop"] == "lost_before_destination_pod"
+            && summary.contains("OVS's kernel datapath on node1 dropped")
+            && summary.contains(" [openvswitch]; a packet larger than its output port's MTU")
+        {
+            break firing[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single mtu finding lost_before_destination_pod naming OVS's datapath: {all:#?}\n--- node1's drops\n{:#}\n--- kptr_restrict {}",
+            node1_drops(),
+            std::fs::read_to_string("/proc/sys/kernel/kptr_restrict").unwrap_or_default().trim()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!(
+        (finding["src_ip"].as_str(), finding["dst_ip"].as_str()),
+        (Some(a.ip.to_string().as_str()), Some(b.ip.to_string().as_str())),
+        "{finding:#}"
+    );
+    let drops = node1_drops();
+    let record = drops["drops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| in_ovs(d) && d["src_ip"] == a.ip.to_string() && d["dst_ip"] == b.ip.to_string())
+        .unwrap_or_else(|| panic!("no drop record freed in OVS's datapath for the pair: {drops:#}"));
+    let function = record["kernel_function"].as_str().unwrap_or_default().to_string();
+    heal_until_resolved(&mut lab, &[(a.clone(), b.clone())], &finding, "mtu");
+    let (ok, out) = df_ping(a, b, a.mtu - 28, "2");
+    assert!(ok, "healed: the largest DF ping of the pod MTU passes: {out}");
+    eprintln!(
+        "[kernel-datapath] mtu on {} to {} on the same node judged lost_before_destination_pod, freed in {function}, resolved in {:.0} s",
+        a.name,
+        b.name,
         t.elapsed().as_secs_f32()
     );
     lab

@@ -126,6 +126,8 @@ impl Daemon {
         }
         // A subsystem's reasons (OVS's) come from its module's BTF, which may load after us.
         self.capture.drop_hook_mut().learn_reasons(entries);
+        // Which kernel function freed them, where `/proc/kallsyms` shows it.
+        self.capture.drop_hook_mut().learn_sites(entries);
         let table = &self.table;
         let mut drops =
             crate::drops::records(entries, self.capture.drop_hook(), clock, |key| table.initiator_of(key));

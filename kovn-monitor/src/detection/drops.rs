@@ -33,6 +33,8 @@ pub(super) struct DropDelta {
     protocol: Option<Protocol>,
     dst_port: u16,
     count: u64,
+    /// The kernel function that freed the latest of them, when named.
+    kernel_function: Option<String>,
 }
 
 impl Detector {
@@ -68,6 +70,7 @@ impl Detector {
                 protocol: d.protocol,
                 dst_port: d.dst_port,
                 count: rise,
+                kernel_function: d.kernel_function.clone(),
             });
         }
         self.drop_counts = next;
@@ -126,7 +129,7 @@ impl Detector {
             .collect();
         // Drops a firing finding explains become its evidence (any number of them); the rest
         // are grouped by (reason, interface): (location, drops, drops per flow id).
-        type Sites = BTreeMap<(String, String), (IfaceKind, u64, BTreeMap<String, u64>)>;
+        type Sites = BTreeMap<(String, String), (IfaceKind, u64, BTreeMap<String, u64>, Option<String>)>;
         let mut sites: Sites = BTreeMap::new();
         let mut explained: BTreeMap<(String, String, String, IfaceKind), u64> = BTreeMap::new();
         for d in &self.drop_window {
@@ -153,16 +156,20 @@ impl Detector {
             }
             let e = sites
                 .entry((d.reason.clone(), d.interface.clone()))
-                .or_insert_with(|| (d.location, 0, BTreeMap::new()));
+                .or_insert_with(|| (d.location, 0, BTreeMap::new(), None));
             e.1 += d.count;
             *e.2.entry(d.flow_id.clone()).or_default() += d.count;
+            // The window is in time order: the latest named function wins.
+            if d.kernel_function.is_some() {
+                e.3.clone_from(&d.kernel_function);
+            }
         }
         for ((id, reason, interface, location), count) in explained {
             if let Some(t) = self.tracked.get_mut(&id) {
                 t.alert.evidence.drops.push(DropEvidence { reason, interface, location, count });
             }
         }
-        for ((reason, interface), (location, total, per_flow)) in sites {
+        for ((reason, interface), (location, total, per_flow, function)) in sites {
             if total < self.cfg.drop_burst {
                 continue;
             }
@@ -181,8 +188,9 @@ impl Detector {
                 || format!("{src_ip} -> {dst_ip}"),
                 |f| format!("{} -> {}", who(f.src.as_ref(), f.src_ip), who(f.dst.as_ref(), f.dst_ip)),
             );
+            let freed = function.map(|f| format!(", freed in {f}")).unwrap_or_default();
             let summary = format!(
-                "{total} packet(s) dropped by the kernel on {interface} ({location}) with reason {reason} within {}s; most from {what}",
+                "{total} packet(s) dropped by the kernel on {interface} ({location}) with reason {reason} within {}s{freed}; most from {what}",
                 window.as_secs()
             );
             let entry = self.tracked.entry(id.clone()).or_insert_with(|| Tracked {
@@ -338,5 +346,28 @@ mod tests {
         assert_eq!(a.len(), 1, "3 + 2 within 10 s");
         assert_eq!((a[0].src_ip.to_string(), a[0].flows.len()), ("10.16.0.2".to_string(), 0));
         assert_eq!(a[0].verdict.as_ref().unwrap().hop, "dropped_at_host");
+        assert!(!a[0].summary.contains("freed in"), "no function named: {}", a[0].summary);
+    }
+
+    /// A burst names the kernel function that freed its latest packet, when the monitor could
+    /// name it (a reason like NOT_SPECIFIED says nothing else).
+    #[test]
+    fn a_burst_names_the_function_that_freed_it() {
+        let mut d = detector();
+        let rec = |count, f: &str| crate::drops::DropRecord {
+            kernel_function: Some(f.to_string()),
+            ..drop_rec("", "NOT_SPECIFIED", "genev_sys_6081", count)
+        };
+        d.observe_drops(&[rec(4, "ovs_dp_process_packet+0x1a [openvswitch]")], pod_location, at(1));
+        d.observe_drops(&[rec(12, "do_execute_actions+0x2a1 [openvswitch]")], pod_location, at(2));
+        let a = d.evaluate::<Flow>(&[], at(2));
+        assert_eq!(a.len(), 1, "{a:#?}");
+        assert!(
+            a[0].summary.contains(
+                "with reason NOT_SPECIFIED within 10s, freed in do_execute_actions+0x2a1 [openvswitch];"
+            ),
+            "{}",
+            a[0].summary
+        );
     }
 }

@@ -138,6 +138,28 @@ fn ovs_dropped(f: &Flow, node: &str) -> String {
     }
 }
 
+/// Where the kernel freed this flow's big packets (named by the function that freed them, which
+/// needs the monitor to read kernel addresses), as a clause for an MTU verdict. In OVS's kernel
+/// datapath that is an output port smaller than the packet (`ovs_vport_send`, which logs
+/// "dropped over-mtu packet"; its drop is a tail call, so the site is its caller's).
+fn mtu_drop_site(f: &Flow, node: &str) -> String {
+    let top = f
+        .drops
+        .iter()
+        .filter(|d| d.kernel_function.is_some() && d.direction != Some(DropDirection::Reply))
+        .max_by_key(|d| d.count);
+    let Some(d) = top else { return String::new() };
+    let func = d.kernel_function.as_deref().unwrap_or_default();
+    if d.in_ovs_datapath() {
+        format!(
+            "; OVS's kernel datapath on {node} dropped {} of them (freed in {func}; a packet larger than its output port's MTU is logged by the kernel as 'dropped over-mtu packet')",
+            d.count
+        )
+    } else {
+        format!("; the kernel on {node} freed {} of them in {func}", d.count)
+    }
+}
+
 fn l4_match(f: &Flow) -> String {
     match f.protocol {
         Protocol::Tcp => format!(" && tcp && tcp.dst == {}", f.dst_port),
@@ -220,13 +242,26 @@ pub fn verdict(a: &Alert, f: &Flow, peer: Option<&PeerView>, underlay_watched: b
                 ),
             );
         }
+        AlertKind::Mtu if a.scenario == Scenario::PodToPodSameNode => {
+            // No tunnel between them: the packet dies where it would enter the destination's
+            // port, whose MTU is smaller than the sender's (the seeds' 1400 vs 1500).
+            return hop(
+                Hop::LostBeforeDestinationPod,
+                format!(
+                    "packets of {} bytes from {src} to {dst} on the same node get no answer while smaller ones do: larger than {dst}'s MTU; compare the two pods' MTUs (eth0 inside each pod, and its host veth){}",
+                    a.evidence.max_request_bytes.unwrap_or_default(),
+                    mtu_drop_site(f, node)
+                ),
+            );
+        }
         AlertKind::Mtu => {
             let mtu = a.evidence.path_mtu.map(|m| format!(" ({m})")).unwrap_or_default();
             return hop(
                 Hop::LostInTunnel,
                 format!(
-                    "packets of {} bytes from {src} get no answer while smaller ones do: larger than the overlay path MTU{mtu}; compare the pod MTU with the underlay MTU minus the tunnel overhead (Geneve 100)",
-                    a.evidence.max_request_bytes.unwrap_or_default()
+                    "packets of {} bytes from {src} get no answer while smaller ones do: larger than the overlay path MTU{mtu}; compare the pod MTU with the underlay MTU minus the tunnel overhead (Geneve 100){}",
+                    a.evidence.max_request_bytes.unwrap_or_default(),
+                    mtu_drop_site(f, node)
                 ),
             );
         }
@@ -456,6 +491,47 @@ mod tests {
                 .contains("on node1 dropped 5 of them with reason OVS_DROP_METER (a meter: a QoS rate limit"),
             "{summary}"
         );
+    }
+
+    /// An MTU finding whose big packets the kernel freed in a function the monitor could name
+    /// says where (OVS's datapath by its module); without a name (no `CAP_SYSLOG`) the verdict
+    /// is as before.
+    #[test]
+    fn the_mtu_verdict_names_where_the_kernel_freed_the_big_packets() {
+        use super::super::{Detector, DetectorConfig};
+        let mut d = Detector::new("node1", DetectorConfig { pod_mtu: Some(1400), ..Default::default() });
+        let mut big = cross("big", (3, 0, 0), "db-2");
+        big.protocol = "icmp".into();
+        big.bytes_fwd = 3 * 1500;
+        let mut small = cross("small", (3, 3, 3), "db-2");
+        small.protocol = "icmp".into();
+        let a = d.evaluate(&[big.clone(), small], at(5)).into_iter().find(|a| a.kind == "mtu").expect("mtu");
+        let (hop, plain) = verdict(&a, &big, None, true);
+        assert_eq!(hop, "lost_in_tunnel");
+        assert!(!plain.contains("freed"), "{plain}");
+        let drop = |function: Option<&str>, count: u64| -> crate::model::FlowDrop {
+            serde_json::from_value(serde_json::json!({
+                "reason": "NOT_SPECIFIED", "count": count, "kernel_function": function
+            }))
+            .expect("flow drop")
+        };
+        big.drops =
+            vec![drop(Some("do_execute_actions+0x2a1 [openvswitch]"), 7), drop(Some("ip_rcv_core+0x20"), 3)];
+        let (_, summary) = verdict(&a, &big, None, true);
+        assert!(
+            summary.ends_with(
+                "; OVS's kernel datapath on node1 dropped 7 of them (freed in do_execute_actions+0x2a1 [openvswitch]; a packet larger than its output port's MTU is logged by the kernel as 'dropped over-mtu packet')"
+            ),
+            "{summary}"
+        );
+        big.drops = vec![drop(Some("ip_fragment+0x1c"), 2)];
+        assert!(
+            verdict(&a, &big, None, true)
+                .1
+                .ends_with("; the kernel on node1 freed 2 of them in ip_fragment+0x1c")
+        );
+        big.drops = vec![drop(None, 3)];
+        assert_eq!(verdict(&a, &big, None, true).1, plain, "no function, no claim");
     }
 
     #[test]

@@ -63,9 +63,17 @@ pub struct FlowDrop {
     pub netns: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<DropDirection>,
+    /// The kernel function that freed the latest of them (see `DropRecord::kernel_function`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_function: Option<String>,
 }
 
 impl FlowDrop {
+    /// Freed by a function of OVS's kernel datapath (the `openvswitch` module).
+    pub fn in_ovs_datapath(&self) -> bool {
+        self.kernel_function.as_deref().is_some_and(|f| f.ends_with(" [openvswitch]"))
+    }
+
     /// One line for `top`'s detail pane: `NETFILTER_DROP 3` or, inside a pod,
     /// `NETFILTER_DROP 3 inside pod default/web (request)`.
     pub fn describe(&self) -> String {
@@ -123,6 +131,11 @@ pub struct DropRecord {
     /// RFC 3339 on the wire.
     #[serde(with = "time::serde::rfc3339")]
     pub last_seen: time::OffsetDateTime,
+    /// The kernel function that freed the latest of these packets, `name+0xoffset [module]`
+    /// (the `kfree_skb` tracepoint's location named from `/proc/kallsyms`); absent when the
+    /// monitor cannot read kernel addresses (no `CAP_SYSLOG`) or has not named it yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_function: Option<String>,
 }
 
 impl DropRecord {

@@ -924,6 +924,7 @@ mod tests {
             count,
             bytes: 0,
             last_seen: time::OffsetDateTime::UNIX_EPOCH,
+            kernel_function: None,
         };
         if let Some(s) = a.snapshot.as_mut() {
             s.drops = vec![drop("NETFILTER_DROP", 5), drop("NO_SOCKET", 1), drop("NETFILTER_DROP", 2)];
