@@ -480,7 +480,11 @@ fn cmd_traffic(lab: &Lab, duration: Duration, seed: u64, output: Output) -> Resu
                 r.item.from,
                 r.item.to,
                 r.item.scenario.as_str(),
-                r.last_error.as_ref().map(|e| format!(" last error: {e}")).unwrap_or_default()
+                match (&r.last_error, r.retried) {
+                    (Some(e), 0) => format!(" last error: {e}"),
+                    (Some(e), n) => format!(" {n} passed on the retry; last error: {e}"),
+                    (None, _) => String::new(),
+                }
             );
         }
         if let Some(l) = &report.long {

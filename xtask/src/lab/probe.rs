@@ -27,6 +27,11 @@ pub enum Probe {
 }
 
 impl Probe {
+    /// A single datagram (UDP echo, ping): nothing retransmits it when it is lost.
+    pub fn is_datagram(&self) -> bool {
+        matches!(self, Probe::UdpEcho { .. } | Probe::Ping { .. })
+    }
+
     /// Short description, e.g. `tcp 10.16.0.3:8080 (64 B)`.
     pub fn describe(&self) -> String {
         match self {
