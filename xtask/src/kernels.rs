@@ -29,7 +29,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 /// The guest prints this line first thing, so the host can time the boot.
-const GUEST_START: &str = "KOVN-GUEST-START";
+pub(crate) const GUEST_START: &str = "KOVN-GUEST-START";
 
 /// Where setup.sh installs virtme-ng when no `vng` of the pinned version is on PATH.
 const VNG_VENV: &str = "/opt/kovn/virtme-ng/bin/vng";
@@ -408,7 +408,10 @@ pub fn run(args: &KernelsArgs, built: &Built, xtask: &Path) -> Result<bool> {
                 c.args(&guest[1..]);
                 c
             }
-            Target::Image { image, .. } => vng_command(args, image, &out, &guest)?,
+            Target::Image { image, .. } => {
+                let vm = VmSpec { image, memory: &args.memory, cpus: args.cpus, kvm: args.kvm };
+                vng_command(&vm, &out, &[], &guest)?
+            }
         };
         let mut row = run_one(&mut cmd, label, &out, budget, &interrupted);
         if matches!(target, Target::Host) {
@@ -465,9 +468,34 @@ fn guest_argv(
     v
 }
 
+/// One VM: the kernel image, memory, vCPUs, KVM or TCG.
+pub(crate) struct VmSpec<'a> {
+    pub image: &'a Path,
+    pub memory: &'a str,
+    pub cpus: u32,
+    pub kvm: bool,
+}
+
+/// A Debian kernel image for a VM (`5.10`, `6.1`, `6.12` or a path), after checking that QEMU,
+/// virtme-ng and busybox are there: one error naming what to install.
+pub(crate) fn kernel_image(kernel: &str) -> Result<PathBuf> {
+    let args = KernelsArgs { kernels: vec![kernel.to_string()], ..KernelsArgs::default() };
+    preflight(&args)?;
+    match resolve(kernel)? {
+        Target::Image { image, .. } => Ok(image),
+        Target::Host => bail!("the host's kernel has no OVS module: give 6.1, 6.12, 5.10 or a kernel image"),
+    }
+}
+
 /// `vng ... --exec "<guest argv>"`. vng takes the command as one shell string: every word is
 /// a path this task built or a fixed word, single-quoted; a path with a quote is refused.
-fn vng_command(args: &KernelsArgs, image: &Path, out: &Path, guest: &[String]) -> Result<Command> {
+/// `qemu_opts` are passed to QEMU as they are (one `--qemu-opts` per word).
+pub(crate) fn vng_command(
+    vm: &VmSpec<'_>,
+    rwdir: &Path,
+    qemu_opts: &[String],
+    guest: &[String],
+) -> Result<Command> {
     let vng = find_vng().context("virtme-ng (vng) not found: `bash scripts/setup.sh vm`")?;
     let mut words = Vec::with_capacity(guest.len());
     for w in guest {
@@ -485,16 +513,18 @@ fn vng_command(args: &KernelsArgs, image: &Path, out: &Path, guest: &[String]) -
         let dirs = std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&path));
         c.env("PATH", std::env::join_paths(dirs).context("PATH for vng")?);
     }
-    if !args.kvm {
+    if !vm.kvm {
         c.arg("--disable-kvm");
     }
     c.arg("--run")
-        .arg(image)
-        .args(["--memory", &args.memory, "--cpus", &args.cpus.to_string()])
+        .arg(vm.image)
+        .args(["--memory", vm.memory, "--cpus", &vm.cpus.to_string()])
         .arg("--rwdir")
-        .arg(out)
-        .arg("--exec")
-        .arg(words.join(" "));
+        .arg(rwdir);
+    for o in qemu_opts {
+        c.arg(format!("--qemu-opts={o}"));
+    }
+    c.arg("--exec").arg(words.join(" "));
     Ok(c)
 }
 

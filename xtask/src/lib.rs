@@ -8,3 +8,4 @@ pub mod kernels;
 pub mod lab;
 pub mod modgraph;
 pub mod soak;
+pub mod vmlab;

@@ -35,6 +35,14 @@ enum Task {
     /// groups on Debian's Linux 5.10, 6.1 and 6.12 in QEMU VMs and on the host kernel (no lab
     /// there: no OVS module); prints a table (needs root).
     TestKernels(xtask::kernels::KernelsArgs),
+    /// The kernel-datapath lab in a QEMU VM that stays up (Debian's kernel, OVS's kernel
+    /// datapath, a monitor per node), its monitors' APIs and a command agent forwarded to
+    /// 127.0.0.1 (needs root). See README, `cargo xtask vm-lab`.
+    #[command(subcommand)]
+    VmLab(xtask::vmlab::VmLabCommand),
+    /// Inside the vm-lab VM: the lab, the monitors, the relays and the agent (internal).
+    #[command(hide = true)]
+    VmLabGuest(xtask::vmlab::GuestArgs),
     /// Inside a kernel-matrix VM: run the groups and write results.json (internal).
     #[command(hide = true)]
     KernelGuest(xtask::kernels::GuestArgs),
@@ -132,6 +140,8 @@ fn dispatch(task: Task) -> Result<()> {
             Ok(())
         }
         Task::KernelGuest(args) => xtask::kernels::guest(&args),
+        Task::VmLabGuest(args) => xtask::vmlab::guest(&args),
+        Task::VmLab(cmd) => vm_lab(cmd),
         Task::Test { unprivileged_only, kernels, fuzz_seconds, args } => {
             test(unprivileged_only, &kernels, fuzz_seconds, &args)
         }
@@ -283,6 +293,28 @@ fn fuzz(seconds: u64) -> Result<()> {
 
 /// Builds what the matrix runs (the monitor, the classifier and daemon test executables) and
 /// runs it; returns whether everything passed.
+fn vm_lab(cmd: xtask::vmlab::VmLabCommand) -> Result<()> {
+    use xtask::vmlab::{self, VmLabCommand};
+    let root = target_dir().join("vm-lab");
+    match cmd {
+        VmLabCommand::Up(args) => {
+            require_root("the VM lab")?;
+            let monitor = match &args.bin {
+                Some(bin) => bin.clone(),
+                None => build_monitor()?,
+            };
+            let xtask_bin = std::env::current_exe().context("this task's executable")?;
+            vmlab::up(&args, &monitor, &xtask_bin, &root)
+        }
+        VmLabCommand::Run { name, argv } => {
+            let code = vmlab::run(&root, &name, &argv)?;
+            std::process::exit(code)
+        }
+        VmLabCommand::Status { name } => vmlab::status(&root, &name),
+        VmLabCommand::Down { name } => vmlab::down(&root, &name),
+    }
+}
+
 fn test_kernels(args: &xtask::kernels::KernelsArgs) -> Result<bool> {
     require_root("the kernel matrix")?;
     // Missing QEMU/vng/kernel images: one clear error before any build.

@@ -73,8 +73,9 @@ pub use up::{UpOutcome, port_bindings, up};
 /// Which lab a command is about.
 #[derive(Debug, Clone, Args)]
 pub struct LabRef {
-    /// Lab name (namespaces NAME-node1, NAME-n1-p1, ...; bridge NAME-ul).
-    #[arg(long, default_value = DEFAULT_NAME)]
+    /// Lab name (namespaces NAME-node1, NAME-n1-p1, ...; bridge NAME-ul). `KOVN_LAB` sets the
+    /// default (`vm-lab run` sets it to the VM's lab).
+    #[arg(long, env = "KOVN_LAB", default_value = DEFAULT_NAME)]
     pub name: String,
     /// The lab's state directory, if `up` was given a custom one (default /run/kovn-lab/NAME).
     #[arg(long)]
@@ -99,8 +100,9 @@ pub enum Output {
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Lab name: 1-10 lowercase letters/digits, starting with a letter.
-    #[arg(long, default_value = DEFAULT_NAME)]
+    /// Lab name: 1-10 lowercase letters/digits, starting with a letter (default: `KOVN_LAB`,
+    /// else `kovn`).
+    #[arg(long, env = "KOVN_LAB", default_value = DEFAULT_NAME)]
     pub name: String,
     /// Nodes (1-99): namespaces NAME-node1...
     #[arg(long, default_value_t = 2)]
