@@ -15,7 +15,9 @@
 //! Guest parameters travel as a JSON file in the VM's writable directory, never through the
 //! shell string virtme-ng runs. Bounds: one agent command at a time; at most
 //! [`MAX_RELAYS_PER_NODE`] relayed connections per node, each closed after [`RELAY_IDLE`]
-//! without traffic; one request line of at most [`MAX_REQUEST`] bytes.
+//! without traffic; one request line of at most [`MAX_REQUEST`] bytes, read within
+//! [`REQUEST_WAIT`]; a client that stops reading the output for [`OUTPUT_WAIT`] has its command
+//! killed.
 
 use std::fs;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -45,6 +47,12 @@ pub const RELAY_IDLE: Duration = Duration::from_secs(300);
 
 /// The longest request line the agent reads.
 pub const MAX_REQUEST: u64 = 64 * 1024;
+
+/// How long the agent waits for a request line once connected.
+pub const REQUEST_WAIT: Duration = Duration::from_secs(10);
+
+/// How long one write of a command's output may block on a client that does not read.
+pub const OUTPUT_WAIT: Duration = Duration::from_secs(60);
 
 /// The guest NIC's MAC (QEMU's user network; the guest finds its NIC by it) and the address
 /// QEMU's `hostfwd` forwards to when no guest address is given.
@@ -621,6 +629,14 @@ fn serve_agent(listener: &TcpListener, lab_name: &str) -> Result<()> {
     let exe = std::env::current_exe().context("this task's executable")?;
     for conn in listener.incoming() {
         let Ok(mut stream) = conn else { continue };
+        // A client that sends no request, or stops reading the output, cannot hold the agent:
+        // the read gives up after REQUEST_WAIT, a blocked write after OUTPUT_WAIT (the command
+        // is then killed).
+        if stream.set_read_timeout(Some(REQUEST_WAIT)).is_err()
+            || stream.set_write_timeout(Some(OUTPUT_WAIT)).is_err()
+        {
+            continue;
+        }
         let mut line = String::new();
         if BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line).is_err() {
             continue;
