@@ -14,6 +14,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use xtask::vmlab;
 
 /// target/debug/xtask, beside this test's target directory (`cargo xtask test` built it).
 fn xtask_bin() -> PathBuf {
@@ -66,17 +67,6 @@ impl Drop for Down {
         }
         let _ = std::fs::remove_dir_all(&self.state);
     }
-}
-
-/// The process exists and is not a zombie (a container's PID 1 may never reap what it inherits).
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
-        return false;
-    }
-    // /proc/PID/stat: "pid (comm) S ...": the state follows the last ')'.
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).is_none_or(|s| s != 'Z')
 }
 
 fn get_json(url: &str) -> Result<Value, String> {
@@ -195,10 +185,10 @@ fn vm_lab_up_run_forwarded_api_and_down() {
     let down = xtask(&["vm-lab", "down", "--name", &name]);
     assert!(down.status.success(), "vm-lab down: {}", text(&down));
     let gone = Instant::now() + Duration::from_secs(10);
-    while alive(pid) && Instant::now() < gone {
+    while vmlab::alive(pid) && Instant::now() < gone {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(!alive(pid), "the VM (pid {pid}) still runs after vm-lab down");
+    assert!(!vmlab::alive(pid), "the VM (pid {pid}) still runs after vm-lab down");
     assert!(
         TcpListener::bind(("127.0.0.1", base + 1)).is_ok(),
         "QEMU's forward on {} is still open after vm-lab down",

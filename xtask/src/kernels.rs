@@ -110,17 +110,9 @@ impl Group {
     }
 }
 
-#[derive(Debug, clap::Args)]
-pub struct KernelsArgs {
-    /// Kernels to test: `5.10`, `6.1`, `6.12` (the newest Debian image of that line in /boot),
-    /// `host` (this machine's kernel, no VM) or a path to a kernel image, each optionally
-    /// followed by `:GROUP+GROUP` to run only those groups there (e.g. `6.12:verifier+kill9`).
-    /// Repeat or separate with commas.
-    #[arg(long = "kernel", value_delimiter = ',', default_values_t = ["5.10".to_string(), "6.1".to_string(), "6.12".to_string(), "host".to_string()])]
-    pub kernels: Vec<String>,
-    /// Test groups to run (default: all).
-    #[arg(long = "group", value_delimiter = ',', value_enum)]
-    pub groups: Vec<Group>,
+/// How each VM runs (the kernel matrix's and `vm-lab`'s).
+#[derive(Debug, Clone, clap::Args)]
+pub struct VmOptions {
     /// Memory of each VM.
     #[arg(long, default_value = "2G")]
     pub memory: String,
@@ -132,10 +124,31 @@ pub struct KernelsArgs {
     #[arg(long)]
     pub kvm: bool,
     /// How much longer than on the host a VM may take for every bounded wait (QEMU's TCG is
-    /// 5-10x slower): multiplies the group budgets and the tests' own polls
-    /// (`KOVN_TEST_TIMEOUT_SCALE`).
-    #[arg(long, default_value_t = 10)]
+    /// 5-10x slower): multiplies the lab's and the tests' own polls (`KOVN_TEST_TIMEOUT_SCALE`)
+    /// and the matrix's group budgets.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub timeout_scale: u32,
+}
+
+impl Default for VmOptions {
+    fn default() -> Self {
+        Self { memory: "2G".into(), cpus: 2, kvm: false, timeout_scale: 10 }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KernelsArgs {
+    /// Kernels to test: `5.10`, `6.1`, `6.12` (the newest Debian image of that line in /boot),
+    /// `host` (this machine's kernel, no VM) or a path to a kernel image, each optionally
+    /// followed by `:GROUP+GROUP` to run only those groups there (e.g. `6.12:verifier+kill9`).
+    /// Repeat or separate with commas.
+    #[arg(long = "kernel", value_delimiter = ',', default_values_t = ["5.10".to_string(), "6.1".to_string(), "6.12".to_string(), "host".to_string()])]
+    pub kernels: Vec<String>,
+    /// Test groups to run (default: all).
+    #[arg(long = "group", value_delimiter = ',', value_enum)]
+    pub groups: Vec<Group>,
+    #[command(flatten)]
+    pub vm: VmOptions,
     /// How long the `mix` group runs its healthy traffic, in minutes.
     #[arg(long, default_value_t = 10)]
     pub mix_minutes: u32,
@@ -146,10 +159,7 @@ impl Default for KernelsArgs {
         Self {
             kernels: ["5.10", "6.1", "6.12", "host"].map(str::to_string).to_vec(),
             groups: Vec::new(),
-            memory: "2G".into(),
-            cpus: 2,
-            kvm: false,
-            timeout_scale: 10,
+            vm: VmOptions::default(),
             mix_minutes: 10,
         }
     }
@@ -328,19 +338,25 @@ pub fn preflight(args: &KernelsArgs) -> Result<()> {
     let targets: Vec<Target> =
         args.kernels.iter().map(|k| resolve(split_spec(k)?.0)).collect::<Result<_>>()?;
     if targets.iter().any(|t| matches!(t, Target::Image { .. })) {
-        if !have_on_path("qemu-system-x86_64") {
-            bail!(
-                "QEMU not found (qemu-system-x86_64): install qemu-system-x86 (`bash scripts/setup.sh vm` does)"
-            );
-        }
-        if find_vng().is_none() {
-            bail!(
-                "virtme-ng (vng) not found: install virtme-ng==1.42 with pip (`bash scripts/setup.sh vm` does)"
-            );
-        }
-        if !have_on_path("busybox") {
-            bail!("busybox not found (virtme-ng builds its initramfs with it): install busybox-static");
-        }
+        check_vm_tools()?;
+    }
+    Ok(())
+}
+
+/// QEMU, virtme-ng and busybox (its initramfs): one error naming the first one missing.
+fn check_vm_tools() -> Result<()> {
+    if !have_on_path("qemu-system-x86_64") {
+        bail!(
+            "QEMU not found (qemu-system-x86_64): install qemu-system-x86 (`bash scripts/setup.sh vm` does)"
+        );
+    }
+    if find_vng().is_none() {
+        bail!(
+            "virtme-ng (vng) not found: install virtme-ng==1.42 with pip (`bash scripts/setup.sh vm` does)"
+        );
+    }
+    if !have_on_path("busybox") {
+        bail!("busybox not found (virtme-ng builds its initramfs with it): install busybox-static");
     }
     Ok(())
 }
@@ -392,10 +408,10 @@ pub fn run(args: &KernelsArgs, built: &Built, xtask: &Path) -> Result<bool> {
             built,
             &out,
             &these,
-            if matches!(target, Target::Host) { 1 } else { args.timeout_scale },
+            if matches!(target, Target::Host) { 1 } else { args.vm.timeout_scale },
             args.mix_minutes,
         );
-        let budget: Duration = these.iter().map(|g| g.budget()).sum::<Duration>() * args.timeout_scale
+        let budget: Duration = these.iter().map(|g| g.budget()).sum::<Duration>() * args.vm.timeout_scale
             + these.iter().map(|g| g.extra(args.mix_minutes)).sum::<Duration>()
             + Duration::from_secs(300);
         eprintln!(
@@ -408,10 +424,7 @@ pub fn run(args: &KernelsArgs, built: &Built, xtask: &Path) -> Result<bool> {
                 c.args(&guest[1..]);
                 c
             }
-            Target::Image { image, .. } => {
-                let vm = VmSpec { image, memory: &args.memory, cpus: args.cpus, kvm: args.kvm };
-                vng_command(&vm, &out, &[], &guest)?
-            }
+            Target::Image { image, .. } => vng_command(image, &args.vm, &out, &[], &guest)?,
         };
         let mut row = run_one(&mut cmd, label, &out, budget, &interrupted);
         if matches!(target, Target::Host) {
@@ -468,21 +481,14 @@ fn guest_argv(
     v
 }
 
-/// One VM: the kernel image, memory, vCPUs, KVM or TCG.
-pub(crate) struct VmSpec<'a> {
-    pub image: &'a Path,
-    pub memory: &'a str,
-    pub cpus: u32,
-    pub kvm: bool,
-}
-
 /// A Debian kernel image for a VM (`5.10`, `6.1`, `6.12` or a path), after checking that QEMU,
 /// virtme-ng and busybox are there: one error naming what to install.
 pub(crate) fn kernel_image(kernel: &str) -> Result<PathBuf> {
-    let args = KernelsArgs { kernels: vec![kernel.to_string()], ..KernelsArgs::default() };
-    preflight(&args)?;
     match resolve(kernel)? {
-        Target::Image { image, .. } => Ok(image),
+        Target::Image { image, .. } => {
+            check_vm_tools()?;
+            Ok(image)
+        }
         Target::Host => bail!("the host's kernel has no OVS module: give 6.1, 6.12, 5.10 or a kernel image"),
     }
 }
@@ -491,7 +497,8 @@ pub(crate) fn kernel_image(kernel: &str) -> Result<PathBuf> {
 /// a path this task built or a fixed word, single-quoted; a path with a quote is refused.
 /// `qemu_opts` are passed to QEMU as they are (one `--qemu-opts` per word).
 pub(crate) fn vng_command(
-    vm: &VmSpec<'_>,
+    image: &Path,
+    vm: &VmOptions,
     rwdir: &Path,
     qemu_opts: &[String],
     guest: &[String],
@@ -517,8 +524,8 @@ pub(crate) fn vng_command(
         c.arg("--disable-kvm");
     }
     c.arg("--run")
-        .arg(vm.image)
-        .args(["--memory", vm.memory, "--cpus", &vm.cpus.to_string()])
+        .arg(image)
+        .args(["--memory", &vm.memory, "--cpus", &vm.cpus.to_string()])
         .arg("--rwdir")
         .arg(rwdir);
     for o in qemu_opts {
@@ -733,10 +740,7 @@ pub fn guest(args: &GuestArgs) -> Result<()> {
     println!("{GUEST_START}");
     let _ = std::io::stdout().flush();
     fs::create_dir_all(&args.out)?;
-    // The drop tracepoint needs tracefs (virtme-ng mounts it; a bare host may not have).
-    if !Path::new("/sys/kernel/tracing/events").exists() {
-        let _ = Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]).status();
-    }
+    mount_tracefs();
     let mut results = GuestResults {
         kernel: fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
         ..GuestResults::default()
@@ -751,6 +755,13 @@ pub fn guest(args: &GuestArgs) -> Result<()> {
         fs::write(args.out.join("results.json"), serde_json::to_vec_pretty(&results)?)?;
     }
     Ok(())
+}
+
+/// The drop tracepoint needs tracefs (virtme-ng mounts it; a bare host may not have).
+pub(crate) fn mount_tracefs() {
+    if !Path::new("/sys/kernel/tracing/events").exists() {
+        let _ = Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]).status();
+    }
 }
 
 /// A child's outcome: exit success, timed out, and its combined output.

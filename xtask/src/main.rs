@@ -291,8 +291,7 @@ fn fuzz(seconds: u64) -> Result<()> {
     Ok(())
 }
 
-/// Builds what the matrix runs (the monitor, the classifier and daemon test executables) and
-/// runs it; returns whether everything passed.
+/// `vm-lab`: the VM's state lives under target/vm-lab/NAME.
 fn vm_lab(cmd: xtask::vmlab::VmLabCommand) -> Result<()> {
     use xtask::vmlab::{self, VmLabCommand};
     let root = target_dir().join("vm-lab");
@@ -315,6 +314,8 @@ fn vm_lab(cmd: xtask::vmlab::VmLabCommand) -> Result<()> {
     }
 }
 
+/// Builds what the matrix runs (the monitor, the classifier and daemon test executables) and
+/// runs it; returns whether everything passed.
 fn test_kernels(args: &xtask::kernels::KernelsArgs) -> Result<bool> {
     require_root("the kernel matrix")?;
     // Missing QEMU/vng/kernel images: one clear error before any build.

@@ -81,7 +81,6 @@ pub struct VmState {
     /// vng's process id, also its process group (QEMU is in it).
     pub pid: i32,
     pub port_base: u16,
-    pub dir: PathBuf,
 }
 
 /// What the guest reports when the lab and the monitors are up (`ready.json`).
@@ -141,18 +140,8 @@ pub struct VmUpArgs {
     /// The agent's host port; node K's monitor API is on this plus K (127.0.0.1 only).
     #[arg(long, default_value_t = DEFAULT_PORT_BASE)]
     pub port_base: u16,
-    /// Memory of the VM.
-    #[arg(long, default_value = "2G")]
-    pub memory: String,
-    /// vCPUs of the VM.
-    #[arg(long, default_value_t = 2)]
-    pub cpus: u32,
-    /// Try KVM instead of software emulation (TCG, the default: KVM hangs on some hosts).
-    #[arg(long)]
-    pub kvm: bool,
-    /// Multiplies the lab's bounded waits inside the VM (TCG is 5-10x slower than the host).
-    #[arg(long, default_value_t = 10)]
-    pub timeout_scale: u32,
+    #[command(flatten)]
+    pub vm: kernels::VmOptions,
     /// Use this kovn-monitor binary instead of building this tree's (tests, CI).
     #[arg(long, value_name = "PATH")]
     pub bin: Option<PathBuf>,
@@ -192,7 +181,7 @@ fn state_path(root: &Path, name: &str) -> PathBuf {
 }
 
 /// The process exists and is not a zombie (a container's PID 1 may never reap what it inherits).
-fn alive(pid: i32) -> bool {
+pub fn alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
         return false;
@@ -214,7 +203,6 @@ fn load_state(root: &Path, name: &str) -> Result<VmState> {
 /// Host side of `up`: boots the VM detached and waits for the guest's `ready.json`.
 pub fn up(args: &VmUpArgs, monitor: &Path, xtask: &Path, root: &Path) -> Result<()> {
     let opts = up_options(&args.name, &args.up_args)?;
-    ensure!(args.timeout_scale >= 1, "--timeout-scale must be at least 1");
     let last_port = u32::from(args.port_base) + opts.nodes;
     ensure!(
         args.port_base >= 1024 && last_port <= 65535,
@@ -246,7 +234,7 @@ pub fn up(args: &VmUpArgs, monitor: &Path, xtask: &Path, root: &Path) -> Result<
         monitor: fs::canonicalize(monitor)
             .with_context(|| format!("no kovn-monitor at {}", monitor.display()))?,
         port_base: args.port_base,
-        timeout_scale: args.timeout_scale,
+        timeout_scale: args.vm.timeout_scale,
         up_args: args.up_args.clone(),
     };
     let config_path = dir.join("guest.json");
@@ -268,8 +256,7 @@ pub fn up(args: &VmUpArgs, monitor: &Path, xtask: &Path, root: &Path) -> Result<
         "--config".to_string(),
         config_path.to_string_lossy().into_owned(),
     ];
-    let vm = kernels::VmSpec { image: &image, memory: &args.memory, cpus: args.cpus, kvm: args.kvm };
-    let mut cmd = kernels::vng_command(&vm, &dir, &qemu, &guest)?;
+    let mut cmd = kernels::vng_command(&image, &args.vm, &dir, &qemu, &guest)?;
     let console = fs::File::create(dir.join("console.log"))?;
     let started = Instant::now();
     cmd.stdin(Stdio::null()).stdout(console.try_clone()?).stderr(console);
@@ -292,14 +279,13 @@ pub fn up(args: &VmUpArgs, monitor: &Path, xtask: &Path, root: &Path) -> Result<
         kernel: kernel.unwrap_or_default(),
         pid,
         port_base: args.port_base,
-        dir: dir.clone(),
     };
     fs::write(dir.join("vm.json"), serde_json::to_vec_pretty(&state)?)?;
     println!(
         "vm-lab {}: booting {} (QEMU {}, pid {pid}); console: {}",
         args.name,
         state.kernel,
-        if args.kvm { "KVM" } else { "TCG" },
+        if args.vm.kvm { "KVM" } else { "TCG" },
         dir.join("console.log").display()
     );
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -308,13 +294,9 @@ pub fn up(args: &VmUpArgs, monitor: &Path, xtask: &Path, root: &Path) -> Result<
         ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C handler")?;
     }
-    // Boot, lab up and monitors take 2-4 minutes under TCG here; the bound is generous.
-    let bound = Duration::from_secs(60) * args.timeout_scale.max(1) + Duration::from_secs(120);
-    let kill = || {
-        // SAFETY: signalling the process group this task created (process_group(0) above).
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
-    };
-    loop {
+    // Boot, lab up and monitors took 77-86 s under TCG here; the bound is generous.
+    let bound = Duration::from_secs(60) * args.vm.timeout_scale + Duration::from_secs(120);
+    let failure = loop {
         if let Ok(bytes) = fs::read(dir.join("ready.json"))
             && let Ok(ready) = serde_json::from_slice::<Ready>(&bytes)
         {
@@ -322,27 +304,25 @@ pub fn up(args: &VmUpArgs, monitor: &Path, xtask: &Path, root: &Path) -> Result<
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
-            let _ = fs::remove_file(dir.join("vm.json"));
-            bail!("the VM stopped ({status}) before the lab was up: {}", guest_failure(&dir));
+            break format!("the VM stopped ({status}) before the lab was up: {}", guest_failure(&dir));
         }
         if interrupted.load(Ordering::SeqCst) {
-            kill();
-            let _ = child.wait();
-            let _ = fs::remove_file(dir.join("vm.json"));
-            bail!("interrupted: the VM was stopped");
+            break "interrupted: the VM was stopped".to_string();
         }
         if started.elapsed() > bound {
-            kill();
-            let _ = child.wait();
-            let _ = fs::remove_file(dir.join("vm.json"));
-            bail!(
+            break format!(
                 "the lab was not up within {} s: the VM was stopped; {}",
                 bound.as_secs(),
                 guest_failure(&dir)
             );
         }
         std::thread::sleep(Duration::from_millis(500));
-    }
+    };
+    // SAFETY: the VM's own process group (its session, setsid above); QEMU is in it.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    let _ = child.wait();
+    let _ = fs::remove_file(dir.join("vm.json"));
+    bail!("{failure}")
 }
 
 /// The guest's own error (`error.txt`), else the console's last lines.
@@ -387,19 +367,25 @@ pub fn status(root: &Path, name: &str) -> Result<()> {
         if running { "running" } else { "NOT running" },
         state.port_base
     );
-    match fs::read(state.dir.join("ready.json")).ok().and_then(|b| serde_json::from_slice::<Ready>(&b).ok()) {
+    let dir = state_path(root, name);
+    match fs::read(dir.join("ready.json")).ok().and_then(|b| serde_json::from_slice::<Ready>(&b).ok()) {
         Some(ready) => {
             for m in &ready.monitors {
                 println!("  {:<8} monitor {}  (in the VM: {})", m.node, m.host_url, m.vm_url);
             }
         }
-        None => println!("  not ready yet (or failed: {})", guest_failure(&state.dir)),
+        None => println!("  not ready yet (or failed: {})", guest_failure(&dir)),
     }
     Ok(())
 }
 
 /// `run`: sends `argv` to the agent and copies its output here; returns the command's exit code.
 pub fn run(root: &Path, name: &str, argv: &[String]) -> Result<i32> {
+    run_to(root, name, argv, &mut std::io::stdout().lock())
+}
+
+/// [`run`] with the command's output written to `out`.
+fn run_to(root: &Path, name: &str, argv: &[String], out: &mut impl std::io::Write) -> Result<i32> {
     let state = load_state(root, name)?;
     ensure!(
         alive(state.pid),
@@ -409,7 +395,6 @@ pub fn run(root: &Path, name: &str, argv: &[String]) -> Result<i32> {
     let mut stream = connect(state.port_base)?;
     let request = serde_json::json!({ "argv": argv });
     stream.write_all(format!("{request}\n").as_bytes())?;
-    let mut out = std::io::stdout().lock();
     let mut buf = [0u8; 8192];
     let mut trailer: Option<Vec<u8>> = None;
     loop {
@@ -470,7 +455,7 @@ pub fn down(root: &Path, name: &str) -> Result<()> {
             println!("vm-lab {name}: the VM did not power off within 60 s: killed");
         }
     }
-    let _ = fs::remove_file(state.dir.join("vm.json"));
+    let _ = fs::remove_file(state_path(root, name).join("vm.json"));
     println!("vm-lab {name}: down");
     Ok(())
 }
@@ -503,9 +488,7 @@ fn guest_inner(args: &GuestArgs, dir: &Path) -> Result<()> {
     let opts = up_options(&config.name, &config.up_args)?;
     // SAFETY: set before any thread of this process starts; the lab and its children read it.
     unsafe { std::env::set_var("KOVN_TEST_TIMEOUT_SCALE", config.timeout_scale.to_string()) };
-    if !Path::new("/sys/kernel/tracing/events").exists() {
-        let _ = Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]).status();
-    }
+    kernels::mount_tracefs();
     let nic = nic_by_mac(VM_MAC)?;
     for argv in [
         vec!["link", "set", "lo", "up"],
@@ -766,17 +749,13 @@ mod tests {
             answer(&mut s, &format!("ran {}\n", req.argv.join(" ")), 3).expect("answer");
         });
         let root = tempfile_dir();
-        let state = VmState {
-            name: "t".into(),
-            kernel: "k".into(),
-            pid: std::process::id() as i32,
-            port_base: port,
-            dir: root.join("t"),
-        };
-        fs::create_dir_all(&state.dir).expect("dir");
-        fs::write(state.dir.join("vm.json"), serde_json::to_vec(&state).expect("json")).expect("write");
-        let code = run(&root, "t", &words("lab status")).expect("run");
-        assert_eq!(code, 3);
+        let state =
+            VmState { name: "t".into(), kernel: "k".into(), pid: std::process::id() as i32, port_base: port };
+        fs::create_dir_all(root.join("t")).expect("dir");
+        fs::write(root.join("t/vm.json"), serde_json::to_vec(&state).expect("json")).expect("write");
+        let mut out = Vec::new();
+        let code = run_to(&root, "t", &words("lab status"), &mut out).expect("run");
+        assert_eq!((code, String::from_utf8_lossy(&out).as_ref()), (3, "ran lab status\n"));
         server.join().expect("server");
         let _ = fs::remove_dir_all(&root);
     }

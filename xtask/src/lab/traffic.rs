@@ -287,7 +287,7 @@ pub fn run(lab: &Lab, opts: &TrafficOptions, on_plan: impl FnOnce(&TrafficPlan))
                 result = probe::run(lab, &r.item.from, &r.item.probe, timeout)?;
                 if result.ok {
                     r.retried += 1;
-                    r.last_error = Some(format!("{first} (passed on the retry)"));
+                    r.last_error = Some(first);
                 }
             }
             if result.ok {
